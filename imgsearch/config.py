@@ -1,0 +1,69 @@
+"""Settings, read from the environment (``IMGSEARCH_*``) and overridable by CLI options or keyword arguments."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from imgsearch.errors import ConfigurationError
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def _default_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "imgsearch"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything imgsearch needs to know about its environment.
+
+    Attributes:
+        database_url: SQLAlchemy/libpq URL of a PostgreSQL server with pgvector. ``None`` means the embedded
+            server kept under ``home``.
+        home: directory for the embedded server's data (``IMGSEARCH_HOME``).
+        weights: VGG16 weights: ``"imagenet"`` (the Keras download, cached by Keras) or a path to a local
+            ``.h5`` file (``IMGSEARCH_VGG16_WEIGHTS``).
+        batch_size: images per forward pass of the network (``IMGSEARCH_BATCH_SIZE``).
+        precision: ``"float32"`` (default) or ``"bfloat16"`` (``IMGSEARCH_PRECISION``).
+    """
+
+    database_url: str | None = None
+    home: Path = field(default_factory=_default_home)
+    weights: str = "imagenet"
+    batch_size: int = 32
+    precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigurationError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise ConfigurationError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Build settings from ``IMGSEARCH_*`` variables; keyword arguments that are not ``None`` win."""
+        home = os.environ.get("IMGSEARCH_HOME")
+        settings = cls(
+            database_url=os.environ.get("IMGSEARCH_DATABASE_URL") or None,
+            home=Path(home).expanduser() if home else _default_home(),
+            weights=os.environ.get("IMGSEARCH_VGG16_WEIGHTS") or "imagenet",
+            batch_size=_env_int("IMGSEARCH_BATCH_SIZE", 32),
+            precision=os.environ.get("IMGSEARCH_PRECISION") or "float32",
+        )
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if "home" in changes:
+            changes["home"] = Path(str(changes["home"])).expanduser()
+        return replace(settings, **changes) if changes else settings
