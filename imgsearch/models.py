@@ -1,0 +1,82 @@
+"""SQLAlchemy models of the catalogue. Alembic migrations create the schema; a test checks the two agree."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+DIMENSION = 512
+
+
+class Base(DeclarativeBase):
+    """Declarative base holding the catalogue's metadata."""
+
+
+class EmbeddingSpaceRow(Base):
+    """The single row saying which model, weights and preprocessing produced every vector in ``products``."""
+
+    __tablename__ = "embedding_space"
+    __table_args__ = (
+        CheckConstraint("id", name="ck_embedding_space_single_row"),
+        CheckConstraint(f"dimension = {DIMENSION}", name="ck_embedding_space_dimension"),
+    )
+
+    id: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    model_name: Mapped[str] = mapped_column(Text, nullable=False)
+    weights_id: Mapped[str] = mapped_column(Text, nullable=False)
+    preprocessing_version: Mapped[str] = mapped_column(Text, nullable=False)
+    dimension: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Product(Base):
+    """A product of the shop with the embedding of its photo."""
+
+    __tablename__ = "products"
+    __table_args__ = (
+        CheckConstraint("length(btrim(sku)) > 0 AND length(sku) <= 255", name="ck_products_sku"),
+        CheckConstraint("length(btrim(category)) > 0", name="ck_products_category"),
+        CheckConstraint("price >= 0", name="ck_products_price"),
+        CheckConstraint("image_sha256 ~ '^[0-9a-f]{64}$'", name="ck_products_image_sha256"),
+        # A zero vector has no direction: its cosine distance to anything is undefined (NaN).
+        CheckConstraint("vector_norm(embedding) > 0", name="ck_products_embedding_nonzero"),
+        Index(
+            "ix_products_embedding",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_with={"m": 16, "ef_construction": 64},
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+        # Serves the bounded count that picks exact or index search, for in-stock, category and both.
+        Index("ix_products_filter", "in_stock", "category", "price"),
+        Index("ix_products_price", "price"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    sku: Mapped[str] = mapped_column(String(255), nullable=False, unique=True)
+    name: Mapped[str | None] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(Text, nullable=False)
+    price: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
+    in_stock: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    image: Mapped[str | None] = mapped_column(Text)
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    embedding: Mapped[list[float]] = mapped_column(Vector(DIMENSION), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
