@@ -21,7 +21,11 @@ depends_on: str | Sequence[str] | None = None
 # filters matching fewer than `imgsearch.exact_search_below` rows (default 10000) are answered by exact
 # search over just those rows (cheap, via the b-tree indexes); broader ones by an iterative HNSW scan, and
 # if that still finds fewer than k rows within hnsw.max_scan_tuples (everything near the query is filtered
-# out), by exact search. Filter fragments are fixed strings; every value is bound with USING.
+# out), by exact search. Relaxed iterative scans return rows slightly out of order, so the index walk collects
+# ef_search filtered candidates and the best k of them are returned in exact order.
+# Filter fragments are fixed strings; every value is bound with USING. The session
+# settings imgsearch.exact_search_below, imgsearch.ef_search, imgsearch.max_scan_tuples tune it and
+# imgsearch.exact_search = on forces exact search (to measure recall).
 SIMILAR_FUNCTION = r"""
 CREATE FUNCTION imgsearch_similar(
     query vector,
@@ -49,6 +53,8 @@ DECLARE
         '(p.embedding <=> $1)::double precision FROM products p ';
     matches bigint;
     found_ids bigint[];
+    sort_setting text;
+    ef integer;
 BEGIN
     IF query IS NULL THEN
         RAISE EXCEPTION 'imgsearch: the query vector is NULL' USING ERRCODE = '22023';
@@ -90,16 +96,23 @@ BEGIN
         END IF;
     END IF;
 
-    IF k > 100 THEN
-        PERFORM set_config('hnsw.ef_search', k::text, true);
-    END IF;
+    -- Local to this call: the SET clauses above restore the caller's values when the function returns.
+    ef := greatest(k, coalesce(nullif(current_setting('imgsearch.ef_search', true), '')::integer, 100));
+    PERFORM set_config('hnsw.ef_search', ef::text, true);
+    PERFORM set_config('hnsw.max_scan_tuples', coalesce(
+        nullif(current_setting('imgsearch.max_scan_tuples', true), '')::integer, 50000)::text, true);
+    -- The count said the filter is broad, so walk the index; without this the planner may still prefer to
+    -- sort a mid-sized filtered set exactly, which costs O(matches) per query at catalogue scale.
+    sort_setting := current_setting('enable_sort');
+    PERFORM set_config('enable_sort', 'off', true);
     EXECUTE 'SELECT array_agg(c.id) FROM (SELECT p.id FROM products p ' || where_sql
-            || ' ORDER BY p.embedding <=> $1 LIMIT $6) c'
-        INTO found_ids USING query, categories, max_price, below_price, exclude_skus, k;
+            || ' ORDER BY p.embedding <=> $1 LIMIT $7) c'
+        INTO found_ids USING query, categories, max_price, below_price, exclude_skus, k, ef;
+    PERFORM set_config('enable_sort', sort_setting, true);
 
     IF coalesce(cardinality(found_ids), 0) >= k THEN
-        RETURN QUERY EXECUTE columns_sql || 'WHERE p.id = ANY($2) ORDER BY (p.embedding <=> $1) + 0, p.sku'
-            USING query, found_ids;
+        RETURN QUERY EXECUTE columns_sql || 'WHERE p.id = ANY($2) ORDER BY (p.embedding <=> $1) + 0, p.sku LIMIT $3'
+            USING query, found_ids, k;
         RETURN;
     END IF;
 

@@ -1,0 +1,279 @@
+"""Filtered k-NN search against a real PostgreSQL + pgvector, checked against exact NumPy rankings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+
+import numpy as np
+import psycopg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from imgsearch import catalogue, db, query
+from imgsearch.catalogue import ProductRecord
+from imgsearch.errors import InvalidQueryError, UnknownSkuError
+
+N = 4000
+CATEGORY_SHARES = {"big": 0.60, "mid": 0.30, "small": 0.097, "tiny": 0.003}  # tiny = 12 products
+
+
+class Catalogue:
+    """A synthetic catalogue kept in NumPy too, so every search can be checked against an exact ranking."""
+
+    def __init__(self, seed: int = 7) -> None:
+        rng = np.random.default_rng(seed)
+        # Clustered vectors, like image features: each category has a few centres.
+        self.skus = [f"P{i:05d}" for i in range(N)]
+        names = list(CATEGORY_SHARES)
+        counts = [round(N * s) for s in CATEGORY_SHARES.values()]
+        counts[0] += N - sum(counts)
+        self.category = np.array([c for c, n in zip(names, counts, strict=True) for _ in range(n)])
+        rng.shuffle(self.category)
+        centres = {c: rng.normal(size=(4, 512)) for c in names}
+        self.vectors = np.stack(
+            [centres[c][rng.integers(4)] + 1.2 * rng.normal(size=512) for c in self.category]
+        ).astype(np.float32)
+        self.in_stock = rng.random(N) < 0.8
+        self.price = np.round(rng.uniform(5, 200, N), 2)
+
+    def records(self) -> list[ProductRecord]:
+        return [
+            ProductRecord(
+                sku=self.skus[i],
+                name=f"product {i}",
+                category=str(self.category[i]),
+                price=Decimal(str(self.price[i])),
+                in_stock=bool(self.in_stock[i]),
+                image=f"img/{i}.jpg",
+                embedding=self.vectors[i],
+            )
+            for i in range(N)
+        ]
+
+    def exact(self, q: np.ndarray, k: int, mask: np.ndarray | None = None) -> list[str]:
+        unit = self.vectors / np.linalg.norm(self.vectors, axis=1, keepdims=True)
+        dist = 1.0 - unit @ (q / np.linalg.norm(q))
+        if mask is not None:
+            dist = np.where(mask, dist, np.inf)
+        order = np.argsort(dist, kind="stable")[:k]
+        return [self.skus[i] for i in order if np.isfinite(dist[i])]
+
+    def query_vector(self, seed: int, category: str = "big") -> np.ndarray:
+        rng = np.random.default_rng(1000 + seed)
+        members = np.flatnonzero(self.category == category)
+        return (self.vectors[rng.choice(members)] + 0.8 * rng.normal(size=512)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> Catalogue:
+    return Catalogue()
+
+
+@pytest.fixture(scope="module")
+def filled(make_database: Callable[..., str], migrated_template: str, data: Catalogue) -> Iterator[Engine]:
+    engine = db.create_engine(make_database(template=migrated_template))
+    counts = catalogue.upsert_products(engine, data.records())
+    assert counts.added == N
+    with engine.connect() as conn:
+        conn.execute(sa.text("ANALYZE products"))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def index_only(filled: Engine) -> Iterator[Connection]:
+    """A connection on which every filtered search takes the HNSW path (no exact shortcut for small filters)."""
+    with filled.connect() as conn:
+        conn.execute(sa.text("SET imgsearch.exact_search_below = 0"))
+        yield conn
+        conn.rollback()
+
+
+def recall(got: list[str], want: list[str]) -> float:
+    return len(set(got) & set(want)) / len(want)
+
+
+FILTERS = {
+    "none": ({}, lambda d: np.ones(N, bool)),
+    "in_stock": ({"in_stock_only": True}, lambda d: d.in_stock),
+    "mid": ({"categories": ["mid"]}, lambda d: d.in_stock & (d.category == "mid")),
+    "small": ({"categories": ["small"]}, lambda d: d.in_stock & (d.category == "small")),
+    "tiny": ({"categories": "tiny", "in_stock_only": False}, lambda d: d.category == "tiny"),
+    "price": ({"max_price": 40}, lambda d: d.in_stock & (d.price <= 40)),
+}
+
+
+def _kwargs(name: str) -> dict:
+    kwargs = dict(FILTERS[name][0])
+    kwargs.setdefault("in_stock_only", name != "none")
+    return kwargs
+
+
+@pytest.mark.parametrize("name", list(FILTERS))
+def test_exact_search_equals_numpy_ranking(filled: Engine, data: Catalogue, name: str) -> None:
+    for seed in range(5):
+        q = data.query_vector(seed)
+        got = query.search(filled, q, 10, exact=True, **_kwargs(name))
+        want = data.exact(q, 10, FILTERS[name][1](data))
+        assert [r.sku for r in got] == want
+        distances = [r.distance for r in got]
+        assert distances == sorted(distances)
+
+
+@pytest.mark.parametrize("path", ["default", "index_only"])
+@pytest.mark.parametrize("name", list(FILTERS))
+def test_filtered_search_returns_k_with_high_recall(
+    filled: Engine, index_only: Connection, data: Catalogue, name: str, path: str
+) -> None:
+    bind = filled if path == "default" else index_only
+    recalls = []
+    for seed in range(20):
+        q = data.query_vector(seed, category="small" if seed % 2 else "big")
+        mask = FILTERS[name][1](data)
+        want = data.exact(q, 10, mask)
+        got = query.search(bind, q, 10, **_kwargs(name))
+        assert len(got) == min(10, int(mask.sum())), "a filtered search came back short"
+        recalls.append(recall([r.sku for r in got], want))
+    assert np.mean(recalls) >= 0.95
+
+
+def test_filters_are_honoured(filled: Engine, data: Catalogue) -> None:
+    q = data.query_vector(3)
+    results = query.search(
+        filled, q, 50, categories=["mid", "small"], max_price=Decimal("80"), exclude_skus=["P00001", "P00002"]
+    )
+    assert len(results) == 50
+    for r in results:
+        assert r.category in ("mid", "small") and r.in_stock and r.price is not None and r.price <= 80
+        assert r.sku not in ("P00001", "P00002")
+    with_sold_out = query.search(filled, q, 200, in_stock_only=False)
+    assert any(not r.in_stock for r in with_sold_out)
+    assert all(r.in_stock for r in query.search(filled, q, 200))
+    # Results carry everything a shop page needs.
+    first = results[0]
+    assert first.name and first.image and isinstance(first.price, Decimal) and 0 <= first.distance <= 2
+
+
+def test_fewer_matches_than_k_returns_all_matches(filled: Engine, data: Catalogue) -> None:
+    tiny_in_stock = int(((data.category == "tiny") & data.in_stock).sum())
+    got = query.search(filled, data.query_vector(0), 100, categories=["tiny"])
+    assert len(got) == tiny_in_stock
+    assert query.search(filled, data.query_vector(0), 10, categories=["no-such-category"]) == []
+
+
+def test_sold_out_neighbourhood(make_database: Callable[..., str], migrated_template: str, data: Catalogue) -> None:
+    """Everything that looks like the query is sold out: the search must still return k in-stock products."""
+    engine = db.create_engine(make_database(template=migrated_template))
+    rng = np.random.default_rng(3)
+    q = data.query_vector(11)
+    twins = [
+        ProductRecord(sku=f"TWIN{i}", category="big", in_stock=False, embedding=q + 0.05 * rng.normal(size=512))
+        for i in range(300)
+    ]
+    catalogue.upsert_products(engine, data.records() + twins)
+    vectors = np.vstack([data.vectors, np.stack([t.embedding for t in twins])])
+    skus = data.skus + [t.sku for t in twins]
+    in_stock = np.concatenate([data.in_stock, np.zeros(300, bool)])
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    dist = np.where(in_stock, 1 - unit @ (q / np.linalg.norm(q)), np.inf)
+    want = [skus[i] for i in np.argsort(dist)[:10]]
+    with engine.connect() as conn:
+        conn.execute(sa.text("SET imgsearch.exact_search_below = 0"))
+        assert [r.sku for r in query.search(conn, q, 10, in_stock_only=False)][:5] == [
+            r.sku for r in query.search(conn, q, 5, in_stock_only=False, exact=True)
+        ]
+        got = query.search(conn, q, 10)
+        assert len(got) == 10 and all(r.in_stock for r in got)
+        assert recall([r.sku for r in got], want) >= 0.9
+        # A scan budget smaller than the sold-out cluster forces the exact fallback: still k, still right.
+        conn.execute(sa.text("SET imgsearch.max_scan_tuples = 50"))
+        got = query.search(conn, q, 10)
+        assert [r.sku for r in got] == want
+    engine.dispose()
+
+
+def test_sql_function_and_python_agree(filled: Engine, data: Catalogue) -> None:
+    q = data.query_vector(5)
+    url = make_url(filled.url.render_as_string(hide_password=False))
+    python = query.search(filled, q, 10, categories=["mid"], max_price=100)
+    vector_text = "[" + ",".join(repr(float(x)) for x in q) + "]"
+    with psycopg.connect(host=url.query["host"], user=url.username, dbname=url.database) as conn:
+        rows = conn.execute(
+            "SELECT sku, distance FROM imgsearch_similar(%s::vector, %s, %s, %s, %s)",
+            (vector_text, 10, ["mid"], True, 100),
+        ).fetchall()
+    assert [r[0] for r in rows] == [r.sku for r in python]
+    assert np.allclose([r[1] for r in rows], [r.distance for r in python], atol=1e-6)
+
+
+def test_similar_to_sku_excludes_itself(filled: Engine, data: Catalogue) -> None:
+    sku = data.skus[42]
+    results = query.similar_to_sku(filled, sku, 10, in_stock_only=False)
+    assert len(results) == 10 and sku not in [r.sku for r in results]
+    mask = np.ones(N, bool)
+    mask[42] = False
+    assert recall([r.sku for r in results], data.exact(data.vectors[42], 10, mask)) >= 0.9
+    with pytest.raises(UnknownSkuError, match="NOPE"):
+        query.similar_to_sku(filled, "NOPE")
+
+
+def test_cheaper_alternatives(filled: Engine, data: Catalogue) -> None:
+    i = int(np.argmax(np.where(data.category == "mid", data.price, -1)))  # the dearest "mid" product
+    results = query.cheaper_alternatives(filled, data.skus[i], 10)
+    assert len(results) == 10
+    for r in results:
+        assert r.in_stock and r.category == "mid" and r.price < Decimal(str(data.price[i]))
+        assert r.sku != data.skus[i]
+    cheapest = int(np.argmin(np.where(data.category == "mid", data.price, np.inf)))
+    assert query.cheaper_alternatives(filled, data.skus[cheapest], 10) == []
+    any_category = query.cheaper_alternatives(filled, data.skus[i], 30, same_category=False)
+    assert {r.category for r in any_category} >= {"mid"}
+    with pytest.raises(UnknownSkuError):
+        query.cheaper_alternatives(filled, "NOPE")
+
+
+@pytest.mark.parametrize(
+    ("vector", "k", "extra", "message"),
+    [
+        (np.ones(511), 10, {}, "shape"),
+        (np.ones((2, 512)), 10, {}, "shape"),
+        (np.full(512, np.nan), 10, {}, "NaN"),
+        (np.r_[np.ones(511), np.inf], 10, {}, "infinite"),
+        (np.zeros(512), 10, {}, "zeros"),
+        (["a"] * 512, 10, {}, "numbers"),
+        (np.ones(512), 0, {}, "k must"),
+        (np.ones(512), 1001, {}, "k must"),
+        (np.ones(512), True, {}, "k must"),
+        (np.ones(512), 2.5, {}, "k must"),
+        (np.ones(512), 10, {"max_price": -1}, "non-negative"),
+        (np.ones(512), 10, {"max_price": "abc"}, "number"),
+        (np.ones(512), 10, {"max_price": float("nan")}, "non-negative"),
+    ],
+)
+def test_bad_input_raises(filled: Engine, vector: object, k: object, extra: dict, message: str) -> None:
+    with pytest.raises(InvalidQueryError, match=message):
+        query.search(filled, vector, k, **extra)  # type: ignore[arg-type]
+
+
+def test_sql_function_validates_its_arguments(filled: Engine) -> None:
+    cases = [
+        ("CAST(:v3 AS vector), 10", "has 3 dimensions"),
+        ("CAST(:v AS vector), 0", "k must be"),
+        ("CAST(:v AS vector), 10, NULL, true, -5", "cannot be negative"),
+        ("CAST(:z AS vector), 10", "all zeros"),
+    ]
+    params = {"v3": "[1,2,3]", "v": "[" + ",".join(["1"] * 512) + "]", "z": "[" + ",".join(["0"] * 512) + "]"}
+    for args, message in cases:
+        with pytest.raises(sa.exc.DBAPIError, match=message), filled.connect() as conn:
+            conn.execute(sa.text(f"SELECT * FROM imgsearch_similar({args})"), params)
+    with pytest.raises(sa.exc.DBAPIError, match="unknown SKU"), filled.connect() as conn:
+        conn.execute(sa.text("SELECT * FROM imgsearch_cheaper('x'' OR 1=1 --')"))
+
+
+def test_values_are_bound_not_formatted(filled: Engine, data: Catalogue) -> None:
+    hostile = "mid') OR true --"
+    assert query.search(filled, data.query_vector(1), 10, categories=[hostile]) == []
+    with filled.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM products")).scalar_one() == N

@@ -1,0 +1,146 @@
+"""The schema: Alembic migrations, agreement with the models, and constraints enforced by PostgreSQL itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.engine import Engine
+
+from imgsearch import catalogue, db
+from imgsearch.errors import EmbeddingSpaceMismatchError, SchemaError
+from imgsearch.models import Base
+
+
+def _vec(seed: int = 0) -> str:
+    return "[" + ",".join(str(x) for x in np.random.default_rng(seed).random(512)) + "]"
+
+
+def test_upgrade_downgrade_upgrade(make_database: Callable[..., str]) -> None:
+    engine = db.create_engine(make_database())
+    with pytest.raises(SchemaError, match="imgsearch db upgrade"):
+        db.require_schema(engine)
+    db.upgrade(engine)
+    db.upgrade(engine)  # a second upgrade is a no-op
+    assert db.current_revision(engine) == db.head_revision()
+    db.require_schema(engine)
+
+    db.downgrade(engine, "base")
+    assert db.current_revision(engine) is None
+    tables = sa.inspect(engine).get_table_names()
+    assert "products" not in tables and "embedding_space" not in tables
+
+    db.upgrade(engine)
+    assert {"products", "embedding_space"} <= set(sa.inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        functions = set(conn.execute(sa.text("SELECT proname FROM pg_proc WHERE proname LIKE 'imgsearch_%'")).scalars())
+    assert {"imgsearch_similar", "imgsearch_similar_to_sku", "imgsearch_cheaper"} <= functions
+    engine.dispose()
+
+
+def test_models_match_migrations(engine: Engine) -> None:
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_indexes(engine: Engine) -> None:
+    with engine.connect() as conn:
+        indexdefs = dict(
+            conn.execute(sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'products'")).all()
+        )
+        storage = conn.execute(
+            sa.text(
+                "SELECT attstorage FROM pg_attribute WHERE attrelid = 'products'::regclass AND attname = 'embedding'"
+            )
+        ).scalar_one()
+    assert "USING hnsw (embedding vector_cosine_ops)" in indexdefs["ix_products_embedding"]
+    assert "in_stock, category, price" in indexdefs["ix_products_filter"]
+    assert storage == "p"  # vectors stay in the heap row, not in TOAST
+
+
+GOOD = {"sku": "A1", "name": "Shoe", "category": "shoes", "price": 10, "in_stock": True, "sha": "a" * 64}
+
+
+@pytest.mark.parametrize(
+    ("change", "constraint"),
+    [
+        ({"sku": ""}, "ck_products_sku"),
+        ({"sku": "   "}, "ck_products_sku"),
+        ({"sku": None}, "null value"),
+        ({"category": ""}, "ck_products_category"),
+        ({"category": None}, "null value"),
+        ({"price": -1}, "ck_products_price"),
+        ({"in_stock": None}, "null value"),
+        ({"sha": "not-a-hash"}, "ck_products_image_sha256"),
+        ({"vec": "[" + ",".join(["0"] * 512) + "]"}, "ck_products_embedding_nonzero"),
+        ({"vec": "[1,2,3]"}, "expected 512 dimensions"),
+        ({"vec": "[" + ",".join(["NaN"] * 512) + "]"}, "NaN not allowed"),
+        ({"vec": None}, "null value"),
+    ],
+)
+def test_database_rejects_bad_rows(engine: Engine, change: dict, constraint: str) -> None:
+    row = {**GOOD, "vec": _vec(), **change}
+    with pytest.raises(sa.exc.DBAPIError, match=constraint), engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO products (sku, name, category, price, in_stock, image_sha256, embedding) "
+                "VALUES (:sku, :name, :category, :price, :in_stock, :sha, CAST(:vec AS vector))"
+            ),
+            row,
+        )
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM products")).scalar_one() == 0
+
+
+def test_duplicate_sku_rejected(engine: Engine) -> None:
+    insert = sa.text("INSERT INTO products (sku, category, embedding) VALUES (:sku, 'c', CAST(:vec AS vector))")
+    with engine.begin() as conn:
+        conn.execute(insert, {"sku": "X", "vec": _vec(1)})
+    with pytest.raises(sa.exc.IntegrityError, match="products_sku_key"), engine.begin() as conn:
+        conn.execute(insert, {"sku": "X", "vec": _vec(2)})
+
+
+def test_updated_at_moves_on_update(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO products (sku, category, embedding) VALUES ('S', 'c', CAST(:v AS vector))"),
+            {"v": _vec()},
+        )
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE products SET in_stock = false"))
+    with engine.connect() as conn:
+        created, updated = conn.execute(sa.text("SELECT created_at, updated_at FROM products")).one()
+    assert updated > created
+
+
+class _Space:
+    def __init__(self, **kw: object) -> None:
+        self.model_name = "vgg16-imagenet-gap"
+        self.weights_id = "w" * 64
+        self.preprocessing_version = "v1"
+        self.dimension = 512
+        self.__dict__.update(kw)
+
+
+def test_embedding_space_is_recorded_and_enforced(engine: Engine) -> None:
+    assert catalogue.stored_space(engine) is None
+    catalogue.ensure_space(engine, _Space())
+    catalogue.ensure_space(engine, _Space())  # same space: fine
+    stored = catalogue.stored_space(engine)
+    assert stored is not None and stored.preprocessing_version == "v1" and stored.dimension == 512
+    with pytest.raises(EmbeddingSpaceMismatchError, match=r"preprocessing v1 .* vs v2"):
+        catalogue.ensure_space(engine, _Space(preprocessing_version="v2"))
+    with pytest.raises(EmbeddingSpaceMismatchError, match="weights"):
+        catalogue.ensure_space(engine, _Space(weights_id="x" * 64))
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO embedding_space (id, model_name, weights_id, preprocessing_version, dimension) "
+                "VALUES (false, 'm', 'w', 'p', 512)"
+            )
+        )
