@@ -1,0 +1,220 @@
+"""Decoding product photos into the network's input: 224x224 RGB, float32 in 0..255.
+
+The pixels match what the original notebooks fed VGG16 (``keras.utils.load_img(path, target_size=(224, 224))``:
+RGB, squashed to the target size with nearest-neighbour resampling), plus what real shop catalogues need:
+EXIF orientation, transparent cut-outs on white, 16-bit and exotic colour modes, animated files and large
+JPEGs decoded at reduced size. Every failure is an :class:`~imgsearch.errors.ImageError` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imgsearch.errors import ImageError
+
+#: File extensions (lowercase, with the dot) that directory scans treat as images. Decoding itself never
+#: looks at the extension: the content decides.
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+
+#: Identifies the pixels :func:`load_image` produces. It is stored with every catalogue so that vectors made
+#: from differently prepared pixels are never mixed: change it whenever the output of ``load_image`` changes.
+PREPROCESSING_VERSION: str = "v1-exif-white-squash224-nearest-jpegdraft"
+
+#: Side of the square image VGG16 takes.
+TARGET_SIZE = 224
+
+#: What :func:`load_image` accepts: a path, the encoded bytes, or a binary file object (e.g. stdin).
+ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})
+
+
+def has_supported_extension(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` ends with one of :data:`SUPPORTED_EXTENSIONS` (case-insensitive)."""
+    return Path(path).suffix.lower() in SUPPORTED_EXTENSIONS
+
+
+def describe_source(source: object) -> str:
+    """A short human-readable name for an image source, used to prefix error messages."""
+    if isinstance(source, str | os.PathLike):
+        return os.fspath(source)
+    if isinstance(source, bytes | bytearray | memoryview):
+        return "<image bytes>"
+    name = getattr(source, "name", None)
+    return name if isinstance(name, str) else "<image stream>"
+
+
+def load_image(source: ImageSource, size: int = TARGET_SIZE) -> np.ndarray:
+    """Decode one image into a ``(size, size, 3)`` float32 RGB array with values in 0..255.
+
+    This is the input of ``keras.applications.vgg16.preprocess_input``, not yet preprocessed.
+
+    Args:
+        source: a path, the encoded file content as bytes, or a binary file object (read to the end).
+        size: side of the square output; the image is squashed (aspect ratio not kept), like the notebooks.
+
+    Raises:
+        ImageError: the file is missing or empty, is not an image, is truncated or corrupt, or is so large
+            that it could be a decompression bomb (more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels).
+    """
+    return decode_rgb8(source, size).astype(np.float32)
+
+
+def decode_rgb8(source: ImageSource, size: int = TARGET_SIZE) -> np.ndarray:
+    """Like :func:`load_image` but returns ``uint8``: a quarter of the memory for images queued for a batch."""
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    label = describe_source(source)
+    fp = _open_source(source, label)
+    try:
+        with Image.open(fp) as im:
+            _check_pixel_limit(im, label)
+            _draft_for_target(im, size)
+            im.load()
+            return _to_rgb_array(_squash(im, size))
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{label}: image too large, possible decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{label}: not an image, or an unsupported image format") from None
+    except (OSError, SyntaxError, EOFError) as exc:
+        # Pillow reports truncation and most corrupt streams as OSError ("image file is truncated",
+        # "broken data stream"), some plugins as SyntaxError/EOFError.
+        raise ImageError(f"{label}: truncated or corrupt image data ({_one_line(exc)})") from None
+    except MemoryError:
+        raise ImageError(f"{label}: not enough memory to decode the image") from None
+    except Exception as exc:
+        # Corrupt files make some Pillow plugins fail with arbitrary exceptions (IndexError, ValueError,
+        # struct.error...). A catalogue run must be able to report them per file and carry on.
+        raise ImageError(f"{label}: cannot decode image ({type(exc).__name__}: {_one_line(exc)})") from None
+    finally:
+        fp.close()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file's content, read in chunks so large files do not sit in memory."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        raise ImageError(f"{os.fspath(path)}: file not found") from None
+    except IsADirectoryError:
+        raise ImageError(f"{os.fspath(path)}: is a directory, not an image file") from None
+    except OSError as exc:
+        raise ImageError(f"{os.fspath(path)}: cannot read file ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _open_source(source: ImageSource, label: str) -> BinaryIO:
+    """Return a binary stream positioned at the start of the encoded image; the caller closes it."""
+    if isinstance(source, str | os.PathLike):
+        try:
+            f = open(source, "rb")  # noqa: SIM115 - closed by the caller, after Pillow is done with it
+        except FileNotFoundError:
+            raise ImageError(f"{label}: file not found") from None
+        except IsADirectoryError:
+            raise ImageError(f"{label}: is a directory, not an image file") from None
+        except PermissionError:
+            raise ImageError(f"{label}: permission denied") from None
+        except OSError as exc:
+            raise ImageError(f"{label}: cannot open file ({_one_line(exc)})") from None
+        try:
+            empty = os.fstat(f.fileno()).st_size == 0
+        except OSError:
+            empty = False
+        if empty:
+            f.close()
+            raise ImageError(f"{label}: empty file")
+        return f
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+    elif hasattr(source, "read"):
+        try:
+            data = source.read()
+        except OSError as exc:
+            raise ImageError(f"{label}: cannot read image stream ({_one_line(exc)})") from None
+        if not isinstance(data, bytes | bytearray):
+            raise TypeError(f"{label}: image stream must be opened in binary mode")
+    else:
+        raise TypeError(f"cannot read an image from a {type(source).__name__}")
+    if not data:
+        raise ImageError(f"{label}: empty image data")
+    return io.BytesIO(data)
+
+
+def _check_pixel_limit(im: Image.Image, label: str) -> None:
+    # Pillow only raises above twice MAX_IMAGE_PIXELS and merely warns above it; a shop's photo that large
+    # is not a product photo, so anything over the limit is refused.
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = im.size
+    if limit is not None and width * height > limit:
+        raise ImageError(
+            f"{label}: image too large ({width}x{height} = {width * height} pixels, limit {limit}), "
+            "possible decompression bomb"
+        )
+
+
+def _draft_for_target(im: Image.Image, size: int) -> None:
+    """Let libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale, never below ``size`` on either side.
+
+    Only done when at least a 2x reduction is possible: draft() on a smaller image would not reduce anything
+    but would still reconfigure the decoder, and photos around the target size must decode exactly as the
+    notebooks decoded them.
+    """
+    if im.format == "JPEG" and min(im.size) >= 2 * size:
+        im.draft(None, (size, size))
+
+
+def _squash(im: Image.Image, size: int) -> Image.Image:
+    """Upright the image (EXIF orientation) and resize it to ``size`` x ``size`` with nearest neighbour."""
+    # The orientation must be applied before squashing: it decides which side gets compressed.
+    # A malformed EXIF block should not cost the shop a product: then the pixels are used as stored.
+    with contextlib.suppress(Exception):
+        ImageOps.exif_transpose(im, in_place=True)
+    if im.size == (size, size):
+        return im
+    # Nearest neighbour only picks pixels, so resizing before the colour conversion gives the same pixels
+    # as converting first (what keras' load_img does) while converting far fewer of them.
+    return im.resize((size, size), Image.Resampling.NEAREST)
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Convert any Pillow mode to an ``(h, w, 3)`` uint8 RGB array; transparency is composited on white."""
+    mode = im.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        return _gray_to_rgb(np.asarray(im).astype(np.float64) / 257.0)
+    if mode == "I":
+        gray = np.asarray(im).astype(np.float64)
+        # 32-bit integer images mostly hold 16-bit samples (old Pillow PNGs, scientific TIFFs); an image
+        # whose values all fit in 8 bits is taken as 8-bit.
+        return _gray_to_rgb(gray / 257.0 if gray.max(initial=0) > 255 else gray)
+    if mode == "F":
+        gray = np.nan_to_num(np.asarray(im).astype(np.float64))
+        # Float images are conventionally 0..1; anything else is taken as already 0..255.
+        if gray.size and gray.min() >= 0.0 and gray.max() <= 1.0:
+            gray = gray * 255.0
+        return _gray_to_rgb(gray)
+    if mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(im.convert("RGB"))
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    gray8 = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+    return np.repeat(gray8[:, :, np.newaxis], 3, axis=2)
