@@ -274,6 +274,29 @@ def remove(bind: Bind, skus: Iterable[str], *, missing_ok: bool = False) -> int:
     return len(deleted)
 
 
+@dataclass(frozen=True)
+class Product:
+    """A stored product without its vector."""
+
+    sku: str
+    name: str | None
+    category: str
+    price: Decimal | None
+    in_stock: bool
+    image: str | None
+    image_sha256: str | None
+
+
+def get_product(bind: Bind, sku: str) -> Product | None:
+    """The stored product ``sku``, or ``None`` if it is not in the catalogue."""
+    with transaction(bind) as conn:
+        row = conn.execute(
+            sa.text("SELECT sku, name, category, price, in_stock, image, image_sha256 FROM products WHERE sku = :sku"),
+            {"sku": sku},
+        ).one_or_none()
+    return Product(*row) if row else None
+
+
 def stats(bind: Bind) -> CatalogueStats:
     """Products by category and stock, the embedding space, and the state of the vector index."""
     with transaction(bind) as conn:

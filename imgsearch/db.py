@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -38,6 +39,26 @@ def normalise_url(url: str) -> str:
     if parsed.get_backend_name() not in ("postgresql", "postgres"):
         raise ConfigurationError(f"imgsearch needs PostgreSQL with pgvector, not {parsed.get_backend_name()!r}")
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def libpq_url(url: str) -> str:
+    """``url`` as libpq writes it (for psql and non-Python backends): no driver name, socket paths unescaped."""
+    parsed = make_url(normalise_url(url))
+    auth = ""
+    if parsed.username:
+        auth = quote(parsed.username, safe="")
+        if parsed.password:
+            auth += ":" + quote(str(parsed.password), safe="")
+        auth += "@"
+    location = parsed.host or ""
+    if parsed.port:
+        location += f":{parsed.port}"
+    query = "&".join(
+        f"{key}={value}"
+        for key, values in parsed.query.items()
+        for value in ([values] if isinstance(values, str) else values)
+    )
+    return f"postgresql://{auth}{location}/{parsed.database or ''}" + (f"?{query}" if query else "")
 
 
 def create_engine(url: str, **kwargs: object) -> Engine:

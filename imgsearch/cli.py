@@ -1,0 +1,504 @@
+"""The ``imgsearch`` command: a thin Click layer over the library (parse, call, format)."""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from imgsearch import catalogue, db, embedded, output, query
+from imgsearch.config import PRECISIONS, Settings
+from imgsearch.errors import ImgsearchError
+from imgsearch.ingest import Progress
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from imgsearch.embedding import Featurizer
+
+
+class _Group(click.Group):
+    """Shows library errors as one line and a non-zero exit instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ImgsearchError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@dataclass
+class App:
+    """Per-invocation state: settings, and the engine and featurizer, created only when a command needs them."""
+
+    settings: Settings
+    _engine: Engine | None = field(default=None, repr=False)
+    _featurizer: Featurizer | None = field(default=None, repr=False)
+
+    def engine(self, *, schema: bool = True) -> Engine:
+        """The catalogue's engine; by default checks the schema is migrated."""
+        if self._engine is None:
+            self._engine = db.connect(self.settings)
+        if schema:
+            db.require_schema(self._engine)
+        return self._engine
+
+    def featurizer(self) -> Featurizer:
+        """The VGG16 featurizer (loads TensorFlow and the weights on first use)."""
+        if self._featurizer is None:
+            from imgsearch.embedding import Featurizer
+
+            self._featurizer = Featurizer.from_settings(self.settings)
+        return self._featurizer
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def _fail(message: str) -> NoReturn:
+    raise click.ClickException(message)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--database-url",
+    metavar="URL",
+    help="PostgreSQL with pgvector [env IMGSEARCH_DATABASE_URL; default: the embedded server].",
+)
+@click.option(
+    "--home", type=click.Path(file_okay=False, path_type=Path), help="Embedded server's data [env IMGSEARCH_HOME]."
+)
+@click.option("--weights", metavar="PATH", help="VGG16 notop .h5 weights, or 'imagenet' [env IMGSEARCH_VGG16_WEIGHTS].")
+@click.option("--batch-size", type=click.IntRange(1, 1024), help="Images per forward pass [env IMGSEARCH_BATCH_SIZE].")
+@click.option("--precision", type=click.Choice(PRECISIONS), help="Model precision [env IMGSEARCH_PRECISION].")
+@click.version_option(package_name="imgsearch")
+@click.pass_context
+def main(ctx: click.Context, **options: Any) -> None:
+    """Visual product search: find products that look alike, by photo or by SKU.
+
+    \b
+    Start here:
+      imgsearch db upgrade                      # create the schema
+      imgsearch ingest examples/catalogue       # load a folder of category/*.jpg
+      imgsearch search photo.jpg -k 5           # products that look like a photo
+      imgsearch cheaper SKU                     # similar, in stock and cheaper
+    """
+    ctx.obj = App(Settings.from_env(**options))
+
+
+# --- database -------------------------------------------------------------------------------------------------
+
+
+@main.group(cls=_Group)
+def db_group() -> None:
+    """Manage the database: the embedded server and the schema."""
+
+
+main.add_command(db_group, name="db")
+
+
+@db_group.command("start")
+@pass_app
+def db_start(app: App) -> None:
+    """Start the embedded PostgreSQL (it keeps running until `imgsearch db stop`) and print its URL."""
+    click.echo(embedded.start(app.settings.home))
+
+
+@db_group.command("stop")
+@pass_app
+def db_stop(app: App) -> None:
+    """Stop the embedded PostgreSQL."""
+    stopped = embedded.stop(app.settings.home)
+    click.echo("stopped" if stopped else "not running")
+
+
+@db_group.command("status")
+@pass_app
+def db_status(app: App) -> None:
+    """Say whether the embedded server runs, where its data is, and the schema revision."""
+    if app.settings.database_url:
+        engine = app.engine(schema=False)
+        click.echo(f"external database: {engine.url.render_as_string(hide_password=True)}")
+        click.echo(f"schema revision: {db.current_revision(engine) or 'none'} (newest {db.head_revision()})")
+        return
+    status = embedded.status(app.settings.home)
+    click.echo(f"embedded server: {f'running (pid {status.pid})' if status.running else 'stopped'}")
+    click.echo(f"data directory: {status.data_dir}")
+    if status.url:
+        click.echo(f"url: {db.libpq_url(status.url)}")
+        engine = db.create_engine(status.url)
+        click.echo(f"schema revision: {db.current_revision(engine) or 'none'} (newest {db.head_revision()})")
+        engine.dispose()
+
+
+@db_group.command("url")
+@pass_app
+def db_url(app: App) -> None:
+    """Print the connection URL (starting the embedded server if needed), e.g. for psql or a backend."""
+    click.echo(db.libpq_url(db.resolve_url(app.settings)))
+
+
+@db_group.command("upgrade")
+@click.argument("revision", default="head")
+@pass_app
+def db_upgrade(app: App, revision: str) -> None:
+    """Create or update the schema (the vector extension, tables, indexes, SQL functions)."""
+    engine = app.engine(schema=False)
+    db.upgrade(engine, revision)
+    click.echo(f"schema at revision {db.current_revision(engine)}")
+
+
+@db_group.command("downgrade")
+@click.argument("revision", default="-1")
+@click.option("--yes", is_flag=True, help="Confirm: downgrading below the first revision deletes the catalogue.")
+@pass_app
+def db_downgrade(app: App, revision: str, yes: bool) -> None:
+    """Step the schema back (default one revision; 'base' drops everything)."""
+    if not yes:
+        _fail("downgrading can delete catalogue data: pass --yes to confirm")
+    engine = app.engine(schema=False)
+    db.downgrade(engine, revision)
+    click.echo(f"schema at revision {db.current_revision(engine) or 'none'}")
+
+
+@db_group.command("reset")
+@click.option("--yes", is_flag=True, help="Confirm deleting every product.")
+@pass_app
+def db_reset(app: App, yes: bool) -> None:
+    """Delete every product and the recorded embedding space (to re-ingest with another model)."""
+    if not yes:
+        _fail("this deletes every product: pass --yes to confirm")
+    catalogue.clear(app.engine())
+    click.echo("catalogue emptied")
+
+
+# --- catalogue ------------------------------------------------------------------------------------------------
+
+
+class _ProgressLine:
+    """A one-line progress display on stderr: images done, rate, ETA."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, p: Progress) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        final = p.total is not None and p.done >= p.total
+        if not self.tty and now - self.last < 5 and not final:
+            return
+        self.last = now
+        rate = p.done / p.seconds if p.seconds > 0 else 0.0
+        total = f"/{p.total}" if p.total else ""
+        eta = ""
+        if p.total and rate > 0:
+            remaining = (p.total - p.done) / rate
+            eta = f"  ETA {int(remaining // 60)}m{int(remaining % 60):02d}s"
+        text = f"{p.done}{total} products  {rate:.1f}/s  {p.embedded} embedded{eta}"
+        click.echo(("\r" + text.ljust(70)) if self.tty else text, err=True, nl=not self.tty)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            click.echo("", err=True)
+
+
+@main.command()
+@click.argument("folder", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--manifest",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV: sku,name,category,price,in_stock,image.",
+)
+@click.option(
+    "--errors", "errors_path", type=click.Path(dir_okay=False, path_type=Path), help="Write failures to this CSV."
+)
+@click.option(
+    "--commit-every",
+    type=click.IntRange(1, 100_000),
+    default=256,
+    show_default=True,
+    help="Products per committed batch.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@pass_app
+def ingest(
+    app: App, folder: Path | None, manifest: Path | None, errors_path: Path | None, commit_every: int, quiet: bool
+) -> None:
+    """Load or update products from a FOLDER of category/image files or a --manifest CSV.
+
+    Idempotent: unchanged images are not embedded again, changed metadata is updated. Each batch is committed,
+    so an interrupted run resumes where it stopped. Failures are listed and the exit status is 1 if any.
+
+    \b
+    Examples:
+      imgsearch ingest examples/catalogue
+      imgsearch ingest --manifest products.csv --errors failed.csv
+    """
+    from imgsearch import ingest as ingestion
+
+    if (folder is None) == (manifest is None):
+        _fail("give either a FOLDER or --manifest CSV (not both)")
+    warn = lambda message: click.echo(f"warning: {message}", err=True)  # noqa: E731
+    if manifest is not None:
+        total = sum(1 for _ in ingestion.read_manifest(manifest))
+        entries = ingestion.read_manifest(manifest, warn=warn)
+    else:
+        assert folder is not None
+        total = ingestion.count_folder(folder)
+        entries = ingestion.scan_folder(folder)
+    engine = app.engine()
+    progress = _ProgressLine(enabled=not quiet)
+    try:
+        report = ingestion.ingest(
+            engine, entries, app.featurizer(), total=total, commit_every=commit_every, progress=progress
+        )
+    except KeyboardInterrupt:
+        progress.close()
+        click.echo("interrupted: batches already committed are kept; run the same command again to resume", err=True)
+        sys.exit(130)
+    progress.close()
+    for failure in report.failures:
+        click.echo(f"failed: {failure.sku or '-'} ({failure.source}): {failure.reason}", err=True)
+    if errors_path is not None:
+        ingestion.write_failures(report.failures, errors_path)
+    click.echo(output.format_ingest_summary(report))
+    if report.failed:
+        sys.exit(1)
+
+
+def _read_stock_csv(path: Path) -> dict[str, bool]:
+    from imgsearch.ingest import parse_bool
+
+    stock: dict[str, bool] = {}
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"sku", "in_stock"} <= {f.strip().lower() for f in reader.fieldnames}:
+            _fail(f"{path}: needs columns sku,in_stock")
+        for row in reader:
+            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(k, str)}
+            try:
+                flag = parse_bool(row["in_stock"])
+            except ValueError as exc:
+                _fail(f"{path}:{reader.line_num}: {exc}")
+            if not row["sku"]:
+                _fail(f"{path}:{reader.line_num}: missing sku")
+            if row["sku"] in stock:
+                _fail(f"{path}:{reader.line_num}: duplicate sku {row['sku']}")
+            stock[row["sku"]] = flag
+    return stock
+
+
+@main.command()
+@click.argument("skus", nargs=-1)
+@click.option("--in/--out", "in_stock", default=None, help="Mark the SKUs in stock or sold out.")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV sku,in_stock, applied in one transaction.",
+)
+@pass_app
+def stock(app: App, skus: tuple[str, ...], in_stock: bool | None, csv_path: Path | None) -> None:
+    """Mark products in or out of stock. All or nothing: an unknown SKU changes nothing.
+
+    \b
+    Examples:
+      imgsearch stock --out shoes/123 shoes/456
+      imgsearch stock --csv stock.csv
+    """
+    if csv_path is not None:
+        if skus or in_stock is not None:
+            _fail("use either --csv or SKUs with --in/--out")
+        changes = _read_stock_csv(csv_path)
+    else:
+        if not skus or in_stock is None:
+            _fail("give SKUs and --in or --out (or --csv FILE)")
+        changes = dict.fromkeys(skus, in_stock)
+    changed = catalogue.set_stock(app.engine(), changes)
+    click.echo(f"{changed} product{'s' if changed != 1 else ''} changed, {len(changes) - changed} already as given")
+
+
+@main.command()
+@click.argument("skus", nargs=-1, required=True)
+@click.option("--missing-ok", is_flag=True, help="Ignore SKUs that are not in the catalogue.")
+@pass_app
+def remove(app: App, skus: tuple[str, ...], missing_ok: bool) -> None:
+    """Delete products by SKU (all or nothing unless --missing-ok).
+
+    \b
+    Example:
+      imgsearch remove shoes/123 shoes/456
+    """
+    removed = catalogue.remove(app.engine(), skus, missing_ok=missing_ok)
+    click.echo(f"removed {removed} product{'s' if removed != 1 else ''}")
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_app
+def stats(app: App, fmt: str) -> None:
+    """Products by category and stock, the embedding space and the vector index.
+
+    \b
+    Example:
+      imgsearch stats --format json
+    """
+    click.echo(output.format_stats(catalogue.stats(app.engine()), fmt))
+
+
+# --- search ---------------------------------------------------------------------------------------------------
+
+
+def _search_options(func: Any) -> Any:
+    options = [
+        click.option(
+            "-k", "k", type=click.IntRange(1, query.MAX_K), default=8, show_default=True, help="How many results."
+        ),
+        click.option("--format", "fmt", type=click.Choice(output.FORMATS), default="table", show_default=True),
+        click.option(
+            "--sheet", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG contact sheet of the results."
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _filter_options(func: Any) -> Any:
+    options = [
+        click.option("--category", "categories", multiple=True, help="Only this category (repeatable)."),
+        click.option("--include-out-of-stock", is_flag=True, help="Also show sold-out products."),
+        click.option("--max-price", type=click.FloatRange(min=0), help="Price ceiling (inclusive)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _emit(results: list[query.SearchResult], fmt: str, sheet: Path | None, query_image: Any, engine: Engine) -> None:
+    if not results and fmt == "table":
+        stats_ = catalogue.stats(engine)
+        if stats_.products == 0:
+            _fail("the catalogue is empty: load products with `imgsearch ingest` first")
+        click.echo("no products match the filters", err=True)
+        return
+    click.echo(output.format_results(results, fmt))
+    if sheet is not None:
+        from imgsearch.sheet import write_contact_sheet
+
+        write_contact_sheet(results, sheet, query_image=query_image)
+        click.echo(f"contact sheet: {sheet}", err=True)
+
+
+@main.command()
+@click.argument("image")
+@_filter_options
+@_search_options
+@pass_app
+def search(
+    app: App,
+    image: str,
+    categories: tuple[str, ...],
+    include_out_of_stock: bool,
+    max_price: float | None,
+    k: int,
+    fmt: str,
+    sheet: Path | None,
+) -> None:
+    """Products that look like the photo IMAGE (any JPEG, PNG, WebP, GIF, BMP, TIFF; '-' reads stdin).
+
+    \b
+    Examples:
+      imgsearch search photo.jpg -k 5
+      imgsearch search photo.jpg --category shoes --max-price 50 --format json
+      cat photo.jpg | imgsearch search - --sheet results.png
+    """
+    source: Any = sys.stdin.buffer.read() if image == "-" else Path(image)
+    engine = app.engine()
+    vector = app.featurizer().embed_image(source)
+    results = query.search(
+        engine,
+        vector,
+        k,
+        categories=list(categories) or None,
+        in_stock_only=not include_out_of_stock,
+        max_price=None if max_price is None else Decimal(str(max_price)),
+    )
+    _emit(results, fmt, sheet, source, engine)
+
+
+@main.command()
+@click.argument("sku")
+@click.option("--cheaper", is_flag=True, help="Only in-stock products strictly cheaper than SKU, same category.")
+@_filter_options
+@_search_options
+@pass_app
+def similar(
+    app: App,
+    sku: str,
+    cheaper: bool,
+    categories: tuple[str, ...],
+    include_out_of_stock: bool,
+    max_price: float | None,
+    k: int,
+    fmt: str,
+    sheet: Path | None,
+) -> None:
+    """Products that look like catalogue product SKU (itself excluded).
+
+    \b
+    Examples:
+      imgsearch similar shoes/123 -k 5
+      imgsearch similar shoes/123 --cheaper
+    """
+    engine = app.engine()
+    if cheaper:
+        if categories or include_out_of_stock or max_price is not None:
+            _fail("--cheaper already means same category, in stock and cheaper: drop the other filters")
+        results = query.cheaper_alternatives(engine, sku, k)
+    else:
+        results = query.similar_to_sku(
+            engine,
+            sku,
+            k,
+            categories=list(categories) or None,
+            in_stock_only=not include_out_of_stock,
+            max_price=None if max_price is None else Decimal(str(max_price)),
+        )
+    _emit(results, fmt, sheet, _stored_image(engine, sku), engine)
+
+
+@main.command()
+@click.argument("sku")
+@click.option("--any-category", is_flag=True, help="Also suggest products of other categories.")
+@_search_options
+@pass_app
+def cheaper(app: App, sku: str, any_category: bool, k: int, fmt: str, sheet: Path | None) -> None:
+    """Visually similar products that are in stock and strictly cheaper than SKU.
+
+    \b
+    Example:
+      imgsearch cheaper dress/4719349a --sheet cheaper.png
+    """
+    engine = app.engine()
+    results = query.cheaper_alternatives(engine, sku, k, same_category=not any_category)
+    _emit(results, fmt, sheet, _stored_image(engine, sku), engine)
+
+
+def _stored_image(engine: Engine, sku: str) -> Path | None:
+    product = catalogue.get_product(engine, sku)
+    return Path(product.image) if product and product.image else None
+
+
+def run() -> None:
+    """Entry point for ``python cli.py``."""
+    main(prog_name="imgsearch")

@@ -1,0 +1,158 @@
+"""Formatting results for people (tables that fit an 80-column terminal) and for programs (JSON, CSV)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from decimal import Decimal
+
+from imgsearch.catalogue import CatalogueStats
+from imgsearch.ingest import IngestReport
+from imgsearch.query import SearchResult
+
+FORMATS = ("table", "json", "csv")
+RESULT_FIELDS = ("rank", "sku", "name", "category", "price", "in_stock", "distance", "image")
+
+
+def _price(price: Decimal | None) -> str:
+    return "" if price is None else f"{price:.2f}"
+
+
+def result_dicts(results: Sequence[SearchResult]) -> list[dict[str, object]]:
+    """Results as plain dicts with the documented field names, in rank order (rank starts at 1)."""
+    return [
+        {
+            "rank": rank,
+            "sku": r.sku,
+            "name": r.name,
+            "category": r.category,
+            "price": None if r.price is None else float(r.price),
+            "in_stock": r.in_stock,
+            "distance": round(r.distance, 6),
+            "image": r.image,
+        }
+        for rank, r in enumerate(results, start=1)
+    ]
+
+
+def _truncate(text: str, width: int) -> str:
+    if len(text) <= width:
+        return text
+    return text[: max(width - 1, 0)] + "…"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], width: int = 80, shrink: Sequence[int] = ()) -> str:
+    """A plain-text table no wider than ``width``; columns listed in ``shrink`` are truncated (widest first)."""
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
+    total = sum(widths) + 2 * (len(widths) - 1)
+    shrinkable = list(shrink)
+    while total > width and shrinkable:
+        i = max(shrinkable, key=lambda c: widths[c])
+        floor = max(len(headers[i]), 6)
+        if widths[i] <= floor:
+            shrinkable.remove(i)
+            continue
+        widths[i] -= 1
+        total -= 1
+    numeric = {i for i, h in enumerate(headers) if h in ("#", "price", "distance", "products", "in stock")}
+
+    def line(cells: Sequence[str]) -> str:
+        parts = []
+        for i, cell in enumerate(cells):
+            text = _truncate(cell, widths[i])
+            parts.append(text.rjust(widths[i]) if i in numeric else text.ljust(widths[i]))
+        return "  ".join(parts).rstrip()
+
+    out = [line(headers), line(["-" * w for w in widths])]
+    out.extend(line(row) for row in rows)
+    return "\n".join(out)
+
+
+def format_results(results: Sequence[SearchResult], fmt: str = "table", width: int = 80) -> str:
+    """Render search results as ``table``, ``json`` (a list of objects) or ``csv`` (with a header row)."""
+    if fmt == "json":
+        return json.dumps(result_dicts(results), indent=2, ensure_ascii=False)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=RESULT_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row, result in zip(result_dicts(results), results, strict=True):
+            writer.writerow({**row, "price": _price(result.price), "in_stock": str(result.in_stock).lower()})
+        return buffer.getvalue().rstrip("\n")
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}")
+    headers = ["#", "sku", "name", "category", "price", "stock", "distance", "image"]
+    rows = [
+        [
+            str(rank),
+            r.sku,
+            r.name or "",
+            r.category,
+            _price(r.price),
+            "yes" if r.in_stock else "no",
+            f"{r.distance:.4f}",
+            r.image or "",
+        ]
+        for rank, r in enumerate(results, start=1)
+    ]
+    return table(headers, rows, width=width, shrink=(7, 2, 1, 3))
+
+
+def format_stats(stats: CatalogueStats, fmt: str = "table") -> str:
+    """Render catalogue statistics as a table or JSON."""
+    space = stats.space
+    if fmt == "json":
+        return json.dumps(
+            {
+                "products": stats.products,
+                "in_stock": stats.in_stock,
+                "categories": {c: {"products": n, "in_stock": s} for c, (n, s) in stats.by_category.items()},
+                "embedding_space": None
+                if space is None
+                else {
+                    "model": space.model_name,
+                    "weights_id": space.weights_id,
+                    "preprocessing": space.preprocessing_version,
+                    "dimension": space.dimension,
+                },
+                "index": {"name": stats.index_name, "size_bytes": stats.index_size_bytes},
+                "table_size_bytes": stats.table_size_bytes,
+            },
+            indent=2,
+        )
+    rows = [[c, str(n), str(s)] for c, (n, s) in stats.by_category.items()]
+    rows.append(["total", str(stats.products), str(stats.in_stock)])
+    lines = [table(["category", "products", "in stock"], rows, shrink=(0,))]
+    if space is None:
+        lines.append("embedding space: none yet (nothing ingested)")
+    else:
+        lines.append(
+            f"embedding space: {space.model_name}, {space.dimension}-d, preprocessing {space.preprocessing_version}, "
+            f"weights {space.weights_id[:12]}"
+        )
+    if stats.index_name:
+        lines.append(f"vector index: {stats.index_name} (HNSW, cosine), {_size(stats.index_size_bytes or 0)}")
+    else:
+        lines.append("vector index: missing (run `imgsearch db upgrade`)")
+    lines.append(f"table size: {_size(stats.table_size_bytes)}")
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_ingest_summary(report: IngestReport) -> str:
+    """One line: added, updated, unchanged, failed, and how many images were embedded at what rate."""
+    rate = report.embedded / report.seconds if report.seconds > 0 else 0.0
+    return (
+        f"added {report.added}, updated {report.updated}, unchanged {report.unchanged}, failed {report.failed} "
+        f"({report.embedded} images embedded in {report.seconds:.1f} s, {rate:.1f} images/s)"
+    )
