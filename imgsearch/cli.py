@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -52,10 +53,16 @@ class App:
     def featurizer(self) -> Featurizer:
         """The VGG16 featurizer (loads TensorFlow and the weights on first use)."""
         if self._featurizer is None:
-            from imgsearch.embedding import Featurizer
-
-            self._featurizer = Featurizer.from_settings(self.settings)
+            self._featurizer = _featurizer(self.settings.weights, self.settings.batch_size, self.settings.precision)
         return self._featurizer
+
+
+@functools.cache
+def _featurizer(weights: str, batch_size: int, precision: str) -> Featurizer:
+    # Cached per process: a program that invokes the CLI in-process (tests, notebooks) loads the network once.
+    from imgsearch.embedding import Featurizer
+
+    return Featurizer(weights=weights, batch_size=batch_size, precision=precision)
 
 
 pass_app = click.make_pass_decorator(App)

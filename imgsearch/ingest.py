@@ -113,8 +113,9 @@ def _is_image_name(path: Path) -> bool:
 def scan_folder(root: Path | str) -> Iterator[CatalogueEntry | Failure]:
     """Products from a folder tree whose first-level folders are categories (``root/heels/123.jpg``).
 
-    The SKU is the path below ``root`` without its extension (``heels/123``). Files that are not images by
-    their extension, and files outside any category folder, are reported as failures. Hidden files are skipped.
+    The SKU is the path below ``root`` without its extension (``heels/123``). Files in category folders that
+    are not images by their extension, and images outside any category folder, are reported as failures.
+    Hidden files, and other files at the top level (a README, a manifest, a licence note), are skipped.
     """
     root = Path(root)
     if not root.is_dir():
@@ -125,7 +126,8 @@ def scan_folder(root: Path | str) -> Iterator[CatalogueEntry | Failure]:
             continue
         sku = relative.with_suffix("").as_posix()
         if len(relative.parts) < 2:
-            yield Failure(None, str(path), "not inside a category folder")
+            if _is_image_name(path):
+                yield Failure(None, str(path), "not inside a category folder")
         elif not _is_image_name(path):
             yield Failure(sku, str(path), f"not a supported image type ({path.suffix or 'no extension'})")
         else:

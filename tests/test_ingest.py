@@ -1,0 +1,296 @@
+"""Catalogue ingestion through the CLI and the library: real images, real VGG16 weights, real PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+from PIL import Image
+from sqlalchemy.engine import Engine
+
+from imgsearch import catalogue, ingest, query
+from imgsearch.cli import main
+from imgsearch.embedding import Featurizer
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_CATALOGUE = REPO / "examples" / "catalogue"
+
+Invoke = Callable[..., Result]
+
+
+@pytest.fixture
+def invoke(database_url: str, weights_path: str) -> Invoke:
+    """Run the CLI in-process against the test's fresh database."""
+
+    def run(*args: str, expect: int | None = 0) -> Result:
+        result = CliRunner().invoke(main, ["--database-url", database_url, "--weights", weights_path, *args])
+        if expect is not None:
+            assert result.exit_code == expect, result.output
+        return result
+
+    return run
+
+
+def summary(result: Result) -> dict[str, int]:
+    match = re.search(
+        r"added (\d+), updated (\d+), unchanged (\d+), failed (\d+) \((\d+) images embedded", result.stdout
+    )
+    assert match, result.output
+    return dict(zip(["added", "updated", "unchanged", "failed", "embedded"], map(int, match.groups()), strict=True))
+
+
+def _copy_sample(dst: Path, per_category: int = 2, categories: tuple[str, ...] = ("dress", "shoes", "hat")) -> Path:
+    for category in categories:
+        (dst / category).mkdir(parents=True)
+        for image in sorted((SAMPLE_CATALOGUE / category).glob("*.jpg"))[:per_category]:
+            shutil.copy(image, dst / category / image.name)
+    return dst
+
+
+def test_ingest_sample_folder_then_rerun_embeds_nothing(invoke: Invoke, engine: Engine) -> None:
+    first = invoke("ingest", "--quiet", str(SAMPLE_CATALOGUE))
+    assert summary(first) == {"added": 120, "updated": 0, "unchanged": 0, "failed": 0, "embedded": 120}
+
+    stats = catalogue.stats(engine)
+    assert stats.products == 120 and stats.in_stock == 120
+    assert stats.by_category == {c.name: (12, 12) for c in SAMPLE_CATALOGUE.iterdir() if c.is_dir()}
+    assert stats.space is not None and stats.space.dimension == 512
+
+    # Every product's nearest neighbour is itself, at distance ~0.
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT sku, embedding FROM products ORDER BY sku LIMIT 10")).all()
+    for sku, vector in rows:
+        best = query.search(engine, np.asarray(vector), 1)[0]
+        assert best.sku == sku and best.distance < 1e-5
+    product = catalogue.get_product(engine, "shoes/" + sorted((SAMPLE_CATALOGUE / "shoes").glob("*.jpg"))[0].stem)
+    assert product is not None and product.category == "shoes" and product.image_sha256
+
+    second = invoke("ingest", "--quiet", str(SAMPLE_CATALOGUE))
+    assert summary(second) == {"added": 0, "updated": 0, "unchanged": 120, "failed": 0, "embedded": 0}
+
+
+def test_manifest_ingest_updates_metadata_and_reembeds_changed_images(
+    invoke: Invoke, engine: Engine, tmp_path: Path
+) -> None:
+    folder = _copy_sample(tmp_path / "imgs")
+    images = sorted(folder.rglob("*.jpg"))
+    manifest = tmp_path / "products.csv"
+
+    def write(rows: list[dict[str, str]]) -> None:
+        with manifest.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["sku", "name", "category", "price", "in_stock", "image", "colour"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    rows = [
+        {
+            "sku": f"SKU-{i}",
+            "name": f"Item {i}",
+            "category": p.parent.name,
+            "price": f"{10 + i}.50",
+            "in_stock": "yes",
+            "image": str(p.relative_to(tmp_path)) if i % 2 else str(p),  # relative and absolute paths
+            "colour": "red",
+        }
+        for i, p in enumerate(images)
+    ]
+    write(rows)
+    first = invoke("ingest", "--quiet", "--manifest", str(manifest))
+    assert summary(first)["added"] == len(images)
+    assert "ignoring unknown column: colour" in first.stderr
+    assert catalogue.get_product(engine, "SKU-1").price == pytest.approx(11.5)
+
+    # Metadata change only: updated, nothing embedded.
+    rows[0]["price"] = "5"
+    rows[1]["in_stock"] = "false"
+    write(rows)
+    second = invoke("ingest", "--quiet", "--manifest", str(manifest))
+    assert summary(second) == {"added": 0, "updated": 2, "unchanged": len(images) - 2, "failed": 0, "embedded": 0}
+    assert not catalogue.get_product(engine, "SKU-1").in_stock
+
+    # A changed image is embedded again and its vector replaced.
+    with engine.connect() as conn:
+        before = conn.execute(sa.text("SELECT embedding FROM products WHERE sku = 'SKU-2'")).scalar_one()
+    shutil.copy(images[-1], images[2])
+    third = invoke("ingest", "--quiet", "--manifest", str(manifest))
+    assert summary(third) == {"added": 0, "updated": 1, "unchanged": len(images) - 1, "failed": 0, "embedded": 1}
+    with engine.connect() as conn:
+        after = conn.execute(sa.text("SELECT embedding FROM products WHERE sku = 'SKU-2'")).scalar_one()
+    assert not np.allclose(before, after)
+
+
+def _hostile_folder(root: Path) -> dict[str, str]:
+    """Good photos plus every kind of bad file a catalogue folder can hold; returns bad sku -> expected reason."""
+    _copy_sample(root, per_category=2, categories=("dress", "shoes"))
+    good = sorted((root / "dress").glob("*.jpg"))[0].read_bytes()
+    (root / "dress" / "empty.jpg").write_bytes(b"")
+    (root / "dress" / "text.jpg").write_text("this is not a picture")
+    (root / "dress" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (root / "dress" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 50)
+    Image.new("1", (15000, 15000)).save(root / "shoes" / "bomb.png")  # 225 Mpixel: over Pillow's safety limit
+    (root / "shoes" / "notes.txt").write_text("supplier notes")
+    (root / "stray.jpg").write_bytes(good)
+    (root / ".DS_Store").write_bytes(b"junk")
+    return {
+        "dress/empty": "empty",
+        "dress/text": "not an image|cannot identify",
+        "dress/truncated": "truncated|corrupt",
+        "dress/corrupt": "corrupt|cannot identify|not an image",
+        "shoes/bomb": "too large|decompression|pixels",
+        "shoes/notes": "not a supported image type",
+    }
+
+
+def test_hostile_files_are_reported_and_the_rest_ingested(invoke: Invoke, engine: Engine, tmp_path: Path) -> None:
+    root = tmp_path / "catalogue"
+    expected = _hostile_folder(root)
+    errors = tmp_path / "errors.csv"
+    result = invoke("ingest", "--quiet", "--errors", str(errors), str(root), expect=1)
+    counts = summary(result)
+    assert counts["added"] == 4 and counts["failed"] == len(expected) + 1  # + the stray file outside a category
+
+    with errors.open() as fh:
+        reported = {row["sku"] or row["source"]: row["reason"] for row in csv.DictReader(fh)}
+    for sku, reason in expected.items():
+        assert re.search(reason, reported[sku], re.IGNORECASE), (sku, reported[sku])
+        assert sku in result.stderr
+    assert any("not inside a category folder" in r for r in reported.values())
+    assert catalogue.stats(engine).products == 4
+
+
+def test_bad_manifest_rows_are_reported(invoke: Invoke, engine: Engine, tmp_path: Path) -> None:
+    folder = _copy_sample(tmp_path / "imgs", per_category=1, categories=("dress",))
+    image = next(folder.rglob("*.jpg")).relative_to(tmp_path)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "sku,name,category,price,in_stock,image\n"
+        f"OK-1,Fine,dress,12.50,true,{image}\n"
+        f",No sku,dress,1,true,{image}\n"
+        f"NOCAT,No category,,1,true,{image}\n"
+        f"BADPRICE,Bad price,dress,twelve,true,{image}\n"
+        f"NEGPRICE,Negative,dress,-3,true,{image}\n"
+        f"BADSTOCK,Bad stock,dress,1,maybe,{image}\n"
+        f"DUP,First,dress,1,true,{image}\n"
+        f"DUP,Second,dress,2,true,{image}\n"
+        "MISSING,Missing file,dress,1,true,imgs/nope.jpg\n"
+    )
+    errors = tmp_path / "errors.csv"
+    result = invoke("ingest", "--quiet", "--manifest", str(manifest), "--errors", str(errors), expect=1)
+    assert summary(result)["added"] == 1 and summary(result)["failed"] == 8
+    with errors.open() as fh:
+        reasons = [(row["sku"], row["reason"]) for row in csv.DictReader(fh)]
+    text = "\n".join(f"{s}: {r}" for s, r in reasons)
+    for needle in (
+        "missing sku",
+        "NOCAT: missing category",
+        "BADPRICE: price must be a number",
+        "NEGPRICE: price must be between",
+        "BADSTOCK: in_stock must be",
+        "DUP: duplicate sku",
+        "MISSING: ",
+    ):
+        assert needle in text, text
+    assert [p.sku for p in [catalogue.get_product(engine, "OK-1")] if p] == ["OK-1"]
+
+
+def test_unusable_manifest_is_one_clear_error(invoke: Invoke, tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("sku,name,price\nA,B,1\n")
+    result = invoke("ingest", "--manifest", str(manifest), expect=1)
+    assert "missing required columns: category, image" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_interrupted_ingest_resumes_without_reembedding(engine: Engine, featurizer: Featurizer, tmp_path: Path) -> None:
+    folder = _copy_sample(tmp_path / "c", per_category=4, categories=("dress", "shoes", "hat"))
+    batches = []
+
+    def stop_after_two(progress: ingest.Progress) -> None:
+        batches.append(progress.done)
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest.ingest(engine, ingest.scan_folder(folder), featurizer, commit_every=4, progress=stop_after_two)
+    assert catalogue.stats(engine).products == 8  # two committed batches survive
+
+    report = ingest.ingest(engine, ingest.scan_folder(folder), featurizer, commit_every=4)
+    assert (report.added, report.unchanged, report.embedded, report.failed) == (4, 8, 4, 0)
+
+
+def test_embedding_space_mismatch_is_refused(invoke: Invoke, engine: Engine, tmp_path: Path) -> None:
+    folder = _copy_sample(tmp_path / "c", per_category=1, categories=("dress",))
+    invoke("ingest", "--quiet", str(folder))
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE embedding_space SET preprocessing_version = 'v0-old'"))
+    result = invoke("ingest", "--quiet", str(folder), expect=1)
+    assert "different embedding space" in result.stderr and "re-ingest" in result.stderr
+    invoke("db", "reset", "--yes")
+    assert summary(invoke("ingest", "--quiet", str(folder)))["added"] == 1
+
+
+def test_stock_remove_and_stats_commands(invoke: Invoke, engine: Engine, tmp_path: Path) -> None:
+    folder = _copy_sample(tmp_path / "c", per_category=2, categories=("dress", "shoes"))
+    invoke("ingest", "--quiet", str(folder))
+    skus = sorted(p.sku for p in [catalogue.get_product(engine, s) for s in _skus(folder)] if p)
+    assert len(skus) == 4
+
+    assert "1 product changed" in invoke("stock", "--out", skus[0]).stdout
+    assert not catalogue.get_product(engine, skus[0]).in_stock
+    stock_csv = tmp_path / "stock.csv"
+    stock_csv.write_text(f"sku,in_stock\n{skus[0]},true\n{skus[1]},false\n")
+    invoke("stock", "--csv", str(stock_csv))
+    assert catalogue.get_product(engine, skus[0]).in_stock and not catalogue.get_product(engine, skus[1]).in_stock
+
+    # All or nothing: an unknown SKU changes nothing.
+    stock_csv.write_text(f"sku,in_stock\n{skus[2]},false\nNO-SUCH,false\n")
+    result = invoke("stock", "--csv", str(stock_csv), expect=1)
+    assert "unknown SKU: NO-SUCH" in result.stderr and catalogue.get_product(engine, skus[2]).in_stock
+    assert (
+        "in_stock must be"
+        in invoke("stock", "--csv", str(_write(tmp_path / "b.csv", "sku,in_stock\nx,perhaps\n")), expect=1).stderr
+    )
+
+    stats = invoke("stats").stdout
+    assert re.search(r"total\s+4\s+3", stats) and "vector index: ix_products_embedding" in stats
+
+    assert "removed 1 product" in invoke("remove", skus[3]).stdout
+    assert catalogue.get_product(engine, skus[3]) is None
+    assert "unknown SKU" in invoke("remove", skus[3], expect=1).stderr
+    invoke("remove", "--missing-ok", skus[3])
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _skus(folder: Path) -> list[str]:
+    return [p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.jpg")]
+
+
+def test_python_cli_entry_point_matches_installed_command() -> None:
+    import subprocess
+    import sys
+
+    via_script = subprocess.run([sys.executable, str(REPO / "cli.py"), "--help"], capture_output=True, text=True)
+    via_module = CliRunner().invoke(main, ["--help"], prog_name="imgsearch")
+    assert via_script.returncode == 0 and via_script.stdout == via_module.stdout
+
+
+def test_no_database_and_no_schema_are_one_line_errors(weights_path: str, make_database: Callable[..., str]) -> None:
+    runner = CliRunner()
+    unreachable = runner.invoke(main, ["--database-url", "postgresql://nobody@127.0.0.1:1/none", "stats"])
+    assert unreachable.exit_code == 1 and "cannot connect to the database" in unreachable.stderr
+    assert "Traceback" not in unreachable.output
+    empty = runner.invoke(main, ["--database-url", make_database(), "stats"])
+    assert empty.exit_code == 1 and "imgsearch db upgrade" in empty.stderr
+    sqlite = runner.invoke(main, ["--database-url", "sqlite:///x.db", "stats"])
+    assert sqlite.exit_code == 1 and "needs PostgreSQL" in sqlite.stderr
