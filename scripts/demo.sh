@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # Installs everything and runs the main job end to end on the embedded database: migrate, ingest the sample
-# catalogue, then search with one of its photos and write a contact sheet of the matches.
+# catalogue, search with one of its photos (writing a contact sheet), then ask for cheaper look-alikes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(bash scripts/setup.sh)"
-imgsearch=.venv/bin/imgsearch
-$imgsearch db upgrade
-$imgsearch ingest examples/catalogue
-$imgsearch stats
-query=examples/catalogue/shoes/1b0f0b6a-7b32-4a57-a4d5-22e7b70e1c27.jpg
-echo "Products that look like $query:"
-$imgsearch search "$query" -k 5 --sheet demo-results.png
-sku=$(.venv/bin/python - <<'PY'
-import json, subprocess
-rows = json.loads(subprocess.check_output([".venv/bin/imgsearch", "stats", "--format", "json"]))
-PY
-)
-echo "The embedded server keeps running for psql or a backend: '$imgsearch db url' prints its URL,"
-echo "'$imgsearch db stop' stops it."
+imgsearch() { .venv/bin/imgsearch "$@"; }
+
+imgsearch db upgrade
+imgsearch ingest --manifest examples/products.csv
+imgsearch stats
+photo=examples/catalogue/shoes/24535295-abe3-4613-91f6-a7fe87954662.jpg
+echo
+echo "Products that look like $photo:"
+imgsearch search "$photo" -k 5 --sheet demo-results.png
+echo
+echo "Cheaper look-alikes of dress-19e4de0d (79.99), in stock:"
+imgsearch cheaper dress-19e4de0d -k 3
+echo
+echo "The embedded server keeps running for psql or a backend: 'imgsearch db url' prints its URL,"
+echo "'imgsearch db stop' stops it."
