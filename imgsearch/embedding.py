@@ -1,0 +1,364 @@
+"""The featurizer: product photos -> 512-d, L2-normalised VGG16 embeddings.
+
+The network is exactly the original notebooks' one: ``keras.applications.VGG16(include_top=False,
+pooling="avg")`` on 224x224 inputs prepared by :mod:`imgsearch.images` and
+``keras.applications.vgg16.preprocess_input``, i.e. the global-average-pooled block5 features.
+
+TensorFlow is imported only when a :class:`Featurizer` is created, so ``import imgsearch`` stays fast for the
+commands that never embed anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import os
+import sys
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgsearch.errors import ConfigurationError, ImageError, WeightsUnavailableError
+from imgsearch.images import PREPROCESSING_VERSION, TARGET_SIZE, ImageSource, decode_rgb8, load_image
+
+if TYPE_CHECKING:
+    from imgsearch.config import Settings
+
+MODEL_NAME = "vgg16-imagenet-gap"
+DIMENSION = 512
+PRECISIONS = ("float32", "bfloat16")
+
+#: ``weights_id`` of the published ImageNet VGG16 "notop" weights (Keras' download and the project's shared
+#: copy hold the same arrays, so they share this id).
+IMAGENET_WEIGHTS_ID = "d9a27cc1fc7f975ef8cff49180e794ccd7c4bc868ebb49740803b3bbaa8dbefd"
+
+KERAS_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+_HOW_TO_FIX = (
+    f"set IMGSEARCH_VGG16_WEIGHTS=/path/to/{KERAS_WEIGHTS_FILE} (or pass --weights), "
+    "or use weights 'imagenet' and allow Keras to download them once (cached in ~/.keras/models)"
+)
+
+# XLA (jit_compile=True) was measured slower on CPU: float32 4.2 vs 5.3 images/s, bfloat16 4.7 vs 13-23
+# images/s (batches of 32), because the plain graph runs oneDNN kernels that use AMX/AVX-512 for bfloat16.
+_JIT_COMPILE = False
+
+_INPUT_SHAPE = (TARGET_SIZE, TARGET_SIZE, 3)
+
+
+@dataclass(frozen=True)
+class EmbeddingSpace:
+    """What makes two vectors comparable: same network, same weights, same pixels in.
+
+    The catalogue records it; vectors from different spaces must never be mixed. The precision of the
+    forward pass is deliberately not part of it: bfloat16 vectors are close enough to float32 ones to share
+    a catalogue.
+    """
+
+    model_name: str
+    weights_id: str
+    preprocessing_version: str
+    dimension: int
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """Outcome for one file of :meth:`Featurizer.embed_files`: a vector, or the reason there is none."""
+
+    path: str | os.PathLike[str]
+    vector: np.ndarray | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the file produced a vector."""
+        return self.vector is not None
+
+
+class Featurizer:
+    """VGG16 (ImageNet) image embedder; loads the network when created.
+
+    Thread-safe: one instance may serve concurrent :meth:`embed_image` calls (e.g. a web backend).
+
+    Args:
+        weights: ``"imagenet"`` for Keras' own download (cached in ``~/.keras/models``), or the path of a local
+            ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``-style file.
+        batch_size: images per forward pass in :meth:`embed_files` and :meth:`embed_arrays`.
+        precision: ``"float32"`` or ``"bfloat16"`` (Keras' ``mixed_bfloat16`` policy: faster on CPUs with
+            bfloat16 support, vectors within ~1% cosine of float32).
+
+    Raises:
+        WeightsUnavailableError: the weights file is missing or is not VGG16 "notop" weights, or the ImageNet
+            weights can be neither found in Keras' cache nor downloaded.
+        ConfigurationError: invalid batch size or precision.
+    """
+
+    def __init__(self, weights: str = "imagenet", batch_size: int = 32, precision: str = "float32") -> None:
+        if batch_size < 1:
+            raise ConfigurationError(f"batch size must be at least 1, got {batch_size}")
+        if precision not in PRECISIONS:
+            raise ConfigurationError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.batch_size = batch_size
+        self.precision = precision
+        self.weights = weights
+
+        tf, keras = _import_tensorflow()
+        self._tf = tf
+        self._model = _build_model(keras, weights, precision)
+        self.space = EmbeddingSpace(
+            model_name=MODEL_NAME,
+            weights_id=_weights_id(self._model),
+            preprocessing_version=PREPROCESSING_VERSION,
+            dimension=DIMENSION,
+        )
+        preprocess = keras.applications.vgg16.preprocess_input
+        model = self._model
+
+        def forward(images: Any) -> Any:
+            features = model(preprocess(images), training=False)
+            # Under mixed_bfloat16 the model outputs bfloat16; vectors are always stored as float32.
+            return tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1)
+
+        # One graph with a variable batch dimension: it is traced once and then serves single queries and
+        # batches of any size alike, so the last partial batch needs no padding. (A separate graph with a
+        # static batch of 1 was measured no faster for single images.)
+        self._forward = tf.function(
+            forward,
+            input_signature=[tf.TensorSpec((None, *_INPUT_SHAPE), tf.float32)],
+            jit_compile=_JIT_COMPILE,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Featurizer:
+        """A featurizer configured by :class:`imgsearch.config.Settings` (weights, batch size, precision)."""
+        return cls(weights=settings.weights, batch_size=settings.batch_size, precision=settings.precision)
+
+    def __repr__(self) -> str:
+        return f"Featurizer(weights={self.weights!r}, batch_size={self.batch_size}, precision={self.precision!r})"
+
+    def warm_up(self) -> None:
+        """Trace the graph and run one image through it, so that the first real query is not slow (servers)."""
+        self._run(np.zeros((1, *_INPUT_SHAPE), np.float32))
+
+    def embed_image(self, source: ImageSource) -> np.ndarray:
+        """Embed one image (a path, its bytes or a binary file object): float32 unit vector of shape (512,).
+
+        Raises:
+            ImageError: the image cannot be read or decoded.
+        """
+        return self._run(load_image(source)[np.newaxis])[0]
+
+    def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Embed decoded images: ``(N, 224, 224, 3)`` RGB in 0..255 -> ``(N, 512)`` float32 unit vectors."""
+        batch = np.asarray(batch)
+        if batch.ndim != 4 or batch.shape[1:] != _INPUT_SHAPE:
+            raise ValueError(f"expected an array of shape (N, 224, 224, 3), got {batch.shape}")
+        out = np.empty((len(batch), DIMENSION), np.float32)
+        for start in range(0, len(batch), self.batch_size):
+            out[start : start + self.batch_size] = self._run(batch[start : start + self.batch_size])
+        return out
+
+    def embed_files(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        prefetch_batches: int = 2,
+        workers: int | None = None,
+    ) -> Iterator[EmbedResult]:
+        """Embed many files, yielding one :class:`EmbedResult` per path, in input order, as batches finish.
+
+        ``paths`` is consumed lazily (it may be a generator of any length) and memory stays bounded: at most
+        ``prefetch_batches + 1`` batches of decoded images exist at a time. Images are decoded by a thread
+        pool while the network runs on the previous batch. A file that cannot be decoded yields a result
+        with ``error`` set and does not stop the stream.
+
+        Args:
+            paths: image files.
+            prefetch_batches: batches decoded ahead of the one the network is working on.
+            workers: decoding threads (default: the number of CPUs, at most 4).
+        """
+        if prefetch_batches < 0:
+            raise ValueError(f"prefetch_batches must be >= 0, got {prefetch_batches}")
+        workers = workers or min(4, os.cpu_count() or 1)
+        chunks = _chunked(paths, self.batch_size)
+        pending: deque[list[tuple[str | os.PathLike[str], Future[np.ndarray]]]] = deque()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgsearch-decode") as pool:
+
+            def submit_next_chunk() -> None:
+                # The iterable is only ever advanced here, in the consumer's thread: generators are not
+                # thread-safe.
+                chunk = next(chunks, None)
+                if chunk is not None:
+                    pending.append([(path, pool.submit(decode_rgb8, path)) for path in chunk])
+
+            try:
+                for _ in range(prefetch_batches + 1):
+                    submit_next_chunk()
+                while pending:
+                    batch = pending.popleft()
+                    submit_next_chunk()
+                    yield from self._embed_decoded(batch)
+            finally:
+                # Reached early when the consumer stops iterating: do not decode what nobody will read.
+                for batch in pending:
+                    for _, future in batch:
+                        future.cancel()
+
+    def _embed_decoded(self, batch: list[tuple[str | os.PathLike[str], Future[np.ndarray]]]) -> Iterator[EmbedResult]:
+        images: list[np.ndarray] = []
+        errors: list[str | None] = []
+        for _, future in batch:
+            try:
+                images.append(future.result())
+                errors.append(None)
+            except ImageError as exc:
+                errors.append(str(exc))
+        vectors = iter(self._run(np.stack(images)) if images else ())
+        for (path, _), error in zip(batch, errors, strict=True):
+            if error is None:
+                yield EmbedResult(path, next(vectors))
+            else:
+                yield EmbedResult(path, None, error)
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        return self._forward(np.asarray(images, dtype=np.float32)).numpy()
+
+
+def _chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _weights_id(model: Any) -> str:
+    """SHA-256 over the weight arrays in layer order: identifies the weights whatever file they came from."""
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        # Little-endian float32 whatever the variable dtype, so the id depends on the values only.
+        digest.update(np.ascontiguousarray(variable.numpy(), dtype="<f4").tobytes())
+    return digest.hexdigest()
+
+
+def _build_model(keras: Any, weights: str, precision: str) -> Any:
+    """The notebooks' VGG16 with the requested weights, built under the requested dtype policy."""
+    previous = keras.config.dtype_policy()
+    if precision == "bfloat16":
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        if weights == "imagenet":
+            return _imagenet_model(keras)
+        model = keras.applications.VGG16(include_top=False, weights=None, pooling="avg", input_shape=_INPUT_SHAPE)
+    finally:
+        # The policy is process-global; other Keras users in the process keep theirs.
+        keras.config.set_dtype_policy(previous)
+    _load_weights_file(model, weights)
+    return model
+
+
+def _imagenet_model(keras: Any) -> Any:
+    try:
+        # Keras announces the download on stdout, which may be a CLI's machine-readable output.
+        with contextlib.redirect_stdout(sys.stderr):
+            return keras.applications.VGG16(
+                include_top=False, weights="imagenet", pooling="avg", input_shape=_INPUT_SHAPE
+            )
+    except Exception as exc:
+        reason = " ".join(str(exc).split())
+        raise WeightsUnavailableError(
+            f"the ImageNet VGG16 weights are not in Keras' cache and could not be downloaded ({reason}): {_HOW_TO_FIX}"
+        ) from None
+
+
+def _load_weights_file(model: Any, weights: str) -> None:
+    path = Path(weights).expanduser()
+    if not path.exists():
+        raise WeightsUnavailableError(f"VGG16 weights file not found: {path}: {_HOW_TO_FIX}")
+    if not path.is_file():
+        raise WeightsUnavailableError(f"VGG16 weights path is not a file: {path}: {_HOW_TO_FIX}")
+    if path.suffix.lower() not in (".h5", ".hdf5"):
+        raise WeightsUnavailableError(f"VGG16 weights must be an HDF5 file ending in .h5, got {path}")
+    try:
+        model.load_weights(str(path))
+    except Exception as exc:
+        reason = " ".join(str(exc).split())
+        raise WeightsUnavailableError(
+            f"{path} does not hold the VGG16 convolutional ('notop') weights ({reason}); "
+            f"expected a file like Keras' {KERAS_WEIGHTS_FILE}"
+        ) from None
+
+
+# --- quiet TensorFlow import -------------------------------------------------------------------------------
+
+# Lines TensorFlow's C++ runtime writes to stderr before its logging is initialised, which
+# TF_CPP_MIN_LOG_LEVEL cannot silence: pure noise for a CLI user on a CPU machine.
+_STARTUP_NOISE = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on",
+    "cudart_stub.cc",
+    "cuda_platform.cc",
+    "cuda_executor.cc",
+    "cpu_feature_guard.cc",
+    "To enable the following instructions:",
+    "Unable to register cuDNN factory",
+    "Unable to register cuFFT factory",
+    "Unable to register cuBLAS factory",
+    "computation placer already registered",
+    "TF-TRT Warning",
+)
+_import_lock = threading.Lock()
+
+
+def _import_tensorflow() -> tuple[Any, Any]:
+    """Import TensorFlow and Keras, keeping the runtime's start-up chatter off the user's terminal."""
+    with _import_lock:
+        # Must be set before TensorFlow is first imported; a user's own setting wins.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        quiet = "tensorflow" not in sys.modules and os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("", "0")
+        with _filtered_stderr() if quiet else contextlib.nullcontext():
+            import keras
+            import tensorflow as tf
+
+            # Initialising the devices is what prints the CUDA probe errors; do it while filtered.
+            tf.config.list_physical_devices()
+        if keras.backend.backend() != "tensorflow":
+            raise ConfigurationError(
+                f"imgsearch needs the TensorFlow backend of Keras, but KERAS_BACKEND is "
+                f"{keras.backend.backend()!r}: unset it or set KERAS_BACKEND=tensorflow"
+            )
+        return tf, keras
+
+
+@contextlib.contextmanager
+def _filtered_stderr() -> Iterator[None]:
+    """Capture file descriptor 2 (where C++ code writes) and replay everything but known start-up noise."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [
+                line
+                for line in capture.read().decode(errors="replace").splitlines(keepends=True)
+                if not any(noise in line for noise in _STARTUP_NOISE)
+            ]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
