@@ -169,6 +169,7 @@ class Featurizer:
         self,
         paths: Iterable[str | os.PathLike[str]],
         *,
+        batch_size: int | None = None,
         prefetch_batches: int = 2,
         workers: int | None = None,
     ) -> Iterator[EmbedResult]:
@@ -181,13 +182,15 @@ class Featurizer:
 
         Args:
             paths: image files.
+            batch_size: images per forward pass (default: the featurizer's ``batch_size``).
             prefetch_batches: batches decoded ahead of the one the network is working on.
             workers: decoding threads (default: the number of CPUs, at most 4).
         """
-        if prefetch_batches < 0:
-            raise ValueError(f"prefetch_batches must be >= 0, got {prefetch_batches}")
+        batch_size = batch_size or self.batch_size
+        if batch_size < 1 or prefetch_batches < 0:
+            raise ValueError(f"need batch_size >= 1 and prefetch_batches >= 0, got {batch_size}, {prefetch_batches}")
         workers = workers or min(4, os.cpu_count() or 1)
-        chunks = _chunked(paths, self.batch_size)
+        chunks = _chunked(paths, batch_size)
         pending: deque[list[tuple[str | os.PathLike[str], Future[np.ndarray]]]] = deque()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgsearch-decode") as pool:
 
