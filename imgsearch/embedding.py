@@ -287,14 +287,27 @@ def _load_weights_file(model: Any, weights: str) -> None:
         raise WeightsUnavailableError(f"VGG16 weights path is not a file: {path}: {_HOW_TO_FIX}")
     if path.suffix.lower() not in (".h5", ".hdf5"):
         raise WeightsUnavailableError(f"VGG16 weights must be an HDF5 file ending in .h5, got {path}")
+    expected = f"expected a file like Keras' {KERAS_WEIGHTS_FILE}"
+    initial = [variable.numpy() for variable in model.weights]
     try:
         model.load_weights(str(path))
     except Exception as exc:
         reason = " ".join(str(exc).split())
         raise WeightsUnavailableError(
-            f"{path} does not hold the VGG16 convolutional ('notop') weights ({reason}); "
-            f"expected a file like Keras' {KERAS_WEIGHTS_FILE}"
+            f"{path} does not hold the VGG16 convolutional ('notop') weights ({reason}); {expected}"
         ) from None
+    # Keras' own .weights.h5 format skips what it cannot match with a mere warning, which would leave some
+    # layers randomly initialised: every randomly initialised tensor must have been overwritten.
+    stale = [
+        variable.path
+        for variable, before in zip(model.weights, initial, strict=True)
+        if before.any() and np.array_equal(variable.numpy(), before)
+    ]
+    if stale:
+        raise WeightsUnavailableError(
+            f"{path} does not hold the VGG16 convolutional ('notop') weights: {len(stale)} tensors were not "
+            f"loaded (first: {stale[0]}); {expected}"
+        )
 
 
 # --- quiet TensorFlow import -------------------------------------------------------------------------------

@@ -182,6 +182,16 @@ def test_weights_file_with_the_wrong_content(tmp_path: Path) -> None:
         Featurizer(weights=str(bogus))
 
 
+def test_weights_that_leave_layers_unloaded_are_refused(weights_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Keras' .weights.h5 loader may skip what it cannot match with only a warning: a network left partly
+    # random must never be mistaken for VGG16.
+    import keras
+
+    monkeypatch.setattr(keras.Model, "load_weights", lambda self, filepath, **kwargs: None)
+    with pytest.raises(WeightsUnavailableError, match="tensors were not loaded"):
+        Featurizer(weights=weights_path)
+
+
 def test_imagenet_weights_that_cannot_be_downloaded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # As on a machine without internet and with an empty Keras cache, whatever this machine has.
     import keras.src.utils.file_utils
