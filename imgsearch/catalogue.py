@@ -10,6 +10,7 @@ from typing import Protocol
 import numpy as np
 import sqlalchemy as sa
 from pgvector.psycopg.vector import register_vector_info
+from pgvector.sqlalchemy import Vector
 from psycopg.types import TypeInfo
 from sqlalchemy.engine import Connection, Engine
 
@@ -295,6 +296,14 @@ def get_product(bind: Bind, sku: str) -> Product | None:
             {"sku": sku},
         ).one_or_none()
     return Product(*row) if row else None
+
+
+def get_embedding(bind: Bind, sku: str) -> np.ndarray | None:
+    """The stored vector of product ``sku`` (float32, shape (512,)), or ``None`` if it is not in the catalogue."""
+    statement = sa.text("SELECT embedding FROM products WHERE sku = :sku").columns(embedding=Vector(DIMENSION))
+    with transaction(bind) as conn:
+        vector = conn.execute(statement, {"sku": sku}).scalar_one_or_none()
+    return None if vector is None else np.asarray(vector, dtype=np.float32)
 
 
 def stats(bind: Bind) -> CatalogueStats:
