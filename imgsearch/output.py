@@ -1,4 +1,23 @@
-"""Formatting results for people (tables that fit an 80-column terminal) and for programs (JSON, CSV)."""
+"""Formatting results for people (tables that fit an 80-column terminal) and for programs (JSON, CSV).
+
+Search results in JSON and CSV are a stable interface: one record per result, best first, with these fields
+(:data:`RESULT_FIELDS`, in this order as the CSV columns; new fields may be added at the end, none removed):
+
+=========  =================================================================================================
+rank       1 for the closest product, then 2, 3...
+sku        the product's SKU
+name       product name; JSON ``null`` / CSV empty when the catalogue has none
+category   product category
+price      JSON number, CSV decimal text with 2 places (``14.99``); ``null`` / empty when the product has none
+in_stock   JSON ``true``/``false``, CSV ``true``/``false``
+distance   cosine distance to the query, 0 (same direction) to 2, smaller is closer; 6 decimals
+image      the image location as the catalogue recorded it (manifest images: relative to the manifest's
+           folder); ``null`` / empty when unknown
+=========  =================================================================================================
+
+JSON is one array of objects (``[]`` when nothing matches); CSV is a header row then one row per result
+(only the header when nothing matches), comma-separated, quoted where needed, UTF-8.
+"""
 
 from __future__ import annotations
 
@@ -37,22 +56,36 @@ def result_dicts(results: Sequence[SearchResult]) -> list[dict[str, object]]:
     ]
 
 
-def _truncate(text: str, width: int) -> str:
+def _truncate(text: str, width: int, keep_end: bool = False) -> str:
     if len(text) <= width:
         return text
+    if keep_end:
+        return "…" + text[len(text) - max(width - 1, 0) :]
     return text[: max(width - 1, 0)] + "…"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], width: int = 80, shrink: Sequence[int] = ()) -> str:
-    """A plain-text table no wider than ``width``; columns listed in ``shrink`` are truncated (widest first)."""
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    width: int = 80,
+    shrink: Sequence[int] = (),
+    keep_end: Sequence[int] = (),
+) -> str:
+    """A plain-text table no wider than ``width``; columns listed in ``shrink`` are truncated to make it fit.
+
+    ``shrink`` is an order of sacrifice: the first column listed is narrowed (down to its header, at least 6
+    characters) before the next one is touched, so the columns people act on (a SKU) are cut last. Truncated
+    cells end with an ellipsis, except in the columns listed in ``keep_end`` (file paths, whose end tells
+    files apart), which lose their beginning instead.
+    """
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
     total = sum(widths) + 2 * (len(widths) - 1)
     shrinkable = list(shrink)
     while total > width and shrinkable:
-        i = max(shrinkable, key=lambda c: widths[c])
+        i = shrinkable[0]
         floor = max(len(headers[i]), 6)
         if widths[i] <= floor:
-            shrinkable.remove(i)
+            shrinkable.pop(0)
             continue
         widths[i] -= 1
         total -= 1
@@ -61,7 +94,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], width: int = 80
     def line(cells: Sequence[str]) -> str:
         parts = []
         for i, cell in enumerate(cells):
-            text = _truncate(cell, widths[i])
+            text = _truncate(cell, widths[i], keep_end=i in keep_end)
             parts.append(text.rjust(widths[i]) if i in numeric else text.ljust(widths[i]))
         return "  ".join(parts).rstrip()
 
@@ -97,7 +130,7 @@ def format_results(results: Sequence[SearchResult], fmt: str = "table", width: i
         ]
         for rank, r in enumerate(results, start=1)
     ]
-    return table(headers, rows, width=width, shrink=(7, 2, 1, 3))
+    return table(headers, rows, width=width, shrink=(7, 2, 3, 1), keep_end=(7,))
 
 
 def format_stats(stats: CatalogueStats, fmt: str = "table") -> str:
