@@ -365,45 +365,200 @@ def stats(app: App, fmt: str) -> None:
 # --- search ---------------------------------------------------------------------------------------------------
 
 
+class _PriceType(click.ParamType):
+    """A non-negative decimal price, kept exact (no float rounding on the way to SQL)."""
+
+    name = "price"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Decimal:
+        if isinstance(value, Decimal):
+            return value
+        try:
+            price = Decimal(str(value).strip())
+        except ArithmeticError:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not price.is_finite() or price < 0:
+            self.fail(f"{value!r} is not a price (a number >= 0)", param, ctx)
+        return price
+
+
+@dataclass(frozen=True)
+class _Filters:
+    """--category, --include-out-of-stock and --max-price, as the query functions take them."""
+
+    categories: tuple[str, ...]
+    include_out_of_stock: bool
+    max_price: Decimal | None
+
+    @property
+    def given(self) -> bool:
+        return bool(self.categories) or self.include_out_of_stock or self.max_price is not None
+
+    def query_args(self) -> dict[str, Any]:
+        return {
+            "categories": list(self.categories) or None,
+            "in_stock_only": not self.include_out_of_stock,
+            "max_price": self.max_price,
+        }
+
+
+@dataclass(frozen=True)
+class _Output:
+    """Where and how results go: the stdout format and the optional pictures."""
+
+    fmt: str
+    sheet: Path | None
+    histogram: Path | None
+    image_roots: tuple[Path, ...]
+
+
+def _filter_options(func: Any) -> Any:
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any, categories: tuple[str, ...], include_out_of_stock: bool, max_price: Any, **kwargs: Any
+    ) -> Any:
+        return func(*args, filters=_Filters(categories, include_out_of_stock, max_price), **kwargs)
+
+    options = [
+        click.option("--category", "categories", multiple=True, help="Only this category (repeatable)."),
+        click.option("--include-out-of-stock", is_flag=True, help="Also show sold-out products."),
+        click.option("--max-price", type=_PriceType(), help="Price ceiling (inclusive)."),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 def _search_options(func: Any) -> Any:
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any,
+        fmt: str,
+        sheet: Path | None,
+        histogram: Path | None,
+        image_roots: tuple[Path, ...],
+        **kwargs: Any,
+    ) -> Any:
+        return func(*args, out=_Output(fmt, sheet, histogram, image_roots), **kwargs)
+
     options = [
         click.option(
             "-k", "k", type=click.IntRange(1, query.MAX_K), default=8, show_default=True, help="How many results."
         ),
-        click.option("--format", "fmt", type=click.Choice(output.FORMATS), default="table", show_default=True),
         click.option(
-            "--sheet", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG contact sheet of the results."
+            "--format",
+            "fmt",
+            type=click.Choice(output.FORMATS),
+            default="table",
+            show_default=True,
+            help="table for people; json or csv for programs (fields: rank, sku, name, category, price, "
+            "in_stock, distance, image).",
+        ),
+        click.option(
+            "--sheet",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Write a PNG contact sheet: the query, then the results in rank order.",
+        ),
+        click.option(
+            "--histogram",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Write a PNG histogram of the results' cosine distances.",
+        ),
+        click.option(
+            "--image-root",
+            "image_roots",
+            multiple=True,
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            help="Folder that relative image paths are relative to, for --sheet (repeatable; tried after the "
+            "current directory). A manifest's images are relative to the manifest's folder.",
         ),
     ]
     for option in reversed(options):
-        func = option(func)
-    return func
+        wrapper = option(wrapper)
+    return wrapper
 
 
-def _filter_options(func: Any) -> Any:
-    options = [
-        click.option("--category", "categories", multiple=True, help="Only this category (repeatable)."),
-        click.option("--include-out-of-stock", is_flag=True, help="Also show sold-out products."),
-        click.option("--max-price", type=click.FloatRange(min=0), help="Price ceiling (inclusive)."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+def _require_products(engine: Engine) -> None:
+    if catalogue.stats(engine).products == 0:
+        _fail("the catalogue is empty: load products with `imgsearch ingest` first")
 
 
-def _emit(results: list[query.SearchResult], fmt: str, sheet: Path | None, query_image: Any, engine: Engine) -> None:
-    if not results and fmt == "table":
-        stats_ = catalogue.stats(engine)
-        if stats_.products == 0:
-            _fail("the catalogue is empty: load products with `imgsearch ingest` first")
-        click.echo("no products match the filters", err=True)
-        return
-    click.echo(output.format_results(results, fmt))
-    if sheet is not None:
+def _emit(
+    engine: Engine,
+    results: list[query.SearchResult],
+    out: _Output,
+    *,
+    query_image: Path | bytes | str | None,
+    query_label: str,
+) -> None:
+    if not results:
+        # An empty catalogue is a mistake to report; no match for the filters is an answer (an empty list).
+        _require_products(engine)
+    notes = []
+    # The pictures are written before anything is printed, so a failed write leaves no half-reported run.
+    if out.sheet is not None:
         from imgsearch.sheet import write_contact_sheet
 
-        write_contact_sheet(results, sheet, query_image=query_image)
-        click.echo(f"contact sheet: {sheet}", err=True)
+        write_contact_sheet(
+            results, out.sheet, query_image=query_image, query_label=query_label, image_roots=out.image_roots
+        )
+        notes.append(f"contact sheet: {out.sheet}")
+    if out.histogram is not None:
+        from imgsearch.sheet import write_distance_histogram
+
+        write_distance_histogram(results, out.histogram)
+        notes.append(f"distance histogram: {out.histogram}")
+    if results or out.fmt != "table":
+        click.echo(output.format_results(results, out.fmt, width=_table_width()))
+    else:
+        notes.insert(0, "no products match the filters")
+    for note in notes:
+        click.echo(note, err=True)
+
+
+def _table_width() -> int:
+    # 80 columns whenever the output may be read by a program or pasted; a wider terminal shows more of
+    # the names and image paths.
+    if not sys.stdout.isatty():
+        return 80
+    import shutil
+
+    return max(60, shutil.get_terminal_size((80, 24)).columns)
+
+
+def _read_query(image: str) -> tuple[Any, Path | bytes, str]:
+    """The photo to decode, the same photo for the contact sheet, and its label; '-' means stdin."""
+    if image != "-":
+        return Path(image), Path(image), Path(image).name
+    stream = sys.stdin.buffer
+    if stream.isatty():
+        _fail("'-' reads the photo from stdin, but stdin is a terminal: pipe an image in (cat photo.jpg | ...)")
+    data = stream.read()
+    return _named_bytes(data, "stdin"), data, "stdin"
+
+
+def _named_bytes(data: bytes, name: str) -> Any:
+    import io
+
+    stream = io.BytesIO(data)
+    # Decoding errors name their source by the stream's name, which a plain BytesIO lacks.
+    stream.name = name  # type: ignore[attr-defined]
+    return stream
+
+
+def _by_sku(engine: Engine, run: Any) -> list[query.SearchResult]:
+    from imgsearch.errors import UnknownSkuError
+
+    try:
+        return run()
+    except UnknownSkuError:
+        _require_products(engine)  # "unknown SKU" would hide the real problem: there is nothing at all
+        raise
+
+
+def _stored_image(engine: Engine, sku: str) -> str | None:
+    product = catalogue.get_product(engine, sku)
+    return product.image if product else None
 
 
 @main.command()
@@ -411,17 +566,11 @@ def _emit(results: list[query.SearchResult], fmt: str, sheet: Path | None, query
 @_filter_options
 @_search_options
 @pass_app
-def search(
-    app: App,
-    image: str,
-    categories: tuple[str, ...],
-    include_out_of_stock: bool,
-    max_price: float | None,
-    k: int,
-    fmt: str,
-    sheet: Path | None,
-) -> None:
-    """Products that look like the photo IMAGE (any JPEG, PNG, WebP, GIF, BMP, TIFF; '-' reads stdin).
+def search(app: App, image: str, filters: _Filters, k: int, out: _Output) -> None:
+    """Products that look like the photo IMAGE (JPEG, PNG, WebP, GIF, BMP, TIFF; '-' reads stdin).
+
+    In-stock products only unless --include-out-of-stock. Results are ranked by cosine distance (smaller is
+    closer).
 
     \b
     Examples:
@@ -429,18 +578,15 @@ def search(
       imgsearch search photo.jpg --category shoes --max-price 50 --format json
       cat photo.jpg | imgsearch search - --sheet results.png
     """
-    source: Any = sys.stdin.buffer.read() if image == "-" else Path(image)
+    from imgsearch.images import load_image
+
+    source, picture, label = _read_query(image)
     engine = app.engine()
-    vector = app.featurizer().embed_image(source)
-    results = query.search(
-        engine,
-        vector,
-        k,
-        categories=list(categories) or None,
-        in_stock_only=not include_out_of_stock,
-        max_price=None if max_price is None else Decimal(str(max_price)),
-    )
-    _emit(results, fmt, sheet, source, engine)
+    # Decoded before the network is loaded, so a bad photo fails in milliseconds rather than seconds.
+    pixels = load_image(source)
+    vector = app.featurizer().embed_arrays(pixels[None])[0]
+    results = query.search(engine, vector, k, **filters.query_args())
+    _emit(engine, results, out, query_image=picture, query_label=label)
 
 
 @main.command()
@@ -449,39 +595,23 @@ def search(
 @_filter_options
 @_search_options
 @pass_app
-def similar(
-    app: App,
-    sku: str,
-    cheaper: bool,
-    categories: tuple[str, ...],
-    include_out_of_stock: bool,
-    max_price: float | None,
-    k: int,
-    fmt: str,
-    sheet: Path | None,
-) -> None:
-    """Products that look like catalogue product SKU (itself excluded).
+def similar(app: App, sku: str, cheaper: bool, filters: _Filters, k: int, out: _Output) -> None:
+    """Products that look like catalogue product SKU (its stored vector; SKU itself excluded).
 
     \b
     Examples:
-      imgsearch similar shoes/123 -k 5
-      imgsearch similar shoes/123 --cheaper
+      imgsearch similar shoes-24535295 -k 5
+      imgsearch similar shoes-24535295 --category shoes --include-out-of-stock
+      imgsearch similar shoes-24535295 --cheaper --sheet cheaper.png
     """
     engine = app.engine()
     if cheaper:
-        if categories or include_out_of_stock or max_price is not None:
+        if filters.given:
             _fail("--cheaper already means same category, in stock and cheaper: drop the other filters")
-        results = query.cheaper_alternatives(engine, sku, k)
+        results = _by_sku(engine, lambda: query.cheaper_alternatives(engine, sku, k))
     else:
-        results = query.similar_to_sku(
-            engine,
-            sku,
-            k,
-            categories=list(categories) or None,
-            in_stock_only=not include_out_of_stock,
-            max_price=None if max_price is None else Decimal(str(max_price)),
-        )
-    _emit(results, fmt, sheet, _stored_image(engine, sku), engine)
+        results = _by_sku(engine, lambda: query.similar_to_sku(engine, sku, k, **filters.query_args()))
+    _emit(engine, results, out, query_image=_stored_image(engine, sku) if out.sheet else None, query_label=sku)
 
 
 @main.command()
@@ -489,21 +619,17 @@ def similar(
 @click.option("--any-category", is_flag=True, help="Also suggest products of other categories.")
 @_search_options
 @pass_app
-def cheaper(app: App, sku: str, any_category: bool, k: int, fmt: str, sheet: Path | None) -> None:
-    """Visually similar products that are in stock and strictly cheaper than SKU.
+def cheaper(app: App, sku: str, any_category: bool, k: int, out: _Output) -> None:
+    """Visually similar products that are in stock and strictly cheaper than SKU (same category by default).
 
     \b
-    Example:
-      imgsearch cheaper dress/4719349a --sheet cheaper.png
+    Examples:
+      imgsearch cheaper dress-19e4de0d -k 3
+      imgsearch cheaper dress-19e4de0d --sheet cheaper.png --image-root examples
     """
     engine = app.engine()
-    results = query.cheaper_alternatives(engine, sku, k, same_category=not any_category)
-    _emit(results, fmt, sheet, _stored_image(engine, sku), engine)
-
-
-def _stored_image(engine: Engine, sku: str) -> Path | None:
-    product = catalogue.get_product(engine, sku)
-    return Path(product.image) if product and product.image else None
+    results = _by_sku(engine, lambda: query.cheaper_alternatives(engine, sku, k, same_category=not any_category))
+    _emit(engine, results, out, query_image=_stored_image(engine, sku) if out.sheet else None, query_label=sku)
 
 
 def run() -> None:
