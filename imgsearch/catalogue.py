@@ -88,46 +88,67 @@ def stored_space(bind: Bind) -> StoredSpace | None:
     return StoredSpace(*row) if row else None
 
 
+_SPACE_FIELDS = ("model", "weights", "preprocessing", "dimension")
+
+
+def _space_tuple(space: SpaceLike) -> tuple[str, str, str, int]:
+    return (space.model_name, space.weights_id, space.preprocessing_version, space.dimension)
+
+
+def _mismatch(stored: tuple[object, ...], wanted: tuple[object, ...]) -> EmbeddingSpaceMismatchError | None:
+    if tuple(stored) == wanted:
+        return None
+    diffs = [
+        f"{name} {have!s:.16} (catalogue) vs {want!s:.16} (now)"
+        for name, have, want in zip(_SPACE_FIELDS, stored, wanted, strict=True)
+        if have != want
+    ]
+    return EmbeddingSpaceMismatchError(
+        "the catalogue was built with a different embedding space: "
+        + "; ".join(diffs)
+        + ". Vectors of different spaces cannot be compared: re-ingest the catalogue into a new database "
+        "(or after `imgsearch db reset`) with the current settings"
+    )
+
+
+def check_space(bind: Bind, space: SpaceLike) -> None:
+    """Raise :class:`EmbeddingSpaceMismatchError` if the catalogue's vectors come from another space.
+
+    Query vectors must be made the way the catalogue's were; an empty catalogue accepts any space.
+    """
+    stored = stored_space(bind)
+    if stored is not None and (error := _mismatch(_space_tuple(stored), _space_tuple(space))):
+        raise error
+
+
 def ensure_space(bind: Bind, space: SpaceLike) -> None:
     """Record ``space`` in an empty catalogue, or check it is the one already recorded.
 
     Raises:
         EmbeddingSpaceMismatchError: the catalogue holds vectors of another model, weights or preprocessing.
     """
+    wanted = _space_tuple(space)
     with transaction(bind) as conn:
-        # Locking the row (or the table when it is empty) stops two first ingests racing to record spaces.
+        # Locking the table stops two first ingests racing to record different spaces.
         conn.execute(sa.text("LOCK TABLE embedding_space IN SHARE ROW EXCLUSIVE MODE"))
         current = conn.execute(
             sa.text("SELECT model_name, weights_id, preprocessing_version, dimension FROM embedding_space")
         ).one_or_none()
-        wanted = (space.model_name, space.weights_id, space.preprocessing_version, space.dimension)
-        if current is None:
-            has_products = conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM products)")).scalar_one()
-            if has_products:
-                raise EmbeddingSpaceMismatchError(
-                    "the catalogue has products but no recorded embedding space; re-ingest it into a new database"
-                )
-            conn.execute(
-                sa.text(
-                    "INSERT INTO embedding_space (model_name, weights_id, preprocessing_version, dimension) "
-                    "VALUES (:m, :w, :p, :d)"
-                ),
-                dict(zip("mwpd", wanted, strict=True)),
-            )
+        if current is not None:
+            if error := _mismatch(tuple(current), wanted):
+                raise error
             return
-        if tuple(current) != wanted:
-            fields = ("model", "weights", "preprocessing", "dimension")
-            diffs = [
-                f"{f} {have!s:.16} (catalogue) vs {want!s:.16} (now)"
-                for f, have, want in zip(fields, current, wanted, strict=True)
-                if have != want
-            ]
+        if conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM products)")).scalar_one():
             raise EmbeddingSpaceMismatchError(
-                "the catalogue was built with a different embedding space: "
-                + "; ".join(diffs)
-                + ". Vectors of different spaces cannot be compared: re-ingest the catalogue into a new database "
-                "(or `imgsearch reset` this one) with the current settings"
+                "the catalogue has products but no recorded embedding space; re-ingest it into a new database"
             )
+        conn.execute(
+            sa.text(
+                "INSERT INTO embedding_space (model_name, weights_id, preprocessing_version, dimension) "
+                "VALUES (:m, :w, :p, :d)"
+            ),
+            dict(zip("mwpd", wanted, strict=True)),
+        )
 
 
 def clear(bind: Bind) -> None:

@@ -32,6 +32,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ImgsearchError as exc:
             raise click.ClickException(str(exc)) from None
+        except click.UsageError as exc:
+            # Click would print the usage and a hint around the message; one line says it all.
+            raise _OneLineUsageError(exc.format_message()) from None
+
+
+class _OneLineUsageError(click.ClickException):
+    exit_code = 2
 
 
 @dataclass
@@ -583,9 +590,10 @@ def search(app: App, image: str, filters: _Filters, k: int, out: _Output) -> Non
     source, picture, label = _read_query(image)
     engine = app.engine()
     # Decoded before the network is loaded, so a bad photo fails in milliseconds rather than seconds.
-    pixels = load_image(source)
-    vector = app.featurizer().embed_arrays(pixels[None])[0]
-    results = query.search(engine, vector, k, **filters.query_args())
+    load_image(source)
+    if hasattr(source, "seek"):
+        source.seek(0)  # stdin's bytes are decoded again by the featurizer
+    results = query.search_image(engine, app.featurizer(), source, k, **filters.query_args())
     _emit(engine, results, out, query_image=picture, query_label=label)
 
 

@@ -45,3 +45,7 @@ class WeightsUnavailableError(ConfigurationError):
 
 class ManifestError(ImgsearchError):
     """A catalogue manifest (CSV) cannot be used at all: missing file, missing required columns."""
+
+
+class OutputError(ImgsearchError):
+    """An output file (contact sheet, histogram, report) cannot be written."""

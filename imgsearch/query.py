@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sqlalchemy as sa
@@ -20,6 +21,10 @@ from sqlalchemy.exc import DBAPIError
 from imgsearch.db import transaction
 from imgsearch.errors import DatabaseUnavailableError, InvalidQueryError, SchemaError, UnknownSkuError
 from imgsearch.models import DIMENSION
+
+if TYPE_CHECKING:
+    from imgsearch.embedding import Featurizer
+    from imgsearch.images import ImageSource
 
 MAX_K = 1000
 
@@ -210,3 +215,37 @@ def cheaper_alternatives(bind: Bind, sku: str, k: int = 10, *, same_category: bo
         InvalidQueryError: ``sku`` has no price, or bad k.
     """
     return _run(bind, _CHEAPER, {"sku": sku, "k": _validate_k(k), "same_category": bool(same_category)})
+
+
+def search_image(
+    bind: Bind,
+    featurizer: Featurizer,
+    image: ImageSource,
+    k: int = 10,
+    *,
+    categories: Iterable[str] | str | None = None,
+    in_stock_only: bool = True,
+    max_price: Price | None = None,
+    exclude_skus: Iterable[str] | None = None,
+) -> list[SearchResult]:
+    """The ``k`` products that look most like a photo (path, bytes or binary file object), best first.
+
+    Raises:
+        EmbeddingSpaceMismatchError: ``featurizer`` makes vectors unlike the catalogue's (other weights or
+            preprocessing), so distances would be meaningless.
+        ImageError: the photo cannot be read.
+        InvalidQueryError: bad k or price.
+    """
+    from imgsearch.catalogue import check_space
+
+    check_space(bind, featurizer.space)
+    vector = featurizer.embed_image(image)
+    return search(
+        bind,
+        vector,
+        k,
+        categories=categories,
+        in_stock_only=in_stock_only,
+        max_price=max_price,
+        exclude_skus=exclude_skus,
+    )

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from imgsearch.errors import ImgsearchError
+from imgsearch.errors import OutputError
 from imgsearch.images import _to_rgb_array
 from imgsearch.query import SearchResult
 
@@ -111,7 +111,7 @@ def write_contact_sheet(
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        ImgsearchError: the file cannot be written.
+        OutputError: the file cannot be written.
         ValueError: ``columns`` is below 1 or ``tile`` below 32 pixels.
     """
     if tile < 32:
@@ -165,7 +165,7 @@ def write_distance_histogram(
     ``size`` pixels. Written atomically like :func:`write_contact_sheet`.
 
     Raises:
-        ImgsearchError: the file cannot be written.
+        OutputError: the file cannot be written.
     """
     width, height = size
     if bins < 1 or width < 200 or height < 120:
@@ -370,7 +370,7 @@ def _save_png(image: Image.Image, path: Path) -> Path:
     try:
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise ImgsearchError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             image.save(fh, format="PNG")
@@ -382,7 +382,7 @@ def _save_png(image: Image.Image, path: Path) -> Path:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
-        raise ImgsearchError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)

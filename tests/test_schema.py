@@ -144,3 +144,11 @@ def test_embedding_space_is_recorded_and_enforced(engine: Engine) -> None:
                 "VALUES (false, 'm', 'w', 'p', 512)"
             )
         )
+
+
+def test_queries_refuse_vectors_of_another_space(engine: Engine) -> None:
+    catalogue.check_space(engine, _Space())  # an empty catalogue accepts any space
+    catalogue.ensure_space(engine, _Space())
+    catalogue.check_space(engine, _Space())
+    with pytest.raises(EmbeddingSpaceMismatchError, match="weights"):
+        catalogue.check_space(engine, _Space(weights_id="x" * 64))
