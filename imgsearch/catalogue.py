@@ -254,6 +254,11 @@ def existing_hashes(bind: Bind, skus: Iterable[str]) -> dict[str, str | None]:
     return {r.sku: r.image_sha256 for r in rows}
 
 
+def _unknown_skus(missing: list[str]) -> UnknownSkuError:
+    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+    return UnknownSkuError(f"unknown SKU{'s' if len(missing) > 1 else ''}: {', '.join(missing[:10])}{more}")
+
+
 def set_stock(bind: Bind, stock: Mapping[str, bool]) -> int:
     """Mark SKUs in or out of stock, all in one transaction. Returns how many rows changed.
 
@@ -267,7 +272,7 @@ def set_stock(bind: Bind, stock: Mapping[str, bool]) -> int:
         known = set(conn.execute(sa.text("SELECT sku FROM products WHERE sku = ANY(:s)"), {"s": skus}).scalars())
         missing = [s for s in skus if s not in known]
         if missing:
-            raise UnknownSkuError(f"unknown SKU{'s' if len(missing) > 1 else ''}: {', '.join(missing[:10])}")
+            raise _unknown_skus(missing)
         result = conn.execute(
             sa.text(
                 "UPDATE products p SET in_stock = u.in_stock "
@@ -292,7 +297,7 @@ def remove(bind: Bind, skus: Iterable[str], *, missing_ok: bool = False) -> int:
         )
         missing = [s for s in skus if s not in deleted]
         if missing and not missing_ok:
-            raise UnknownSkuError(f"unknown SKU{'s' if len(missing) > 1 else ''}: {', '.join(missing[:10])}")
+            raise _unknown_skus(missing)
     return len(deleted)
 
 

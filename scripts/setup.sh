@@ -8,8 +8,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e '.[dev]'
+    # pip's build chatter goes to a log; it is shown only if the install fails.
+    if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[dev]'; } \
+        >.venv/pip.log 2>&1; then
+        cat .venv/pip.log >&2
+        exit 1
+    fi
     touch "$stamp"
 fi
 # Here the weights cannot be downloaded; use the copy beside the repository when there is one.
