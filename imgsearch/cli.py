@@ -212,12 +212,13 @@ class _ProgressLine:
             return
         self.last = now
         rate = p.done / p.seconds if p.seconds > 0 else 0.0
+        images_rate = p.embedded / p.seconds if p.seconds > 0 else 0.0
         total = f"/{p.total}" if p.total else ""
         eta = ""
         if p.total and rate > 0:
             remaining = (p.total - p.done) / rate
             eta = f"  ETA {int(remaining // 60)}m{int(remaining % 60):02d}s"
-        text = f"{p.done}{total} products  {rate:.1f}/s  {p.embedded} embedded{eta}"
+        text = f"{p.done}{total} products  {p.embedded} images embedded  {images_rate:.1f} images/s{eta}"
         click.echo(("\r" + text.ljust(70)) if self.tty else text, err=True, nl=not self.tty)
 
     def close(self) -> None:
