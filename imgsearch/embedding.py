@@ -91,8 +91,9 @@ class Featurizer:
         weights: ``"imagenet"`` for Keras' own download (cached in ``~/.keras/models``), or the path of a local
             ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``-style file.
         batch_size: images per forward pass in :meth:`embed_files` and :meth:`embed_arrays`.
-        precision: ``"float32"`` or ``"bfloat16"`` (Keras' ``mixed_bfloat16`` policy: faster on CPUs with
-            bfloat16 support, vectors within ~1% cosine of float32).
+        precision: ``"float32"`` or ``"bfloat16"`` (Keras' ``mixed_bfloat16`` policy, for this model only:
+            several times faster on CPUs with bfloat16 units; on the sample photos the vectors have a cosine
+            similarity above 0.9999 to the float32 ones).
 
     Raises:
         WeightsUnavailableError: the weights file is missing or is not VGG16 "notop" weights, or the ImageNet
