@@ -644,3 +644,36 @@ def cheaper(app: App, sku: str, any_category: bool, k: int, out: _Output) -> Non
 def run() -> None:
     """Entry point for ``python cli.py``."""
     main(prog_name="imgsearch")
+
+
+# --- evaluation -----------------------------------------------------------------------------------------------
+
+
+@main.command("eval")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("-k", type=click.IntRange(1, 100), default=10, show_default=True, help="Evaluation depth.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+@pass_app
+def eval_command(app: App, folder: Path, as_json: bool, k: int, quiet: bool) -> None:
+    """Measure search quality on a labelled folder tree FOLDER/<label>/<image>.
+
+    The images go into a throwaway database created on the same server (never your catalogue) and dropped
+    afterwards. Every image is searched for with the real search path (the HNSW index), itself excluded;
+    a result is relevant when it has the query's label. Prints precision@1/5/10 (micro: mean over images;
+    macro: mean over labels), mAP@k and the recall@k of the index against exact search. See docs/quality.md.
+
+    \b
+    Examples:
+      imgsearch eval ../shared/datasets/myntra-fashion-products
+      imgsearch eval examples/catalogue --json
+    """
+    from imgsearch import evaluation
+
+    featurizer = app.featurizer()
+    url = db.resolve_url(app.settings)
+    progress = None if quiet else (lambda message: click.echo(message, err=True))
+    result = evaluation.evaluate(url, folder, featurizer, k=k, progress=progress)
+    for failure in result.ingest_failures:
+        click.echo(f"failed: {failure.source}: {failure.reason}", err=True)
+    click.echo(output.format_evaluation(result, "json" if as_json else "table"))

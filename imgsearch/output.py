@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 from imgsearch.catalogue import CatalogueStats
+from imgsearch.evaluation import Evaluation
 from imgsearch.ingest import IngestReport
 from imgsearch.query import SearchResult
 
@@ -189,3 +190,25 @@ def format_ingest_summary(report: IngestReport) -> str:
         f"added {report.added}, updated {report.updated}, unchanged {report.unchanged}, failed {report.failed} "
         f"({report.embedded} images embedded in {report.seconds:.1f} s, {rate:.1f} images/s)"
     )
+
+
+def format_evaluation(evaluation: Evaluation, fmt: str = "table") -> str:
+    """An :class:`~imgsearch.evaluation.Evaluation` as a table for people or JSON (``Evaluation.as_dict``)."""
+    if fmt == "json":
+        return json.dumps(evaluation.as_dict(), indent=2)
+    s = evaluation.scores
+    rows = [("metric", "micro", "macro"), ("-" * 12, "-" * 6, "-" * 6)]
+    rows += [
+        (f"precision@{c}", f"{s.precision_micro[c]:.3f}", f"{s.precision_macro[c]:.3f}") for c in s.precision_micro
+    ]
+    rows.append((f"mAP@{s.k}", f"{s.map_micro:.3f}", f"{s.map_macro:.3f}"))
+    lines = [f"{a:<12}  {b:>6}  {c:>6}" for a, b, c in rows]
+    lines += [
+        "",
+        f"recall@{s.k} of the HNSW index vs exact search: {evaluation.recall:.3f}",
+        f"images: {s.queries}, labels: {s.labels}, ingest failures: {len(evaluation.ingest_failures)}",
+        f"ingest: {evaluation.ingest_seconds:.1f} s ({evaluation.images_per_second:.1f} images/s), "
+        f"search: {evaluation.search_seconds:.1f} s",
+        f"embedding: {evaluation.model_name}, preprocessing {evaluation.preprocessing_version}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,275 @@
+"""How good are the search results? Retrieval metrics on a labelled folder tree.
+
+:func:`evaluate` loads ``DIR/<label>/<image>`` into a throwaway database of its own on the configured server
+(never the user's catalogue), asks the real search path (:func:`imgsearch.query.similar_to_sku`, PostgreSQL
+with the HNSW index) for every image's nearest neighbours, itself excluded, and counts a result as relevant
+when it has the query's label. The metric functions are pure and work on label lists, so benchmarks can
+use them on rankings computed elsewhere.
+
+Definitions (``rel_i`` is 1 when the result at rank ``i`` has the query's label, else 0):
+
+* precision@k = ``sum(rel_1..rel_k) / k`` for one query (missing results count as irrelevant).
+  *Micro*: the mean over all queries (large labels weigh more). *Macro*: the mean over labels of each
+  label's mean (every label weighs the same).
+* AP@k = ``sum over i <= k of precision@i * rel_i``, divided by ``min(k, R)`` where ``R`` is the number of
+  other items with the query's label (the query itself excluded); mAP@k is its mean over queries (micro) or
+  labels (macro). Queries whose label has no other item (``R = 0``) have no AP and are left out of mAP.
+* recall@k of the indexed search = ``|indexed top k ∩ exact top k| / |exact top k|``: which share of the true
+  nearest neighbours (exact cosine, no index) the HNSW index finds; averaged over queries.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+from imgsearch import catalogue, db, query
+from imgsearch.errors import DatabaseUnavailableError, ManifestError
+from imgsearch.ingest import CatalogueEntry, Failure, ingest, scan_folder
+
+if TYPE_CHECKING:
+    from imgsearch.embedding import Featurizer
+
+#: Precision cut-offs reported (those not above the evaluation depth ``k``).
+CUTOFFS = (1, 5, 10)
+
+#: Prefix of the throwaway databases; a leftover one (a killed process) can be found and dropped by name.
+DATABASE_PREFIX = "imgsearch_eval_"
+
+
+def precision_at(relevant: Sequence[bool], k: int) -> float:
+    """Share of the first ``k`` results that are relevant; fewer than ``k`` results count as misses."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    return sum(bool(r) for r in relevant[:k]) / k
+
+
+def average_precision_at(relevant: Sequence[bool], k: int, n_relevant: int) -> float | None:
+    """AP@k: sum of precision@i at each relevant rank i <= k, over ``min(k, n_relevant)``; ``None`` if no
+    item is relevant (``n_relevant`` counts the relevant items in the collection, the query excluded)."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if n_relevant <= 0:
+        return None
+    hits = 0
+    total = 0.0
+    for i, rel in enumerate(relevant[:k], start=1):
+        if rel:
+            hits += 1
+            total += hits / i
+    return total / min(k, n_relevant)
+
+
+def overlap_at(found: Sequence[str], truth: Sequence[str], k: int) -> float:
+    """Recall of an approximate top ``k`` against the exact one: ``|found ∩ truth| / |truth|`` (first ``k``)."""
+    expected = set(truth[:k])
+    if not expected:
+        return 1.0
+    return len(expected & set(found[:k])) / len(expected)
+
+
+def micro_macro(values: Iterable[tuple[str, float]]) -> tuple[float, float]:
+    """(mean over all values, mean over labels of the per-label mean) of ``(label, value)`` pairs."""
+    by_label: dict[str, list[float]] = defaultdict(list)
+    for label, value in values:
+        by_label[label].append(value)
+    if not by_label:
+        return 0.0, 0.0
+    flat = [v for vs in by_label.values() for v in vs]
+    return sum(flat) / len(flat), sum(sum(vs) / len(vs) for vs in by_label.values()) / len(by_label)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Retrieval metrics of one ranking per query (see the module docstring for the definitions)."""
+
+    k: int
+    queries: int
+    labels: int
+    precision_micro: dict[int, float]
+    precision_macro: dict[int, float]
+    map_micro: float
+    map_macro: float
+    per_label_precision: dict[str, float]
+
+
+def score_rankings(query_labels: Sequence[str], retrieved_labels: Sequence[Sequence[str]], k: int = 10) -> Scores:
+    """Precision@1/5/10 (micro, macro) and mAP@k of rankings, relevance = same label as the query.
+
+    Args:
+        query_labels: the label of each query; the collection is exactly the queries (leave-one-out), so
+            the number of relevant items of a query is the count of its label minus one.
+        retrieved_labels: for each query, the labels of its results best first, the query itself excluded.
+        k: evaluation depth (mAP@k; precision at the cut-offs of :data:`CUTOFFS` up to ``k``, and at ``k``).
+    """
+    if len(query_labels) != len(retrieved_labels):
+        raise ValueError("one ranking per query is needed")
+    counts: dict[str, int] = defaultdict(int)
+    for label in query_labels:
+        counts[label] += 1
+    cutoffs = sorted({c for c in CUTOFFS if c <= k} | {k})
+    precision: dict[int, list[tuple[str, float]]] = {c: [] for c in cutoffs}
+    aps: list[tuple[str, float]] = []
+    for label, ranking in zip(query_labels, retrieved_labels, strict=True):
+        relevant = [r == label for r in ranking]
+        for c in cutoffs:
+            precision[c].append((label, precision_at(relevant, c)))
+        ap = average_precision_at(relevant, k, counts[label] - 1)
+        if ap is not None:
+            aps.append((label, ap))
+    micro = {c: micro_macro(precision[c])[0] for c in cutoffs}
+    macro = {c: micro_macro(precision[c])[1] for c in cutoffs}
+    map_micro, map_macro = micro_macro(aps)
+    per_label: dict[str, list[float]] = defaultdict(list)
+    for label, value in precision[min(5, k)]:
+        per_label[label].append(value)
+    return Scores(
+        k=k,
+        queries=len(query_labels),
+        labels=len(counts),
+        precision_micro=micro,
+        precision_macro=macro,
+        map_micro=map_micro,
+        map_macro=map_macro,
+        per_label_precision={label: sum(v) / len(v) for label, v in sorted(per_label.items())},
+    )
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` measured on one labelled folder."""
+
+    dataset: str
+    scores: Scores
+    recall: float
+    ingest_failures: list[Failure] = field(default_factory=list)
+    ingest_seconds: float = 0.0
+    search_seconds: float = 0.0
+    preprocessing_version: str = ""
+    model_name: str = ""
+
+    @property
+    def images_per_second(self) -> float:
+        """Ingestion speed (decode + embed + store)."""
+        return self.scores.queries / self.ingest_seconds if self.ingest_seconds else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready form (the keys ``imgsearch eval --json`` prints)."""
+        s = self.scores
+        return {
+            "dataset": self.dataset,
+            "k": s.k,
+            "images": s.queries,
+            "labels": s.labels,
+            "precision_micro": {f"@{c}": round(v, 6) for c, v in s.precision_micro.items()},
+            "precision_macro": {f"@{c}": round(v, 6) for c, v in s.precision_macro.items()},
+            "map_micro": round(s.map_micro, 6),
+            "map_macro": round(s.map_macro, 6),
+            "recall": round(self.recall, 6),
+            "ingest_failures": len(self.ingest_failures),
+            "failures": [{"sku": f.sku, "source": f.source, "reason": f.reason} for f in self.ingest_failures],
+            "ingest_seconds": round(self.ingest_seconds, 3),
+            "images_per_second": round(self.images_per_second, 3),
+            "search_seconds": round(self.search_seconds, 3),
+            "model_name": self.model_name,
+            "preprocessing_version": self.preprocessing_version,
+            "per_label_precision": {label: round(v, 6) for label, v in s.per_label_precision.items()},
+        }
+
+
+def evaluate(
+    server_url: str,
+    root: Path | str,
+    featurizer: Featurizer,
+    *,
+    k: int = 10,
+    progress: Callable[[str], None] | None = None,
+) -> Evaluation:
+    """Ingest ``root`` (``<label>/<image>``) into a throwaway database and measure search quality.
+
+    The database ``imgsearch_eval_<random>`` is created on the server of ``server_url`` (the URL of any
+    database there, e.g. the user's catalogue, which is not touched), migrated, filled, queried and always
+    dropped afterwards, even when something fails. Images that cannot be ingested are reported in
+    :attr:`Evaluation.ingest_failures` and simply are not part of the evaluation.
+
+    Raises:
+        ManifestError: ``root`` is not a folder or holds no labelled image.
+        DatabaseUnavailableError: the server refuses to create the throwaway database.
+    """
+    root = Path(root)
+    entries = list(scan_folder(root))
+    if not any(isinstance(e, CatalogueEntry) for e in entries):
+        raise ManifestError(f"{root}: no labelled images found (expected {root}/<label>/<image>)")
+    say = progress or (lambda _message: None)
+    admin = db.create_engine(server_url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    name = DATABASE_PREFIX + secrets.token_hex(6)
+    try:
+        _create_database(admin, name)
+        url = make_url(db.normalise_url(server_url)).set(database=name).render_as_string(hide_password=False)
+        engine = db.create_engine(url, poolclass=sa.pool.NullPool)
+        try:
+            say(f"throwaway database {name}: migrating")
+            db.upgrade(engine)
+            say(f"ingesting {root}")
+            report = ingest(engine, entries, featurizer, commit_every=512)
+            say(f"searching ({report.added} images)")
+            started = time.perf_counter()
+            evaluation = _measure(engine, k)
+            evaluation.search_seconds = time.perf_counter() - started
+        finally:
+            engine.dispose()
+            _drop_database(admin, name)
+    finally:
+        admin.dispose()
+    evaluation.dataset = str(root)
+    evaluation.ingest_failures = report.failures
+    evaluation.ingest_seconds = report.seconds
+    evaluation.preprocessing_version = featurizer.space.preprocessing_version
+    evaluation.model_name = featurizer.space.model_name
+    return evaluation
+
+
+def _create_database(admin: sa.Engine, name: str) -> None:
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise DatabaseUnavailableError(
+            f"cannot create the throwaway evaluation database on this server ({reason}): the evaluation never "
+            "uses the live catalogue, so give the user CREATEDB or point --database-url at a server where it may"
+        ) from None
+
+
+def _drop_database(admin: sa.Engine, name: str) -> None:
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _measure(engine: sa.Engine, k: int) -> Evaluation:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT sku, category FROM products ORDER BY sku")).all()
+    labels: Mapping[str, str] = {sku: category for sku, category in rows}
+    query_labels: list[str] = []
+    rankings: list[list[str]] = []
+    recalls: list[float] = []
+    for sku, label in labels.items():
+        # The real search path: the product's stored vector through the SQL function and the HNSW index.
+        indexed = query.similar_to_sku(engine, sku, k, in_stock_only=False)
+        vector = catalogue.get_embedding(engine, sku)
+        assert vector is not None
+        exact = query.search(engine, vector, k, in_stock_only=False, exclude_skus=[sku], exact=True)
+        query_labels.append(label)
+        rankings.append([r.category for r in indexed])
+        recalls.append(overlap_at([r.sku for r in indexed], [r.sku for r in exact], k))
+    scores = score_rankings(query_labels, rankings, k)
+    return Evaluation(dataset="", scores=scores, recall=sum(recalls) / len(recalls) if recalls else 1.0)
