@@ -34,6 +34,9 @@ TARGET_SIZE = 224
 #: What :func:`load_image` accepts: a path, the encoded bytes, or a binary file object (e.g. stdin).
 ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
 
+#: How :func:`decode_rgb8` can bring a picture to a square.
+FITS = ("squash", "pad")
+
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})
 
@@ -69,10 +72,26 @@ def load_image(source: ImageSource, size: int = TARGET_SIZE) -> np.ndarray:
     return decode_rgb8(source, size).astype(np.float32)
 
 
-def decode_rgb8(source: ImageSource, size: int = TARGET_SIZE) -> np.ndarray:
-    """Like :func:`load_image` but returns ``uint8``: a quarter of the memory for images queued for a batch."""
+def decode_rgb8(
+    source: ImageSource, size: int = TARGET_SIZE, *, resample: str = "nearest", fit: str = "squash"
+) -> np.ndarray:
+    """Like :func:`load_image` but returns ``uint8``: a quarter of the memory for images queued for a batch.
+
+    Args:
+        source: as for :func:`load_image`.
+        size: side of the square output.
+        resample: Pillow resampling filter name: ``nearest``, ``bilinear``, ``bicubic``, ``lanczos``...
+        fit: ``squash`` (resize to a square, aspect ratio not kept) or ``pad`` (resize the longer side to
+            ``size``, keep the aspect ratio and centre the picture on a white square).
+    """
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    try:
+        filter_ = Image.Resampling[resample.upper()]
+    except KeyError:
+        raise ValueError(f"unknown resampling filter {resample!r}") from None
     label = describe_source(source)
     fp = _open_source(source, label)
     try:
@@ -80,7 +99,9 @@ def decode_rgb8(source: ImageSource, size: int = TARGET_SIZE) -> np.ndarray:
             _check_pixel_limit(im, label)
             _draft_for_target(im, size)
             im.load()
-            return _to_rgb_array(_squash(im, size))
+            if filter_ == Image.Resampling.NEAREST and fit == "squash":
+                return _to_rgb_array(_squash(im, size))
+            return _fit(_to_rgb_array(_upright(im)), size, filter_, fit)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -179,12 +200,35 @@ def _draft_for_target(im: Image.Image, size: int) -> None:
         im.draft(None, (size, size))
 
 
+def _upright(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation in place (a malformed EXIF block leaves the pixels as stored)."""
+    # A malformed EXIF block should not cost the shop a product.
+    with contextlib.suppress(Exception):
+        ImageOps.exif_transpose(im, in_place=True)
+    return im
+
+
+def _fit(rgb: np.ndarray, size: int, filter_: Image.Resampling, fit: str) -> np.ndarray:
+    """Resize RGB pixels to a ``size`` square: squashed, or scaled to fit and centred on white."""
+    # Interpolating filters must see RGB: resizing a palette or alpha image first would blend indices or
+    # un-composited colours, hence the conversion happens before, unlike the nearest-neighbour path.
+    im = Image.fromarray(rgb)
+    width, height = im.size
+    if fit == "squash":
+        return np.asarray(im.resize((size, size), filter_) if im.size != (size, size) else im)
+    scale = size / max(width, height)
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if new_size != im.size:
+        im = im.resize(new_size, filter_)
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    canvas.paste(im, ((size - new_size[0]) // 2, (size - new_size[1]) // 2))
+    return np.asarray(canvas)
+
+
 def _squash(im: Image.Image, size: int) -> Image.Image:
     """Upright the image (EXIF orientation) and resize it to ``size`` x ``size`` with nearest neighbour."""
     # The orientation must be applied before squashing: it decides which side gets compressed.
-    # A malformed EXIF block should not cost the shop a product: then the pixels are used as stored.
-    with contextlib.suppress(Exception):
-        ImageOps.exif_transpose(im, in_place=True)
+    _upright(im)
     if im.size == (size, size):
         return im
     # Nearest neighbour only picks pixels, so resizing before the colour conversion gives the same pixels
