@@ -1,0 +1,216 @@
+"""Shared helpers for the benchmark scripts: machine description, quiet-machine wait, embedding cache,
+a throwaway embedded server, and writing results (JSON + Markdown) into ``benchmarks/results/``."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+EXAMPLES = REPO / "examples" / "catalogue"
+DEFAULT_CACHE = Path("~/.cache/imgsearch-bench").expanduser()
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+# Extra settings for the benchmark's own server, appended to the imgsearch.conf the embedded server writes.
+BENCH_SERVER_CONFIG = """
+# benchmark server: room for a 1M-vector HNSW graph in memory while it is built, and a hot cache
+shared_buffers = '6GB'
+maintenance_work_mem = '8GB'
+effective_cache_size = '16GB'
+max_parallel_maintenance_workers = 1
+max_wal_size = '8GB'
+checkpoint_timeout = '30min'
+synchronous_commit = off
+"""
+
+
+def log(message: str) -> None:
+    """Progress line on stderr with a timestamp."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def wait_for_quiet(threshold: float = 0.7, poll: float = 30.0, max_wait: float = 900.0) -> dict[str, Any]:
+    """Wait until the 1-minute load average is below ``threshold`` (at most ``max_wait`` seconds).
+
+    Returns what happened, for the result file: the load when the run started and whether it was quiet.
+    """
+    started = time.monotonic()
+    while True:
+        load = load_average()
+        if load[0] < threshold:
+            return {"quiet": True, "waited_s": round(time.monotonic() - started), "load_at_start": load}
+        if time.monotonic() - started >= max_wait:
+            log(f"machine not quiet after {max_wait:.0f} s (load {load}); running anyway")
+            return {"quiet": False, "waited_s": round(time.monotonic() - started), "load_at_start": load}
+        log(f"load {load}: waiting for < {threshold}")
+        time.sleep(poll)
+
+
+def machine() -> dict[str, Any]:
+    """CPU, cores, memory and software versions of this machine."""
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or "unknown",
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        flags = Path("/proc/cpuinfo").read_text()
+        info["cpu_features"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory_gib"] = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return info
+
+
+def git_commit() -> str:
+    """The checked-out commit (the benchmark code that produced a result)."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def image_folder(root: Path) -> tuple[list[Path], list[str]]:
+    """Images of a ``<class>/<image>`` folder tree, sorted, with their class (the folder name)."""
+    paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise SystemExit(f"no images under {root}")
+    labels = [p.parent.name for p in paths]
+    return paths, labels
+
+
+def labels_from_csv(root: Path, paths: Sequence[Path]) -> list[str] | None:
+    """Classes from ``labels.csv`` (columns ``path``, ``class``) when the folder has one."""
+    labels_file = Path(root) / "labels.csv"
+    if not labels_file.exists():
+        return None
+    with labels_file.open(newline="") as fh:
+        by_path = {row["path"]: row["class"] for row in csv.DictReader(fh)}
+    rel = [str(p.relative_to(root)) for p in paths]
+    if not all(r in by_path for r in rel):
+        return None
+    return [by_path[r] for r in rel]
+
+
+def cached_embeddings(
+    root: Path, precision: str, cache_dir: Path, weights: str, batch_size: int = 32
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Embeddings of every image under ``root`` with the project's featurizer, cached in ``cache_dir``.
+
+    Returns ``(vectors, relative paths, classes)``. The cache key is the folder, its file list and sizes, and
+    the precision, so a changed folder is embedded again. The cache lives outside the repository.
+    """
+    root = Path(root).resolve()
+    paths, labels = image_folder(root)
+    labels = labels_from_csv(root, paths) or labels
+    rel = [str(p.relative_to(root)) for p in paths]
+    fingerprint = repr((str(root), rel, [p.stat().st_size for p in paths], precision, weights))
+    key = hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir / f"{root.name}-{precision}-{key}.npz"
+    if cache.exists():
+        data = np.load(cache, allow_pickle=False)
+        return data["vectors"], list(data["paths"]), list(data["labels"])
+    from imgsearch.embedding import Featurizer
+
+    log(f"embedding {len(paths)} images of {root} ({precision}); cached in {cache}")
+    featurizer = Featurizer(weights=weights, batch_size=batch_size, precision=precision)
+    vectors = np.zeros((len(paths), 512), np.float32)
+    ok = np.zeros(len(paths), bool)
+    for i, result in enumerate(featurizer.embed_files(paths)):
+        if result.vector is not None:
+            vectors[i] = result.vector
+            ok[i] = True
+    vectors, rel, labels = (
+        vectors[ok],
+        [r for r, o in zip(rel, ok, strict=True) if o],
+        [lab for lab, o in zip(labels, ok, strict=True) if o],
+    )
+    np.savez(cache, vectors=vectors, paths=np.array(rel), labels=np.array(labels))
+    return vectors, rel, labels
+
+
+def start_server(home: Path, extra_config: str = BENCH_SERVER_CONFIG) -> str:
+    """Start an embedded server in a throwaway ``home`` with the benchmark settings; return its URL."""
+    from imgsearch import embedded
+
+    home = Path(home)
+    conf = embedded.data_dir(home) / "imgsearch.conf"
+    if not conf.exists():
+        # First start writes the default imgsearch.conf; add the benchmark settings and restart.
+        embedded.start(home)
+        embedded.stop(home)
+        with conf.open("a") as fh:
+            fh.write(extra_config)
+    return embedded.start(home)
+
+
+def stop_server(home: Path) -> None:
+    """Stop the benchmark's embedded server."""
+    from imgsearch import embedded
+
+    embedded.stop(Path(home))
+
+
+def write_results(name: str, result: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write ``benchmarks/results/<name>.json`` and ``<name>.md``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+    json_path.write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
+    md_path.write_text(markdown.rstrip() + "\n")
+    return json_path, md_path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
+    """p50, p95, p99 and mean of latencies in milliseconds."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 3),
+        "p95_ms": round(float(np.percentile(a, 95)), 3),
+        "p99_ms": round(float(np.percentile(a, 99)), 3),
+        "mean_ms": round(float(a.mean()), 3),
+    }
