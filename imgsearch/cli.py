@@ -653,9 +653,16 @@ def run() -> None:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("-k", type=click.IntRange(1, 100), default=10, show_default=True, help="Evaluation depth.")
+@click.option(
+    "--pipeline",
+    type=click.Choice(["default", "notebook"]),
+    default="default",
+    show_default=True,
+    help="How photos become vectors: imgsearch's default, or the original notebooks' (the baseline).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 @pass_app
-def eval_command(app: App, folder: Path, as_json: bool, k: int, quiet: bool) -> None:
+def eval_command(app: App, folder: Path, as_json: bool, k: int, pipeline: str, quiet: bool) -> None:
     """Measure search quality on a labelled folder tree FOLDER/<label>/<image>.
 
     The images go into a throwaway database created on the same server (never your catalogue) and dropped
@@ -667,10 +674,16 @@ def eval_command(app: App, folder: Path, as_json: bool, k: int, quiet: bool) -> 
     Examples:
       imgsearch eval ../shared/datasets/myntra-fashion-products
       imgsearch eval examples/catalogue --json
+      imgsearch eval ../shared/datasets/myntra-fashion-products --pipeline notebook
     """
     from imgsearch import evaluation
+    from imgsearch.embedding import Featurizer
 
-    featurizer = app.featurizer()
+    if pipeline == "default":
+        featurizer = app.featurizer()
+    else:
+        s = app.settings
+        featurizer = Featurizer(weights=s.weights, batch_size=s.batch_size, precision=s.precision, pipeline=pipeline)
     url = db.resolve_url(app.settings)
     progress = None if quiet else (lambda message: click.echo(message, err=True))
     result = evaluation.evaluate(url, folder, featurizer, k=k, progress=progress)

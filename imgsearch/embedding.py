@@ -1,8 +1,11 @@
 """The featurizer: product photos -> 512-d, L2-normalised VGG16 embeddings.
 
-The network is exactly the original notebooks' one: ``keras.applications.VGG16(include_top=False,
-pooling="avg")`` on 224x224 inputs prepared by :mod:`imgsearch.images` and
-``keras.applications.vgg16.preprocess_input``, i.e. the global-average-pooled block5 features.
+The network is exactly the original notebooks' one: ``keras.applications.VGG16(include_top=False)`` with the
+ImageNet weights on 224x224 inputs prepared by :mod:`imgsearch.images` and
+``keras.applications.vgg16.preprocess_input``. A :class:`Pipeline` says how the photo is prepared and how the
+512 block5 feature maps are pooled into one vector; the notebooks' pipeline (global average of
+``block5_pool``) stays available as ``"notebook"``, and the default is the one that measured best
+(docs/quality.md).
 
 TensorFlow is imported only when a :class:`Featurizer` is created, so ``import imgsearch`` stays fast for the
 commands that never embed anything.
@@ -27,12 +30,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgsearch.errors import ConfigurationError, ImageError, WeightsUnavailableError
-from imgsearch.images import PREPROCESSING_VERSION, TARGET_SIZE, ImageSource, decode_rgb8, load_image
+from imgsearch.images import (
+    DEFAULT_PREPROCESSING,
+    NOTEBOOK_PREPROCESSING,
+    ImageSource,
+    Preprocessing,
+)
 
 if TYPE_CHECKING:
     from imgsearch.config import Settings
 
-MODEL_NAME = "vgg16-imagenet-gap"
 DIMENSION = 512
 PRECISIONS = ("float32", "bfloat16")
 
@@ -50,7 +57,35 @@ _HOW_TO_FIX = (
 # images/s (batches of 32), because the plain graph runs oneDNN kernels that use AMX/AVX-512 for bfloat16.
 _JIT_COMPILE = False
 
-_INPUT_SHAPE = (TARGET_SIZE, TARGET_SIZE, 3)
+
+@dataclass(frozen=True)
+class Pipeline:
+    """From photo to vector: how pixels are prepared, which VGG16 layer is pooled and how.
+
+    Attributes:
+        preprocessing: decoding and resizing (its version is part of the embedding space).
+        layer: ``block5_pool`` (the notebooks' output of ``include_top=False``) or ``block5_conv3``.
+        pooling: ``avg`` (global average), ``max``, or ``gem`` (generalised mean with exponent ``gem_p``).
+        model_name: recorded in the embedding space: vectors of another pooling are another space.
+    """
+
+    preprocessing: Preprocessing
+    model_name: str
+    layer: str = "block5_pool"
+    pooling: str = "avg"
+    gem_p: float = 3.0
+
+
+#: The original notebooks: squashed nearest-neighbour pixels, global average of ``block5_pool``.
+NOTEBOOK_PIPELINE = Pipeline(NOTEBOOK_PREPROCESSING, model_name="vgg16-imagenet-gap")
+
+#: What catalogues get unless told otherwise (measured best, see docs/quality.md).
+DEFAULT_PIPELINE = Pipeline(DEFAULT_PREPROCESSING, model_name="vgg16-imagenet-gap")
+
+#: Named pipelines, for ``Featurizer(pipeline=...)`` and ``imgsearch eval --pipeline``.
+PIPELINES: dict[str, Pipeline] = {"default": DEFAULT_PIPELINE, "notebook": NOTEBOOK_PIPELINE}
+
+MODEL_NAME = DEFAULT_PIPELINE.model_name
 
 
 @dataclass(frozen=True)
@@ -91,6 +126,8 @@ class Featurizer:
         weights: ``"imagenet"`` for Keras' own download (cached in ``~/.keras/models``), or the path of a local
             ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``-style file.
         batch_size: images per forward pass in :meth:`embed_files` and :meth:`embed_arrays`.
+        pipeline: a name of :data:`PIPELINES` (``"default"``, or ``"notebook"`` for the original notebooks'
+            vectors) or a :class:`Pipeline`.
         precision: ``"float32"`` or ``"bfloat16"`` (Keras' ``mixed_bfloat16`` policy, for this model only:
             several times faster on CPUs with bfloat16 units; on the sample photos the vectors have a cosine
             similarity above 0.9999 to the float32 ones).
@@ -101,7 +138,19 @@ class Featurizer:
         ConfigurationError: invalid batch size or precision.
     """
 
-    def __init__(self, weights: str = "imagenet", batch_size: int = 32, precision: str = "float32") -> None:
+    def __init__(
+        self,
+        weights: str = "imagenet",
+        batch_size: int = 32,
+        precision: str = "float32",
+        pipeline: str | Pipeline = "default",
+    ) -> None:
+        if isinstance(pipeline, str):
+            if pipeline not in PIPELINES:
+                raise ConfigurationError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+            pipeline = PIPELINES[pipeline]
+        if pipeline.layer not in ("block5_pool", "block5_conv3") or pipeline.pooling not in ("avg", "max", "gem"):
+            raise ConfigurationError(f"unsupported pipeline {pipeline}")
         if batch_size < 1:
             raise ConfigurationError(f"batch size must be at least 1, got {batch_size}")
         if precision not in PRECISIONS:
@@ -109,44 +158,59 @@ class Featurizer:
         self.batch_size = batch_size
         self.precision = precision
         self.weights = weights
+        self.pipeline = pipeline
+        size = pipeline.preprocessing.size
+        self._input_shape = (size, size, 3)
 
         tf, keras = _import_tensorflow()
         self._tf = tf
-        self._model = _build_model(keras, weights, precision)
+        self._model = _build_model(keras, weights, precision, self._input_shape, pipeline.layer)
         self.space = EmbeddingSpace(
-            model_name=MODEL_NAME,
+            model_name=pipeline.model_name,
             weights_id=_weights_id(self._model),
-            preprocessing_version=PREPROCESSING_VERSION,
+            preprocessing_version=pipeline.preprocessing.version,
             dimension=DIMENSION,
         )
         preprocess = keras.applications.vgg16.preprocess_input
         model = self._model
 
         def forward(images: Any) -> Any:
-            features = model(preprocess(images), training=False)
-            # Under mixed_bfloat16 the model outputs bfloat16; vectors are always stored as float32.
-            return tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1)
+            # Under mixed_bfloat16 the model outputs bfloat16; pooling and vectors are always float32.
+            maps = tf.cast(model(preprocess(images), training=False), tf.float32)
+            if pipeline.pooling == "max":
+                features = tf.reduce_max(maps, axis=[1, 2])
+            elif pipeline.pooling == "gem":
+                # The maps are ReLU outputs (>= 0); the small floor keeps the root's gradient-free graph finite.
+                p = pipeline.gem_p
+                features = tf.pow(tf.reduce_mean(tf.pow(tf.maximum(maps, 1e-6), p), axis=[1, 2]), 1.0 / p)
+            else:
+                features = tf.reduce_mean(maps, axis=[1, 2])
+            return tf.math.l2_normalize(features, axis=-1)
 
         # One graph with a variable batch dimension: it is traced once and then serves single queries and
         # batches of any size alike, so the last partial batch needs no padding. (A separate graph with a
         # static batch of 1 was measured no faster for single images.)
         self._forward = tf.function(
             forward,
-            input_signature=[tf.TensorSpec((None, *_INPUT_SHAPE), tf.float32)],
+            input_signature=[tf.TensorSpec((None, *self._input_shape), tf.float32)],
             jit_compile=_JIT_COMPILE,
         )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Featurizer:
-        """A featurizer configured by :class:`imgsearch.config.Settings` (weights, batch size, precision)."""
+        """A featurizer configured by :class:`imgsearch.config.Settings` (weights, batch size, precision);
+        the default pipeline."""
         return cls(weights=settings.weights, batch_size=settings.batch_size, precision=settings.precision)
 
     def __repr__(self) -> str:
-        return f"Featurizer(weights={self.weights!r}, batch_size={self.batch_size}, precision={self.precision!r})"
+        return (
+            f"Featurizer(weights={self.weights!r}, batch_size={self.batch_size}, precision={self.precision!r}, "
+            f"preprocessing={self.space.preprocessing_version!r})"
+        )
 
     def warm_up(self) -> None:
         """Trace the graph and run one image through it, so that the first real query is not slow (servers)."""
-        self._run(np.zeros((1, *_INPUT_SHAPE), np.float32))
+        self._run(np.zeros((1, *self._input_shape), np.float32))
 
     def embed_image(self, source: ImageSource) -> np.ndarray:
         """Embed one image (a path, its bytes or a binary file object): float32 unit vector of shape (512,).
@@ -154,13 +218,18 @@ class Featurizer:
         Raises:
             ImageError: the image cannot be read or decoded.
         """
-        return self._run(load_image(source)[np.newaxis])[0]
+        return self._run(self.pipeline.preprocessing.decode(source)[np.newaxis])[0]
 
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """Embed decoded images: ``(N, 224, 224, 3)`` RGB in 0..255 -> ``(N, 512)`` float32 unit vectors."""
+        """Embed decoded images: ``(N, 224, 224, 3)`` RGB in 0..255 -> ``(N, 512)`` float32 unit vectors.
+
+        The images must have been prepared by this featurizer's preprocessing
+        (``featurizer.pipeline.preprocessing.decode``).
+        """
         batch = np.asarray(batch)
-        if batch.ndim != 4 or batch.shape[1:] != _INPUT_SHAPE:
-            raise ValueError(f"expected an array of shape (N, 224, 224, 3), got {batch.shape}")
+        if batch.ndim != 4 or batch.shape[1:] != self._input_shape:
+            side = self._input_shape[0]
+            raise ValueError(f"expected an array of shape (N, {side}, {side}, 3), got {batch.shape}")
         out = np.empty((len(batch), DIMENSION), np.float32)
         for start in range(0, len(batch), self.batch_size):
             out[start : start + self.batch_size] = self._run(batch[start : start + self.batch_size])
@@ -200,7 +269,7 @@ class Featurizer:
                 # thread-safe.
                 chunk = next(chunks, None)
                 if chunk is not None:
-                    pending.append([(path, pool.submit(decode_rgb8, path)) for path in chunk])
+                    pending.append([(path, pool.submit(self.pipeline.preprocessing.decode, path)) for path in chunk])
 
             try:
                 for _ in range(prefetch_batches + 1):
@@ -250,29 +319,32 @@ def _weights_id(model: Any) -> str:
     return digest.hexdigest()
 
 
-def _build_model(keras: Any, weights: str, precision: str) -> Any:
-    """The notebooks' VGG16 with the requested weights, built under the requested dtype policy."""
+def _build_model(keras: Any, weights: str, precision: str, input_shape: tuple[int, int, int], layer: str) -> Any:
+    """The notebooks' VGG16 with the requested weights, built under the requested dtype policy, up to
+    ``layer`` (feature maps, pooled by the caller)."""
     previous = keras.config.dtype_policy()
     if precision == "bfloat16":
         keras.config.set_dtype_policy("mixed_bfloat16")
     try:
         if weights == "imagenet":
-            return _imagenet_model(keras)
-        model = keras.applications.VGG16(include_top=False, weights=None, pooling="avg", input_shape=_INPUT_SHAPE)
+            model = _imagenet_model(keras, input_shape)
+        else:
+            model = keras.applications.VGG16(include_top=False, weights=None, input_shape=input_shape)
+            _load_weights_file(model, weights)
     finally:
         # The policy is process-global; other Keras users in the process keep theirs.
         keras.config.set_dtype_policy(previous)
-    _load_weights_file(model, weights)
-    return model
+    if layer == "block5_pool":
+        return model
+    # Same weights (block5_pool has none), so the weights id is the same.
+    return keras.Model(model.input, model.get_layer(layer).output)
 
 
-def _imagenet_model(keras: Any) -> Any:
+def _imagenet_model(keras: Any, input_shape: tuple[int, int, int]) -> Any:
     try:
         # Keras announces the download on stdout, which may be a CLI's machine-readable output.
         with contextlib.redirect_stdout(sys.stderr):
-            return keras.applications.VGG16(
-                include_top=False, weights="imagenet", pooling="avg", input_shape=_INPUT_SHAPE
-            )
+            return keras.applications.VGG16(include_top=False, weights="imagenet", input_shape=input_shape)
     except Exception as exc:
         reason = " ".join(str(exc).split())
         raise WeightsUnavailableError(

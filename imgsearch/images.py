@@ -1,7 +1,10 @@
 """Decoding product photos into the network's input: 224x224 RGB, float32 in 0..255.
 
-The pixels match what the original notebooks fed VGG16 (``keras.utils.load_img(path, target_size=(224, 224))``:
-RGB, squashed to the target size with nearest-neighbour resampling), plus what real shop catalogues need:
+With their default arguments :func:`load_image` and :func:`decode_rgb8` give the pixels the original notebooks
+fed VGG16 (``keras.utils.load_img(path, target_size=(224, 224))``: RGB, squashed to the target size with
+nearest-neighbour resampling); a :class:`Preprocessing` names another filter or padding to a square on
+white, and :data:`DEFAULT_PREPROCESSING` is what the featurizer uses (chosen by measurement, see
+docs/quality.md). All of them add what real shop catalogues need:
 EXIF orientation, transparent cut-outs on white, 16-bit and exotic colour modes, animated files and large
 JPEGs decoded at reduced size. Every failure is an :class:`~imgsearch.errors.ImageError` with a one-line reason.
 """
@@ -12,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,12 +28,39 @@ from imgsearch.errors import ImageError
 #: looks at the extension: the content decides.
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
-#: Identifies the pixels :func:`load_image` produces. It is stored with every catalogue so that vectors made
-#: from differently prepared pixels are never mixed: change it whenever the output of ``load_image`` changes.
-PREPROCESSING_VERSION: str = "v1-exif-white-squash224-nearest-jpegdraft"
-
 #: Side of the square image VGG16 takes.
 TARGET_SIZE = 224
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a photo becomes the network's square input, and the version string that identifies it.
+
+    The version is stored with every catalogue so that vectors made from differently prepared pixels are
+    never mixed: a new way of preparing pixels must get a new version.
+    """
+
+    version: str
+    size: int = TARGET_SIZE
+    resample: str = "nearest"
+    fit: str = "squash"
+
+    def decode(self, source: ImageSource) -> np.ndarray:
+        """``(size, size, 3)`` uint8 RGB pixels of ``source`` (see :func:`decode_rgb8`)."""
+        return decode_rgb8(source, self.size, resample=self.resample, fit=self.fit)
+
+
+#: The original notebooks' pixels (also what ``load_image(path)`` gives): squashed, nearest neighbour.
+NOTEBOOK_PREPROCESSING = Preprocessing("v1-exif-white-squash224-nearest-jpegdraft")
+
+#: What the featurizer uses unless told otherwise.
+DEFAULT_PREPROCESSING = NOTEBOOK_PREPROCESSING
+
+#: Named preprocessings (``--preprocessing`` of ``imgsearch eval``).
+PREPROCESSINGS: dict[str, Preprocessing] = {"default": DEFAULT_PREPROCESSING, "notebook": NOTEBOOK_PREPROCESSING}
+
+#: Version of :data:`DEFAULT_PREPROCESSING`, the one new catalogues get.
+PREPROCESSING_VERSION: str = DEFAULT_PREPROCESSING.version
 
 #: What :func:`load_image` accepts: a path, the encoded bytes, or a binary file object (e.g. stdin).
 ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
