@@ -119,25 +119,47 @@ def labels_from_csv(root: Path, paths: Sequence[Path]) -> list[str] | None:
     return [by_path[r] for r in rel]
 
 
-def cached_embeddings(
-    root: Path, precision: str, cache_dir: Path, weights: str, batch_size: int = 32
-) -> tuple[np.ndarray, list[str], list[str]]:
-    """Embeddings of every image under ``root`` with the project's featurizer, cached in ``cache_dir``.
+def subset(paths: list[Path], limit: int | None) -> list[Path]:
+    """At most ``limit`` of ``paths``, evenly spaced (so every class keeps its share); all when ``limit`` is None."""
+    if limit is None or limit >= len(paths):
+        return paths
+    return [paths[int(i)] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]
 
-    Returns ``(vectors, relative paths, classes)``. The cache key is the folder, its file list and sizes, and
-    the precision, so a changed folder is embedded again. The cache lives outside the repository.
-    """
-    root = Path(root).resolve()
-    paths, labels = image_folder(root)
-    labels = labels_from_csv(root, paths) or labels
+
+def _cache_file(root: Path, paths: list[Path], precision: str, weights: str, cache_dir: Path) -> Path:
     rel = [str(p.relative_to(root)) for p in paths]
     fingerprint = repr((str(root), rel, [p.stat().st_size for p in paths], precision, weights))
     key = hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
+    return cache_dir / f"{root.name}-{precision}-{key}.npz"
+
+
+def cached_embeddings(
+    root: Path, precision: str, cache_dir: Path, weights: str, batch_size: int = 32, limit: int | None = None
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Embeddings of the images under ``root`` (``limit``: an evenly spaced subset) with the project's
+    featurizer, cached in ``cache_dir``.
+
+    Returns ``(vectors, relative paths, classes)``. The cache key is the folder, its file list and sizes, the
+    precision and the weights, so a changed folder is embedded again. A subset is taken from the whole
+    folder's cache when that exists. The cache lives outside the repository.
+    """
+    root = Path(root).resolve()
+    all_paths, _ = image_folder(root)
+    paths = subset(all_paths, limit)
+    labels = labels_from_csv(root, paths) or [p.parent.name for p in paths]
+    rel = [str(p.relative_to(root)) for p in paths]
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cache = cache_dir / f"{root.name}-{precision}-{key}.npz"
-    if cache.exists():
-        data = np.load(cache, allow_pickle=False)
-        return data["vectors"], list(data["paths"]), list(data["labels"])
+    for candidate in (
+        _cache_file(root, paths, precision, weights, cache_dir),
+        _cache_file(root, all_paths, precision, weights, cache_dir),
+    ):
+        if candidate.exists():
+            data = np.load(candidate, allow_pickle=False)
+            position = {r: i for i, r in enumerate(data["paths"])}
+            keep = [r for r in rel if r in position]
+            idx = [position[r] for r in keep]
+            return data["vectors"][idx], keep, [str(data["labels"][i]) for i in idx]
+    cache = _cache_file(root, paths, precision, weights, cache_dir)
     from imgsearch.embedding import Featurizer
 
     log(f"embedding {len(paths)} images of {root} ({precision}); cached in {cache}")

@@ -46,6 +46,7 @@ from benchmarks.common import (
     percentiles,
     start_server,
     stop_server,
+    subset,
     wait_for_quiet,
     write_results,
 )
@@ -107,8 +108,9 @@ def make_large_photos(source: list[Path], out_dir: Path, count: int, size: tuple
     return out_dir
 
 
-def end_to_end(url: str, featurizer: Any, folder: Path) -> dict[str, Any]:
-    """Ingest ``folder`` into an empty catalogue with ``imgsearch.ingest.ingest``; images/s end to end."""
+def end_to_end(url: str, featurizer: Any, folder: Path, only: list[Path] | None = None) -> dict[str, Any]:
+    """Ingest ``folder`` (``only`` these of its images, if given) into an empty catalogue with
+    ``imgsearch.ingest.ingest``, what ``imgsearch ingest FOLDER`` runs; images/s end to end."""
     from imgsearch import catalogue, db, ingest
 
     engine = db.create_engine(url)
@@ -116,7 +118,11 @@ def end_to_end(url: str, featurizer: Any, folder: Path) -> dict[str, Any]:
     with engine.begin() as conn:
         conn.exec_driver_sql("DELETE FROM embedding_space")
     started = time.perf_counter()
-    report = ingest.ingest(engine, ingest.scan_folder(folder), featurizer)
+    entries = ingest.scan_folder(folder)
+    if only is not None:
+        wanted = {str(p) for p in only}
+        entries = (e for e in entries if str(getattr(e, "image", "")) in wanted)
+    report = ingest.ingest(engine, entries, featurizer)
     seconds = time.perf_counter() - started
     engine.dispose()
     return {
@@ -209,6 +215,7 @@ def peak_memory(url: str, source: list[Path], work: Path, count: int, args: argp
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=EXAMPLES, help="<class>/<image> folder (labels: folders)")
+    parser.add_argument("--limit", type=int, help="use an evenly spaced subset of this many images of --images")
     parser.add_argument("--large", type=int, default=48, help="how many large photos to generate")
     parser.add_argument("--large-size", default="3000x4000", help="large photo size WIDTHxHEIGHT")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
@@ -221,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="embedding cache (outside the repo)")
     parser.add_argument("--weights", default=os.environ.get("IMGSEARCH_VGG16_WEIGHTS", "imagenet"))
     parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
+    parser.add_argument("--max-wait", type=float, default=900, help="longest wait for a quiet machine (s)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: e2e,large,compare,memory,query")
     parser.add_argument("--name", default="ingest", help="result file name")
     args = parser.parse_args(argv)
@@ -232,23 +240,14 @@ def main(argv: list[str] | None = None) -> None:
     from imgsearch import db
     from imgsearch.embedding import Featurizer
 
-    paths, _ = image_folder(args.images)
-    # The bf16/fp32 comparison reuses (or fills) the embedding cache; done before the timed part.
-    comparison = None
-    if "compare" not in skip:
-        v32, _, labels = cached_embeddings(args.images, "float32", args.cache_dir, args.weights, args.batch_size)
-        v16, _, labels16 = cached_embeddings(args.images, "bfloat16", args.cache_dir, args.weights, args.batch_size)
-        assert labels == labels16
-        comparison = compare_precisions(v32, v16, labels)
-        log(f"bf16 vs fp32: {comparison}")
-
+    paths = subset(image_folder(args.images)[0], args.limit)
     url = start_server(args.home)
     engine = db.create_engine(url)
     db.upgrade(engine)
     engine.dispose()
     work = Path(tempfile.mkdtemp(prefix="imgsearch-bench-ingest-"))
 
-    quiet = {"quiet": None, "load_at_start": load_average()} if args.no_wait else wait_for_quiet()
+    quiet = {"quiet": None, "load_at_start": load_average()} if args.no_wait else wait_for_quiet(max_wait=args.max_wait)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     result: dict[str, Any] = {"benchmark": "ingest", "started": started, "commit": git_commit(), "machine": machine()}
     result["load_before"] = quiet
@@ -273,8 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     featurizer = featurizers[args.precision]
     e2e: dict[str, Any] = {}
     if "e2e" not in skip:
-        e2e["images"] = end_to_end(url, featurizer, args.images)
-        e2e["images"]["folder"] = str(args.images)
+        e2e["images"] = end_to_end(url, featurizer, args.images, paths)
+        e2e["images"]["folder"] = str(args.images) + (f" ({len(paths)} evenly spaced)" if args.limit else "")
         log(f"end to end, {args.images}: {e2e['images']}")
     if "large" not in skip:
         large = make_large_photos(paths, work / "large", args.large, (width, height))
@@ -286,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     result["end_to_end"] = {"precision": args.precision, "batch_size": args.batch_size, **e2e}
     if "query" not in skip:
         if "e2e" in skip:
-            end_to_end(url, featurizer, args.images)
+            end_to_end(url, featurizer, args.images, paths)
         result["query_by_image"] = {
             p: query_latency(url, featurizers[p], paths, args.query_images) for p in ("float32", "bfloat16")
         }
@@ -303,9 +302,23 @@ def main(argv: list[str] | None = None) -> None:
             },
         }
         log(f"peak memory: {result['peak_memory']}")
+    # The bf16/fp32 comparison reuses (or fills) the embedding cache; not timed, so done last.
+    comparison = None
+    if "compare" not in skip:
+        v32, _, labels = cached_embeddings(
+            args.images, "float32", args.cache_dir, args.weights, args.batch_size, args.limit
+        )
+        v16, _, labels16 = cached_embeddings(
+            args.images, "bfloat16", args.cache_dir, args.weights, args.batch_size, args.limit
+        )
+        assert labels == labels16
+        comparison = compare_precisions(v32, v16, labels)
+        log(f"bf16 vs fp32: {comparison}")
+
     result["bf16_vs_fp32"] = comparison
     result["load_after"] = load_average()
     result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    result["images"] = {"folder": str(args.images), "used": len(paths)}
     result["command"] = "python -m benchmarks.ingest " + " ".join(argv if argv is not None else sys.argv[1:])
     stop_server(args.home)
     shutil.rmtree(work, ignore_errors=True)

@@ -42,6 +42,7 @@ from benchmarks.common import (
     md_table,
     percentiles,
     start_server,
+    stop_server,
     wait_for_quiet,
     write_results,
 )
@@ -450,6 +451,9 @@ def fmt(x: float | None, digits: int = 1) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=EXAMPLES, help="<class>/<image> folder to derive vectors from")
+    parser.add_argument(
+        "--precision", default="float32", help="featurizer precision of the real embeddings (bfloat16 is faster)"
+    )
     parser.add_argument("--n", type=int, default=100_000, help="catalogue size (default 100k)")
     parser.add_argument("--full", action="store_true", help="full scale: 1M products")
     parser.add_argument("--queries", type=int, default=200, help="queries per filter class")
@@ -458,15 +462,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--home", type=Path, default=Path("/tmp/imgsearch-bench-search"), help="throwaway server")
     parser.add_argument("--reuse", action="store_true", help="reuse a catalogue loaded by a previous run")
+    parser.add_argument("--keep-server", action="store_true", help="leave the benchmark server running")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="embedding cache (outside the repo)")
     parser.add_argument("--weights", default=os.environ.get("IMGSEARCH_VGG16_WEIGHTS", "imagenet"))
     parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
+    parser.add_argument("--max-wait", type=float, default=900, help="longest wait for a quiet machine (s)")
     parser.add_argument("--name", help="result file name (default search-<N>)")
     args = parser.parse_args(argv)
     if args.full:
         args.n = 1_000_000
 
-    real, _paths, labels = cached_embeddings(args.images, "float32", args.cache_dir, args.weights)
+    real, _paths, labels = cached_embeddings(args.images, args.precision, args.cache_dir, args.weights)
     log(f"{len(real)} real embeddings, {len(set(labels))} classes from {args.images}")
     cat, counts = build_catalogue(real, labels, args.n, args.seed)
     units = cat.vectors  # already unit length
@@ -479,11 +485,11 @@ def main(argv: list[str] | None = None) -> None:
     truth = {fc.name: exact_topk(units, queries[fc.name], K, mask) for fc, mask, _ in fcs}
 
     url = start_server(args.home)
-    key = config_key(args, f"{Path(args.images).resolve()}:{len(real)}")
+    key = config_key(args, f"{Path(args.images).resolve()}:{len(real)}:{args.precision}")
     load = load_database(url, cat, key, args.reuse)
     prewarm(url)
 
-    quiet = {"quiet": None, "load_at_start": load_average()} if args.no_wait else wait_for_quiet()
+    quiet = {"quiet": None, "load_at_start": load_average()} if args.no_wait else wait_for_quiet(max_wait=args.max_wait)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     clients = Clients(url, max(CONCURRENCY))
     rows: list[dict[str, Any]] = []
@@ -553,6 +559,7 @@ def main(argv: list[str] | None = None) -> None:
         "data": {
             "images": str(args.images),
             "real_vectors": len(real),
+            "precision": args.precision,
             "classes": len(cat.classes),
             "n": cat.n,
             "seed": args.seed,
@@ -568,6 +575,8 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python -m benchmarks.search " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     name = args.name or (f"search-{cat.n // 1000}k" if cat.n < 1_000_000 else f"search-{cat.n // 1_000_000}m")
+    if not args.keep_server:
+        stop_server(args.home)
     json_path, md_path = write_results(name, result, markdown(result))
     log(f"wrote {json_path} and {md_path}")
 
