@@ -226,7 +226,8 @@ def load_database(url: str, cat: Catalogue, key: str, reuse: bool) -> dict[str, 
         conn.execute("CREATE TABLE IF NOT EXISTS bench_meta (key text)")
         row = conn.execute("SELECT key FROM bench_meta").fetchone()
         if reuse and row and row[0] == key:
-            log("reusing the loaded catalogue")
+            log("reusing the loaded catalogue; installing the search function of the current migration")
+            install_current_function(conn)
             stored = conn.execute("SELECT value FROM bench_load").fetchone() if _has(conn, "bench_load") else None
             if stored:
                 return dict(stored[0], reused=True)
@@ -291,6 +292,19 @@ def load_database(url: str, cat: Catalogue, key: str, reuse: bool) -> dict[str, 
         conn.execute("INSERT INTO bench_load VALUES (%s)", (Jsonb(result),))
         conn.execute("INSERT INTO bench_meta VALUES (%s)", (key,))
         return result
+
+
+def install_current_function(conn: Any) -> None:
+    """Replace ``imgsearch_similar`` with the one in the migration file as it is now (for tuning runs)."""
+    import importlib.util
+
+    from imgsearch.db import MIGRATIONS_DIR
+
+    spec = importlib.util.spec_from_file_location("migration_0001", MIGRATIONS_DIR / "versions" / "0001_catalogue.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    conn.execute(module.SIMILAR_FUNCTION.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
 
 
 def _has(conn: Any, table: str) -> bool:

@@ -18,7 +18,7 @@ depends_on: str | Sequence[str] | None = None
 
 # The search function. Design notes are in docs/filtered-search.md. In short: pgvector's HNSW scan applies
 # the WHERE clause after walking the graph, so a selective filter starves it. A bounded count decides:
-# filters matching fewer than `imgsearch.exact_search_below` rows (default 10000) are answered by exact
+# filters matching fewer than `imgsearch.exact_search_below` rows (default 1000) are answered by exact
 # search over just those rows (cheap, via the b-tree indexes); broader ones by an iterative HNSW scan, and
 # if that still finds fewer than k rows within hnsw.max_scan_tuples (everything near the query is filtered
 # out), by exact search. Relaxed iterative scans return rows slightly out of order, so the index walk collects
@@ -46,7 +46,7 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     exact_below integer := coalesce(
-        nullif(current_setting('imgsearch.exact_search_below', true), '')::integer, 10000);
+        nullif(current_setting('imgsearch.exact_search_below', true), '')::integer, 1000);
     where_sql text := 'WHERE true';
     columns_sql constant text :=
         'SELECT p.sku::text, p.name, p.category, p.price, p.in_stock, p.image, '
