@@ -472,6 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--full", action="store_true", help="full scale: 1M products")
     parser.add_argument("--queries", type=int, default=200, help="queries per filter class")
     parser.add_argument("--baseline-queries", type=int, default=50, help="queries per class for scikit-learn")
+    parser.add_argument("--numpy-queries", type=int, default=200, help="queries per class for NumPy")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per throughput measurement")
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--home", type=Path, default=Path("/tmp/imgsearch-bench-search"), help="throwaway server")
@@ -523,11 +524,13 @@ def main(argv: list[str] | None = None) -> None:
             entry[method] = m
             log(f"{fc.name} {method}: {m}")
         nq = min(args.baseline_queries, len(qs))
-        results, lat = bench_numpy(cat, units, qs, mask)
+        nn = min(args.numpy_queries, len(qs))
+        results, lat = bench_numpy(cat, units, qs[:nn], mask)
         entry["numpy"] = {
-            **quality(results, gt, cat),
+            **quality(results, gt[:nn], cat),
             **percentiles(lat),
             "throughput_qps": round(1000 / np.mean(lat), 1),
+            "queries": nn,
         }
         results, lat = bench_sklearn(cat, units, qs[:nq], mask, refit=False)
         entry["sklearn"] = {
