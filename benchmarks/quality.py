@@ -212,6 +212,9 @@ POSTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "pcaw": lambda x: _l2(_pca_whiten(_l2(x))),
     "sqrt+pcaw": lambda x: _l2(_pca_whiten(_l2(np.sign(x) * np.sqrt(np.abs(x))))),
     "pcaw-shrink": lambda x: _l2(_pca_whiten(_l2(x), shrink=1.0)),
+    # Centring on the catalogue's mean without whitening: what the catalogue-learnt part alone is worth.
+    "sqrt+center": lambda x: _l2(_l2(np.sqrt(np.abs(x))) - _l2(np.sqrt(np.abs(x))).mean(axis=0)),
+    "pow0.3": lambda x: _l2(np.sign(x) * np.power(np.abs(x), 0.3)),
 }
 
 
@@ -291,6 +294,27 @@ def markdown(results: Sequence[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def speed(root: Path, limit: int, rounds: int) -> None:
+    """Images/s of ``Featurizer.embed_files`` (decode + network) for the notebook and default pipelines,
+    alternated on the same files so that a busy machine slows both alike."""
+    from imgsearch.embedding import Featurizer
+
+    files, _ = labelled_files(root)
+    files = files[:limit]
+    featurizers = {name: Featurizer(weights=WEIGHTS, pipeline=name) for name in ("notebook", "default")}
+    for featurizer in featurizers.values():
+        featurizer.warm_up()
+    timings: dict[str, list[float]] = {name: [] for name in featurizers}
+    for _ in range(rounds):
+        for name, featurizer in featurizers.items():
+            started = time.perf_counter()
+            done = sum(1 for result in featurizer.embed_files(files) if result.ok)
+            timings[name].append(done / (time.perf_counter() - started))
+            log(f"{name}: {timings[name][-1]:.2f} images/s")
+    for name, rates in timings.items():
+        print(f"{name} ({featurizers[name].space.preprocessing_version}): best {max(rates):.2f} images/s, runs {rates}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -301,9 +325,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     p_table = sub.add_parser("table", help="score pooling and post-processing variants of the cached maps")
     p_table.add_argument("--dataset", action="append", required=True, help="cache folder name (repeatable)")
     p_table.add_argument("--out", type=Path, help="also write every row as JSON here")
+    p_speed = sub.add_parser("speed", help="images/s of the notebook vs the default pipeline")
+    p_speed.add_argument("root", type=Path)
+    p_speed.add_argument("--limit", type=int, default=256)
+    p_speed.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     if args.command == "embed":
         embed(args.root, args.variants, precision=args.precision)
+    elif args.command == "speed":
+        speed(args.root, args.limit, args.rounds)
     else:
         table(args.dataset, args.out)
 

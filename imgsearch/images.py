@@ -3,10 +3,10 @@
 With their default arguments :func:`load_image` and :func:`decode_rgb8` give the pixels the original notebooks
 fed VGG16 (``keras.utils.load_img(path, target_size=(224, 224))``: RGB, squashed to the target size with
 nearest-neighbour resampling); a :class:`Preprocessing` names another filter or padding to a square on
-white, and :data:`DEFAULT_PREPROCESSING` is what the featurizer uses (chosen by measurement, see
-docs/quality.md). All of them add what real shop catalogues need:
-EXIF orientation, transparent cut-outs on white, 16-bit and exotic colour modes, animated files and large
-JPEGs decoded at reduced size. Every failure is an :class:`~imgsearch.errors.ImageError` with a one-line reason.
+white (measured in docs/quality.md; the notebooks' pixels remain the default). All of them add what real
+shop catalogues need: EXIF orientation, transparent cut-outs on white, 16-bit and exotic colour modes,
+animated files and large JPEGs decoded at reduced size. Every failure is an
+:class:`~imgsearch.errors.ImageError` with a one-line reason.
 """
 
 from __future__ import annotations
@@ -53,14 +53,15 @@ class Preprocessing:
 #: The original notebooks' pixels (also what ``load_image(path)`` gives): squashed, nearest neighbour.
 NOTEBOOK_PREPROCESSING = Preprocessing("v1-exif-white-squash224-nearest-jpegdraft")
 
-#: What the featurizer uses unless told otherwise.
+#: The pixels the featurizer uses by default: still the notebooks' ones, since bicubic resampling and padding
+#: to a square on white measured no better on either test set (docs/quality.md).
 DEFAULT_PREPROCESSING = NOTEBOOK_PREPROCESSING
 
-#: Named preprocessings (``--preprocessing`` of ``imgsearch eval``).
-PREPROCESSINGS: dict[str, Preprocessing] = {"default": DEFAULT_PREPROCESSING, "notebook": NOTEBOOK_PREPROCESSING}
-
-#: Version of :data:`DEFAULT_PREPROCESSING`, the one new catalogues get.
-PREPROCESSING_VERSION: str = DEFAULT_PREPROCESSING.version
+#: Version of everything around the network in the default pipeline, recorded with new catalogues: the
+#: notebooks' pixels, then the global average of ``block5_conv3`` (instead of ``block5_pool``) and an
+#: element-wise square root before L2 normalisation (:data:`imgsearch.embedding.DEFAULT_PIPELINE`). Its
+#: vectors differ from v1 ones, so a v1 catalogue is refused with a request to re-ingest.
+PREPROCESSING_VERSION: str = "v2-exif-white-squash224-nearest-jpegdraft-conv3avg-sqrt"
 
 #: What :func:`load_image` accepts: a path, the encoded bytes, or a binary file object (e.g. stdin).
 ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO

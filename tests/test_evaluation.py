@@ -14,8 +14,8 @@ from sqlalchemy.engine import Engine, make_url
 
 from imgsearch import catalogue, evaluation
 from imgsearch.cli import main
-from imgsearch.embedding import Featurizer
-from imgsearch.errors import DatabaseUnavailableError
+from imgsearch.embedding import NOTEBOOK_PIPELINE, EmbeddingSpace, Featurizer
+from imgsearch.errors import DatabaseUnavailableError, EmbeddingSpaceMismatchError
 from imgsearch.images import PREPROCESSING_VERSION
 
 REPO = Path(__file__).resolve().parent.parent
@@ -139,3 +139,20 @@ def test_eval_refuses_a_server_where_it_cannot_create_a_database(
     finally:
         with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
             conn.execute("DROP ROLE IF EXISTS imgsearch_eval_nocreate")
+
+
+def test_a_catalogue_of_the_notebook_pipeline_must_be_reingested(engine: Engine, featurizer: Featurizer) -> None:
+    # Catalogues built before the default pipeline changed hold notebook vectors: they are refused with a
+    # request to re-ingest instead of silently mixing two kinds of vectors.
+    notebook = EmbeddingSpace(
+        model_name=NOTEBOOK_PIPELINE.model_name,
+        weights_id=featurizer.space.weights_id,
+        preprocessing_version=NOTEBOOK_PIPELINE.version,
+        dimension=featurizer.space.dimension,
+    )
+    assert featurizer.space.preprocessing_version == PREPROCESSING_VERSION != notebook.preprocessing_version
+    catalogue.ensure_space(engine, notebook)
+    with pytest.raises(EmbeddingSpaceMismatchError, match=r"different embedding space.*re-ingest"):
+        catalogue.check_space(engine, featurizer.space)
+    with pytest.raises(EmbeddingSpaceMismatchError, match="preprocessing v1-exif-white"):
+        catalogue.ensure_space(engine, featurizer.space)
