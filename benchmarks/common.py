@@ -127,8 +127,11 @@ def subset(paths: list[Path], limit: int | None) -> list[Path]:
 
 
 def _cache_file(root: Path, paths: list[Path], precision: str, weights: str, cache_dir: Path) -> Path:
+    from imgsearch.images import PREPROCESSING_VERSION
+
     rel = [str(p.relative_to(root)) for p in paths]
-    fingerprint = repr((str(root), rel, [p.stat().st_size for p in paths], precision, weights))
+    sizes = [p.stat().st_size for p in paths]
+    fingerprint = repr((str(root), rel, sizes, precision, weights, PREPROCESSING_VERSION))
     key = hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
     return cache_dir / f"{root.name}-{precision}-{key}.npz"
 
@@ -140,8 +143,9 @@ def cached_embeddings(
     featurizer, cached in ``cache_dir``.
 
     Returns ``(vectors, relative paths, classes)``. The cache key is the folder, its file list and sizes, the
-    precision and the weights, so a changed folder is embedded again. A subset is taken from the whole
-    folder's cache when that exists. The cache lives outside the repository.
+    precision, the weights and the featurizer's preprocessing version, so a change to any of them is embedded
+    again. A subset is taken from the whole folder's cache when that exists. The cache lives outside the
+    repository.
     """
     root = Path(root).resolve()
     all_paths, _ = image_folder(root)
