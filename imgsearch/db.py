@@ -63,7 +63,9 @@ def libpq_url(url: str) -> str:
 
 def create_engine(url: str, **kwargs: object) -> Engine:
     """A SQLAlchemy engine for ``url`` (any PostgreSQL URL form)."""
-    return sa.create_engine(normalise_url(url), pool_pre_ping=True, **kwargs)
+    # No pool_pre_ping: it would add a round trip to every query; a connection the server dropped fails once
+    # with DatabaseUnavailableError and the pool replaces it.
+    return sa.create_engine(normalise_url(url), **kwargs)
 
 
 def connect(settings: Settings | None = None) -> Engine:

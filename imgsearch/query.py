@@ -103,10 +103,18 @@ _CHEAPER = sa.text("SELECT * FROM imgsearch_cheaper(:sku, :k, :same_category)")
 
 def _run(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact: bool = False) -> list[SearchResult]:
     try:
-        with transaction(bind) as conn:
-            if exact:
+        if exact:
+            # The setting is local to a transaction, so it needs one around both statements.
+            with transaction(bind) as conn:
                 conn.execute(sa.text("SELECT set_config('imgsearch.exact_search', 'on', true)"))
-            rows = conn.execute(statement, params).all()
+                rows = conn.execute(statement, params).all()
+        elif isinstance(bind, Engine):
+            # One statement, so autocommit: one round trip instead of BEGIN, query, COMMIT. At 1M products
+            # the transaction's round trips cost as much as the search itself.
+            with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                rows = conn.execute(statement, params).all()
+        else:
+            rows = bind.execute(statement, params).all()
     except DBAPIError as exc:
         raise _translate(exc) from None
     return [
@@ -134,7 +142,7 @@ def _translate(exc: DBAPIError) -> Exception:
         return UnknownSkuError(message)
     if sqlstate in ("42883", "42P01"):
         return SchemaError("the database has no imgsearch schema (or an old one): run `imgsearch db upgrade`")
-    if sqlstate is not None and sqlstate.startswith("08"):
+    if exc.connection_invalidated or (sqlstate is not None and sqlstate.startswith("08")):
         return DatabaseUnavailableError(f"lost the database connection: {message}")
     return exc
 
