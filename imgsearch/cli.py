@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import sys
 import time
@@ -290,28 +289,6 @@ def ingest(
         sys.exit(1)
 
 
-def _read_stock_csv(path: Path) -> dict[str, bool]:
-    from imgsearch.ingest import parse_bool
-
-    stock: dict[str, bool] = {}
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"sku", "in_stock"} <= {f.strip().lower() for f in reader.fieldnames}:
-            _fail(f"{path}: needs columns sku,in_stock")
-        for row in reader:
-            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(k, str)}
-            try:
-                flag = parse_bool(row["in_stock"])
-            except ValueError as exc:
-                _fail(f"{path}:{reader.line_num}: {exc}")
-            if not row["sku"]:
-                _fail(f"{path}:{reader.line_num}: missing sku")
-            if row["sku"] in stock:
-                _fail(f"{path}:{reader.line_num}: duplicate sku {row['sku']}")
-            stock[row["sku"]] = flag
-    return stock
-
-
 @main.command()
 @click.argument("skus", nargs=-1)
 @click.option("--in/--out", "in_stock", default=None, help="Mark the SKUs in stock or sold out.")
@@ -333,7 +310,9 @@ def stock(app: App, skus: tuple[str, ...], in_stock: bool | None, csv_path: Path
     if csv_path is not None:
         if skus or in_stock is not None:
             _fail("use either --csv or SKUs with --in/--out")
-        changes = _read_stock_csv(csv_path)
+        from imgsearch.ingest import read_stock_csv
+
+        changes = read_stock_csv(csv_path)
     else:
         if not skus or in_stock is None:
             _fail("give SKUs and --in or --out (or --csv FILE)")

@@ -156,15 +156,26 @@ def decode_rgb8(
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """SHA-256 (hex) of a file's content, read in chunks so large files do not sit in memory."""
-    try:
-        with open(path, "rb") as f:
+    label = os.fspath(path)
+    with _open_file(path, label) as f:
+        try:
             return hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError as exc:
+            raise ImageError(f"{label}: cannot read file ({_one_line(exc)})") from None
+
+
+def _open_file(path: str | os.PathLike[str], label: str) -> BinaryIO:
+    """Open ``path`` for binary reading, or raise :class:`ImageError` saying why it cannot be."""
+    try:
+        return open(path, "rb")
     except FileNotFoundError:
-        raise ImageError(f"{os.fspath(path)}: file not found") from None
+        raise ImageError(f"{label}: file not found") from None
     except IsADirectoryError:
-        raise ImageError(f"{os.fspath(path)}: is a directory, not an image file") from None
+        raise ImageError(f"{label}: is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageError(f"{label}: permission denied") from None
     except OSError as exc:
-        raise ImageError(f"{os.fspath(path)}: cannot read file ({_one_line(exc)})") from None
+        raise ImageError(f"{label}: cannot open file ({_one_line(exc)})") from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -175,16 +186,7 @@ def _one_line(exc: BaseException) -> str:
 def _open_source(source: ImageSource, label: str) -> BinaryIO:
     """Return a binary stream positioned at the start of the encoded image; the caller closes it."""
     if isinstance(source, str | os.PathLike):
-        try:
-            f = open(source, "rb")  # noqa: SIM115 - closed by the caller, after Pillow is done with it
-        except FileNotFoundError:
-            raise ImageError(f"{label}: file not found") from None
-        except IsADirectoryError:
-            raise ImageError(f"{label}: is a directory, not an image file") from None
-        except PermissionError:
-            raise ImageError(f"{label}: permission denied") from None
-        except OSError as exc:
-            raise ImageError(f"{label}: cannot open file ({_one_line(exc)})") from None
+        f = _open_file(source, label)  # closed by the caller, after Pillow is done with it
         try:
             empty = os.fstat(f.fileno()).st_size == 0
         except OSError:

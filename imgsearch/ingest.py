@@ -19,7 +19,7 @@ from imgsearch import catalogue
 from imgsearch.catalogue import ProductRecord, UpsertCounts
 from imgsearch.db import transaction
 from imgsearch.errors import ImageError, ManifestError
-from imgsearch.images import SUPPORTED_EXTENSIONS, file_sha256
+from imgsearch.images import file_sha256, has_supported_extension
 
 if TYPE_CHECKING:
     from imgsearch.embedding import Featurizer
@@ -106,10 +106,6 @@ def parse_price(value: str) -> Decimal | None:
     return price.quantize(Decimal("0.01"))
 
 
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in SUPPORTED_EXTENSIONS
-
-
 def scan_folder(root: Path | str) -> Iterator[CatalogueEntry | Failure]:
     """Products from a folder tree whose first-level folders are categories (``root/heels/123.jpg``).
 
@@ -126,9 +122,9 @@ def scan_folder(root: Path | str) -> Iterator[CatalogueEntry | Failure]:
             continue
         sku = relative.with_suffix("").as_posix()
         if len(relative.parts) < 2:
-            if _is_image_name(path):
+            if has_supported_extension(path):
                 yield Failure(None, str(path), "not inside a category folder")
-        elif not _is_image_name(path):
+        elif not has_supported_extension(path):
             yield Failure(sku, str(path), f"not a supported image type ({path.suffix or 'no extension'})")
         else:
             yield CatalogueEntry(sku=sku, category=relative.parts[0], image=path, image_label=str(path))
@@ -221,6 +217,33 @@ def _manifest_header_and_sku_counts(path: Path) -> tuple[list[str], Counter[str]
     except csv.Error as exc:
         raise ManifestError(f"{path}: not a readable CSV file: {exc}") from None
     return header, counts
+
+
+def read_stock_csv(path: Path | str) -> dict[str, bool]:
+    """Stock changes from a CSV with columns ``sku,in_stock`` (other columns ignored), for :func:`set_stock`.
+
+    Raises:
+        ManifestError: the file cannot be read, lacks a column, or has a bad flag, an empty or a repeated SKU.
+    """
+    path = Path(path)
+    stock: dict[str, bool] = {}
+    with _open_csv(path) as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"sku", "in_stock"} <= {f.strip().lower() for f in reader.fieldnames}:
+            raise ManifestError(f"{path}: needs columns sku,in_stock")
+        for raw in reader:
+            row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if isinstance(k, str)}
+            where = f"{path}:{reader.line_num}"
+            try:
+                flag = parse_bool(row["in_stock"])
+            except ValueError as exc:
+                raise ManifestError(f"{where}: {exc}") from None
+            if not row["sku"]:
+                raise ManifestError(f"{where}: missing sku")
+            if row["sku"] in stock:
+                raise ManifestError(f"{where}: duplicate sku {row['sku']}")
+            stock[row["sku"]] = flag
+    return stock
 
 
 def _batches(items: Iterable[CatalogueEntry | Failure], size: int) -> Iterator[list[CatalogueEntry | Failure]]:
