@@ -324,6 +324,12 @@ def get_product(bind: Bind, sku: str) -> Product | None:
     return Product(*row) if row else None
 
 
+def is_empty(bind: Bind) -> bool:
+    """Whether the catalogue has no products (cheap at any size, unlike :func:`stats`)."""
+    with transaction(bind) as conn:
+        return not conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM products)")).scalar_one()
+
+
 def get_embedding(bind: Bind, sku: str) -> np.ndarray | None:
     """The stored vector of product ``sku`` (float32, shape (512,)), or ``None`` if it is not in the catalogue."""
     statement = sa.text("SELECT embedding FROM products WHERE sku = :sku").columns(embedding=Vector(DIMENSION))

@@ -466,7 +466,7 @@ def _search_options(func: Any) -> Any:
 
 
 def _require_products(engine: Engine) -> None:
-    if catalogue.stats(engine).products == 0:
+    if catalogue.is_empty(engine):
         _fail("the catalogue is empty: load products with `imgsearch ingest` first")
 
 
