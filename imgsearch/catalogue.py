@@ -350,7 +350,8 @@ def stats(bind: Bind) -> CatalogueStats:
         index = conn.execute(
             sa.text(
                 "SELECT c.relname, pg_relation_size(c.oid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = 'products'::regclass AND a.amname = 'hnsw'"
+                "JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = 'products'::regclass AND a.amname = 'hnsw' "
+                "AND i.indpred IS NULL"
             )
         ).one_or_none()
         table_size = conn.execute(sa.text("SELECT pg_table_size('products')")).scalar_one()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from imgsearch import catalogue, db, embedded, output, query
+from imgsearch import catalogue, db, embedded, indexes, output, query
 from imgsearch.config import PRECISIONS, Settings
 from imgsearch.errors import ImgsearchError
 from imgsearch.ingest import Progress
@@ -189,6 +189,76 @@ def db_reset(app: App, yes: bool) -> None:
         _fail("this deletes every product: pass --yes to confirm")
     catalogue.clear(app.engine())
     click.echo("catalogue emptied")
+
+
+@main.group(cls=_Group)
+def index_group() -> None:
+    """Category indexes: keep searches filtered to one large category fast.
+
+    A search filtered to one category normally walks the catalogue-wide index; when the query photo looks
+    nothing like that category, the walk can take hundreds of milliseconds. A category index holds only the
+    category's products and is used automatically for such searches. Building one blocks writes to the
+    catalogue (not searches) while it runs. See docs/filtered-search.md.
+    """
+
+
+main.add_command(index_group, name="index")
+
+
+@index_group.command("create")
+@click.argument("categories", nargs=-1)
+@click.option(
+    "--min-products",
+    type=click.IntRange(min=1),
+    help="Index every category with at least this many products (missing ones only).",
+)
+@pass_app
+def index_create(app: App, categories: tuple[str, ...], min_products: int | None) -> None:
+    """Build category indexes for CATEGORIES, or for every category of --min-products or more.
+
+    \b
+    Examples:
+      imgsearch index create sneakers watches
+      imgsearch index create --min-products 1000
+    """
+    if bool(categories) == (min_products is not None):
+        _fail("give CATEGORIES or --min-products (not both)")
+    engine = app.engine()
+
+    def report(index: indexes.CategoryIndex) -> None:
+        click.echo(f"indexed {index.category} ({index.products} products, {output.format_size(index.size_bytes)})")
+
+    if min_products is not None:
+        built = indexes.index_large_categories(engine, min_products, on_created=report)
+        if not built:
+            click.echo(f"nothing to do: every category of {min_products} or more products has its index")
+        return
+    for category in categories:
+        report(indexes.create_category_index(engine, category))
+
+
+@index_group.command("list")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_app
+def index_list(app: App, fmt: str) -> None:
+    """List the category indexes: category, products, size."""
+    click.echo(output.format_category_indexes(indexes.list_category_indexes(app.engine()), fmt))
+
+
+@index_group.command("drop")
+@click.argument("categories", nargs=-1, required=True)
+@click.option("--missing-ok", is_flag=True, help="Ignore categories that have no index.")
+@pass_app
+def index_drop(app: App, categories: tuple[str, ...], missing_ok: bool) -> None:
+    """Drop category indexes (searches in those categories go back to the catalogue-wide index)."""
+    engine = app.engine()
+    if not missing_ok:
+        known = {i.category for i in indexes.list_category_indexes(engine)}
+        unknown = [c for c in categories if c not in known]
+        if unknown:
+            _fail(f"no category index for {', '.join(repr(c) for c in unknown)}; nothing dropped")
+    dropped = sum(indexes.drop_category_index(engine, c, missing_ok=True) for c in categories)
+    click.echo(f"dropped {dropped} category index{'es' if dropped != 1 else ''}")
 
 
 # --- catalogue ------------------------------------------------------------------------------------------------

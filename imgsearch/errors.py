@@ -35,6 +35,10 @@ class UnknownSkuError(ImgsearchError, LookupError):
     """A SKU that is not in the catalogue was named."""
 
 
+class UnknownCategoryError(ImgsearchError, LookupError):
+    """A category that has no products (or no category index, when dropping one) was named."""
+
+
 class ImageError(ImgsearchError):
     """An image file cannot be read or decoded (missing, corrupt, not an image, too large...)."""
 

@@ -29,6 +29,7 @@ from decimal import Decimal
 
 from imgsearch.catalogue import CatalogueStats
 from imgsearch.evaluation import Evaluation
+from imgsearch.indexes import CategoryIndex
 from imgsearch.ingest import IngestReport
 from imgsearch.query import SearchResult
 
@@ -167,14 +168,38 @@ def format_stats(stats: CatalogueStats, fmt: str = "table") -> str:
             f"weights {space.weights_id[:12]}"
         )
     if stats.index_name:
-        lines.append(f"vector index: {stats.index_name} (HNSW, cosine), {_size(stats.index_size_bytes or 0)}")
+        lines.append(f"vector index: {stats.index_name} (HNSW, cosine), {format_size(stats.index_size_bytes or 0)}")
     else:
         lines.append("vector index: missing (run `imgsearch db upgrade`)")
-    lines.append(f"table size: {_size(stats.table_size_bytes)}")
+    lines.append(f"table size: {format_size(stats.table_size_bytes)}")
     return "\n".join(lines)
 
 
-def _size(n: int) -> str:
+def format_category_indexes(category_indexes: Sequence[CategoryIndex], fmt: str = "table") -> str:
+    """Render the category indexes as a table (with a total) or JSON."""
+    if fmt == "json":
+        return json.dumps(
+            [
+                {"category": i.category, "index": i.index_name, "products": i.products, "size_bytes": i.size_bytes}
+                for i in category_indexes
+            ],
+            indent=2,
+        )
+    if not category_indexes:
+        return "no category indexes: searches filtered by category use the catalogue-wide index"
+    rows = [[i.category, str(i.products), format_size(i.size_bytes)] for i in category_indexes]
+    rows.append(
+        [
+            "total",
+            str(sum(i.products for i in category_indexes)),
+            format_size(sum(i.size_bytes for i in category_indexes)),
+        ]
+    )
+    return table(["category", "products", "index size"], rows, shrink=(0,))
+
+
+def format_size(n: int) -> str:
+    """A byte count for people: ``512 B``, ``21.0 MiB``."""
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":

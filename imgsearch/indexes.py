@@ -1,0 +1,105 @@
+"""Category indexes: partial HNSW indexes that keep searches filtered to one category fast.
+
+The catalogue-wide HNSW index serves a category filter by walking the graph from the query outwards and
+skipping other categories. When the query photo looks nothing like the category (a dress searched among
+watches) that walk passes many products before it meets the category, up to ``imgsearch.max_scan_tuples``,
+and then falls back to exact search over the whole category: hundreds of milliseconds per query. A category
+index holds only that category's products, so the same search walks a graph where every product matches.
+The SQL search functions pick it by themselves when the filter is exactly that one category; nothing changes
+for callers. Each index costs disk (about the category's share of the catalogue-wide index) and some insert
+time for that category's products. Building one locks the catalogue against writes (reads and searches go
+on) for as long as it takes. See docs/filtered-search.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+
+from imgsearch.catalogue import Bind
+from imgsearch.db import transaction
+from imgsearch.errors import InvalidQueryError, UnknownCategoryError
+
+
+@dataclass(frozen=True)
+class CategoryIndex:
+    """A category index: its category, its name in the database, the category's products and its size."""
+
+    category: str
+    index_name: str
+    products: int
+    size_bytes: int
+
+
+def list_category_indexes(bind: Bind) -> list[CategoryIndex]:
+    """The category indexes of the catalogue, by category."""
+    with transaction(bind) as conn:
+        rows = conn.execute(sa.text("SELECT * FROM imgsearch_category_indexes()")).all()
+    return [CategoryIndex(r.category, r.index_name, r.products, r.size_bytes) for r in rows]
+
+
+def create_category_index(bind: Bind, category: str) -> CategoryIndex:
+    """Build the index of ``category`` (nothing to do if it exists) and return it.
+
+    Raises:
+        UnknownCategoryError: no product has this category (nothing is created).
+    """
+    try:
+        with transaction(bind) as conn:
+            conn.execute(sa.text("SELECT imgsearch_create_category_index(:category)"), {"category": category})
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == "P0002":
+            raise UnknownCategoryError(f"no products in category {category!r}") from None
+        raise
+    return next(i for i in list_category_indexes(bind) if i.category == category)
+
+
+def drop_category_index(bind: Bind, category: str, *, missing_ok: bool = False) -> bool:
+    """Drop the index of ``category``; searches in it go back to the catalogue-wide index.
+
+    Returns whether an index was dropped.
+
+    Raises:
+        UnknownCategoryError: ``category`` has no index and ``missing_ok`` is false.
+    """
+    with transaction(bind) as conn:
+        dropped = conn.execute(
+            sa.text("SELECT imgsearch_drop_category_index(:category)"), {"category": category}
+        ).scalar_one()
+    if not dropped and not missing_ok:
+        raise UnknownCategoryError(f"category {category!r} has no category index")
+    return bool(dropped)
+
+
+def index_large_categories(
+    bind: Bind, min_products: int, on_created: Callable[[CategoryIndex], None] | None = None
+) -> list[CategoryIndex]:
+    """Build the missing indexes of every category with at least ``min_products`` products, largest first.
+
+    Each index is committed as soon as it is built, so an interrupted run keeps the ones done; ``on_created``
+    is called after each. Returns the indexes built.
+
+    Raises:
+        InvalidQueryError: ``min_products`` is below 1.
+    """
+    if min_products < 1:
+        raise InvalidQueryError(f"min_products must be at least 1, got {min_products}")
+    indexed = {i.category for i in list_category_indexes(bind)}
+    with transaction(bind) as conn:
+        large = conn.execute(
+            sa.text(
+                "SELECT category FROM products GROUP BY category HAVING count(*) >= :n ORDER BY count(*) DESC, category"
+            ),
+            {"n": min_products},
+        ).scalars()
+        todo = [c for c in large if c not in indexed]
+    built = []
+    for category in todo:
+        index = create_category_index(bind, category)
+        built.append(index)
+        if on_created is not None:
+            on_created(index)
+    return built

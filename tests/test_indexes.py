@@ -1,0 +1,194 @@
+"""Category indexes: built, listed and dropped safely, and used by the search functions without changing answers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from sqlalchemy.engine import Engine
+
+from imgsearch import catalogue, db, indexes, query
+from imgsearch.catalogue import ProductRecord
+from imgsearch.cli import main
+from imgsearch.errors import InvalidQueryError, UnknownCategoryError
+
+# Categories far apart in vector space, so a query from one searched within another is the hard case.
+SIZES = {"shoes": 2500, "bags": 1200, "hats": 300}
+ODD = "l'été; DROP TABLE products; -- " + "x" * 80  # quotes, SQL, non-ASCII, longer than an identifier
+
+
+def _records(rng: np.random.Generator) -> tuple[list[ProductRecord], dict[str, np.ndarray]]:
+    records, vectors = [], {}
+    for c, (category, n) in enumerate(SIZES.items()):
+        # Like image features: a few centres per category, variation along a few directions, a little noise.
+        centres = rng.normal(size=(3, 512)) + 4.0 * np.eye(512)[c * 10 : c * 10 + 3]
+        directions = rng.normal(size=(16, 512)) / 4
+        members = centres[rng.integers(3, size=n)] + rng.normal(size=(n, 16)) @ directions
+        members += 0.2 * rng.normal(size=(n, 512))
+        vectors[category] = members.astype(np.float32)
+        records += [
+            ProductRecord(sku=f"{category}-{i}", category=category, embedding=v, price=Decimal(i % 90 + 10))
+            for i, v in enumerate(vectors[category])
+        ]
+    records.append(ProductRecord(sku="odd-1", category=ODD, embedding=rng.normal(size=512).astype(np.float32)))
+    return records, vectors
+
+
+@pytest.fixture(scope="module")
+def filled(make_database: Callable[..., str], migrated_template: str) -> Iterator[tuple[Engine, dict[str, np.ndarray]]]:
+    engine = db.create_engine(make_database(template=migrated_template))
+    records, vectors = _records(np.random.default_rng(3))
+    catalogue.upsert_products(engine, records)
+    with engine.connect() as conn:
+        conn.execute(sa.text("ANALYZE products"))
+        conn.commit()
+    yield engine, vectors
+    engine.dispose()
+
+
+@pytest.fixture
+def clean(filled: tuple[Engine, dict[str, np.ndarray]]) -> Iterator[tuple[Engine, dict[str, np.ndarray]]]:
+    """The shared catalogue, with no category index before or after the test."""
+    engine, _ = filled
+    for existing in indexes.list_category_indexes(engine):
+        indexes.drop_category_index(engine, existing.category)
+    yield filled
+    for existing in indexes.list_category_indexes(engine):
+        indexes.drop_category_index(engine, existing.category)
+
+
+def _index_scans(engine: Engine, index_name: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes WHERE indexrelname = :n"),
+            {"n": index_name},
+        ).scalar_one()
+
+
+def _search_counting_scans(
+    engine: Engine, index_name: str, queries: np.ndarray, categories: list[str]
+) -> tuple[list[list[str]], int]:
+    """Search on one session and return the results and how many scans ``index_name`` served for them."""
+    before = _index_scans(engine, index_name)
+    with engine.connect() as conn:
+        found = [[r.sku for r in query.search(conn, q, 10, categories=categories)] for q in queries]
+        # A session publishes its statistics when it goes idle after a transaction, at most once a second
+        # unless forced: force it, so the counters are current once the commit returns.
+        conn.execute(sa.text("SELECT pg_stat_force_next_flush()"))
+        conn.commit()
+    return found, _index_scans(engine, index_name) - before
+
+
+def test_category_index_serves_searches_from_other_categories(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:
+    engine, vectors = clean
+    rng = np.random.default_rng(11)
+    queries = vectors["bags"][rng.choice(len(vectors["bags"]), 8, replace=False)] + 0.3 * rng.normal(size=(8, 512))
+    exact = [[r.sku for r in query.search(engine, q, 10, categories="shoes", exact=True)] for q in queries]
+
+    index = indexes.create_category_index(engine, "shoes")
+    assert (index.category, index.products) == ("shoes", SIZES["shoes"]) and index.size_bytes > 0
+    found, scans = _search_counting_scans(engine, index.index_name, queries, ["shoes"])
+
+    assert scans >= len(queries)
+    assert all(len(f) == 10 and all(s.startswith("shoes-") for s in f) for f in found)
+    recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)])
+    assert recall >= 0.95, recall
+
+    # Two categories are not that index's predicate: the catalogue-wide index answers, as before.
+    found, scans = _search_counting_scans(engine, index.index_name, queries[:2], ["shoes", "bags"])
+    assert scans == 0
+    assert all(len(f) == 10 for f in found)
+
+
+def test_create_is_idempotent_and_listed(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:
+    engine, _ = clean
+    first = indexes.create_category_index(engine, "hats")
+    assert indexes.create_category_index(engine, "hats") == first
+    assert indexes.list_category_indexes(engine) == [first]
+    assert first.index_name.startswith("ix_products_embedding_cat_")
+    # The catalogue's own statistics still describe the catalogue-wide index.
+    assert catalogue.stats(engine).index_name == "ix_products_embedding"
+
+
+def test_category_names_are_data_not_sql(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:
+    engine, vectors = clean
+    index = indexes.create_category_index(engine, ODD)
+    assert indexes.list_category_indexes(engine) == [index]
+    assert (index.category, index.products) == (ODD, 1)
+    assert [r.sku for r in query.search(engine, vectors["hats"][0], 3, categories=ODD)] == ["odd-1"]
+    assert catalogue.stats(engine).products == sum(SIZES.values()) + 1
+    assert indexes.drop_category_index(engine, ODD) is True
+    assert indexes.list_category_indexes(engine) == []
+
+
+def test_unknown_categories(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:
+    engine, _ = clean
+    with pytest.raises(UnknownCategoryError, match="no products in category 'socks'"):
+        indexes.create_category_index(engine, "socks")
+    assert indexes.list_category_indexes(engine) == []
+    with pytest.raises(UnknownCategoryError, match="'bags' has no category index"):
+        indexes.drop_category_index(engine, "bags")
+    assert indexes.drop_category_index(engine, "bags", missing_ok=True) is False
+
+
+def test_index_large_categories(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:
+    engine, _ = clean
+    indexes.create_category_index(engine, "bags")
+    seen: list[str] = []
+    built = indexes.index_large_categories(engine, 1000, on_created=lambda i: seen.append(i.category))
+    assert [i.category for i in built] == seen == ["shoes"]  # bags had one already; hats are too few
+    assert [i.category for i in indexes.list_category_indexes(engine)] == ["bags", "shoes"]
+    assert indexes.index_large_categories(engine, 1000) == []
+    with pytest.raises(InvalidQueryError, match="at least 1"):
+        indexes.index_large_categories(engine, 0)
+
+
+def test_downgrade_removes_category_indexes(make_database: Callable[..., str], migrated_template: str) -> None:
+    engine = db.create_engine(make_database(template=migrated_template))
+    records, _ = _records(np.random.default_rng(5))
+    catalogue.upsert_products(engine, records[-400:])
+    indexes.create_category_index(engine, "hats")
+    db.downgrade(engine, "0001")
+    with engine.connect() as conn:
+        names = set(conn.execute(sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'products'")).scalars())
+        functions = set(conn.execute(sa.text("SELECT proname FROM pg_proc WHERE proname LIKE 'imgsearch_%'")).scalars())
+    assert not any(n.startswith("ix_products_embedding_cat_") for n in names)
+    assert "imgsearch_create_category_index" not in functions and "imgsearch_similar" in functions
+    db.upgrade(engine)
+    assert indexes.create_category_index(engine, "hats").products == SIZES["hats"]
+    engine.dispose()
+
+
+def test_cli(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:
+    engine, _ = clean
+    url = engine.url.render_as_string(hide_password=False)
+
+    def run(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(main, ["--database-url", url, "index", *args])
+        assert result.exit_code == code, (result.output, result.exception)
+        if code:
+            assert result.stdout == ""  # the error line goes to stderr, alone
+            return result.stderr
+        return result.stdout
+
+    assert "no category indexes" in run("list")
+    assert run("create", "hats").startswith("indexed hats (300 products, ")
+    assert "indexed shoes (2500 products" in run("create", "--min-products", "2000")
+    assert "nothing to do" in run("create", "--min-products", "2000")
+    listed = json.loads(run("list", "--format", "json"))
+    assert [(i["category"], i["products"]) for i in listed] == [("hats", 300), ("shoes", 2500)]
+    assert "total" in run("list")
+
+    out = run("create", "socks", code=1)
+    assert out.strip() == "Error: no products in category 'socks'"
+    assert run("create", code=1).strip() == "Error: give CATEGORIES or --min-products (not both)"
+    out = run("drop", "hats", "bags", code=1)
+    assert out.strip() == "Error: no category index for 'bags'; nothing dropped"
+    assert len(indexes.list_category_indexes(engine)) == 2
+    assert run("drop", "hats", "bags", "--missing-ok").strip() == "dropped 1 category index"
+    assert [i.category for i in indexes.list_category_indexes(engine)] == ["shoes"]
