@@ -14,7 +14,14 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from imgsearch import embedded
 from imgsearch.config import Settings
-from imgsearch.errors import ConfigurationError, DatabaseUnavailableError, SchemaError
+from imgsearch.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    ImgsearchError,
+    InvalidQueryError,
+    SchemaError,
+    UnknownSkuError,
+)
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -159,3 +166,23 @@ def require_schema(engine: Engine) -> None:
             f"the database schema is at revision {current}, this imgsearch needs {head_revision()}: "
             "run `imgsearch db upgrade`"
         )
+
+
+def translate_error(exc: DBAPIError, not_found: type[ImgsearchError] = UnknownSkuError) -> Exception:
+    """Turn an error raised by imgsearch's SQL functions into the library's exception; keep anything else.
+
+    ``not_found`` is the exception for the functions' "no such ..." errors (SQLSTATE P0002): an unknown SKU
+    for the search functions, an unknown category for the category-index ones.
+    """
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    diag = getattr(exc.orig, "diag", None)
+    message = (getattr(diag, "message_primary", None) or str(exc.orig)).removeprefix("imgsearch: ")
+    if sqlstate == "22023":
+        return InvalidQueryError(message)
+    if sqlstate == "P0002":
+        return not_found(message)
+    if sqlstate in ("42883", "42P01"):
+        return SchemaError("the database has no imgsearch schema (or an old one): run `imgsearch db upgrade`")
+    if exc.connection_invalidated or (sqlstate is not None and sqlstate.startswith("08")):
+        return DatabaseUnavailableError(f"lost the database connection: {message}")
+    return exc

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch.catalogue import Bind
-from imgsearch.db import transaction
+from imgsearch.db import transaction, translate_error
 from imgsearch.errors import InvalidQueryError, UnknownCategoryError
 
 
@@ -34,10 +35,18 @@ class CategoryIndex:
     size_bytes: int
 
 
+def _call(bind: Bind, statement: str, params: dict[str, object] | None = None) -> list[sa.Row[Any]]:
+    """Run one statement calling the category-index SQL functions, with their errors as library exceptions."""
+    try:
+        with transaction(bind) as conn:
+            return list(conn.execute(sa.text(statement), params or {}).all())
+    except DBAPIError as exc:
+        raise translate_error(exc, not_found=UnknownCategoryError) from None
+
+
 def list_category_indexes(bind: Bind) -> list[CategoryIndex]:
     """The category indexes of the catalogue, by category."""
-    with transaction(bind) as conn:
-        rows = conn.execute(sa.text("SELECT * FROM imgsearch_category_indexes()")).all()
+    rows = _call(bind, "SELECT * FROM imgsearch_category_indexes()")
     return [CategoryIndex(r.category, r.index_name, r.products, r.size_bytes) for r in rows]
 
 
@@ -47,13 +56,7 @@ def create_category_index(bind: Bind, category: str) -> CategoryIndex:
     Raises:
         UnknownCategoryError: no product has this category (nothing is created).
     """
-    try:
-        with transaction(bind) as conn:
-            conn.execute(sa.text("SELECT imgsearch_create_category_index(:category)"), {"category": category})
-    except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) == "P0002":
-            raise UnknownCategoryError(f"no products in category {category!r}") from None
-        raise
+    _call(bind, "SELECT imgsearch_create_category_index(:category)", {"category": category})
     return next(i for i in list_category_indexes(bind) if i.category == category)
 
 
@@ -65,10 +68,7 @@ def drop_category_index(bind: Bind, category: str, *, missing_ok: bool = False) 
     Raises:
         UnknownCategoryError: ``category`` has no index and ``missing_ok`` is false.
     """
-    with transaction(bind) as conn:
-        dropped = conn.execute(
-            sa.text("SELECT imgsearch_drop_category_index(:category)"), {"category": category}
-        ).scalar_one()
+    dropped = _call(bind, "SELECT imgsearch_drop_category_index(:category)", {"category": category})[0][0]
     if not dropped and not missing_ok:
         raise UnknownCategoryError(f"category {category!r} has no category index")
     return bool(dropped)
@@ -88,14 +88,12 @@ def index_large_categories(
     if min_products < 1:
         raise InvalidQueryError(f"min_products must be at least 1, got {min_products}")
     indexed = {i.category for i in list_category_indexes(bind)}
-    with transaction(bind) as conn:
-        large = conn.execute(
-            sa.text(
-                "SELECT category FROM products GROUP BY category HAVING count(*) >= :n ORDER BY count(*) DESC, category"
-            ),
-            {"n": min_products},
-        ).scalars()
-        todo = [c for c in large if c not in indexed]
+    large = _call(
+        bind,
+        "SELECT category FROM products GROUP BY category HAVING count(*) >= :n ORDER BY count(*) DESC, category",
+        {"n": min_products},
+    )
+    todo = [category for (category,) in large if category not in indexed]
     built = []
     for category in todo:
         index = create_category_index(bind, category)

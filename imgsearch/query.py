@@ -18,8 +18,8 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from imgsearch.db import transaction
-from imgsearch.errors import DatabaseUnavailableError, InvalidQueryError, SchemaError, UnknownSkuError
+from imgsearch.db import transaction, translate_error
+from imgsearch.errors import InvalidQueryError
 from imgsearch.models import DIMENSION
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def _run(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact:
         else:
             rows = bind.execute(statement, params).all()
     except DBAPIError as exc:
-        raise _translate(exc) from None
+        raise translate_error(exc) from None
     return [
         SearchResult(
             sku=r.sku,
@@ -129,22 +129,6 @@ def _run(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact:
         )
         for r in rows
     ]
-
-
-def _translate(exc: DBAPIError) -> Exception:
-    """Turn the SQL functions' errors into the library's exceptions; keep anything else as it is."""
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    diag = getattr(exc.orig, "diag", None)
-    message = (getattr(diag, "message_primary", None) or str(exc.orig)).removeprefix("imgsearch: ")
-    if sqlstate == "22023":
-        return InvalidQueryError(message)
-    if sqlstate == "P0002":
-        return UnknownSkuError(message)
-    if sqlstate in ("42883", "42P01"):
-        return SchemaError("the database has no imgsearch schema (or an old one): run `imgsearch db upgrade`")
-    if exc.connection_invalidated or (sqlstate is not None and sqlstate.startswith("08")):
-        return DatabaseUnavailableError(f"lost the database connection: {message}")
-    return exc
 
 
 def search(

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -112,3 +113,16 @@ def featurizer(weights_path: str) -> Featurizer:
     from imgsearch.embedding import Featurizer
 
     return Featurizer(weights=weights_path)
+
+
+SAMPLE_PHOTOS = sorted(SAMPLE_CATALOGUE.glob("*/*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def sample_vectors(featurizer: Featurizer) -> np.ndarray:
+    """The 120 sample photos (``SAMPLE_PHOTOS`` order) embedded once for the session, through the batch
+    pipeline: (120, 512)."""
+    results = list(featurizer.embed_files(SAMPLE_PHOTOS))
+    assert [result.path for result in results] == SAMPLE_PHOTOS
+    assert all(result.ok for result in results), [result.error for result in results if not result.ok]
+    return np.stack([result.vector for result in results])

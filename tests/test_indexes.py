@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,32 +18,40 @@ from imgsearch.catalogue import ProductRecord
 from imgsearch.cli import main
 from imgsearch.errors import InvalidQueryError, UnknownCategoryError
 
-# Categories far apart in vector space, so a query from one searched within another is the hard case.
-SIZES = {"shoes": 2500, "bags": 1200, "hats": 300}
+# Three of the sample catalogue's classes, grown to a catalogue big enough for the index walk: a query from
+# one class searched within another is the hard case.
+SIZES = {"shoes": 2500, "pants": 1200, "hat": 300}
 ODD = "l'été; DROP TABLE products; -- " + "x" * 80  # quotes, SQL, non-ASCII, longer than an identifier
+SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "catalogue"
+PHOTO_CLASSES = [path.parent.name for path in sorted(SAMPLES.glob("*/*.jpg"))]  # ``sample_vectors`` order
 
 
-def _records(rng: np.random.Generator) -> tuple[list[ProductRecord], dict[str, np.ndarray]]:
+def _mixes(real: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` vectors like photos of similar products: convex mixes of 3 real ones plus a little noise."""
+    picks = real[rng.integers(len(real), size=(n, 3))]
+    mixed = np.einsum("nj,njd->nd", rng.dirichlet(np.ones(3), size=n), picks)
+    return (mixed + rng.normal(scale=0.1 / np.sqrt(real.shape[1]), size=mixed.shape)).astype(np.float32)
+
+
+def _records(sample_vectors: np.ndarray, rng: np.random.Generator) -> tuple[list[ProductRecord], dict[str, np.ndarray]]:
     records, vectors = [], {}
-    for c, (category, n) in enumerate(SIZES.items()):
-        # Like image features: a few centres per category, variation along a few directions, a little noise.
-        centres = rng.normal(size=(3, 512)) + 4.0 * np.eye(512)[c * 10 : c * 10 + 3]
-        directions = rng.normal(size=(16, 512)) / 4
-        members = centres[rng.integers(3, size=n)] + rng.normal(size=(n, 16)) @ directions
-        members += 0.2 * rng.normal(size=(n, 512))
-        vectors[category] = members.astype(np.float32)
+    for category, n in SIZES.items():
+        vectors[category] = _mixes(sample_vectors[np.equal(PHOTO_CLASSES, category)], n, rng)
         records += [
             ProductRecord(sku=f"{category}-{i}", category=category, embedding=v, price=Decimal(i % 90 + 10))
             for i, v in enumerate(vectors[category])
         ]
-    records.append(ProductRecord(sku="odd-1", category=ODD, embedding=rng.normal(size=512).astype(np.float32)))
+    vectors["dress"] = _mixes(sample_vectors[np.equal(PHOTO_CLASSES, "dress")], 40, rng)  # queries only
+    records.append(ProductRecord(sku="odd-1", category=ODD, embedding=vectors["dress"][-1]))
     return records, vectors
 
 
 @pytest.fixture(scope="module")
-def filled(make_database: Callable[..., str], migrated_template: str) -> Iterator[tuple[Engine, dict[str, np.ndarray]]]:
+def filled(
+    make_database: Callable[..., str], migrated_template: str, sample_vectors: np.ndarray
+) -> Iterator[tuple[Engine, dict[str, np.ndarray]]]:
     engine = db.create_engine(make_database(template=migrated_template))
-    records, vectors = _records(np.random.default_rng(3))
+    records, vectors = _records(sample_vectors, np.random.default_rng(3))
     catalogue.upsert_products(engine, records)
     with engine.connect() as conn:
         conn.execute(sa.text("ANALYZE products"))
@@ -86,8 +95,7 @@ def _search_counting_scans(
 
 def test_category_index_serves_searches_from_other_categories(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:
     engine, vectors = clean
-    rng = np.random.default_rng(11)
-    queries = vectors["bags"][rng.choice(len(vectors["bags"]), 8, replace=False)] + 0.3 * rng.normal(size=(8, 512))
+    queries = vectors["dress"][:20]
     exact = [[r.sku for r in query.search(engine, q, 10, categories="shoes", exact=True)] for q in queries]
 
     index = indexes.create_category_index(engine, "shoes")
@@ -100,15 +108,15 @@ def test_category_index_serves_searches_from_other_categories(clean: tuple[Engin
     assert recall >= 0.95, recall
 
     # Two categories are not that index's predicate: the catalogue-wide index answers, as before.
-    found, scans = _search_counting_scans(engine, index.index_name, queries[:2], ["shoes", "bags"])
+    found, scans = _search_counting_scans(engine, index.index_name, queries[:2], ["shoes", "pants"])
     assert scans == 0
     assert all(len(f) == 10 for f in found)
 
 
 def test_create_is_idempotent_and_listed(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:
     engine, _ = clean
-    first = indexes.create_category_index(engine, "hats")
-    assert indexes.create_category_index(engine, "hats") == first
+    first = indexes.create_category_index(engine, "hat")
+    assert indexes.create_category_index(engine, "hat") == first
     assert indexes.list_category_indexes(engine) == [first]
     assert first.index_name.startswith("ix_products_embedding_cat_")
     # The catalogue's own statistics still describe the catalogue-wide index.
@@ -120,7 +128,7 @@ def test_category_names_are_data_not_sql(clean: tuple[Engine, dict[str, np.ndarr
     index = indexes.create_category_index(engine, ODD)
     assert indexes.list_category_indexes(engine) == [index]
     assert (index.category, index.products) == (ODD, 1)
-    assert [r.sku for r in query.search(engine, vectors["hats"][0], 3, categories=ODD)] == ["odd-1"]
+    assert [r.sku for r in query.search(engine, vectors["dress"][0], 3, categories=ODD)] == ["odd-1"]
     assert catalogue.stats(engine).products == sum(SIZES.values()) + 1
     assert indexes.drop_category_index(engine, ODD) is True
     assert indexes.list_category_indexes(engine) == []
@@ -131,28 +139,30 @@ def test_unknown_categories(clean: tuple[Engine, dict[str, np.ndarray]]) -> None
     with pytest.raises(UnknownCategoryError, match="no products in category 'socks'"):
         indexes.create_category_index(engine, "socks")
     assert indexes.list_category_indexes(engine) == []
-    with pytest.raises(UnknownCategoryError, match="'bags' has no category index"):
-        indexes.drop_category_index(engine, "bags")
-    assert indexes.drop_category_index(engine, "bags", missing_ok=True) is False
+    with pytest.raises(UnknownCategoryError, match="'pants' has no category index"):
+        indexes.drop_category_index(engine, "pants")
+    assert indexes.drop_category_index(engine, "pants", missing_ok=True) is False
 
 
 def test_index_large_categories(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:
     engine, _ = clean
-    indexes.create_category_index(engine, "bags")
+    indexes.create_category_index(engine, "pants")
     seen: list[str] = []
     built = indexes.index_large_categories(engine, 1000, on_created=lambda i: seen.append(i.category))
-    assert [i.category for i in built] == seen == ["shoes"]  # bags had one already; hats are too few
-    assert [i.category for i in indexes.list_category_indexes(engine)] == ["bags", "shoes"]
+    assert [i.category for i in built] == seen == ["shoes"]  # pants had one already; hat is too small
+    assert [i.category for i in indexes.list_category_indexes(engine)] == ["pants", "shoes"]
     assert indexes.index_large_categories(engine, 1000) == []
     with pytest.raises(InvalidQueryError, match="at least 1"):
         indexes.index_large_categories(engine, 0)
 
 
-def test_downgrade_removes_category_indexes(make_database: Callable[..., str], migrated_template: str) -> None:
+def test_downgrade_removes_category_indexes(
+    make_database: Callable[..., str], migrated_template: str, sample_vectors: np.ndarray
+) -> None:
     engine = db.create_engine(make_database(template=migrated_template))
-    records, _ = _records(np.random.default_rng(5))
+    records, _ = _records(sample_vectors, np.random.default_rng(5))
     catalogue.upsert_products(engine, records[-400:])
-    indexes.create_category_index(engine, "hats")
+    indexes.create_category_index(engine, "hat")
     db.downgrade(engine, "0001")
     with engine.connect() as conn:
         names = set(conn.execute(sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'products'")).scalars())
@@ -160,7 +170,7 @@ def test_downgrade_removes_category_indexes(make_database: Callable[..., str], m
     assert not any(n.startswith("ix_products_embedding_cat_") for n in names)
     assert "imgsearch_create_category_index" not in functions and "imgsearch_similar" in functions
     db.upgrade(engine)
-    assert indexes.create_category_index(engine, "hats").products == SIZES["hats"]
+    assert indexes.create_category_index(engine, "hat").products == SIZES["hat"]
     engine.dispose()
 
 
@@ -177,18 +187,18 @@ def test_cli(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:
         return result.stdout
 
     assert "no category indexes" in run("list")
-    assert run("create", "hats").startswith("indexed hats (300 products, ")
+    assert run("create", "hat").startswith("indexed hat (300 products, ")
     assert "indexed shoes (2500 products" in run("create", "--min-products", "2000")
     assert "nothing to do" in run("create", "--min-products", "2000")
     listed = json.loads(run("list", "--format", "json"))
-    assert [(i["category"], i["products"]) for i in listed] == [("hats", 300), ("shoes", 2500)]
+    assert [(i["category"], i["products"]) for i in listed] == [("hat", 300), ("shoes", 2500)]
     assert "total" in run("list")
 
     out = run("create", "socks", code=1)
     assert out.strip() == "Error: no products in category 'socks'"
     assert run("create", code=1).strip() == "Error: give CATEGORIES or --min-products (not both)"
-    out = run("drop", "hats", "bags", code=1)
-    assert out.strip() == "Error: no category index for 'bags'; nothing dropped"
+    out = run("drop", "hat", "pants", code=1)
+    assert out.strip() == "Error: no category index for 'pants'; nothing dropped"
     assert len(indexes.list_category_indexes(engine)) == 2
-    assert run("drop", "hats", "bags", "--missing-ok").strip() == "dropped 1 category index"
+    assert run("drop", "hat", "pants", "--missing-ok").strip() == "dropped 1 category index"
     assert [i.category for i in indexes.list_category_indexes(engine)] == ["shoes"]
