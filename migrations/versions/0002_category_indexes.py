@@ -24,11 +24,18 @@ depends_on: str | Sequence[str] | None = None
 # database; clients call these functions with ordinary parameters. The index name is derived from the
 # category's md5 (categories are free text and identifiers are limited to 63 bytes); the category itself is
 # kept verbatim as the index's comment, which is how the indexes are listed.
+NAME_FUNCTION = r"""
+CREATE FUNCTION imgsearch_category_index_name(target_category text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT 'ix_products_embedding_cat_' || left(md5(target_category), 16)
+$fn$;
+"""
+
 CREATE_FUNCTION = r"""
 CREATE FUNCTION imgsearch_create_category_index(target_category text) RETURNS text
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    target_index text := 'ix_products_embedding_cat_' || left(md5(target_category), 16);
+    target_index text := imgsearch_category_index_name(target_category);
 BEGIN
     -- "in_stock IN (true, false)" lets the (in_stock, category, price) b-tree find the category's rows.
     IF target_category IS NULL OR NOT EXISTS (
@@ -53,7 +60,7 @@ DROP_FUNCTION = r"""
 CREATE FUNCTION imgsearch_drop_category_index(target_category text) RETURNS boolean
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    target_index text := 'ix_products_embedding_cat_' || left(md5(target_category), 16);
+    target_index text := imgsearch_category_index_name(target_category);
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM imgsearch_category_indexes() i WHERE i.index_name = target_index) THEN
         RETURN false;
@@ -85,6 +92,7 @@ $fn$;
 
 
 def upgrade() -> None:
+    op.execute(NAME_FUNCTION)
     op.execute(LIST_FUNCTION)
     op.execute(CREATE_FUNCTION)
     op.execute(DROP_FUNCTION)
@@ -107,3 +115,4 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS imgsearch_drop_category_index(text)")
     op.execute("DROP FUNCTION IF EXISTS imgsearch_create_category_index(text)")
     op.execute("DROP FUNCTION IF EXISTS imgsearch_category_indexes()")
+    op.execute("DROP FUNCTION IF EXISTS imgsearch_category_index_name(text)")
