@@ -216,6 +216,8 @@ main.add_command(index_group, name="index")
 def index_create(app: App, categories: tuple[str, ...], min_products: int | None) -> None:
     """Build category indexes for CATEGORIES, or for every category of --min-products or more.
 
+    Every category named must have products, or nothing is built. Each index is kept as soon as it is built.
+
     \b
     Examples:
       imgsearch index create sneakers watches
@@ -233,8 +235,7 @@ def index_create(app: App, categories: tuple[str, ...], min_products: int | None
         if not built:
             click.echo(f"nothing to do: every category of {min_products} or more products has its index")
         return
-    for category in categories:
-        report(indexes.create_category_index(engine, category))
+    indexes.create_category_indexes(engine, categories, on_created=report)
 
 
 @index_group.command("list")

@@ -13,7 +13,7 @@ on) for as long as it takes. See docs/filtered-search.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +74,36 @@ def drop_category_index(bind: Bind, category: str, *, missing_ok: bool = False) 
     return bool(dropped)
 
 
+def create_category_indexes(
+    bind: Bind, categories: Iterable[str], on_created: Callable[[CategoryIndex], None] | None = None
+) -> list[CategoryIndex]:
+    """Build the indexes of ``categories`` (existing ones are kept), after checking that every one has products.
+
+    Each index is committed as soon as it is built, so an interrupted run keeps the ones done; ``on_created``
+    is called after each. Returns the indexes, in the order given.
+
+    Raises:
+        UnknownCategoryError: a category has no products (nothing is built).
+    """
+    categories = list(dict.fromkeys(categories))
+    missing = _call(
+        bind,
+        "SELECT c FROM unnest(CAST(:categories AS text[])) c "
+        "WHERE NOT EXISTS (SELECT 1 FROM products p WHERE p.in_stock IN (true, false) AND p.category = c)",
+        {"categories": categories},
+    )
+    if missing:
+        names = ", ".join(repr(c) for (c,) in missing)
+        raise UnknownCategoryError(f"no products in category {names}; no index built")
+    built = []
+    for category in categories:
+        index = create_category_index(bind, category)
+        built.append(index)
+        if on_created is not None:
+            on_created(index)
+    return built
+
+
 def index_large_categories(
     bind: Bind, min_products: int, on_created: Callable[[CategoryIndex], None] | None = None
 ) -> list[CategoryIndex]:
@@ -93,11 +123,4 @@ def index_large_categories(
         "SELECT category FROM products GROUP BY category HAVING count(*) >= :n ORDER BY count(*) DESC, category",
         {"n": min_products},
     )
-    todo = [category for (category,) in large if category not in indexed]
-    built = []
-    for category in todo:
-        index = create_category_index(bind, category)
-        built.append(index)
-        if on_created is not None:
-            on_created(index)
-    return built
+    return create_category_indexes(bind, [c for (c,) in large if c not in indexed], on_created)

@@ -194,8 +194,9 @@ def test_cli(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:
     assert [(i["category"], i["products"]) for i in listed] == [("hat", 300), ("shoes", 2500)]
     assert "total" in run("list")
 
-    out = run("create", "socks", code=1)
-    assert out.strip() == "Error: no products in category 'socks'"
+    out = run("create", "pants", "socks", code=1)
+    assert out.strip() == "Error: no products in category 'socks'; no index built"
+    assert "pants" not in run("list")
     assert run("create", code=1).strip() == "Error: give CATEGORIES or --min-products (not both)"
     out = run("drop", "hat", "pants", code=1)
     assert out.strip() == "Error: no category index for 'pants'; nothing dropped"
