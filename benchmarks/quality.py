@@ -251,18 +251,22 @@ def _dba(x: np.ndarray, neighbours: int = 5, alpha: float = 3.0) -> np.ndarray:
     return _l2(x + np.einsum("nk,nkd->nd", weights, x[top]))
 
 
+def _centred(x: np.ndarray) -> np.ndarray:
+    return _l2(x - x.mean(axis=0))
+
+
 def _sqrt(x: np.ndarray) -> np.ndarray:
     return _l2(np.sign(x) * np.sqrt(np.abs(x)))
 
 
 POSTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "l2": _l2,
-    "sqrt": lambda x: _l2(np.sign(x) * np.sqrt(np.abs(x))),
+    "sqrt": _sqrt,
     "pcaw": lambda x: _l2(_pca_whiten(_l2(x))),
-    "sqrt+pcaw": lambda x: _l2(_pca_whiten(_l2(np.sign(x) * np.sqrt(np.abs(x))))),
+    "sqrt+pcaw": lambda x: _l2(_pca_whiten(_sqrt(x))),
     "pcaw-shrink": lambda x: _l2(_pca_whiten(_l2(x), shrink=1.0)),
     # Centring on the catalogue's mean without whitening: what the catalogue-learnt part alone is worth.
-    "sqrt+center": lambda x: _l2(_l2(np.sqrt(np.abs(x))) - _l2(np.sqrt(np.abs(x))).mean(axis=0)),
+    "sqrt+center": lambda x: _centred(_l2(np.sqrt(np.abs(x)))),
     "pow0.3": lambda x: _l2(np.sign(x) * np.power(np.abs(x), 0.3)),
     "sqrt+pcaw^0.3": lambda x: _l2(_pca_whiten(_sqrt(x), power=0.3)),
     "sqrt+dba5": lambda x: _dba(_sqrt(x)),
