@@ -44,10 +44,17 @@ def _call(bind: Bind, statement: str, params: dict[str, object] | None = None) -
         raise translate_error(exc, not_found=UnknownCategoryError) from None
 
 
+def _category_indexes(bind: Bind, category: str | None = None) -> list[CategoryIndex]:
+    statement = "SELECT * FROM imgsearch_category_indexes()"
+    if category is not None:
+        statement += " WHERE category = :category"
+    rows = _call(bind, statement, {"category": category})
+    return [CategoryIndex(r.category, r.index_name, r.products, r.size_bytes) for r in rows]
+
+
 def list_category_indexes(bind: Bind) -> list[CategoryIndex]:
     """The category indexes of the catalogue, by category."""
-    rows = _call(bind, "SELECT * FROM imgsearch_category_indexes()")
-    return [CategoryIndex(r.category, r.index_name, r.products, r.size_bytes) for r in rows]
+    return _category_indexes(bind)
 
 
 def create_category_index(bind: Bind, category: str) -> CategoryIndex:
@@ -57,7 +64,8 @@ def create_category_index(bind: Bind, category: str) -> CategoryIndex:
         UnknownCategoryError: no product has this category (nothing is created).
     """
     _call(bind, "SELECT imgsearch_create_category_index(:category)", {"category": category})
-    return next(i for i in list_category_indexes(bind) if i.category == category)
+    (index,) = _category_indexes(bind, category)
+    return index
 
 
 def drop_category_index(bind: Bind, category: str, *, missing_ok: bool = False) -> bool:

@@ -31,6 +31,14 @@ LANGUAGE sql IMMUTABLE AS $fn$
 $fn$;
 """
 
+EXISTS_FUNCTION = r"""
+CREATE FUNCTION imgsearch_category_index_exists(index_name text) RETURNS boolean
+LANGUAGE sql STABLE AS $fn$
+    SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                   WHERE i.indrelid = 'products'::regclass AND c.relname = index_name)
+$fn$;
+"""
+
 CREATE_FUNCTION = r"""
 CREATE FUNCTION imgsearch_create_category_index(target_category text) RETURNS text
 LANGUAGE plpgsql AS $fn$
@@ -44,8 +52,7 @@ BEGIN
         RAISE EXCEPTION 'imgsearch: no products in category %', coalesce(quote_literal(target_category), 'NULL')
             USING ERRCODE = 'P0002';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = target_index
-                   AND c.relnamespace = (SELECT t.relnamespace FROM pg_class t WHERE t.oid = 'products'::regclass)) THEN
+    IF NOT imgsearch_category_index_exists(target_index) THEN
         -- Same graph parameters as the catalogue-wide index (migration 0001).
         EXECUTE format('CREATE INDEX %I ON products USING hnsw (embedding vector_cosine_ops) '
                        'WITH (m = 16, ef_construction = 64) WHERE category = %L', target_index, target_category);
@@ -62,7 +69,7 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
     target_index text := imgsearch_category_index_name(target_category);
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM imgsearch_category_indexes() i WHERE i.index_name = target_index) THEN
+    IF NOT imgsearch_category_index_exists(target_index) THEN
         RETURN false;
     END IF;
     EXECUTE format('DROP INDEX %I', target_index);
@@ -93,6 +100,7 @@ $fn$;
 
 def upgrade() -> None:
     op.execute(NAME_FUNCTION)
+    op.execute(EXISTS_FUNCTION)
     op.execute(LIST_FUNCTION)
     op.execute(CREATE_FUNCTION)
     op.execute(DROP_FUNCTION)
@@ -115,4 +123,5 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS imgsearch_drop_category_index(text)")
     op.execute("DROP FUNCTION IF EXISTS imgsearch_create_category_index(text)")
     op.execute("DROP FUNCTION IF EXISTS imgsearch_category_indexes()")
+    op.execute("DROP FUNCTION IF EXISTS imgsearch_category_index_exists(text)")
     op.execute("DROP FUNCTION IF EXISTS imgsearch_category_index_name(text)")
