@@ -34,7 +34,7 @@ from benchmarks.common import (
     wait_for_quiet,
     write_results,
 )
-from imgsearch import db, indexes, query
+from imgsearch import db, indexes, query, schema
 
 K = 10
 
@@ -92,7 +92,7 @@ def main() -> None:
     quiet = wait_for_quiet(max_wait=args.max_wait)
     url = start_server(args.home)
     engine = db.create_engine(url)
-    db.upgrade(engine)
+    schema.upgrade(engine)
     for existing in indexes.list_category_indexes(engine):
         indexes.drop_category_index(engine, existing.category)
     total, chosen = _categories(engine)

@@ -237,13 +237,13 @@ def main(argv: list[str] | None = None) -> None:
     skip = set(filter(None, args.skip.split(",")))
     width, height = (int(x) for x in args.large_size.lower().split("x"))
 
-    from imgsearch import db
+    from imgsearch import db, schema
     from imgsearch.embedding import Featurizer
 
     paths = subset(image_folder(args.images)[0], args.limit)
     url = start_server(args.home)
     engine = db.create_engine(url)
-    db.upgrade(engine)
+    schema.upgrade(engine)
     engine.dispose()
     work = Path(tempfile.mkdtemp(prefix="imgsearch-bench-ingest-"))
 

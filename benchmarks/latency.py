@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
 import sqlalchemy as sa
 from pgvector.sqlalchemy import Vector
 
@@ -77,7 +76,7 @@ def main() -> None:
     log(f"{n:,} products, {args.queries} queries per class")
 
     rows, result = [], {"machine": machine(), "commit": git_commit(), "products": n, "quiet": quiet, "classes": {}}
-    with psycopg.connect(db.libpq_url(url), autocommit=True) as raw:
+    with db.psycopg_connect(url, autocommit=True) as raw:
         for label, kwargs in _filter_classes(engine):
             queries = _queries(engine, kwargs.get("categories"), args.queries + 20, rng)
             for q in queries[:20]:  # warm the caches

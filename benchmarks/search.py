@@ -212,16 +212,14 @@ def config_key(args: argparse.Namespace, source: str) -> str:
 
 def load_database(url: str, cat: Catalogue, key: str, reuse: bool) -> dict[str, Any]:
     """Migrate, COPY the catalogue in, build the HNSW index after loading, VACUUM ANALYZE; report times/sizes."""
-    import psycopg
     from pgvector.psycopg import register_vector
 
-    from imgsearch import db
+    from imgsearch import db, schema
 
     engine = db.create_engine(url)
-    db.upgrade(engine)
+    schema.upgrade(engine)
     engine.dispose()
-    conninfo = db.libpq_url(url)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with db.psycopg_connect(url, autocommit=True) as conn:
         register_vector(conn)
         conn.execute("CREATE TABLE IF NOT EXISTS bench_meta (key text)")
         row = conn.execute("SELECT key FROM bench_meta").fetchone()
@@ -295,16 +293,10 @@ def load_database(url: str, cat: Catalogue, key: str, reuse: bool) -> dict[str, 
 
 
 def install_current_function(conn: Any) -> None:
-    """Replace ``imgsearch_similar`` with the one in the migration file as it is now (for tuning runs)."""
-    import importlib.util
+    """Replace ``imgsearch_similar`` with its packaged .sql file as it is now (for tuning runs)."""
+    from imgsearch import sql
 
-    from imgsearch.db import MIGRATIONS_DIR
-
-    spec = importlib.util.spec_from_file_location("migration_0001", MIGRATIONS_DIR / "versions" / "0001_catalogue.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    conn.execute(module.SIMILAR_FUNCTION.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+    conn.execute(sql.current("imgsearch_similar"))
 
 
 def _has(conn: Any, table: str) -> bool:
@@ -317,7 +309,7 @@ def prewarm(url: str) -> None:
 
     from imgsearch import db
 
-    with psycopg.connect(db.libpq_url(url), autocommit=True) as conn:
+    with db.psycopg_connect(url, autocommit=True) as conn:
         try:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
             for rel in ("products", "ix_products_embedding", "ix_products_filter"):
@@ -333,13 +325,12 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(url: str) -> None:
-    import psycopg
     from pgvector.psycopg import register_vector
 
     from imgsearch import db
 
     _WORKER["engine"] = db.create_engine(url, pool_size=1)
-    conn = psycopg.connect(db.libpq_url(url), autocommit=True)
+    conn = db.psycopg_connect(url, autocommit=True)
     register_vector(conn)
     _WORKER["conn"] = conn
 
@@ -552,7 +543,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(entry)
     clients.close()
 
-    with __import__("psycopg").connect(__import__("imgsearch.db").db.libpq_url(url)) as conn:
+    with __import__("imgsearch.db").db.psycopg_connect(url) as conn:
         settings = dict(
             conn.execute(
                 "SELECT name, setting || coalesce(unit, '') FROM pg_settings WHERE name IN "

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from imgsearch import catalogue, db, embedded, indexes, output, query
+from imgsearch import catalogue, db, embedded, indexes, output, query, roles
+from imgsearch import schema as imgsearch_schema
 from imgsearch.config import PRECISIONS, Settings
 from imgsearch.errors import ImgsearchError
 from imgsearch.ingest import Progress
@@ -53,7 +54,7 @@ class App:
         if self._engine is None:
             self._engine = db.connect(self.settings)
         if schema:
-            db.require_schema(self._engine)
+            imgsearch_schema.require_schema(self._engine)
         return self._engine
 
     def featurizer(self) -> Featurizer:
@@ -90,6 +91,11 @@ def _fail(message: str) -> NoReturn:
 @click.option("--weights", metavar="PATH", help="VGG16 notop .h5 weights, or 'imagenet' [env IMGSEARCH_VGG16_WEIGHTS].")
 @click.option("--batch-size", type=click.IntRange(1, 1024), help="Images per forward pass [env IMGSEARCH_BATCH_SIZE].")
 @click.option("--precision", type=click.Choice(PRECISIONS), help="Model precision [env IMGSEARCH_PRECISION].")
+@click.option(
+    "--schema",
+    metavar="NAME",
+    help="PostgreSQL schema of imgsearch's tables [env IMGSEARCH_SCHEMA; default imgsearch].",
+)
 @click.version_option(package_name="imgsearch")
 @click.pass_context
 def main(ctx: click.Context, **options: Any) -> None:
@@ -116,11 +122,28 @@ def db_group() -> None:
 main.add_command(db_group, name="db")
 
 
+def _url_options(func: Any) -> Any:
+    func = click.option("--show-password", is_flag=True, help="Print the password instead of ***.")(func)
+    return click.option(
+        "--sqlalchemy", "sqlalchemy_form", is_flag=True, help="SQLAlchemy form (postgresql+psycopg://...)."
+    )(func)
+
+
+def _format_url(url: str, sqlalchemy_form: bool, show_password: bool) -> str:
+    if sqlalchemy_form:
+        return db.sqlalchemy_url(url, show_password=show_password)
+    return db.libpq_url(url, show_password=show_password)
+
+
 @db_group.command("start")
+@_url_options
 @pass_app
-def db_start(app: App) -> None:
-    """Start the embedded PostgreSQL (it keeps running until `imgsearch db stop`) and print its URL."""
-    click.echo(embedded.start(app.settings.home))
+def db_start(app: App, sqlalchemy_form: bool, show_password: bool) -> None:
+    """Start the embedded PostgreSQL (it keeps running until `imgsearch db stop`) and print its URL.
+
+    The URL is libpq's form, for psql and any backend: psql "$(imgsearch db start)".
+    """
+    click.echo(_format_url(embedded.start(app.settings.home), sqlalchemy_form, show_password))
 
 
 @db_group.command("stop")
@@ -131,30 +154,43 @@ def db_stop(app: App) -> None:
     click.echo("stopped" if stopped else "not running")
 
 
+def _revision_line(engine: Engine) -> str:
+    current = imgsearch_schema.current_revision(engine)
+    newest = imgsearch_schema.head_revision()
+    return f"schema {db.schema_of(engine)} at revision {current or 'none'} (newest {newest})"
+
+
 @db_group.command("status")
 @pass_app
 def db_status(app: App) -> None:
     """Say whether the embedded server runs, where its data is, and the schema revision."""
     if app.settings.database_url:
         engine = app.engine(schema=False)
-        click.echo(f"external database: {engine.url.render_as_string(hide_password=True)}")
-        click.echo(f"schema revision: {db.current_revision(engine) or 'none'} (newest {db.head_revision()})")
+        click.echo(f"external database: {db.libpq_url(app.settings.database_url)}")
+        click.echo(_revision_line(engine))
         return
     status = embedded.status(app.settings.home)
     click.echo(f"embedded server: {f'running (pid {status.pid})' if status.running else 'stopped'}")
     click.echo(f"data directory: {status.data_dir}")
     if status.url:
         click.echo(f"url: {db.libpq_url(status.url)}")
-        engine = db.create_engine(status.url)
-        click.echo(f"schema revision: {db.current_revision(engine) or 'none'} (newest {db.head_revision()})")
+        engine = db.create_engine(status.url, schema=app.settings.schema)
+        click.echo(_revision_line(engine))
         engine.dispose()
 
 
 @db_group.command("url")
+@_url_options
 @pass_app
-def db_url(app: App) -> None:
-    """Print the connection URL (starting the embedded server if needed), e.g. for psql or a backend."""
-    click.echo(db.libpq_url(db.resolve_url(app.settings)))
+def db_url(app: App, sqlalchemy_form: bool, show_password: bool) -> None:
+    """Print the connection URL (starting the embedded server if needed), e.g. for psql or a backend.
+
+    \b
+    Examples:
+      psql "$(imgsearch db url --show-password)"
+      imgsearch db url --sqlalchemy
+    """
+    click.echo(_format_url(db.resolve_url(app.settings), sqlalchemy_form, show_password))
 
 
 @db_group.command("upgrade")
@@ -163,8 +199,8 @@ def db_url(app: App) -> None:
 def db_upgrade(app: App, revision: str) -> None:
     """Create or update the schema (the vector extension, tables, indexes, SQL functions)."""
     engine = app.engine(schema=False)
-    db.upgrade(engine, revision)
-    click.echo(f"schema at revision {db.current_revision(engine)}")
+    imgsearch_schema.upgrade(engine, revision)
+    click.echo(_revision_line(engine))
 
 
 @db_group.command("downgrade")
@@ -176,8 +212,8 @@ def db_downgrade(app: App, revision: str, yes: bool) -> None:
     if not yes:
         _fail("downgrading can delete catalogue data: pass --yes to confirm")
     engine = app.engine(schema=False)
-    db.downgrade(engine, revision)
-    click.echo(f"schema at revision {db.current_revision(engine) or 'none'}")
+    imgsearch_schema.downgrade(engine, revision)
+    click.echo(_revision_line(engine))
 
 
 @db_group.command("reset")
@@ -189,6 +225,56 @@ def db_reset(app: App, yes: bool) -> None:
         _fail("this deletes every product: pass --yes to confirm")
     catalogue.clear(app.engine())
     click.echo("catalogue emptied")
+
+
+def _grant_message(result: roles.GrantResult, what: str) -> str:
+    created = (
+        f"created role {result.role} without login (give it one: ALTER ROLE {result.role} LOGIN PASSWORD '...'); "
+        if result.created
+        else ""
+    )
+    return f"{created}{result.role} {what} in schema {result.schema}"
+
+
+@db_group.command("grant-reader")
+@click.argument("role")
+@pass_app
+def db_grant_reader(app: App, role: str) -> None:
+    """Let ROLE search the catalogue and nothing else (for the website backend); creates ROLE if missing.
+
+    \b
+    Example:
+      imgsearch db grant-reader shop_web
+    """
+    result = roles.grant_reader(app.engine(), role)
+    click.echo(_grant_message(result, "can search (read-only)"))
+
+
+@db_group.command("grant-writer")
+@click.argument("role")
+@pass_app
+def db_grant_writer(app: App, role: str) -> None:
+    """Let ROLE search and change products (ingest, stock, remove), not the schema; creates ROLE if missing."""
+    result = roles.grant_writer(app.engine(), role)
+    click.echo(_grant_message(result, "can search and change products"))
+
+
+@db_group.command("revoke-writer")
+@click.argument("role")
+@pass_app
+def db_revoke_writer(app: App, role: str) -> None:
+    """Take back ROLE's write privileges (it can still search)."""
+    result = roles.revoke_writer(app.engine(), role)
+    click.echo(_grant_message(result, "can no longer change products"))
+
+
+@db_group.command("revoke-reader")
+@click.argument("role")
+@pass_app
+def db_revoke_reader(app: App, role: str) -> None:
+    """Take back everything imgsearch granted ROLE (the role itself is not dropped)."""
+    result = roles.revoke_reader(app.engine(), role)
+    click.echo(_grant_message(result, "has no access"))
 
 
 @main.group(cls=_Group)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from imgsearch.errors import ConfigurationError
 
 PRECISIONS = ("float32", "bfloat16")
+
+#: The PostgreSQL schema that holds imgsearch's tables, indexes, functions and Alembic version table.
+DEFAULT_SCHEMA = "imgsearch"
+# Lower-case identifiers only: they need no quoting anywhere (psql, backends' SQL, search_path settings).
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def _default_home() -> Path:
@@ -38,6 +44,8 @@ class Settings:
             ``.h5`` file (``IMGSEARCH_VGG16_WEIGHTS``).
         batch_size: images per forward pass of the network (``IMGSEARCH_BATCH_SIZE``).
         precision: ``"float32"`` (default) or ``"bfloat16"`` (``IMGSEARCH_PRECISION``).
+        schema: the PostgreSQL schema of imgsearch's objects (``IMGSEARCH_SCHEMA``, default ``imgsearch``), so
+            that it can share a database with the shop's own tables.
     """
 
     database_url: str | None = None
@@ -45,8 +53,10 @@ class Settings:
     weights: str = "imagenet"
     batch_size: int = 32
     precision: str = "float32"
+    schema: str = DEFAULT_SCHEMA
 
     def __post_init__(self) -> None:
+        check_schema_name(self.schema)
         if self.batch_size < 1:
             raise ConfigurationError(f"batch size must be at least 1, got {self.batch_size}")
         if self.precision not in PRECISIONS:
@@ -62,8 +72,18 @@ class Settings:
             weights=os.environ.get("IMGSEARCH_VGG16_WEIGHTS") or "imagenet",
             batch_size=_env_int("IMGSEARCH_BATCH_SIZE", 32),
             precision=os.environ.get("IMGSEARCH_PRECISION") or "float32",
+            schema=os.environ.get("IMGSEARCH_SCHEMA") or DEFAULT_SCHEMA,
         )
         changes = {k: v for k, v in overrides.items() if v is not None}
         if "home" in changes:
             changes["home"] = Path(str(changes["home"])).expanduser()
         return replace(settings, **changes) if changes else settings
+
+
+def check_schema_name(name: str) -> str:
+    """Return ``name`` if it can be imgsearch's schema, else raise :class:`ConfigurationError`."""
+    if not isinstance(name, str) or not _SCHEMA_NAME.match(name) or name.startswith("pg_"):
+        raise ConfigurationError(
+            f"schema must be a lower-case PostgreSQL name (letters, digits, _; not pg_...), got {name!r}"
+        )
+    return name

@@ -1,33 +1,45 @@
-"""Connecting to the catalogue database and managing its schema (Alembic migrations)."""
+"""Connecting to the catalogue database: URLs, engines that work inside imgsearch's schema, error translation."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import quote
 
+import psycopg
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from imgsearch import embedded
-from imgsearch.config import Settings
+from imgsearch.config import DEFAULT_SCHEMA, Settings, check_schema_name
 from imgsearch.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
     ImgsearchError,
     InvalidQueryError,
+    PermissionDeniedError,
     SchemaError,
     UnknownSkuError,
 )
 
-if TYPE_CHECKING:
-    from alembic.config import Config
+#: The execution option under which an engine carries the schema it works in.
+SCHEMA_OPTION = "imgsearch_schema"
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-ALEMBIC_INI = MIGRATIONS_DIR.parent / "alembic.ini"
+# Every connection works inside imgsearch's schema: it goes first on the search_path, then the vector
+# extension's schema (for the vector type), then whatever the server had configured (a shop's own schemas).
+_SEARCH_PATH = (
+    "SELECT set_config('search_path', concat_ws(', ', quote_ident(%s), ("
+    "SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+    "WHERE e.extname = 'vector'), current_setting('search_path')), false)"
+)
+
+# user:password@ after the scheme; greedy up to the last "@", so that a malformed URL with an unescaped "@" in
+# its password is masked whole.
+_PASSWORD_IN_URL = re.compile(r"(?P<head>://[^:/@\s]*:)(?P<password>\S*)(?P<tail>@)")
 
 
 def resolve_url(settings: Settings) -> str:
@@ -37,25 +49,36 @@ def resolve_url(settings: Settings) -> str:
     return embedded.start(settings.home)
 
 
+def mask_password(text: str) -> str:
+    """``text`` with the password of any URL in it replaced by ``***`` (for messages and listings)."""
+    return _PASSWORD_IN_URL.sub(r"\g<head>***\g<tail>", text)
+
+
 def normalise_url(url: str) -> str:
     """Accept libpq-style ``postgresql://`` URLs and point SQLAlchemy at psycopg 3."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigurationError(f"invalid database URL {url!r}: {exc}") from None
+        port = parsed.port
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigurationError(f"invalid database URL {mask_password(url)!r}: {mask_password(str(exc))}") from None
     if parsed.get_backend_name() not in ("postgresql", "postgres"):
         raise ConfigurationError(f"imgsearch needs PostgreSQL with pgvector, not {parsed.get_backend_name()!r}")
+    if port is not None and not 0 < port < 65536:
+        raise ConfigurationError(f"invalid database URL {mask_password(url)!r}: port {port} is out of range")
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
-def libpq_url(url: str) -> str:
-    """``url`` as libpq writes it (for psql and non-Python backends): no driver name, socket paths unescaped."""
+def libpq_url(url: str, *, show_password: bool = False) -> str:
+    """``url`` as libpq writes it (for psql and non-Python backends): no driver name, socket paths unescaped.
+
+    The password is shown as ``***`` unless ``show_password``.
+    """
     parsed = make_url(normalise_url(url))
     auth = ""
     if parsed.username:
         auth = quote(parsed.username, safe="")
         if parsed.password:
-            auth += ":" + quote(str(parsed.password), safe="")
+            auth += ":" + (quote(str(parsed.password), safe="") if show_password else "***")
         auth += "@"
     location = parsed.host or ""
     if parsed.port:
@@ -68,11 +91,41 @@ def libpq_url(url: str) -> str:
     return f"postgresql://{auth}{location}/{parsed.database or ''}" + (f"?{query}" if query else "")
 
 
-def create_engine(url: str, **kwargs: object) -> Engine:
-    """A SQLAlchemy engine for ``url`` (any PostgreSQL URL form)."""
+def sqlalchemy_url(url: str, *, show_password: bool = False) -> str:
+    """``url`` in SQLAlchemy's form (``postgresql+psycopg://``), the password masked unless ``show_password``."""
+    return make_url(normalise_url(url)).render_as_string(hide_password=not show_password)
+
+
+def create_engine(url: str, schema: str = DEFAULT_SCHEMA, **kwargs: Any) -> Engine:
+    """A SQLAlchemy engine for ``url`` (any PostgreSQL URL form) whose connections work inside ``schema``."""
+    check_schema_name(schema)
+    options = {**kwargs.pop("execution_options", {}), SCHEMA_OPTION: schema}
     # No pool_pre_ping: it would add a round trip to every query; a connection the server dropped fails once
     # with DatabaseUnavailableError and the pool replaces it.
-    return sa.create_engine(normalise_url(url), **kwargs)
+    engine = sa.create_engine(normalise_url(url), execution_options=options, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _enter_schema(dbapi_connection: Any, _record: Any) -> None:
+        # Once per physical connection. Committed, or the pool's rollback would undo it.
+        with dbapi_connection.cursor() as cur:
+            cur.execute(_SEARCH_PATH, (schema,))
+        dbapi_connection.commit()
+
+    return engine
+
+
+def psycopg_connect(url: str, schema: str = DEFAULT_SCHEMA, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A plain psycopg connection (for COPY and benchmarks) that works inside ``schema`` like the engines do."""
+    conn = psycopg.connect(libpq_url(url, show_password=True), **kwargs)
+    conn.execute(_SEARCH_PATH, (check_schema_name(schema),))
+    if not conn.autocommit:
+        conn.commit()
+    return conn
+
+
+def schema_of(bind: Engine | Connection) -> str:
+    """The schema an engine (or a connection of one) made by :func:`create_engine` works in."""
+    return bind.get_execution_options().get(SCHEMA_OPTION, DEFAULT_SCHEMA)
 
 
 def connect(settings: Settings | None = None) -> Engine:
@@ -81,7 +134,7 @@ def connect(settings: Settings | None = None) -> Engine:
     Raises :class:`DatabaseUnavailableError` if the server cannot be reached.
     """
     settings = settings or Settings.from_env()
-    engine = create_engine(resolve_url(settings))
+    engine = create_engine(resolve_url(settings), schema=settings.schema)
     check_connection(engine)
     return engine
 
@@ -93,7 +146,7 @@ def check_connection(engine: Engine) -> None:
             conn.execute(sa.text("SELECT 1"))
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise DatabaseUnavailableError(f"cannot connect to the database: {reason}") from None
+        raise DatabaseUnavailableError(f"cannot connect to the database: {mask_password(reason)}") from None
 
 
 @contextmanager
@@ -110,64 +163,6 @@ def transaction(bind: Engine | Connection) -> Iterator[Connection]:
             yield bind
 
 
-def _alembic_config(connection: Connection | None = None) -> Config:
-    from alembic.config import Config
-
-    cfg = Config(str(ALEMBIC_INI))
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    if connection is not None:
-        cfg.attributes["connection"] = connection
-    return cfg
-
-
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema up to ``revision`` (default: the newest). Running it again is a no-op."""
-    from alembic import command
-
-    with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), revision)
-
-
-def downgrade(engine: Engine, revision: str = "-1") -> None:
-    """Step the schema back to ``revision`` (default: one migration back; ``base`` removes it all)."""
-    from alembic import command
-
-    with engine.begin() as conn:
-        command.downgrade(_alembic_config(conn), revision)
-
-
-def current_revision(engine: Engine) -> str | None:
-    """The schema revision the database is at, or ``None`` if it has never been migrated."""
-    from alembic.runtime.migration import MigrationContext
-
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
-
-
-def head_revision() -> str:
-    """The newest revision this version of imgsearch knows."""
-    from alembic.script import ScriptDirectory
-
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
-    assert head is not None
-    return head
-
-
-def require_schema(engine: Engine) -> None:
-    """Raise :class:`SchemaError` unless the database is migrated to this version's newest revision."""
-    try:
-        current = current_revision(engine)
-    except DBAPIError as exc:
-        raise DatabaseUnavailableError(f"cannot read the schema version: {exc.orig}") from None
-    if current is None:
-        raise SchemaError("the database has no imgsearch schema yet: run `imgsearch db upgrade`")
-    if current != head_revision():
-        raise SchemaError(
-            f"the database schema is at revision {current}, this imgsearch needs {head_revision()}: "
-            "run `imgsearch db upgrade`"
-        )
-
-
 def translate_error(exc: DBAPIError, not_found: type[ImgsearchError] = UnknownSkuError) -> Exception:
     """Turn an error raised by imgsearch's SQL functions into the library's exception; keep anything else.
 
@@ -181,8 +176,10 @@ def translate_error(exc: DBAPIError, not_found: type[ImgsearchError] = UnknownSk
         return InvalidQueryError(message)
     if sqlstate == "P0002":
         return not_found(message)
-    if sqlstate in ("42883", "42P01"):
+    if sqlstate in ("42883", "42P01", "3F000"):
         return SchemaError("the database has no imgsearch schema (or an old one): run `imgsearch db upgrade`")
+    if sqlstate == "42501":
+        return PermissionDeniedError(f"the database role may not do this: {message}")
     if exc.connection_invalidated or (sqlstate is not None and sqlstate.startswith("08")):
         return DatabaseUnavailableError(f"lost the database connection: {message}")
     return exc

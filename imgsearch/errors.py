@@ -53,3 +53,11 @@ class ManifestError(ImgsearchError):
 
 class OutputError(ImgsearchError):
     """An output file (contact sheet, histogram, report) cannot be written."""
+
+
+class SchemaTooNewError(SchemaError):
+    """The database was migrated by a newer imgsearch than the one installed: upgrade the package."""
+
+
+class PermissionDeniedError(ImgsearchError):
+    """The database role lacks a privilege the operation needs (a reader role cannot write, for instance)."""

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from imgsearch import catalogue, db, query
+from imgsearch import catalogue, db, query, schema
 from imgsearch.errors import DatabaseUnavailableError, ManifestError
 from imgsearch.ingest import CatalogueEntry, Failure, ingest, scan_folder
 
@@ -218,7 +218,7 @@ def evaluate(
         engine = db.create_engine(url, poolclass=sa.pool.NullPool)
         try:
             say(f"throwaway database {name}: migrating")
-            db.upgrade(engine)
+            schema.upgrade(engine)
             say(f"ingesting {root}")
             report = ingest(engine, entries, featurizer, commit_every=512)
             say(f"searching ({report.added} images)")

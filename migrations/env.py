@@ -1,11 +1,16 @@
-"""Alembic environment: runs the catalogue migrations against the configured PostgreSQL."""
+"""Alembic environment: runs imgsearch's revisions inside its own PostgreSQL schema.
+
+Used both by ``imgsearch db upgrade`` (the library passes its connection and schema) and by plain ``alembic``
+in a checkout (``-x url=...`` / ``-x schema=...``, else ``IMGSEARCH_DATABASE_URL`` / ``IMGSEARCH_SCHEMA``, else the
+embedded server and the ``imgsearch`` schema).
+"""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import Connection
 
-from imgsearch import db
+from imgsearch import db, schema
 from imgsearch.config import Settings
 from imgsearch.models import Base
 
@@ -13,8 +18,14 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, transaction_per_migration=True)
+def _run(connection: Connection, schema_name: str) -> None:
+    schema.prepare_migration(connection, schema_name)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        version_table=schema.VERSION_TABLE,
+        version_table_schema=schema_name,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -23,14 +34,14 @@ def run_migrations_online() -> None:
     """Migrate through the caller's connection if it passed one, else connect as the CLI would."""
     connection = config.attributes.get("connection")
     if connection is not None:
-        _run(connection)
+        _run(connection, config.attributes["schema"])
         return
-    url = context.get_x_argument(as_dictionary=True).get("url")
-    engine = db.create_engine(db.resolve_url(Settings.from_env(database_url=url)))
+    x = context.get_x_argument(as_dictionary=True)
+    settings = Settings.from_env(database_url=x.get("url"), schema=x.get("schema"))
+    engine = db.create_engine(db.resolve_url(settings), schema=settings.schema)
     try:
-        with engine.connect() as conn:
-            _run(conn)
-            conn.commit()
+        with engine.begin() as conn:
+            _run(conn, settings.schema)
     finally:
         engine.dispose()
 

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from imgsearch import db, embedded
+from imgsearch import db, embedded, schema
 
 if TYPE_CHECKING:
     from imgsearch.embedding import Featurizer
@@ -72,7 +72,7 @@ def migrated_template(make_database: Callable[..., str]) -> str:
     """Name of a database migrated to head, used as a template so each test gets a fresh copy quickly."""
     url = make_database()
     engine = db.create_engine(url, poolclass=sa.pool.NullPool)
-    db.upgrade(engine)
+    schema.upgrade(engine)
     engine.dispose()
     name = make_url(url).database
     assert name

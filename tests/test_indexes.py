@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
-from imgsearch import catalogue, db, indexes, query
+from imgsearch import catalogue, db, indexes, query, schema
 from imgsearch.catalogue import ProductRecord
 from imgsearch.cli import main
 from imgsearch.errors import InvalidQueryError, UnknownCategoryError
@@ -163,13 +163,13 @@ def test_downgrade_removes_category_indexes(
     records, _ = _records(sample_vectors, np.random.default_rng(5))
     catalogue.upsert_products(engine, records[-400:])
     indexes.create_category_index(engine, "hat")
-    db.downgrade(engine, "0001")
+    schema.downgrade(engine, "0001")
     with engine.connect() as conn:
         names = set(conn.execute(sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'products'")).scalars())
         functions = set(conn.execute(sa.text("SELECT proname FROM pg_proc WHERE proname LIKE 'imgsearch_%'")).scalars())
     assert not any(n.startswith("ix_products_embedding_cat_") for n in names)
     assert "imgsearch_create_category_index" not in functions and "imgsearch_similar" in functions
-    db.upgrade(engine)
+    schema.upgrade(engine)
     assert indexes.create_category_index(engine, "hat").products == SIZES["hat"]
     engine.dispose()
 

@@ -201,7 +201,8 @@ def test_sql_function_and_python_agree(filled: Engine, data: Catalogue) -> None:
     vector_text = "[" + ",".join(repr(float(x)) for x in q) + "]"
     with psycopg.connect(host=url.query["host"], user=url.username, dbname=url.database) as conn:
         rows = conn.execute(
-            "SELECT sku, distance FROM imgsearch_similar(%s::vector, %s, %s, %s, %s)",
+            # A backend with its own search_path calls the function by its qualified name.
+            "SELECT sku, distance FROM imgsearch.imgsearch_similar(%s::vector, %s, %s, %s, %s)",
             (vector_text, 10, ["mid"], True, 100),
         ).fetchall()
     assert [r[0] for r in rows] == [r.sku for r in python]

@@ -11,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
 
-from imgsearch import catalogue, db
+from imgsearch import catalogue, db, schema
 from imgsearch.errors import EmbeddingSpaceMismatchError, SchemaError
 from imgsearch.models import Base
 
@@ -23,18 +23,18 @@ def _vec(seed: int = 0) -> str:
 def test_upgrade_downgrade_upgrade(make_database: Callable[..., str]) -> None:
     engine = db.create_engine(make_database())
     with pytest.raises(SchemaError, match="imgsearch db upgrade"):
-        db.require_schema(engine)
-    db.upgrade(engine)
-    db.upgrade(engine)  # a second upgrade is a no-op
-    assert db.current_revision(engine) == db.head_revision()
-    db.require_schema(engine)
+        schema.require_schema(engine)
+    schema.upgrade(engine)
+    schema.upgrade(engine)  # a second upgrade is a no-op
+    assert schema.current_revision(engine) == schema.head_revision()
+    schema.require_schema(engine)
 
-    db.downgrade(engine, "base")
-    assert db.current_revision(engine) is None
+    schema.downgrade(engine, "base")
+    assert schema.current_revision(engine) is None
     tables = sa.inspect(engine).get_table_names()
     assert "products" not in tables and "embedding_space" not in tables
 
-    db.upgrade(engine)
+    schema.upgrade(engine)
     assert {"products", "embedding_space"} <= set(sa.inspect(engine).get_table_names())
     with engine.connect() as conn:
         functions = set(conn.execute(sa.text("SELECT proname FROM pg_proc WHERE proname LIKE 'imgsearch_%'")).scalars())

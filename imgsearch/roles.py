@@ -1,0 +1,97 @@
+"""Least-privilege database roles: a reader for the website backend, a writer for the catalogue team's scripts.
+
+A reader can reach imgsearch's schema, read the catalogue and run the search functions; every write and every
+schema change is refused by PostgreSQL itself. A writer can also add, change and remove products. Neither can
+change the schema or its migration history: that stays with the role that runs ``imgsearch db upgrade``, which
+should also be the one that grants, so that the default privileges cover tables of later revisions.
+
+The statements are the templates in ``imgsearch/sql/commands/``; the role and schema names are inserted as quoted
+identifiers (psycopg's :class:`psycopg.sql.Identifier`), never pasted as text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from psycopg import sql as pgsql
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+
+from imgsearch import sql
+from imgsearch.db import schema_of, translate_error
+from imgsearch.errors import ConfigurationError, SchemaError
+
+# Names PostgreSQL reserves or gives a meaning of their own in GRANT.
+_RESERVED = {"public", "current_user", "session_user", "current_role", "none", "all"}
+
+
+@dataclass(frozen=True)
+class GrantResult:
+    """What a grant did: the role, whether it had to be created (without login), the schema."""
+
+    role: str
+    created: bool
+    schema: str
+
+
+def check_role_name(role: str) -> str:
+    """Return ``role`` if it can be granted to, else raise :class:`ConfigurationError`."""
+    if not role or len(role.encode()) > 63 or role.lower() in _RESERVED or role.startswith("pg_") or "\0" in role:
+        raise ConfigurationError(f"not a usable role name: {role!r}")
+    return role
+
+
+def _run(engine: Engine, role: str, templates: list[str], create: bool) -> GrantResult:
+    check_role_name(role)
+    schema = schema_of(engine)
+    try:
+        with engine.begin() as conn:
+            if conn.execute(sa.text("SELECT to_regnamespace(:s) IS NULL"), {"s": schema}).scalar_one():
+                raise SchemaError(f"the database has no schema {schema!r}: run `imgsearch db upgrade` first")
+            exists = conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :r)"), {"r": role})
+            created = False
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            if not exists.scalar_one():
+                if not create:
+                    raise ConfigurationError(f"there is no role {role!r}")
+                raw.execute(pgsql.SQL("CREATE ROLE {} NOLOGIN").format(pgsql.Identifier(role)))
+                created = True
+            version = conn.execute(sa.text("SELECT current_setting('server_version_num')::integer")).scalar_one()
+            for name in templates:
+                if name.endswith("_maintain") and version < 170000:
+                    continue  # MAINTAIN is new in PostgreSQL 17
+                statement = pgsql.SQL(sql.command(name)).format(
+                    schema=pgsql.Identifier(schema), role=pgsql.Identifier(role)
+                )
+                raw.execute(statement)
+    except DBAPIError as exc:
+        raise translate_error(exc) from None
+    return GrantResult(role=role, created=created, schema=schema)
+
+
+def grant_reader(engine: Engine, role: str) -> GrantResult:
+    """Let ``role`` search the catalogue and nothing else; the role is created (without login) if missing.
+
+    Raises:
+        ConfigurationError: not a usable role name.
+        SchemaError: imgsearch's schema does not exist yet.
+        PermissionDeniedError: the connected role may not create roles or grant on the schema.
+    """
+    return _run(engine, role, ["grant_reader"], create=True)
+
+
+def grant_writer(engine: Engine, role: str) -> GrantResult:
+    """Let ``role`` search and change the catalogue's products (not its schema); created if missing."""
+    return _run(engine, role, ["grant_reader", "grant_writer", "grant_writer_maintain"], create=True)
+
+
+def revoke_writer(engine: Engine, role: str) -> GrantResult:
+    """Take back a writer's write privileges; ``role`` can still search."""
+    return _run(engine, role, ["revoke_writer", "revoke_writer_maintain"], create=False)
+
+
+def revoke_reader(engine: Engine, role: str) -> GrantResult:
+    """Take back everything imgsearch granted ``role`` (the role itself is left for the operator to drop)."""
+    return _run(engine, role, ["revoke_reader"], create=False)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the imgsearch schema (installed as imgsearch.migrations)."""
