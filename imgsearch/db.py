@@ -151,16 +151,31 @@ def check_connection(engine: Engine) -> None:
 
 @contextmanager
 def transaction(bind: Engine | Connection) -> Iterator[Connection]:
-    """A connection inside a transaction, whether given an engine or a connection."""
-    if isinstance(bind, Engine):
-        with bind.begin() as conn:
-            yield conn
-    elif bind.in_transaction():
-        with bind.begin_nested():
-            yield bind
-    else:
-        with bind.begin():
-            yield bind
+    """A connection inside a transaction, whether given an engine or a connection.
+
+    Database errors that mean something to a user (server gone, privilege missing, no schema...) leave as the
+    library's exceptions (:func:`translate_error`); others as they are.
+    """
+    try:
+        if isinstance(bind, Engine):
+            with bind.begin() as conn:
+                yield conn
+        elif bind.in_transaction():
+            with bind.begin_nested():
+                yield bind
+        else:
+            with bind.begin():
+                yield bind
+    except DBAPIError as exc:
+        translated = translate_error(exc)
+        # The SQL functions' own errors (bad argument, not found) are for the caller to name.
+        if translated is exc or getattr(exc.orig, "sqlstate", None) in _FUNCTION_SQLSTATES:
+            raise
+        raise translated from None
+
+
+# SQLSTATEs the SQL functions raise on purpose: invalid argument, no such SKU/category.
+_FUNCTION_SQLSTATES = ("22023", "P0002")
 
 
 def translate_error(exc: DBAPIError, not_found: type[ImgsearchError] = UnknownSkuError) -> Exception:
@@ -172,14 +187,21 @@ def translate_error(exc: DBAPIError, not_found: type[ImgsearchError] = UnknownSk
     sqlstate = getattr(exc.orig, "sqlstate", None)
     diag = getattr(exc.orig, "diag", None)
     message = (getattr(diag, "message_primary", None) or str(exc.orig)).removeprefix("imgsearch: ")
-    if sqlstate == "22023":
+    if sqlstate == _FUNCTION_SQLSTATES[0]:
         return InvalidQueryError(message)
-    if sqlstate == "P0002":
+    if sqlstate == _FUNCTION_SQLSTATES[1]:
         return not_found(message)
     if sqlstate in ("42883", "42P01", "3F000"):
-        return SchemaError("the database has no imgsearch schema (or an old one): run `imgsearch db upgrade`")
+        return SchemaError(
+            "the database has no imgsearch schema (or an old one), or this role may not use it: run "
+            "`imgsearch db upgrade`, or grant the role access (`imgsearch db grant-reader ROLE`)"
+        )
     if sqlstate == "42501":
         return PermissionDeniedError(f"the database role may not do this: {message}")
     if exc.connection_invalidated or (sqlstate is not None and sqlstate.startswith("08")):
-        return DatabaseUnavailableError(f"lost the database connection: {message}")
+        return DatabaseUnavailableError(f"lost the database connection: {mask_password(message)}")
+    if isinstance(exc, OperationalError) and sqlstate is None:
+        # No SQLSTATE: libpq's own failure (server down, refused, socket gone), before or during a query.
+        reason = mask_password(" ".join(str(exc.orig).split())) if exc.orig else "no reason given"
+        return DatabaseUnavailableError(f"cannot reach the database: {reason}")
     return exc

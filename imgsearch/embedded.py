@@ -54,6 +54,15 @@ class ServerStatus:
     pid: int | None
 
 
+def binary(name: str) -> Path:
+    """A client program of the bundled PostgreSQL (``pg_dump``, ``pg_restore``, ``psql``, ``pg_basebackup``...)."""
+    utils = _pgserver().utils
+    path = Path(utils.POSTGRES_VERSIONS[utils.TARGET_POSTGRES_VERSION]) / name
+    if not path.exists():
+        raise DatabaseUnavailableError(f"the bundled PostgreSQL has no {name}")
+    return path
+
+
 def data_dir(home: Path) -> Path:
     """Directory holding the embedded server's cluster for a given ``IMGSEARCH_HOME``."""
     return Path(home).expanduser().resolve() / "pgdata"
