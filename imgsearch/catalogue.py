@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Protocol
 
@@ -14,9 +14,10 @@ from pgvector.sqlalchemy import Vector
 from psycopg.types import TypeInfo
 from sqlalchemy.engine import Connection, Engine
 
-from imgsearch.db import transaction
-from imgsearch.errors import EmbeddingSpaceMismatchError, InvalidQueryError, UnknownSkuError
+from imgsearch.db import run_transaction, transaction
+from imgsearch.errors import EmbeddingSpaceMismatchError, InvalidProductError, InvalidQueryError, UnknownSkuError
 from imgsearch.models import DIMENSION
+from imgsearch.validation import check_product_fields, unit_vector
 
 Bind = Engine | Connection
 
@@ -56,14 +57,21 @@ class ProductRecord:
 
 @dataclass(frozen=True)
 class UpsertCounts:
-    """What an upsert did: new SKUs, changed SKUs, SKUs whose stored row already matched."""
+    """What an upsert did: new SKUs, changed SKUs, SKUs whose stored row already matched, and the SKUs of
+    metadata-only records whose product had been removed meanwhile (not written)."""
 
     added: int = 0
     updated: int = 0
     unchanged: int = 0
+    vanished: tuple[str, ...] = ()
 
     def __add__(self, other: UpsertCounts) -> UpsertCounts:
-        return UpsertCounts(self.added + other.added, self.updated + other.updated, self.unchanged + other.unchanged)
+        return UpsertCounts(
+            self.added + other.added,
+            self.updated + other.updated,
+            self.unchanged + other.unchanged,
+            self.vanished + other.vanished,
+        )
 
 
 @dataclass(frozen=True)
@@ -158,23 +166,32 @@ def clear(bind: Bind) -> None:
 
 
 def _validated(record: ProductRecord) -> ProductRecord:
-    if record.embedding is not None:
-        vector = np.asarray(record.embedding, dtype=np.float32)
-        if vector.shape != (DIMENSION,) or not np.all(np.isfinite(vector)) or not np.any(vector):
-            raise InvalidQueryError(f"{record.sku}: embedding must be {DIMENSION} finite numbers, not all zero")
-    return record
+    """``record`` as it will be stored (a unit vector), or :class:`InvalidProductError` naming the SKU."""
+    try:
+        check_product_fields(record.sku, record.category, record.name, record.image, record.price)
+        if record.embedding is None:
+            return record
+        return replace(record, embedding=unit_vector(record.embedding, "embedding"))
+    except InvalidQueryError as exc:
+        label = record.sku if isinstance(record.sku, str) and len(record.sku) <= 80 else "a product"
+        raise InvalidProductError(f"{label}: {exc}") from None
 
 
 _STAGING_COLUMNS = "sku, name, category, price, in_stock, image, image_sha256, embedding"
 _STAGING_TYPES = ["text", "text", "text", "numeric", "bool", "text", "text", "vector"]
 
+# Rows are inserted in SKU order, so that concurrent writers lock shared rows in the same order (no deadlock).
+# A metadata-only row (no embedding) whose product no longer exists (removed meanwhile) is left out; the
+# caller finds it in the staging table afterwards (_VANISHED) and embeds its image again.
 _MERGE = sa.text(
     f"""
     WITH merged AS (
         INSERT INTO products AS p ({_STAGING_COLUMNS})
         SELECT s.sku, s.name, s.category, s.price, s.in_stock, s.image, s.image_sha256,
-               coalesce(s.embedding, (SELECT e.embedding FROM products e WHERE e.sku = s.sku))
-        FROM imgsearch_staging s
+               coalesce(s.embedding, e.embedding)
+        FROM imgsearch_staging s LEFT JOIN products e ON e.sku = s.sku
+        WHERE s.embedding IS NOT NULL OR e.embedding IS NOT NULL
+        ORDER BY s.sku
         ON CONFLICT (sku) DO UPDATE SET
             name = EXCLUDED.name, category = EXCLUDED.category, price = EXCLUDED.price,
             in_stock = EXCLUDED.in_stock, image = EXCLUDED.image, image_sha256 = EXCLUDED.image_sha256,
@@ -188,25 +205,32 @@ _MERGE = sa.text(
     SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged
     """
 )
+_VANISHED = sa.text(
+    "SELECT s.sku FROM imgsearch_staging s WHERE s.embedding IS NULL "
+    "AND NOT EXISTS (SELECT 1 FROM products p WHERE p.sku = s.sku) ORDER BY s.sku"
+)
 
 
 def upsert_products(bind: Bind, records: Sequence[ProductRecord]) -> UpsertCounts:
     """Insert or update products by SKU in one transaction, with binary COPY into a staging table and one merge.
 
     Rows whose stored values already match are left untouched (their ``updated_at`` does not move). Either all
-    ``records`` are written or, on error, none.
+    ``records`` are written or, on error, none. Vectors are stored scaled to length 1. A deadlock with another
+    writer is retried. A metadata-only record (``embedding=None``) whose product was removed meanwhile is not
+    written; its SKU is returned in :attr:`UpsertCounts.vanished`, for the caller to embed it again.
 
     Raises:
-        InvalidQueryError: a record is invalid (bad embedding, duplicate SKU in ``records``, a new SKU
-            without an embedding, a constraint violated).
+        InvalidProductError: a record cannot be stored (a field too long or not text, a bad price or vector, a
+            duplicate SKU in ``records``, a new SKU without an embedding, or the database refused it).
     """
-    records = [_validated(r) for r in records]
+    records = sorted((_validated(r) for r in records), key=lambda r: r.sku)
     if not records:
         return UpsertCounts()
     skus = [r.sku for r in records]
     if len(set(skus)) != len(skus):
-        raise InvalidQueryError("duplicate SKUs in one upsert")
-    with transaction(bind) as conn:
+        raise InvalidProductError("duplicate SKUs in one upsert")
+
+    def write(conn: Connection) -> UpsertCounts:
         raw = conn.connection.driver_connection
         assert raw is not None
         conn.execute(
@@ -222,36 +246,49 @@ def upsert_products(bind: Bind, records: Sequence[ProductRecord]) -> UpsertCount
             with cur.copy(f"COPY imgsearch_staging ({_STAGING_COLUMNS}) FROM STDIN WITH (FORMAT BINARY)") as copy:
                 copy.set_types(_STAGING_TYPES)
                 for r in records:
-                    vector = None if r.embedding is None else np.asarray(r.embedding, dtype=np.float32)
                     copy.write_row(
-                        (r.sku, r.name, r.category, r.price, bool(r.in_stock), r.image, r.image_sha256, vector)
+                        (r.sku, r.name, r.category, r.price, bool(r.in_stock), r.image, r.image_sha256, r.embedding)
                     )
         try:
             with conn.begin_nested():
                 added, updated = conn.execute(_MERGE).one()
-        except sa.exc.IntegrityError as exc:
-            raise InvalidQueryError(_constraint_message(exc)) from None
-    return UpsertCounts(added=added, updated=updated, unchanged=len(records) - added - updated)
+        except sa.exc.DBAPIError as exc:
+            if _is_rejection(exc):
+                raise InvalidProductError(_rejection_message(exc)) from None
+            raise
+        vanished = tuple(conn.execute(_VANISHED).scalars())
+        unchanged = len(records) - added - updated - len(vanished)
+        return UpsertCounts(added=added, updated=updated, unchanged=unchanged, vanished=vanished)
+
+    return run_transaction(bind, write, reconnect=True)
 
 
-def _constraint_message(exc: sa.exc.IntegrityError) -> str:
+def _is_rejection(exc: sa.exc.DBAPIError) -> bool:
+    """Whether the database refused the data itself (class 22 data exception, 23 constraint, 54 too large)."""
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return sqlstate[:2] in ("22", "23", "54")
+
+
+def _rejection_message(exc: sa.exc.DBAPIError) -> str:
     diag = getattr(exc.orig, "diag", None)
     constraint = getattr(diag, "constraint_name", None)
     column = getattr(diag, "column_name", None)
+    primary = getattr(diag, "message_primary", None) or " ".join(str(exc.orig).split())
     if column == "embedding":
         return "a new product needs an image embedding"
-    return (
-        f"a product violates the catalogue's rule {constraint or column or ''}: {diag.message_primary if diag else exc}"
-    )
+    rule = f" {constraint or column}" if constraint or column else ""
+    return f"the database refused a product (rule{rule}): {primary[:200]}"
 
 
 def existing_hashes(bind: Bind, skus: Iterable[str]) -> dict[str, str | None]:
     """``sku -> image_sha256`` for the given SKUs that are already in the catalogue."""
-    with transaction(bind) as conn:
-        rows = conn.execute(
-            sa.text("SELECT sku, image_sha256 FROM products WHERE sku = ANY(:skus)"), {"skus": list(skus)}
-        ).all()
-    return {r.sku: r.image_sha256 for r in rows}
+    wanted = list(skus)
+
+    def read(conn: Connection) -> dict[str, str | None]:
+        rows = conn.execute(sa.text("SELECT sku, image_sha256 FROM products WHERE sku = ANY(:skus)"), {"skus": wanted})
+        return {r.sku: r.image_sha256 for r in rows}
+
+    return run_transaction(bind, read, reconnect=True)
 
 
 def _unknown_skus(missing: list[str]) -> UnknownSkuError:
@@ -259,19 +296,26 @@ def _unknown_skus(missing: list[str]) -> UnknownSkuError:
     return UnknownSkuError(f"unknown SKU{'s' if len(missing) > 1 else ''}: {', '.join(missing[:10])}{more}")
 
 
-def set_stock(bind: Bind, stock: Mapping[str, bool]) -> int:
+def set_stock(bind: Bind, stock: Mapping[str, bool], *, missing_ok: bool = False) -> int:
     """Mark SKUs in or out of stock, all in one transaction. Returns how many rows changed.
 
+    Rows are locked in SKU order (like every writer here), and a deadlock is retried.
+
     Raises:
-        UnknownSkuError: any SKU is not in the catalogue (then nothing is changed).
+        UnknownSkuError: a SKU is not in the catalogue and ``missing_ok`` is false (then nothing is changed).
     """
     if not stock:
         return 0
-    skus = list(stock)
-    with transaction(bind) as conn:
-        known = set(conn.execute(sa.text("SELECT sku FROM products WHERE sku = ANY(:s)"), {"s": skus}).scalars())
+    skus = sorted(stock)
+
+    def write(conn: Connection) -> int:
+        known = set(
+            conn.execute(
+                sa.text("SELECT sku FROM products WHERE sku = ANY(:s) ORDER BY sku FOR UPDATE"), {"s": skus}
+            ).scalars()
+        )
         missing = [s for s in skus if s not in known]
-        if missing:
+        if missing and not missing_ok:
             raise _unknown_skus(missing)
         result = conn.execute(
             sa.text(
@@ -281,7 +325,17 @@ def set_stock(bind: Bind, stock: Mapping[str, bool]) -> int:
             ),
             {"skus": skus, "flags": [bool(stock[s]) for s in skus]},
         )
-    return result.rowcount
+        return result.rowcount
+
+    return run_transaction(bind, write, reconnect=True)
+
+
+def missing_skus(bind: Bind, skus: Iterable[str]) -> list[str]:
+    """The SKUs of ``skus`` that are not in the catalogue, in the order given."""
+    wanted = list(dict.fromkeys(skus))
+    with transaction(bind) as conn:
+        known = set(conn.execute(sa.text("SELECT sku FROM products WHERE sku = ANY(:s)"), {"s": wanted}).scalars())
+    return [s for s in wanted if s not in known]
 
 
 def remove(bind: Bind, skus: Iterable[str], *, missing_ok: bool = False) -> int:
@@ -290,15 +344,19 @@ def remove(bind: Bind, skus: Iterable[str], *, missing_ok: bool = False) -> int:
     Raises:
         UnknownSkuError: a SKU is not in the catalogue and ``missing_ok`` is false (nothing is deleted).
     """
-    skus = list(dict.fromkeys(skus))
-    with transaction(bind) as conn:
+    skus = sorted(set(skus))
+
+    def delete(conn: Connection) -> int:
+        conn.execute(sa.text("SELECT 1 FROM products WHERE sku = ANY(:s) ORDER BY sku FOR UPDATE"), {"s": skus})
         deleted = set(
             conn.execute(sa.text("DELETE FROM products WHERE sku = ANY(:s) RETURNING sku"), {"s": skus}).scalars()
         )
         missing = [s for s in skus if s not in deleted]
         if missing and not missing_ok:
             raise _unknown_skus(missing)
-    return len(deleted)
+        return len(deleted)
+
+    return run_transaction(bind, delete)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -15,8 +17,8 @@ import click
 from imgsearch import catalogue, db, embedded, indexes, output, query, roles
 from imgsearch import schema as imgsearch_schema
 from imgsearch.config import PRECISIONS, Settings
-from imgsearch.errors import ImgsearchError
-from imgsearch.ingest import Progress
+from imgsearch.errors import DatabaseUnavailableError, ImgsearchError
+from imgsearch.ingest import Failure, Progress
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -39,6 +41,19 @@ class _Group(click.Group):
 
 class _OneLineUsageError(click.ClickException):
     exit_code = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager stopping us): handled like Ctrl-C, so work in progress is cleaned up."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _handle_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 @dataclass
@@ -108,6 +123,7 @@ def main(ctx: click.Context, **options: Any) -> None:
       imgsearch search photo.jpg -k 5           # products that look like a photo
       imgsearch cheaper SKU                     # similar, in stock and cheaper
     """
+    _handle_sigterm()
     ctx.obj = App(Settings.from_env(**options))
 
 
@@ -418,6 +434,8 @@ def ingest(
 
     if (folder is None) == (manifest is None):
         _fail("give either a FOLDER or --manifest CSV (not both)")
+    if errors_path is not None:
+        _check_writable(errors_path)
     warn = lambda message: click.echo(f"warning: {message}", err=True)  # noqa: E731
     if manifest is not None:
         total = sum(1 for _ in ingestion.read_manifest(manifest))
@@ -432,18 +450,40 @@ def ingest(
         report = ingestion.ingest(
             engine, entries, app.featurizer(), total=total, commit_every=commit_every, progress=progress
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         progress.close()
         click.echo("interrupted: batches already committed are kept; run the same command again to resume", err=True)
-        sys.exit(130)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)
+    except DatabaseUnavailableError as exc:
+        progress.close()
+        _fail(f"{exc}; every batch committed before is kept: run the same command again when the database is back")
     progress.close()
-    for failure in report.failures:
-        click.echo(f"failed: {failure.sku or '-'} ({failure.source}): {failure.reason}", err=True)
-    if errors_path is not None:
-        ingestion.write_failures(report.failures, errors_path)
+    _report_failures(report.failures, errors_path)
     click.echo(output.format_ingest_summary(report))
     if report.failed:
         sys.exit(1)
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before any work is done if a report file cannot be written."""
+    try:
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _report_failures(failures: list[Failure], errors_path: Path | None) -> None:
+    """One stderr line per failure, and the --errors CSV if asked for."""
+    from imgsearch.ingest import write_failures
+
+    for failure in failures:
+        click.echo(f"failed: {failure.sku or '-'} ({failure.source}): {failure.reason}", err=True)
+    if errors_path is not None:
+        try:
+            write_failures(failures, errors_path)
+        except OSError as exc:
+            _fail(f"cannot write {errors_path}: {exc.strerror or exc} (the failures are listed above)")
 
 
 @main.command()
@@ -455,27 +495,50 @@ def ingest(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="CSV sku,in_stock, applied in one transaction.",
 )
+@click.option(
+    "--errors", "errors_path", type=click.Path(dir_okay=False, path_type=Path), help="Write failures to this CSV."
+)
 @pass_app
-def stock(app: App, skus: tuple[str, ...], in_stock: bool | None, csv_path: Path | None) -> None:
-    """Mark products in or out of stock. All or nothing: an unknown SKU changes nothing.
+def stock(
+    app: App, skus: tuple[str, ...], in_stock: bool | None, csv_path: Path | None, errors_path: Path | None
+) -> None:
+    """Mark products in or out of stock, in one transaction.
+
+    SKUs named on the command line are all or nothing: an unknown one changes nothing. A --csv file (an
+    export of the shop's stock system) is applied except for its unusable rows and unknown SKUs, which are
+    listed (and written to --errors); the exit status is then 1.
 
     \b
     Examples:
       imgsearch stock --out shoes/123 shoes/456
-      imgsearch stock --csv stock.csv
+      imgsearch stock --csv stock.csv --errors stock-errors.csv
     """
-    if csv_path is not None:
-        if skus or in_stock is not None:
-            _fail("use either --csv or SKUs with --in/--out")
-        from imgsearch.ingest import read_stock_csv
-
-        changes = read_stock_csv(csv_path)
-    else:
+    if csv_path is None:
         if not skus or in_stock is None:
             _fail("give SKUs and --in or --out (or --csv FILE)")
-        changes = dict.fromkeys(skus, in_stock)
-    changed = catalogue.set_stock(app.engine(), changes)
-    click.echo(f"{changed} product{'s' if changed != 1 else ''} changed, {len(changes) - changed} already as given")
+        changed = catalogue.set_stock(app.engine(), dict.fromkeys(skus, in_stock))
+        click.echo(_stock_summary(changed, len(skus)))
+        return
+    if skus or in_stock is not None:
+        _fail("use either --csv or SKUs with --in/--out")
+    from imgsearch.ingest import read_stock_csv
+
+    if errors_path is not None:
+        _check_writable(errors_path)
+    updates = read_stock_csv(csv_path)
+    engine = app.engine()
+    unknown = catalogue.missing_skus(engine, updates.changes)
+    changes = {sku: flag for sku, flag in updates.changes.items() if sku not in set(unknown)}
+    changed = catalogue.set_stock(engine, changes, missing_ok=True)
+    failures = [*updates.failures, *(Failure(sku, str(csv_path), "unknown SKU") for sku in unknown)]
+    _report_failures(failures, errors_path)
+    click.echo(_stock_summary(changed, len(changes)) + (f", {len(failures)} failed" if failures else ""))
+    if failures:
+        sys.exit(1)
+
+
+def _stock_summary(changed: int, given: int) -> str:
+    return f"{changed} product{'s' if changed != 1 else ''} changed, {given - changed} already as given"
 
 
 @main.command()

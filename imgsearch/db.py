@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import psycopg
@@ -17,6 +18,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from imgsearch import embedded
 from imgsearch.config import DEFAULT_SCHEMA, Settings, check_schema_name
 from imgsearch.errors import (
+    BusyError,
     ConfigurationError,
     DatabaseUnavailableError,
     ImgsearchError,
@@ -174,6 +176,56 @@ def transaction(bind: Engine | Connection) -> Iterator[Connection]:
         raise translated from None
 
 
+T = TypeVar("T")
+
+#: SQLSTATEs after which the same transaction, run again, normally succeeds: deadlock, serialization failure.
+RETRYABLE_SQLSTATES = ("40P01", "40001")
+#: Waits between attempts (seconds): a transaction is tried at most once more than there are waits here.
+RETRY_WAITS = (0.05, 0.2, 0.5, 1.0, 2.0)
+#: Waits while the server is unreachable (a restart, a failover): about half a minute in all.
+RECONNECT_WAITS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
+
+def _is_disconnect(exc: DBAPIError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if exc.connection_invalidated:
+        return True
+    if sqlstate is None:
+        return isinstance(exc, OperationalError)
+    # 08: connection exceptions; 57P01-57P03: the server is shutting down or starting up.
+    return sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03")
+
+
+def run_transaction(bind: Engine | Connection, work: Callable[[Connection], T], *, reconnect: bool = False) -> T:
+    """Run ``work`` in a transaction; on a deadlock or serialization failure run it again (bounded, with backoff).
+
+    With ``reconnect``, a lost or refused connection is also retried for about half a minute (a server restart)
+    before :class:`DatabaseUnavailableError`; only for work that is safe to repeat (idempotent), since a commit
+    that was in flight when the connection died may or may not have happened. Given a connection that is already
+    in a transaction, ``work`` runs once: a failed transaction cannot be retried from inside.
+    """
+    attempts = 0
+    outages = 0
+    while True:
+        try:
+            with transaction(bind) as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            retry_here = isinstance(bind, Engine) or not bind.in_transaction()
+            sqlstate = getattr(exc.orig, "sqlstate", None)
+            if retry_here and sqlstate in RETRYABLE_SQLSTATES and attempts < len(RETRY_WAITS):
+                time.sleep(RETRY_WAITS[attempts])
+                attempts += 1
+                continue
+            raise
+        except DatabaseUnavailableError:
+            if reconnect and isinstance(bind, Engine) and outages < len(RECONNECT_WAITS):
+                time.sleep(RECONNECT_WAITS[outages])
+                outages += 1
+                continue
+            raise
+
+
 # SQLSTATEs the SQL functions raise on purpose: invalid argument, no such SKU/category.
 _FUNCTION_SQLSTATES = ("22023", "P0002")
 
@@ -198,10 +250,13 @@ def translate_error(exc: DBAPIError, not_found: type[ImgsearchError] = UnknownSk
         )
     if sqlstate == "42501":
         return PermissionDeniedError(f"the database role may not do this: {message}")
-    if exc.connection_invalidated or (sqlstate is not None and sqlstate.startswith("08")):
-        return DatabaseUnavailableError(f"lost the database connection: {mask_password(message)}")
-    if isinstance(exc, OperationalError) and sqlstate is None:
+    if sqlstate == "55P03":
+        return BusyError(
+            "the catalogue is locked by another session (a long ingest, query or schema change); try again when "
+            f"it has finished ({message})"
+        )
+    if _is_disconnect(exc):
         # No SQLSTATE: libpq's own failure (server down, refused, socket gone), before or during a query.
-        reason = mask_password(" ".join(str(exc.orig).split())) if exc.orig else "no reason given"
-        return DatabaseUnavailableError(f"cannot reach the database: {reason}")
+        reason = mask_password(" ".join(str(exc.orig if exc.orig else exc).split()))
+        return DatabaseUnavailableError(f"lost the connection to the database or cannot reach it: {reason}")
     return exc

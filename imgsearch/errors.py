@@ -31,6 +31,10 @@ class InvalidQueryError(ImgsearchError, ValueError):
     """A search argument is invalid: wrong vector dimension, NaN, k out of range, negative price..."""
 
 
+class InvalidProductError(InvalidQueryError):
+    """A product cannot be stored as given: a field too long, empty or not text, a bad price or vector."""
+
+
 class UnknownSkuError(ImgsearchError, LookupError):
     """A SKU that is not in the catalogue was named."""
 
@@ -61,3 +65,7 @@ class SchemaTooNewError(SchemaError):
 
 class PermissionDeniedError(ImgsearchError):
     """The database role lacks a privilege the operation needs (a reader role cannot write, for instance)."""
+
+
+class BusyError(ImgsearchError):
+    """The catalogue stayed locked by another session (a schema change or index build waited too long)."""

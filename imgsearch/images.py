@@ -12,9 +12,11 @@ animated files and large JPEGs decoded at reduced size. Every failure is an
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -27,6 +29,9 @@ from imgsearch.errors import ImageError
 #: File extensions (lowercase, with the dot) that directory scans treat as images. Decoding itself never
 #: looks at the extension: the content decides.
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+
+#: Largest image file read (bytes): far above any product photo, far below what would exhaust memory.
+MAX_FILE_BYTES = 100 * 2**20
 
 #: Side of the square image VGG16 takes.
 TARGET_SIZE = 224
@@ -165,17 +170,35 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def _open_file(path: str | os.PathLike[str], label: str) -> BinaryIO:
-    """Open ``path`` for binary reading, or raise :class:`ImageError` saying why it cannot be."""
+    """Open ``path`` for binary reading, or raise :class:`ImageError` saying why it cannot be.
+
+    Only regular files of at most :data:`MAX_FILE_BYTES` are read. The file is opened without blocking and
+    checked before anything is read, so a FIFO (which would wait for a writer forever), a device such as
+    ``/dev/zero`` (endless) or a socket in a catalogue folder is one error, not a hang.
+    """
     try:
-        return open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ImageError(f"{label}: file not found") from None
-    except IsADirectoryError:
-        raise ImageError(f"{label}: is a directory, not an image file") from None
     except PermissionError:
         raise ImageError(f"{label}: permission denied") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError(f"{label}: symbolic link loop") from None
         raise ImageError(f"{label}: cannot open file ({_one_line(exc)})") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError(f"{label}: is a directory, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"{label}: not a regular file (a FIFO, device or socket), not read")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ImageError(f"{label}: file too large ({info.st_size} bytes, limit {MAX_FILE_BYTES})")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _one_line(exc: BaseException) -> str:
@@ -199,7 +222,7 @@ def _open_source(source: ImageSource, label: str) -> BinaryIO:
         data = bytes(source)
     elif hasattr(source, "read"):
         try:
-            data = source.read()
+            data = source.read(MAX_FILE_BYTES + 1)
         except OSError as exc:
             raise ImageError(f"{label}: cannot read image stream ({_one_line(exc)})") from None
         if not isinstance(data, bytes | bytearray):
@@ -208,6 +231,8 @@ def _open_source(source: ImageSource, label: str) -> BinaryIO:
         raise TypeError(f"cannot read an image from a {type(source).__name__}")
     if not data:
         raise ImageError(f"{label}: empty image data")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"{label}: image data too large (over {MAX_FILE_BYTES} bytes)")
     return io.BytesIO(data)
 
 

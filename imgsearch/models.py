@@ -24,6 +24,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 DIMENSION = 512
 
+# Limits of the product fields: the schema's own (sku), or what its b-tree indexes can hold (category). Values
+# are checked against them before they reach the database (imgsearch.validation).
+SKU_MAX_LENGTH = 255
+CATEGORY_MAX_LENGTH = 255
+NAME_MAX_LENGTH = 2000
+IMAGE_MAX_LENGTH = 4096
+MAX_PRICE = Decimal("9999999999.99")  # numeric(12, 2)
+
 
 class Base(DeclarativeBase):
     """Declarative base holding the catalogue's metadata."""
@@ -51,7 +59,7 @@ class Product(Base):
 
     __tablename__ = "products"
     __table_args__ = (
-        CheckConstraint("length(btrim(sku)) > 0 AND length(sku) <= 255", name="ck_products_sku"),
+        CheckConstraint(f"length(btrim(sku)) > 0 AND length(sku) <= {SKU_MAX_LENGTH}", name="ck_products_sku"),
         CheckConstraint("length(btrim(category)) > 0", name="ck_products_category"),
         CheckConstraint("price >= 0", name="ck_products_price"),
         CheckConstraint("image_sha256 ~ '^[0-9a-f]{64}$'", name="ck_products_image_sha256"),
@@ -70,7 +78,7 @@ class Product(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
-    sku: Mapped[str] = mapped_column(String(255), nullable=False, unique=True)
+    sku: Mapped[str] = mapped_column(String(SKU_MAX_LENGTH), nullable=False, unique=True)
     name: Mapped[str | None] = mapped_column(Text)
     category: Mapped[str] = mapped_column(Text, nullable=False)
     price: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))

@@ -7,6 +7,7 @@ get the same results from the same code. See docs/filtered-search.md for how fil
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -18,9 +19,10 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from imgsearch.db import transaction, translate_error
-from imgsearch.errors import InvalidQueryError
+from imgsearch.db import RECONNECT_WAITS, transaction, translate_error
+from imgsearch.errors import DatabaseUnavailableError, InvalidQueryError
 from imgsearch.models import DIMENSION
+from imgsearch.validation import price_limit, unit_vector
 
 if TYPE_CHECKING:
     from imgsearch.embedding import Featurizer
@@ -49,36 +51,18 @@ class SearchResult:
 
 
 def validate_vector(vector: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Return ``vector`` as a float32 array of the catalogue's dimension, or raise :class:`InvalidQueryError`."""
-    try:
-        array = np.asarray(vector, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InvalidQueryError("the query vector must be a sequence of numbers") from None
-    if array.shape != (DIMENSION,):
-        raise InvalidQueryError(f"the query vector must have shape ({DIMENSION},), got {array.shape}")
-    if not np.all(np.isfinite(array)):
-        raise InvalidQueryError("the query vector contains NaN or infinite values")
-    if not np.any(array):
-        raise InvalidQueryError("the query vector is all zeros (no direction)")
-    return array.astype(np.float32)
+    """``vector`` as the search sends it: float32, length 1 (see :func:`imgsearch.validation.unit_vector`).
+
+    Raises:
+        InvalidQueryError: not 512 finite numbers, or all zeros.
+    """
+    return unit_vector(vector)
 
 
 def _validate_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_K:
         raise InvalidQueryError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
     return int(k)
-
-
-def _validate_price(price: Price | None, what: str) -> Decimal | None:
-    if price is None:
-        return None
-    try:
-        value = Decimal(str(price))
-    except ArithmeticError:
-        raise InvalidQueryError(f"{what} must be a number, got {price!r}") from None
-    if not value.is_finite() or value < 0:
-        raise InvalidQueryError(f"{what} must be a non-negative number, got {price!r}")
-    return value
 
 
 def _text_list(values: Iterable[str] | str | None, what: str) -> list[str] | None:
@@ -102,21 +86,16 @@ _CHEAPER = sa.text("SELECT * FROM imgsearch_cheaper(:sku, :k, :same_category)")
 
 
 def _run(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact: bool = False) -> list[SearchResult]:
-    try:
-        if exact:
-            # The setting is local to a transaction, so it needs one around both statements.
-            with transaction(bind) as conn:
-                conn.execute(sa.text("SELECT set_config('imgsearch.exact_search', 'on', true)"))
-                rows = conn.execute(statement, params).all()
-        elif isinstance(bind, Engine):
-            # One statement, so autocommit: one round trip instead of BEGIN, query, COMMIT. At 1M products
-            # the transaction's round trips cost as much as the search itself.
-            with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                rows = conn.execute(statement, params).all()
-        else:
-            rows = bind.execute(statement, params).all()
-    except DBAPIError as exc:
-        raise translate_error(exc) from None
+    # A search is read-only, so a connection lost to a server restart is simply tried again on a new one (the
+    # pool drops the dead ones); a server that stays away is DatabaseUnavailableError after a few seconds.
+    for wait in (*_SEARCH_RECONNECT_WAITS, None):
+        try:
+            rows = _execute(bind, statement, params, exact)
+            break
+        except DatabaseUnavailableError:
+            if wait is None or not isinstance(bind, Engine):
+                raise
+            time.sleep(wait)
     return [
         SearchResult(
             sku=r.sku,
@@ -129,6 +108,27 @@ def _run(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact:
         )
         for r in rows
     ]
+
+
+# A search waits at most a few seconds for the database (a website would rather show an error quickly).
+_SEARCH_RECONNECT_WAITS = RECONNECT_WAITS[:3]
+
+
+def _execute(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact: bool) -> list[sa.Row]:
+    try:
+        if exact:
+            # The setting is local to a transaction, so it needs one around both statements.
+            with transaction(bind) as conn:
+                conn.execute(sa.text("SELECT set_config('imgsearch.exact_search', 'on', true)"))
+                return conn.execute(statement, params).all()
+        if isinstance(bind, Engine):
+            # One statement, so autocommit: one round trip instead of BEGIN, query, COMMIT. At 1M products
+            # the transaction's round trips cost as much as the search itself.
+            with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                return conn.execute(statement, params).all()
+        return bind.execute(statement, params).all()
+    except DBAPIError as exc:
+        raise translate_error(exc) from None
 
 
 def search(
@@ -164,9 +164,9 @@ def search(
         "k": _validate_k(k),
         "categories": _text_list(categories, "categories"),
         "in_stock_only": bool(in_stock_only),
-        "max_price": _validate_price(max_price, "max_price"),
+        "max_price": price_limit(max_price, "max_price"),
         "exclude": _text_list(exclude_skus, "exclude_skus"),
-        "below_price": _validate_price(below_price, "below_price"),
+        "below_price": price_limit(below_price, "below_price"),
     }
     return _run(bind, _SIMILAR, params, exact=exact)
 
@@ -191,7 +191,7 @@ def similar_to_sku(
         "k": _validate_k(k),
         "categories": _text_list(categories, "categories"),
         "in_stock_only": bool(in_stock_only),
-        "max_price": _validate_price(max_price, "max_price"),
+        "max_price": price_limit(max_price, "max_price"),
     }
     return _run(bind, _SIMILAR_TO_SKU, params)
 

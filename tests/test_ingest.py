@@ -252,17 +252,19 @@ def test_stock_remove_and_stats_commands(invoke: Invoke, engine: Engine, tmp_pat
     invoke("stock", "--csv", str(stock_csv))
     assert catalogue.get_product(engine, skus[0]).in_stock and not catalogue.get_product(engine, skus[1]).in_stock
 
-    # All or nothing: an unknown SKU changes nothing.
-    stock_csv.write_text(f"sku,in_stock\n{skus[2]},false\nNO-SUCH,false\n")
+    # A stock file is applied but for its unknown SKUs and unusable rows, each reported; exit status 1.
+    stock_csv.write_text(f"sku,in_stock\n{skus[2]},false\nNO-SUCH,false\n{skus[3]},perhaps\n")
     result = invoke("stock", "--csv", str(stock_csv), expect=1)
-    assert "unknown SKU: NO-SUCH" in result.stderr and catalogue.get_product(engine, skus[2]).in_stock
-    assert (
-        "in_stock must be"
-        in invoke("stock", "--csv", str(_write(tmp_path / "b.csv", "sku,in_stock\nx,perhaps\n")), expect=1).stderr
-    )
+    assert f"failed: NO-SUCH ({stock_csv}): unknown SKU" in result.stderr
+    assert f"failed: {skus[3]} ({stock_csv}:4): in_stock must be true or false" in result.stderr
+    assert result.stdout == "1 product changed, 0 already as given, 2 failed\n"
+    assert not catalogue.get_product(engine, skus[2]).in_stock and catalogue.get_product(engine, skus[3]).in_stock
+    # SKUs on the command line are all or nothing: an unknown one changes nothing.
+    result = invoke("stock", "--in", skus[2], "NO-SUCH", expect=1)
+    assert "unknown SKU: NO-SUCH" in result.stderr and not catalogue.get_product(engine, skus[2]).in_stock
 
     stats = invoke("stats").stdout
-    assert re.search(r"total\s+4\s+3", stats) and "vector index: ix_products_embedding" in stats
+    assert re.search(r"total\s+4\s+2", stats) and "vector index: ix_products_embedding" in stats
 
     assert "removed 1 product" in invoke("remove", skus[3]).stdout
     assert catalogue.get_product(engine, skus[3]) is None
