@@ -61,16 +61,20 @@ class App:
     """Per-invocation state: settings, and the engine and featurizer, created only when a command needs them."""
 
     settings: Settings
-    _engine: Engine | None = field(default=None, repr=False)
+    _engines: dict[str, Engine] = field(default_factory=dict, repr=False)
     _featurizer: Featurizer | None = field(default=None, repr=False)
 
-    def engine(self, *, schema: bool = True) -> Engine:
-        """The catalogue's engine; by default checks the schema is migrated."""
-        if self._engine is None:
-            self._engine = db.connect(self.settings)
+    def engine(self, *, schema: bool = True, access: str = "writer") -> Engine:
+        """The catalogue's engine; by default checks the schema is migrated.
+
+        ``access`` is the embedded server's role: ``admin`` for schema changes, grants and index DDL only.
+        """
+        if access not in self._engines:
+            self._engines[access] = db.connect(self.settings, access)
+        engine = self._engines[access]
         if schema:
-            imgsearch_schema.require_schema(self._engine)
-        return self._engine
+            imgsearch_schema.require_schema(engine)
+        return engine
 
     def featurizer(self) -> Featurizer:
         """The VGG16 featurizer (loads TensorFlow and the weights on first use)."""
@@ -140,6 +144,13 @@ main.add_command(db_group, name="db")
 
 def _url_options(func: Any) -> Any:
     func = click.option("--show-password", is_flag=True, help="Print the password instead of ***.")(func)
+    func = click.option(
+        "--access",
+        type=click.Choice(list(embedded.ACCESS_ROLES)),
+        default="writer",
+        show_default=True,
+        help="The embedded server's role: reader (search only), writer (products), admin (superuser).",
+    )(func)
     return click.option(
         "--sqlalchemy", "sqlalchemy_form", is_flag=True, help="SQLAlchemy form (postgresql+psycopg://...)."
     )(func)
@@ -154,12 +165,13 @@ def _format_url(url: str, sqlalchemy_form: bool, show_password: bool) -> str:
 @db_group.command("start")
 @_url_options
 @pass_app
-def db_start(app: App, sqlalchemy_form: bool, show_password: bool) -> None:
+def db_start(app: App, sqlalchemy_form: bool, show_password: bool, access: str) -> None:
     """Start the embedded PostgreSQL (it keeps running until `imgsearch db stop`) and print its URL.
 
     The URL is libpq's form, for psql and any backend: psql "$(imgsearch db start)".
     """
-    click.echo(_format_url(embedded.start(app.settings.home), sqlalchemy_form, show_password))
+    url = embedded.url_for(embedded.start(app.settings.home), access)
+    click.echo(_format_url(url, sqlalchemy_form, show_password))
 
 
 @db_group.command("stop")
@@ -181,7 +193,7 @@ def _revision_line(engine: Engine) -> str:
 def db_status(app: App) -> None:
     """Say whether the embedded server runs, where its data is, and the schema revision."""
     if app.settings.database_url:
-        engine = app.engine(schema=False)
+        engine = app.engine(schema=False, access="admin")
         click.echo(f"external database: {db.libpq_url(app.settings.database_url)}")
         click.echo(_revision_line(engine))
         return
@@ -198,7 +210,7 @@ def db_status(app: App) -> None:
 @db_group.command("url")
 @_url_options
 @pass_app
-def db_url(app: App, sqlalchemy_form: bool, show_password: bool) -> None:
+def db_url(app: App, sqlalchemy_form: bool, show_password: bool, access: str) -> None:
     """Print the connection URL (starting the embedded server if needed), e.g. for psql or a backend.
 
     \b
@@ -206,7 +218,7 @@ def db_url(app: App, sqlalchemy_form: bool, show_password: bool) -> None:
       psql "$(imgsearch db url --show-password)"
       imgsearch db url --sqlalchemy
     """
-    click.echo(_format_url(db.resolve_url(app.settings), sqlalchemy_form, show_password))
+    click.echo(_format_url(db.resolve_url(app.settings, access), sqlalchemy_form, show_password))
 
 
 @db_group.command("upgrade")
@@ -214,7 +226,7 @@ def db_url(app: App, sqlalchemy_form: bool, show_password: bool) -> None:
 @pass_app
 def db_upgrade(app: App, revision: str) -> None:
     """Create or update the schema (the vector extension, tables, indexes, SQL functions)."""
-    engine = app.engine(schema=False)
+    engine = app.engine(schema=False, access="admin")
     imgsearch_schema.upgrade(engine, revision)
     click.echo(_revision_line(engine))
 
@@ -227,7 +239,7 @@ def db_downgrade(app: App, revision: str, yes: bool) -> None:
     """Step the schema back (default one revision; 'base' drops everything)."""
     if not yes:
         _fail("downgrading can delete catalogue data: pass --yes to confirm")
-    engine = app.engine(schema=False)
+    engine = app.engine(schema=False, access="admin")
     imgsearch_schema.downgrade(engine, revision)
     click.echo(_revision_line(engine))
 
@@ -262,7 +274,7 @@ def db_grant_reader(app: App, role: str) -> None:
     Example:
       imgsearch db grant-reader shop_web
     """
-    result = roles.grant_reader(app.engine(), role)
+    result = roles.grant_reader(app.engine(access="admin"), role)
     click.echo(_grant_message(result, "can search (read-only)"))
 
 
@@ -271,7 +283,7 @@ def db_grant_reader(app: App, role: str) -> None:
 @pass_app
 def db_grant_writer(app: App, role: str) -> None:
     """Let ROLE search and change products (ingest, stock, remove), not the schema; creates ROLE if missing."""
-    result = roles.grant_writer(app.engine(), role)
+    result = roles.grant_writer(app.engine(access="admin"), role)
     click.echo(_grant_message(result, "can search and change products"))
 
 
@@ -280,7 +292,7 @@ def db_grant_writer(app: App, role: str) -> None:
 @pass_app
 def db_revoke_writer(app: App, role: str) -> None:
     """Take back ROLE's write privileges (it can still search)."""
-    result = roles.revoke_writer(app.engine(), role)
+    result = roles.revoke_writer(app.engine(access="admin"), role)
     click.echo(_grant_message(result, "can no longer change products"))
 
 
@@ -289,7 +301,7 @@ def db_revoke_writer(app: App, role: str) -> None:
 @pass_app
 def db_revoke_reader(app: App, role: str) -> None:
     """Take back everything imgsearch granted ROLE (the role itself is not dropped)."""
-    result = roles.revoke_reader(app.engine(), role)
+    result = roles.revoke_reader(app.engine(access="admin"), role)
     click.echo(_grant_message(result, "has no access"))
 
 
@@ -327,7 +339,7 @@ def index_create(app: App, categories: tuple[str, ...], min_products: int | None
     """
     if bool(categories) == (min_products is not None):
         _fail("give CATEGORIES or --min-products (not both)")
-    engine = app.engine()
+    engine = app.engine(access="admin")
 
     def report(index: indexes.CategoryIndex) -> None:
         click.echo(f"indexed {index.category} ({index.products} products, {output.format_size(index.size_bytes)})")
@@ -354,7 +366,7 @@ def index_list(app: App, fmt: str) -> None:
 @pass_app
 def index_drop(app: App, categories: tuple[str, ...], missing_ok: bool) -> None:
     """Drop category indexes (searches in those categories go back to the catalogue-wide index)."""
-    engine = app.engine()
+    engine = app.engine(access="admin")
     if not missing_ok:
         known = {i.category for i in indexes.list_category_indexes(engine)}
         unknown = [c for c in categories if c not in known]
@@ -883,7 +895,7 @@ def eval_command(app: App, folder: Path, as_json: bool, k: int, pipeline: str, q
     else:
         s = app.settings
         featurizer = Featurizer(weights=s.weights, batch_size=s.batch_size, precision=s.precision, pipeline=pipeline)
-    url = db.resolve_url(app.settings)
+    url = db.resolve_url(app.settings, "admin")
     progress = None if quiet else (lambda message: click.echo(message, err=True))
     result = evaluation.evaluate(url, folder, featurizer, k=k, progress=progress)
     for failure in result.ingest_failures:

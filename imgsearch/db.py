@@ -44,11 +44,16 @@ _SEARCH_PATH = (
 _PASSWORD_IN_URL = re.compile(r"(?P<head>://[^:/@\s]*:)(?P<password>\S*)(?P<tail>@)")
 
 
-def resolve_url(settings: Settings) -> str:
-    """The configured database URL, or the embedded server's (started on demand)."""
+def resolve_url(settings: Settings, access: str = "writer") -> str:
+    """The configured database URL, or the embedded server's (started on demand).
+
+    ``access`` picks the embedded server's role: ``admin`` (its superuser: schema changes, grants, category
+    indexes), ``writer`` (the catalogue: every other command) or ``reader`` (search only). A configured URL is
+    returned as it is: its user is whoever the operator made it.
+    """
     if settings.database_url:
         return settings.database_url
-    return embedded.start(settings.home)
+    return embedded.url_for(embedded.start(settings.home), access)
 
 
 def mask_password(text: str) -> str:
@@ -130,13 +135,16 @@ def schema_of(bind: Engine | Connection) -> str:
     return bind.get_execution_options().get(SCHEMA_OPTION, DEFAULT_SCHEMA)
 
 
-def connect(settings: Settings | None = None) -> Engine:
+def connect(settings: Settings | None = None, access: str = "writer") -> Engine:
     """Engine for the configured catalogue (``IMGSEARCH_DATABASE_URL`` or the embedded server).
+
+    On the embedded server, ``access`` picks the role (see :func:`resolve_url`): by default one that can search
+    and change products but not the schema, and cannot run shell commands as a superuser could.
 
     Raises :class:`DatabaseUnavailableError` if the server cannot be reached.
     """
     settings = settings or Settings.from_env()
-    engine = create_engine(resolve_url(settings), schema=settings.schema)
+    engine = create_engine(resolve_url(settings, access), schema=settings.schema)
     check_connection(engine)
     return engine
 

@@ -18,6 +18,16 @@ from imgsearch.errors import DatabaseUnavailableError
 
 DATABASE_NAME = "imgsearch"
 
+#: Who connects: the server's superuser only for administration (migrations, grants, category indexes,
+#: throwaway evaluation databases); every other connection as a role that cannot run shell commands
+#: (``COPY ... TO PROGRAM``), read server files or change the schema.
+ADMIN_ROLE = "postgres"
+WRITER_ROLE = "imgsearch_writer"
+READER_ROLE = "imgsearch_reader"
+ACCESS_ROLES = {"admin": ADMIN_ROLE, "writer": WRITER_ROLE, "reader": READER_ROLE}
+#: Marks the roles this module created, so that migrations grant to them and to nothing else of that name.
+ROLE_COMMENT = "imgsearch embedded server role"
+
 # Settings for a catalogue of up to a few million 512-d vectors on a modest machine. The HNSW build is much
 # faster when the graph fits in maintenance_work_mem; shared_buffers keeps the index hot between queries.
 _SERVER_CONFIG = """\
@@ -68,8 +78,17 @@ def data_dir(home: Path) -> Path:
     return Path(home).expanduser().resolve() / "pgdata"
 
 
-def _url(socket_dir: Path | str, database: str = DATABASE_NAME) -> str:
-    return f"postgresql+psycopg://postgres@/{database}?host={socket_dir}"
+def _url(socket_dir: Path | str, database: str = DATABASE_NAME, role: str = ADMIN_ROLE) -> str:
+    return f"postgresql+psycopg://{role}@/{database}?host={socket_dir}"
+
+
+def url_for(admin_url: str, access: str) -> str:
+    """The embedded server's URL ``admin_url`` for the role of ``access``: ``admin``, ``writer`` or ``reader``."""
+    from sqlalchemy.engine import make_url
+
+    if access not in ACCESS_ROLES:
+        raise ValueError(f"access must be one of {', '.join(ACCESS_ROLES)}, got {access!r}")
+    return make_url(admin_url).set(username=ACCESS_ROLES[access]).render_as_string(hide_password=False)
 
 
 def status(home: Path) -> ServerStatus:
@@ -111,10 +130,15 @@ def start(home: Path) -> str:
 def _ensure_database(socket_dir: Path | str) -> None:
     import psycopg
 
-    with psycopg.connect(host=str(socket_dir), user="postgres", dbname="postgres", autocommit=True) as conn:
+    with psycopg.connect(host=str(socket_dir), user=ADMIN_ROLE, dbname="postgres", autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+        for role in (WRITER_ROLE, READER_ROLE):
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                # Roles are cluster-wide; their privileges in each database come with `imgsearch db upgrade`.
+                conn.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
+                conn.execute(f"COMMENT ON ROLE \"{role}\" IS '{ROLE_COMMENT}'")
 
 
 def stop(home: Path) -> bool:

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from imgsearch.catalogue import Bind
 from imgsearch.db import transaction, translate_error
 from imgsearch.errors import InvalidQueryError, UnknownCategoryError
+from imgsearch.schema import LOCK_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ def _call(bind: Bind, statement: str, params: dict[str, object] | None = None) -
     """Run one statement calling the category-index SQL functions, with their errors as library exceptions."""
     try:
         with transaction(bind) as conn:
+            # Index DDL waits for writers to finish; while it waits, searches queue behind it: not for long.
+            conn.execute(sa.text("SELECT set_config('lock_timeout', :t, true)"), {"t": LOCK_TIMEOUT})
             return list(conn.execute(sa.text(statement), params or {}).all())
     except DBAPIError as exc:
         raise translate_error(exc, not_found=UnknownCategoryError) from None

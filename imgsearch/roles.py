@@ -12,13 +12,14 @@ identifiers (psycopg's :class:`psycopg.sql.Identifier`), never pasted as text.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from psycopg import sql as pgsql
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from imgsearch import sql
+from imgsearch import embedded, sql
 from imgsearch.db import schema_of, translate_error
 from imgsearch.errors import ConfigurationError, SchemaError
 
@@ -42,6 +43,17 @@ def check_role_name(role: str) -> str:
     return role
 
 
+_READER_GRANTS = ["grant_reader"]
+_WRITER_GRANTS = ["grant_reader", "grant_writer", "grant_writer_maintain"]
+
+
+def _apply(raw: Any, role: str, schema: str, templates: list[str], server_version: int) -> None:
+    for name in templates:
+        if name.endswith("_maintain") and server_version < 170000:
+            continue  # MAINTAIN is new in PostgreSQL 17
+        raw.execute(pgsql.SQL(sql.command(name)).format(schema=pgsql.Identifier(schema), role=pgsql.Identifier(role)))
+
+
 def _run(engine: Engine, role: str, templates: list[str], create: bool) -> GrantResult:
     check_role_name(role)
     schema = schema_of(engine)
@@ -59,13 +71,7 @@ def _run(engine: Engine, role: str, templates: list[str], create: bool) -> Grant
                 raw.execute(pgsql.SQL("CREATE ROLE {} NOLOGIN").format(pgsql.Identifier(role)))
                 created = True
             version = conn.execute(sa.text("SELECT current_setting('server_version_num')::integer")).scalar_one()
-            for name in templates:
-                if name.endswith("_maintain") and version < 170000:
-                    continue  # MAINTAIN is new in PostgreSQL 17
-                statement = pgsql.SQL(sql.command(name)).format(
-                    schema=pgsql.Identifier(schema), role=pgsql.Identifier(role)
-                )
-                raw.execute(statement)
+            _apply(raw, role, schema, templates, version)
     except DBAPIError as exc:
         raise translate_error(exc) from None
     return GrantResult(role=role, created=created, schema=schema)
@@ -79,12 +85,12 @@ def grant_reader(engine: Engine, role: str) -> GrantResult:
         SchemaError: imgsearch's schema does not exist yet.
         PermissionDeniedError: the connected role may not create roles or grant on the schema.
     """
-    return _run(engine, role, ["grant_reader"], create=True)
+    return _run(engine, role, _READER_GRANTS, create=True)
 
 
 def grant_writer(engine: Engine, role: str) -> GrantResult:
     """Let ``role`` search and change the catalogue's products (not its schema); created if missing."""
-    return _run(engine, role, ["grant_reader", "grant_writer", "grant_writer_maintain"], create=True)
+    return _run(engine, role, _WRITER_GRANTS, create=True)
 
 
 def revoke_writer(engine: Engine, role: str) -> GrantResult:
@@ -95,3 +101,19 @@ def revoke_writer(engine: Engine, role: str) -> GrantResult:
 def revoke_reader(engine: Engine, role: str) -> GrantResult:
     """Take back everything imgsearch granted ``role`` (the role itself is left for the operator to drop)."""
     return _run(engine, role, ["revoke_reader"], create=False)
+
+
+def grant_embedded_roles(conn: Connection, schema: str) -> None:
+    """Give the embedded server's own roles (:data:`imgsearch.embedded.WRITER_ROLE`, ``READER_ROLE``) their
+    privileges in ``schema``, inside ``conn``'s transaction. Called after every migration; on any other server
+    those roles do not exist (they carry imgsearch's comment) and nothing happens."""
+    found = conn.execute(
+        sa.text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:r) AND shobj_description(oid, 'pg_authid') = :c"),
+        {"r": [embedded.WRITER_ROLE, embedded.READER_ROLE], "c": embedded.ROLE_COMMENT},
+    ).scalars()
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    version = conn.execute(sa.text("SELECT current_setting('server_version_num')::integer")).scalar_one()
+    for role in found:
+        templates = _WRITER_GRANTS if role == embedded.WRITER_ROLE else _READER_GRANTS
+        _apply(raw, role, schema, templates, version)

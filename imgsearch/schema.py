@@ -9,6 +9,7 @@ imgsearch migrates a database without the repository.
 
 from __future__ import annotations
 
+import time
 from functools import cache
 from importlib.util import find_spec
 from pathlib import Path
@@ -20,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 from imgsearch.config import DEFAULT_SCHEMA, check_schema_name
 from imgsearch.db import schema_of, translate_error
-from imgsearch.errors import DatabaseUnavailableError, SchemaError, SchemaTooNewError
+from imgsearch.errors import BusyError, DatabaseUnavailableError, SchemaError, SchemaTooNewError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -38,6 +39,11 @@ MIGRATIONS_DIR = _migrations_dir()
 
 #: imgsearch's Alembic version table, inside its schema (never the shop's ``public.alembic_version``).
 VERSION_TABLE = "alembic_version"
+
+#: How long a schema change waits for a lock before it gives way (SET lock_timeout), and the pauses between
+#: its attempts: searches never queue behind it for longer than LOCK_TIMEOUT.
+LOCK_TIMEOUT = "2s"
+LOCK_RETRY_WAITS = (1.0, 2.0, 4.0, 8.0)
 
 #: Revisions made before imgsearch had a schema of its own: their catalogues live in ``public``.
 LEGACY_REVISIONS = ("0001", "0002")
@@ -131,13 +137,20 @@ def _migrate(engine: Engine, direction: str, revision: str) -> None:
 
     schema = schema_of(engine)
     _check_not_newer(current_revision(engine))
-    try:
-        with engine.begin() as conn:
-            getattr(command, direction)(alembic_config(conn, schema), revision)
-    except CommandError as exc:
-        raise SchemaError(f"cannot {direction} to {revision!r}: {exc}") from None
-    except DBAPIError as exc:
-        raise translate_error(exc) from None
+    # Each attempt waits at most LOCK_TIMEOUT for a lock (searches queue behind a waiting schema change, so it
+    # must not wait long), then gives way for a moment before trying again.
+    for wait in (*LOCK_RETRY_WAITS, None):
+        try:
+            with engine.begin() as conn:
+                getattr(command, direction)(alembic_config(conn, schema), revision)
+            return
+        except CommandError as exc:
+            raise SchemaError(f"cannot {direction} to {revision!r}: {exc}") from None
+        except DBAPIError as exc:
+            error = translate_error(exc)
+            if not isinstance(error, BusyError) or wait is None:
+                raise error from None
+            time.sleep(wait)
 
 
 def require_schema(engine: Engine) -> None:
@@ -173,6 +186,7 @@ def prepare_migration(conn: Connection, schema: str) -> None:
     """
     check_schema_name(schema)
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('imgsearch migrations ' || :s))"), {"s": schema})
+    conn.execute(sa.text("SELECT set_config('lock_timeout', :t, true)"), {"t": LOCK_TIMEOUT})
     _ensure_vector_extension(conn)
     conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
     _adopt_legacy_version(conn, schema)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from imgsearch import db, schema
+from imgsearch import db, roles, schema
 from imgsearch.config import Settings
 from imgsearch.models import Base
 
@@ -28,6 +28,8 @@ def _run(connection: Connection, schema_name: str) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+    # The embedded server's own reader and writer roles follow every change of the schema.
+    roles.grant_embedded_roles(connection, schema_name)
 
 
 def run_migrations_online() -> None:
@@ -38,7 +40,7 @@ def run_migrations_online() -> None:
         return
     x = context.get_x_argument(as_dictionary=True)
     settings = Settings.from_env(database_url=x.get("url"), schema=x.get("schema"))
-    engine = db.create_engine(db.resolve_url(settings), schema=settings.schema)
+    engine = db.create_engine(db.resolve_url(settings, "admin"), schema=settings.schema)
     try:
         with engine.begin() as conn:
             _run(conn, settings.schema)

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 
-from imgsearch import embedded, schema
+from imgsearch import db, embedded, schema
+from imgsearch.config import Settings
 from imgsearch.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,9 +35,12 @@ def _cli(home: Path, *args: str) -> str:
 def test_start_status_url_stop_and_data_survives_a_restart(home: Path) -> None:
     assert "stopped" in _cli(home, "db", "status")
     url = _cli(home, "db", "start").strip()
-    assert url.startswith("postgresql://postgres@/imgsearch?host=/")  # libpq's form: psql "$(imgsearch db start)"
+    # libpq's form, for psql "$(imgsearch db start)"; the application's role, not the superuser.
+    assert url.startswith("postgresql://imgsearch_writer@/imgsearch?host=/")
     assert _cli(home, "db", "start").strip() == url  # starting twice reuses the running server
-    assert _cli(home, "db", "start", "--sqlalchemy").startswith("postgresql+psycopg://postgres@/imgsearch?host=")
+    assert _cli(home, "db", "start", "--sqlalchemy").startswith("postgresql+psycopg://imgsearch_writer@/imgsearch?")
+    assert _cli(home, "db", "url", "--access", "admin").startswith("postgresql://postgres@/imgsearch?host=/")
+    assert _cli(home, "db", "url", "--access", "reader").startswith("postgresql://imgsearch_reader@/imgsearch?")
     status = _cli(home, "db", "status")
     assert "running (pid" in status and str(home / "pgdata") in status and "schema imgsearch at revision none" in status
 
@@ -56,6 +61,31 @@ def test_start_status_url_stop_and_data_survives_a_restart(home: Path) -> None:
     with psycopg.connect(_cli(home, "db", "url").strip()) as conn:
         assert conn.execute("SELECT sku FROM imgsearch.products").fetchall() == [("kept",)]
     assert f"schema imgsearch at revision {schema.head_revision()}" in _cli(home, "db", "status")
+
+
+def test_application_connections_are_not_the_superuser(home: Path) -> None:
+    _cli(home, "db", "upgrade")
+    settings = Settings(home=home)
+    for access, role in (("writer", "imgsearch_writer"), ("reader", "imgsearch_reader")):
+        engine = db.connect(settings, access)
+        with engine.connect() as conn:
+            who, superuser = conn.execute(
+                sa.text("SELECT current_user, usesuper FROM pg_user WHERE usename = current_user")
+            ).one()
+            assert (who, superuser) == (role, False)
+            raw = conn.connection.driver_connection
+            for statement in (
+                "COPY (SELECT 1) TO PROGRAM 'touch /tmp/imgsearch-pwned'",  # a shell command as the server's user
+                "SELECT pg_read_file('/etc/passwd')",
+                "CREATE TABLE imgsearch.x (i int)",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    raw.execute(statement)
+                raw.rollback()
+        engine.dispose()
+    assert db.connect(settings).url.username == "imgsearch_writer"  # imgsearch.connect()'s default
+    # The CLI's everyday commands run as the writer; schema and index changes as the superuser.
+    assert "total" in _cli(home, "stats") or "empty" in _cli(home, "stats")
 
 
 def test_plain_alembic_uses_the_environment_url(make_database: Callable[..., str]) -> None:

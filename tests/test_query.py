@@ -262,7 +262,9 @@ def test_sql_function_validates_its_arguments(filled: Engine) -> None:
     cases = [
         ("CAST(:v3 AS vector), 10", "has 3 dimensions"),
         ("CAST(:v AS vector), 0", "k must be"),
-        ("CAST(:v AS vector), 10, NULL, true, -5", "cannot be negative"),
+        ("CAST(:v AS vector), 10, NULL, true, -5", "must be a number >= 0"),
+        ("CAST(:v AS vector), 10, NULL, true, 'NaN'", "must be a number >= 0"),  # NaN would mean "no limit"
+        ("CAST(:v AS vector), 10, NULL, true, NULL, NULL, 'NaN'", "must be a number >= 0"),
         ("CAST(:z AS vector), 10", "all zeros"),
     ]
     params = {"v3": "[1,2,3]", "v": "[" + ",".join(["1"] * 512) + "]", "z": "[" + ",".join(["0"] * 512) + "]"}
@@ -271,6 +273,28 @@ def test_sql_function_validates_its_arguments(filled: Engine) -> None:
             conn.execute(sa.text(f"SELECT * FROM imgsearch_similar({args})"), params)
     with pytest.raises(sa.exc.DBAPIError, match="unknown SKU"), filled.connect() as conn:
         conn.execute(sa.text("SELECT * FROM imgsearch_cheaper('x'' OR 1=1 --')"))
+
+
+@pytest.mark.parametrize(
+    "vector",
+    [
+        [1e38] * 512,  # its squared length overflows single precision
+        [1e-45] + [0.0] * 511,  # a denormal: its squared length underflows to 0
+        [3.4e38, -3.4e38] * 256,
+    ],
+)
+def test_extreme_but_finite_vectors_give_real_distances(filled: Engine, vector: list[float]) -> None:
+    # From SQL, as a backend passes them, and through Python: the same products at finite distances.
+    text = "[" + ",".join(repr(x) for x in vector) + "]"
+    with filled.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT sku, distance FROM imgsearch_similar(CAST(:v AS vector), 10)"), {"v": text}
+        ).all()
+    assert len(rows) == 10 and all(np.isfinite(d) and 0 <= d <= 2 for _, d in rows)
+    python = query.search(filled, vector, 10)
+    assert [r.sku for r in python] == [sku for sku, _ in rows]
+    unit = np.asarray(vector, dtype=np.float64) / np.linalg.norm(np.asarray(vector, dtype=np.float64) / 1e38) / 1e38
+    assert [r.sku for r in query.search(filled, unit, 10)] == [sku for sku, _ in rows]
 
 
 def test_values_are_bound_not_formatted(filled: Engine, data: Catalogue) -> None:

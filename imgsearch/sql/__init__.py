@@ -90,3 +90,12 @@ def install(conn: Connection, revision: str, names: tuple[str, ...] | list[str])
     """Create (or replace) the objects ``names`` in the version of ``revision``, in that order."""
     for name in names:
         execute(conn, load(revision, name))
+
+
+def restore_previous(conn: Connection, revision: str, names: tuple[str, ...] | list[str]) -> None:
+    """Undo :func:`install` of ``revision``: put back each object's previous version (downgrades)."""
+    for name in names:
+        previous = version_before(revision, name)
+        if previous is None:
+            raise FileNotFoundError(f"no version of {name} before revision {revision}")
+        execute(conn, load(previous, name))
