@@ -29,6 +29,13 @@ if TYPE_CHECKING:
 class _Group(click.Group):
     """Shows library errors as one line and a non-zero exit instead of a traceback."""
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            # The group's own options (before the command name): one line too.
+            raise _OneLineUsageError(exc.format_message()) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -490,7 +497,8 @@ def _report_failures(failures: list[Failure], errors_path: Path | None) -> None:
     from imgsearch.ingest import write_failures
 
     for failure in failures:
-        click.echo(f"failed: {failure.sku or '-'} ({failure.source}): {failure.reason}", err=True)
+        line = f"failed: {failure.sku or '-'} ({failure.source}): {failure.reason}"
+        click.echo(output.printable(line), err=True)
     if errors_path is not None:
         try:
             write_failures(failures, errors_path)

@@ -22,6 +22,20 @@ def _default_home() -> Path:
     return Path(base) / "imgsearch"
 
 
+def env_float(name: str, default: float) -> float:
+    """A number of seconds (or any non-negative number) from the environment."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigurationError(f"{name} must be a number >= 0, got {raw!r}")
+    return value
+
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":

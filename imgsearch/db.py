@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from imgsearch import embedded
-from imgsearch.config import DEFAULT_SCHEMA, Settings, check_schema_name
+from imgsearch.config import DEFAULT_SCHEMA, Settings, check_schema_name, env_float
 from imgsearch.errors import (
     BusyError,
     ConfigurationError,
@@ -190,8 +190,21 @@ T = TypeVar("T")
 RETRYABLE_SQLSTATES = ("40P01", "40001")
 #: Waits between attempts (seconds): a transaction is tried at most once more than there are waits here.
 RETRY_WAITS = (0.05, 0.2, 0.5, 1.0, 2.0)
-#: Waits while the server is unreachable (a restart, a failover): about half a minute in all.
-RECONNECT_WAITS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+#: How long writes wait for an unreachable server (a restart, a failover) before giving up, in seconds, unless
+#: ``IMGSEARCH_RECONNECT_SECONDS`` says otherwise.
+DEFAULT_RECONNECT_SECONDS = 30.0
+
+
+def reconnect_waits(total: float | None = None) -> list[float]:
+    """The pauses between reconnection attempts: doubling from half a second, ``total`` seconds in all."""
+    if total is None:
+        total = env_float("IMGSEARCH_RECONNECT_SECONDS", DEFAULT_RECONNECT_SECONDS)
+    waits: list[float] = []
+    step = 0.5
+    while sum(waits) < total:
+        waits.append(min(step, total - sum(waits)))
+        step *= 2
+    return waits
 
 
 def _is_disconnect(exc: DBAPIError) -> bool:
@@ -214,6 +227,7 @@ def run_transaction(bind: Engine | Connection, work: Callable[[Connection], T], 
     """
     attempts = 0
     outages = 0
+    waits = reconnect_waits() if reconnect else []
     while True:
         try:
             with transaction(bind) as conn:
@@ -227,8 +241,8 @@ def run_transaction(bind: Engine | Connection, work: Callable[[Connection], T], 
                 continue
             raise
         except DatabaseUnavailableError:
-            if reconnect and isinstance(bind, Engine) and outages < len(RECONNECT_WAITS):
-                time.sleep(RECONNECT_WAITS[outages])
+            if isinstance(bind, Engine) and outages < len(waits):
+                time.sleep(waits[outages])
                 outages += 1
                 continue
             raise

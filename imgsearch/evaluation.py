@@ -20,7 +20,10 @@ Definitions (``rel_i`` is 1 when the result at rank ``i`` has the query's label,
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -241,13 +244,64 @@ def evaluate(
 def _create_database(admin: sa.Engine, name: str) -> None:
     try:
         with admin.connect() as conn:
+            drop_abandoned_databases(conn)
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            # Who made it, so that a later run can tell an abandoned one (its process killed) from a live one.
+            owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
+            conn.execute(sa.text(f"COMMENT ON DATABASE \"{name}\" IS '{owner}'"))
     except DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise DatabaseUnavailableError(
             f"cannot create the throwaway evaluation database on this server ({reason}): the evaluation never "
             "uses the live catalogue, so give the user CREATEDB or point --database-url at a server where it may"
         ) from None
+
+
+#: A throwaway database made on another host is taken as abandoned after this long (seconds).
+ABANDONED_AFTER = 24 * 3600
+
+
+def drop_abandoned_databases(conn: sa.Connection) -> list[str]:
+    """Drop the throwaway databases of evaluations whose process is gone (killed before it could clean up).
+
+    One made on this host is abandoned when its process no longer runs; one made elsewhere, after a day.
+    Returns the names dropped.
+    """
+    rows = conn.execute(
+        sa.text(
+            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database WHERE starts_with(datname, :p)"
+        ),
+        {"p": DATABASE_PREFIX},
+    ).all()
+    dropped = []
+    for name, comment in rows:
+        try:
+            owner = json.loads(comment or "{}")
+        except ValueError:
+            continue  # not one of ours after all
+        if not isinstance(owner, dict) or not {"host", "pid", "started"} <= owner.keys():
+            continue
+        if owner["host"] == socket.gethostname():
+            abandoned = not _process_alive(int(owner["pid"]))
+        else:
+            abandoned = time.time() - float(owner["started"]) > ABANDONED_AFTER
+        if abandoned:
+            try:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            except DBAPIError:
+                continue  # someone else's to drop; this run does not need it gone
+            dropped.append(name)
+    return dropped
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _drop_database(admin: sa.Engine, name: str) -> None:

@@ -138,7 +138,7 @@ def _walk_files(root: Path) -> list[Path]:
 
 def _sku_label(sku: str) -> str:
     """A SKU as failures name it: cut if absurdly long, so one bad row cannot flood the report."""
-    return sku if len(sku) <= 300 else sku[:297] + "..."
+    return sku if len(sku) <= 100 else sku[:97] + "..."
 
 
 def count_folder(root: Path | str) -> int:
@@ -263,12 +263,13 @@ def _csv_rows(path: Path, header: list[str]) -> Iterator[_CsvRow | Failure]:
                 continue
             fields = {name: value.strip() for name, value in zip(header, values, strict=False)}
             broken = [name for name in _ONE_LINE_COLUMNS if len(fields.get(name, "").splitlines()) > 1]
-            if broken:
+            if end > start and (broken or len(values) < len(header)):
+                # A quoted field may hold line breaks (a long name), but a row whose one-line fields do, or that
+                # lost its last fields in the process, swallowed the rows after an unclosed quote.
                 yield Failure(
                     _sku_label(sku.splitlines()[0] if sku else "") or None,
                     where,
-                    f"the row runs over lines {start}-{end} ({', '.join(sorted(broken))} spans lines): "
-                    "a quote is left open",
+                    f"the row runs over lines {start}-{end} and its fields do not fit: a quote is left open",
                 )
                 continue
             yield _CsvRow(fields, where)
@@ -439,8 +440,11 @@ def _embed_batch(
 
 
 def write_failures(failures: Iterable[Failure], path: Path | str) -> None:
-    """Write failures as CSV (``sku,source,reason``) for the catalogue team to fix and re-run."""
-    with Path(path).open("w", newline="", encoding="utf-8") as fh:
+    """Write failures as CSV (``sku,source,reason``) for the catalogue team to fix and re-run.
+
+    Bytes of the input that were not UTF-8 are written as ``\\xNN`` escapes, so the report itself is UTF-8.
+    """
+    with Path(path).open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
         writer = csv.writer(fh)
         writer.writerow(["sku", "source", "reason"])
         for f in failures:

@@ -37,6 +37,15 @@ FORMATS = ("table", "json", "csv")
 RESULT_FIELDS = ("rank", "sku", "name", "category", "price", "in_stock", "distance", "image")
 
 
+def printable(text: str) -> str:
+    """``text`` safe for a terminal line: control characters and undecodable bytes as escapes (``\\x00``)."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode("ascii") for ch in text
+    )
+
+
 def _price(price: Decimal | None) -> str:
     return "" if price is None else f"{price:.2f}"
 

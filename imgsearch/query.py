@@ -19,7 +19,7 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from imgsearch.db import RECONNECT_WAITS, transaction, translate_error
+from imgsearch.db import reconnect_waits, transaction, translate_error
 from imgsearch.errors import DatabaseUnavailableError, InvalidQueryError
 from imgsearch.models import DIMENSION
 from imgsearch.validation import price_limit, unit_vector
@@ -111,7 +111,7 @@ def _run(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact:
 
 
 # A search waits at most a few seconds for the database (a website would rather show an error quickly).
-_SEARCH_RECONNECT_WAITS = RECONNECT_WAITS[:3]
+_SEARCH_RECONNECT_WAITS = tuple(reconnect_waits(3.5))
 
 
 def _execute(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact: bool) -> list[sa.Row]:

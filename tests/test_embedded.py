@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from imgsearch import db, embedded, schema
-from imgsearch.config import Settings
 from imgsearch.cli import main
+from imgsearch.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -156,3 +161,28 @@ def test_a_catalogue_of_the_notebook_pipeline_must_be_reingested(engine: Engine,
         catalogue.check_space(engine, featurizer.space)
     with pytest.raises(EmbeddingSpaceMismatchError, match="preprocessing v1-exif-white"):
         catalogue.ensure_space(engine, featurizer.space)
+
+
+def test_a_killed_evaluations_database_is_dropped_by_the_next_one(
+    tmp_path: Path, database_url: str, featurizer: Featurizer
+) -> None:
+    url = make_url(database_url)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)  # a process that has exited, like an evaluation killed with SIGKILL
+    owners = {
+        "imgsearch_eval_killed": {"host": socket.gethostname(), "pid": dead_pid, "started": time.time() - 60},
+        "imgsearch_eval_running": {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()},
+    }
+    with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
+        for name, owner in owners.items():
+            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f"COMMENT ON DATABASE \"{name}\" IS '{json.dumps(owner)}'")
+    try:
+        evaluation.evaluate(database_url, _labelled_sample(tmp_path / "labelled", per_label=1), featurizer)
+        with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres") as conn:
+            left = {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'imgsearch_eval_%'")}
+        assert left == {"imgsearch_eval_running"}  # the killed one's is gone; a running evaluation's is kept
+    finally:
+        with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
+            for name in owners:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')

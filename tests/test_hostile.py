@@ -1,0 +1,99 @@
+"""Hostile input through the command line: every bad item is one error line (and one row of --errors), every good
+item lands, nothing hangs and nothing escapes as a traceback (tests/hostile.py describes the corpus)."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy.engine import Engine
+
+from imgsearch import catalogue
+from imgsearch.cli import main
+from tests import hostile
+
+
+@pytest.fixture
+def run(database_url: str, weights_path: str):
+    def invoke(*args: str) -> Result:
+        return CliRunner().invoke(main, ["--database-url", database_url, "--weights", weights_path, *args])
+
+    return invoke
+
+
+def _failures(result: Result, errors: Path) -> list[tuple[str, str]]:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("failed: ")]
+    with errors.open(newline="", encoding="utf-8") as fh:
+        rows = [(row["sku"], row["reason"]) for row in csv.DictReader(fh)]
+    assert len(lines) == len(rows)  # the same failures on screen and in the file, one line each
+    return rows
+
+
+def _match(expected: list[tuple[str | None, str]], reported: list[tuple[str, str]]) -> None:
+    """Each expected failure is reported exactly once, and nothing else is."""
+    left = list(reported)
+    for sku, reason in expected:
+        label = "" if sku is None else sku.encode("unicode_escape", "backslashreplace").decode("ascii")
+        found = [r for r in left if r[0] in (sku or "", label) and re.search(reason, r[1])]
+        assert found, (sku, reason, left)
+        left.remove(found[0])
+    assert left == [], left
+
+
+def test_a_hostile_folder(run, engine: Engine, tmp_path: Path) -> None:
+    root = tmp_path / "catalogue"
+    cases = hostile.image_folder(root)
+    errors = tmp_path / "errors.csv"
+    result = run("ingest", "--quiet", "--errors", str(errors), str(root))
+    assert (result.exit_code == 1 and result.exception is None) or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    expected = [(sku, e.reason) for sku, e in cases.items() if e.reason]
+    expected.append(("shoes/twin", cases["shoes/twin"].reason))  # both files of the pair are reported
+    _match(expected, _failures(result, errors))
+    for sku, outcome in cases.items():
+        if outcome.reason is None:
+            assert catalogue.get_embedding(engine, sku) is not None, sku
+    assert catalogue.stats(engine).products == sum(e.reason is None for e in cases.values())
+
+
+def test_a_hostile_manifest_and_stock_file(run, engine: Engine, tmp_path: Path) -> None:
+    shop = tmp_path / "shop"
+    hostile.image_folder(shop)
+    body, outcomes = hostile.manifest(shop)
+    (shop / "products.csv").write_bytes(body)
+    errors = tmp_path / "errors.csv"
+    result = run("ingest", "--quiet", "--errors", str(errors), "--manifest", str(shop / "products.csv"))
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    _match([(sku, reason) for sku, reason in outcomes if reason], _failures(result, errors))
+    landed = [sku for sku, reason in outcomes if reason is None]
+    for sku in landed:
+        assert catalogue.get_product(engine, sku) is not None, sku
+    assert catalogue.stats(engine).products == len(landed)
+    assert catalogue.get_product(engine, "swallowed") is None
+    assert catalogue.get_product(engine, "ok-2").name == 'O\'Neil "Best" shoe; DROP TABLE products;--'
+    assert catalogue.get_product(engine, "ok-4").name == "A name\nover two lines"
+
+    stock, must_land, reasons = hostile.stock_file()
+    (tmp_path / "stock.csv").write_bytes(stock)
+    stock_errors = tmp_path / "stock-errors.csv"
+    result = run("stock", "--csv", str(tmp_path / "stock.csv"), "--errors", str(stock_errors))
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    with stock_errors.open(encoding="utf-8") as fh:
+        reported = sorted(row["reason"] for row in csv.DictReader(fh))
+    assert len(reported) == len(reasons) == len([x for x in result.stderr.splitlines() if x.startswith("failed:")])
+    for reason in reasons:
+        assert any(re.search(reason, r) for r in reported), (reason, reported)
+    for sku, flag in must_land.items():
+        assert catalogue.get_product(engine, sku).in_stock is flag
+
+
+def test_unwritable_errors_file_is_one_line_before_any_work(run, engine: Engine, tmp_path: Path) -> None:
+    root = tmp_path / "catalogue"
+    hostile.image_folder(root)
+    result = run("ingest", "--quiet", "--errors", str(tmp_path / "no-such-dir" / "errors.csv"), str(root))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: cannot write ") and len(result.stderr.splitlines()) == 1
+    assert catalogue.is_empty(engine)  # refused before anything was ingested
