@@ -17,6 +17,7 @@ import hashlib
 import io
 import os
 import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -73,6 +74,10 @@ ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
 
 #: How :func:`decode_rgb8` can bring a picture to a square.
 FITS = ("squash", "pad")
+
+# Pillow warns about recoverable oddities of corrupt files ("Truncated File Read", "Tag data larger than file")
+# on stderr; a file it cannot decode is an ImageError with one line, one it can decode needs no comment.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})
