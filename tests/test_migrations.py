@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -17,7 +19,7 @@ from sqlalchemy.engine import Engine
 from imgsearch import catalogue, db, query, schema, sql
 from imgsearch.catalogue import ProductRecord
 from imgsearch.cli import main
-from imgsearch.errors import SchemaError, SchemaTooNewError
+from imgsearch.errors import BusyError, SchemaError, SchemaTooNewError
 
 
 def _vectors(n: int, seed: int = 0) -> np.ndarray:
@@ -229,3 +231,52 @@ def test_a_schema_of_another_name(make_database: Callable[..., str]) -> None:
     engine.dispose()
     bad = CliRunner().invoke(main, ["--database-url", url, "--schema", "Robert'); DROP", "db", "upgrade"])
     assert bad.exit_code == 1 and "schema must be a lower-case PostgreSQL name" in bad.stderr
+
+
+def test_a_schema_change_waiting_for_a_lock_gives_way_to_searches(
+    engine: Engine, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A long query holds the catalogue; a downgrade that must drop an index waits for it. While a DDL statement
+    # waits for its lock, every new search queues behind it: so it waits at most schema.LOCK_TIMEOUT, then gives
+    # way, tries again, and at last says so in one line.
+    catalogue.upsert_products(
+        engine, [ProductRecord(sku=f"s{i}", category="c", embedding=v) for i, v in enumerate(_vectors(40))]
+    )
+    from imgsearch import indexes
+
+    indexes.create_category_index(engine, "c")
+    monkeypatch.setattr(schema, "LOCK_RETRY_WAITS", (0.5,))
+    blocker = engine.connect()
+    blocker.execute(sa.text("SELECT count(*) FROM products"))  # holds its lock until the transaction ends
+    latencies: list[float] = []
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def search() -> None:
+        searcher = db.create_engine(database_url)
+        while not done.is_set():
+            started = time.perf_counter()
+            try:
+                query.search(searcher, _vectors(1)[0], 5)
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+            latencies.append(time.perf_counter() - started)
+        searcher.dispose()
+
+    searching = threading.Thread(target=search)
+    searching.start()
+    try:
+        started = time.perf_counter()
+        with pytest.raises(BusyError, match="locked by another session"):
+            schema.downgrade(engine, "0001")
+        waited = time.perf_counter() - started
+    finally:
+        done.set()
+        searching.join()
+        blocker.rollback()
+        blocker.close()
+    assert 4 <= waited < 15  # two attempts of 2 s each, half a second apart
+    assert failures == [] and max(latencies) < 3.5  # no search waited for longer than one attempt
+    assert schema.current_revision(engine) == schema.head_revision()  # nothing changed
+    schema.downgrade(engine, "0001")  # and with the catalogue free, it goes through
+    assert schema.current_revision(engine) == "0001"

@@ -329,3 +329,22 @@ def test_products_removed_during_an_ingest_are_embedded_again(
     for sku in victims:
         i = int(sku[1:])
         assert np.allclose(final[sku][-1], sample_vectors[i], atol=1e-5)
+
+
+def test_rows_the_database_refuses_are_reported_and_the_rest_stored(
+    engine: Engine, folder: Path, featurizer: Featurizer
+) -> None:
+    # A rule the Python checks do not know (a shop's own constraint, or a later revision's): the database is
+    # the last line, and a row it refuses must cost only that row, in any batch, on every run.
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE products ADD CONSTRAINT shop_rule CHECK (name IS DISTINCT FROM 'refuse me')"))
+    entries = [
+        replace(e, name="refuse me" if i % 7 == 3 else f"fine {i}")
+        for i, e in enumerate(x for x in ingest.scan_folder(folder) if isinstance(x, ingest.CatalogueEntry))
+    ]
+    refused = {e.sku for e in entries if e.name == "refuse me"}
+    for _ in range(2):  # and again: the bad rows fail the same way, the good ones are unchanged
+        report = ingest.ingest(engine, entries, featurizer, commit_every=8)
+        assert {f.sku for f in report.failures} == refused
+        assert all("the database refused a product (rule shop_rule)" in f.reason for f in report.failures)
+        assert sorted(snapshot(engine)) == sorted(e.sku for e in entries if e.sku not in refused)

@@ -206,6 +206,12 @@ def test_max_price_is_inclusive_and_honoured(cli: Invoke, ranking: list[dict[str
     assert skus(rows) == skus(expected)[:15]
 
 
+def test_a_price_limit_above_every_price_is_no_limit(cli: Invoke, ranking: list[dict[str, Any]]) -> None:
+    # 1e200000 is a valid decimal but overflows PostgreSQL's numeric: it must mean "no limit", not a traceback.
+    rows = as_json(cli("search", str(PHOTO), "-k", "5", "--max-price", "1e200000", "--format", "json"))
+    assert skus(rows) == [r["sku"] for r in ranking if r["in_stock"] and r["price"] is not None][:5]
+
+
 def test_include_out_of_stock_adds_sold_out_products(cli: Invoke, ranking: list[dict[str, Any]]) -> None:
     args = ("search", str(PHOTO), "-k", "40", "--category", "shoes", "--format", "json")
     in_stock = as_json(cli(*args))
