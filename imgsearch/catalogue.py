@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -16,8 +17,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from imgsearch.db import run_transaction, transaction
 from imgsearch.errors import EmbeddingSpaceMismatchError, InvalidProductError, InvalidQueryError, UnknownSkuError
-from imgsearch.models import DIMENSION
-from imgsearch.validation import check_product_fields, unit_vector
+from imgsearch.models import DIMENSION, IMAGE_MAX_LENGTH
+from imgsearch.validation import check_product_fields, check_text, unit_vector
 
 Bind = Engine | Connection
 
@@ -42,28 +43,61 @@ class StoredSpace:
 
 
 @dataclass(frozen=True)
+class ImageRecord:
+    """One photo of a product to write.
+
+    ``image`` is where the photo is (an absolute path, a URL, or "" for a vector given without a picture) and
+    identifies the photo within its product. ``embedding=None`` keeps the stored vector of that photo (the
+    file is unchanged); ``position`` orders the photos (0 is the main one).
+    """
+
+    image: str
+    embedding: np.ndarray | None
+    image_sha256: str | None = None
+    position: int = 0
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
 class ProductRecord:
-    """A product to write. ``embedding=None`` keeps the stored vector (metadata-only update of a known SKU)."""
+    """A product to write, with its photos.
+
+    Give the photos as ``images``, or one photo through the shorthand ``embedding`` / ``image`` /
+    ``image_sha256``. A record with neither is a metadata-only update of a product already in the catalogue
+    (its photos are left as they are).
+    """
 
     sku: str
     category: str
-    embedding: np.ndarray | None
+    embedding: np.ndarray | None = None
     name: str | None = None
     price: Decimal | None = None
     in_stock: bool = True
     image: str | None = None
     image_sha256: str | None = None
+    images: tuple[ImageRecord, ...] = ()
+
+    def photos(self) -> tuple[ImageRecord, ...]:
+        """The record's photos, the shorthand included."""
+        if self.images:
+            return self.images
+        if self.embedding is None and self.image is None:
+            return ()
+        return (ImageRecord(self.image or "", self.embedding, self.image_sha256),)
 
 
 @dataclass(frozen=True)
 class UpsertCounts:
-    """What an upsert did: new SKUs, changed SKUs, SKUs whose stored row already matched, and the SKUs of
-    metadata-only records whose product had been removed meanwhile (not written)."""
+    """What an upsert did, in products: new ones, changed ones (fields or photos), ones already as given; the
+    SKUs not written because a photo meant to be kept (or the product itself) had been removed meanwhile, for
+    the caller to embed again; and the photos pruned (left out of a record with ``prune_images``)."""
 
     added: int = 0
     updated: int = 0
     unchanged: int = 0
     vanished: tuple[str, ...] = ()
+    photos_pruned: int = 0
 
     def __add__(self, other: UpsertCounts) -> UpsertCounts:
         return UpsertCounts(
@@ -71,6 +105,7 @@ class UpsertCounts:
             self.updated + other.updated,
             self.unchanged + other.unchanged,
             self.vanished + other.vanished,
+            self.photos_pruned + other.photos_pruned,
         )
 
 
@@ -85,6 +120,7 @@ class CatalogueStats:
     index_name: str | None
     index_size_bytes: int | None
     table_size_bytes: int
+    photos: int = 0
 
 
 def stored_space(bind: Bind) -> StoredSpace | None:
@@ -162,66 +198,119 @@ def ensure_space(bind: Bind, space: SpaceLike) -> None:
 def clear(bind: Bind) -> None:
     """Remove every product and the recorded embedding space (before re-ingesting with another model)."""
     with transaction(bind) as conn:
-        conn.execute(sa.text("TRUNCATE products, embedding_space"))
+        conn.execute(sa.text("TRUNCATE products, product_images, embedding_space"))
 
 
 def _validated(record: ProductRecord) -> ProductRecord:
-    """``record`` as it will be stored (a unit vector), or :class:`InvalidProductError` naming the SKU."""
+    """``record`` as it will be stored (unit vectors, photos numbered), or :class:`InvalidProductError`."""
+    label = record.sku if isinstance(record.sku, str) and len(record.sku) <= 80 else "a product"
     try:
-        check_product_fields(record.sku, record.category, record.name, record.image, record.price)
-        if record.embedding is None:
-            return record
-        return replace(record, embedding=unit_vector(record.embedding, "embedding"))
+        check_product_fields(record.sku, record.category, record.name, None, record.price)
+        photos = []
+        for position, photo in enumerate(record.photos()):
+            check_text(photo.image, "image", IMAGE_MAX_LENGTH, required=False)
+            if photo.image_sha256 is not None and not _SHA256.match(photo.image_sha256):
+                raise InvalidProductError(f"image_sha256 must be 64 hex digits, got {photo.image_sha256!r}")
+            embedding = None if photo.embedding is None else unit_vector(photo.embedding, "embedding")
+            photos.append(replace(photo, image=photo.image or "", embedding=embedding, position=position))
+        if len({p.image for p in photos}) != len(photos):
+            raise InvalidProductError("the same image is given twice")
     except InvalidQueryError as exc:
-        label = record.sku if isinstance(record.sku, str) and len(record.sku) <= 80 else "a product"
         raise InvalidProductError(f"{label}: {exc}") from None
+    return replace(record, embedding=None, image=None, image_sha256=None, images=tuple(photos))
 
 
-_STAGING_COLUMNS = "sku, name, category, price, in_stock, image, image_sha256, embedding"
-_STAGING_TYPES = ["text", "text", "text", "numeric", "bool", "text", "text", "vector"]
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-# Rows are inserted in SKU order, so that concurrent writers lock shared rows in the same order (no deadlock).
-# A metadata-only row (no embedding) whose product no longer exists (removed meanwhile) is left out; the
-# caller finds it in the staging table afterwards (_VANISHED) and embeds its image again.
-_MERGE = sa.text(
+_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS imgsearch_staging_products (sku text, name text, category text, price numeric, "
+    "in_stock boolean) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS imgsearch_staging_images (sku text, image text, position integer, "
+    "image_sha256 text, etag text, last_modified text, embedding vector(512)) ON COMMIT DELETE ROWS",
+    "TRUNCATE imgsearch_staging_products, imgsearch_staging_images",
+)
+_PRODUCT_COLUMNS = "sku, name, category, price, in_stock"
+_PRODUCT_TYPES = ["text", "text", "text", "numeric", "bool"]
+_IMAGE_COLUMNS = "sku, image, position, image_sha256, etag, last_modified, embedding"
+_IMAGE_TYPES = ["text", "text", "int4", "text", "text", "text", "vector"]
+
+# Products first, then photos, both in SKU order, so that concurrent writers lock shared rows in the same order
+# (no deadlock). A product is written only if it is already in the catalogue or comes with a photo vector.
+_MERGE_PRODUCTS = sa.text(
     f"""
-    WITH merged AS (
-        INSERT INTO products AS p ({_STAGING_COLUMNS})
-        SELECT s.sku, s.name, s.category, s.price, s.in_stock, s.image, s.image_sha256,
-               coalesce(s.embedding, e.embedding)
-        FROM imgsearch_staging s LEFT JOIN products e ON e.sku = s.sku
-        WHERE s.embedding IS NOT NULL OR e.embedding IS NOT NULL
-        ORDER BY s.sku
-        ON CONFLICT (sku) DO UPDATE SET
-            name = EXCLUDED.name, category = EXCLUDED.category, price = EXCLUDED.price,
-            in_stock = EXCLUDED.in_stock, image = EXCLUDED.image, image_sha256 = EXCLUDED.image_sha256,
-            embedding = EXCLUDED.embedding
-        WHERE (p.name, p.category, p.price, p.in_stock, p.image, p.image_sha256, p.embedding)
-              IS DISTINCT FROM
-              (EXCLUDED.name, EXCLUDED.category, EXCLUDED.price, EXCLUDED.in_stock, EXCLUDED.image,
-               EXCLUDED.image_sha256, EXCLUDED.embedding)
-        RETURNING (xmax = 0) AS inserted
-    )
-    SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged
+    INSERT INTO products AS p ({_PRODUCT_COLUMNS})
+    SELECT s.sku, s.name, s.category, s.price, s.in_stock FROM imgsearch_staging_products s
+    WHERE EXISTS (SELECT 1 FROM products e WHERE e.sku = s.sku)
+       OR EXISTS (SELECT 1 FROM imgsearch_staging_images si WHERE si.sku = s.sku AND si.embedding IS NOT NULL)
+    ORDER BY s.sku
+    ON CONFLICT (sku) DO UPDATE SET
+        name = EXCLUDED.name, category = EXCLUDED.category, price = EXCLUDED.price, in_stock = EXCLUDED.in_stock
+    WHERE (p.name, p.category, p.price, p.in_stock)
+          IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.category, EXCLUDED.price, EXCLUDED.in_stock)
+    RETURNING p.sku, (xmax = 0) AS inserted
+    """
+)
+# A photo without a vector keeps the stored one; if that is gone (removed meanwhile), it is left out here and
+# found by _VANISHED.
+_MERGE_IMAGES = sa.text(
+    """
+    INSERT INTO product_images AS i (product_id, image, position, image_sha256, etag, last_modified, embedding)
+    SELECT p.id, s.image, s.position, s.image_sha256, s.etag, s.last_modified, coalesce(s.embedding, e.embedding)
+    FROM imgsearch_staging_images s
+    JOIN products p ON p.sku = s.sku
+    LEFT JOIN product_images e ON e.product_id = p.id AND e.image = s.image
+    WHERE s.embedding IS NOT NULL OR e.id IS NOT NULL
+    ORDER BY s.sku, s.image
+    ON CONFLICT (product_id, image) DO UPDATE SET
+        position = EXCLUDED.position, image_sha256 = EXCLUDED.image_sha256, etag = EXCLUDED.etag,
+        last_modified = EXCLUDED.last_modified, embedding = EXCLUDED.embedding
+    WHERE (i.position, i.image_sha256, i.etag, i.last_modified, i.embedding)
+          IS DISTINCT FROM
+          (EXCLUDED.position, EXCLUDED.image_sha256, EXCLUDED.etag, EXCLUDED.last_modified, EXCLUDED.embedding)
+    RETURNING (SELECT p2.sku FROM products p2 WHERE p2.id = i.product_id)
     """
 )
 _VANISHED = sa.text(
-    "SELECT s.sku FROM imgsearch_staging s WHERE s.embedding IS NULL "
-    "AND NOT EXISTS (SELECT 1 FROM products p WHERE p.sku = s.sku) ORDER BY s.sku"
+    """
+    SELECT s.sku FROM imgsearch_staging_products s
+    WHERE NOT EXISTS (SELECT 1 FROM products p WHERE p.sku = s.sku)
+    UNION
+    SELECT s.sku FROM imgsearch_staging_images s JOIN products p ON p.sku = s.sku
+    WHERE s.embedding IS NULL
+      AND NOT EXISTS (SELECT 1 FROM product_images i WHERE i.product_id = p.id AND i.image = s.image)
+    ORDER BY 1
+    """
+)
+# A product this call inserted whose photos could not all be written is taken back out (it would have none).
+_UNDO_PHOTOLESS = sa.text(
+    "DELETE FROM products p WHERE p.sku = ANY(:skus) "
+    "AND NOT EXISTS (SELECT 1 FROM product_images i WHERE i.product_id = p.id)"
+)
+_PRUNE = sa.text(
+    """
+    DELETE FROM product_images i USING products p
+    WHERE i.product_id = p.id AND p.sku = ANY(:skus)
+      AND NOT EXISTS (SELECT 1 FROM imgsearch_staging_images s WHERE s.sku = p.sku AND s.image = i.image)
+    RETURNING p.sku
+    """
 )
 
 
-def upsert_products(bind: Bind, records: Sequence[ProductRecord]) -> UpsertCounts:
-    """Insert or update products by SKU in one transaction, with binary COPY into a staging table and one merge.
+def upsert_products(bind: Bind, records: Sequence[ProductRecord], *, prune_images: bool = False) -> UpsertCounts:
+    """Insert or update products and their photos by SKU in one transaction (binary COPY into staging tables,
+    then one merge for products and one for photos).
 
-    Rows whose stored values already match are left untouched (their ``updated_at`` does not move). Either all
-    ``records`` are written or, on error, none. Vectors are stored scaled to length 1. A deadlock with another
-    writer is retried. A metadata-only record (``embedding=None``) whose product was removed meanwhile is not
-    written; its SKU is returned in :attr:`UpsertCounts.vanished`, for the caller to embed it again.
+    A photo is identified within its product by its reference (``ImageRecord.image``). Rows whose stored values
+    already match are left untouched (their ``updated_at`` does not move). Photos a record does not mention are
+    kept, unless ``prune_images``: then they are deleted (a record with no photos at all never prunes). Either
+    all ``records`` are written or, on error, none. Vectors are stored scaled to length 1. A deadlock with
+    another writer is retried. A record whose photo was meant to be kept (``embedding=None``) but had been
+    removed meanwhile, or a metadata-only record of a product that is not in the catalogue, is not written: its
+    SKU is returned in :attr:`UpsertCounts.vanished`, for the caller to embed it again.
 
     Raises:
         InvalidProductError: a record cannot be stored (a field too long or not text, a bad price or vector, a
-            duplicate SKU in ``records``, a new SKU without an embedding, or the database refused it).
+            duplicate SKU in ``records``, a photo given twice, or the database refused it).
     """
     records = sorted((_validated(r) for r in records), key=lambda r: r.sku)
     if not records:
@@ -233,32 +322,55 @@ def upsert_products(bind: Bind, records: Sequence[ProductRecord]) -> UpsertCount
     def write(conn: Connection) -> UpsertCounts:
         raw = conn.connection.driver_connection
         assert raw is not None
-        conn.execute(
-            sa.text(
-                "CREATE TEMP TABLE IF NOT EXISTS imgsearch_staging (sku text, name text, category text, "
-                "price numeric, in_stock boolean, image text, image_sha256 text, embedding vector(512)) "
-                "ON COMMIT DELETE ROWS"
-            )
-        )
-        conn.execute(sa.text("TRUNCATE imgsearch_staging"))
+        for statement in _STAGING:
+            conn.execute(sa.text(statement))
         with raw.cursor() as cur:
             register_vector_info(cur, TypeInfo.fetch(raw, "vector"))
-            with cur.copy(f"COPY imgsearch_staging ({_STAGING_COLUMNS}) FROM STDIN WITH (FORMAT BINARY)") as copy:
-                copy.set_types(_STAGING_TYPES)
+            with cur.copy(f"COPY imgsearch_staging_products ({_PRODUCT_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_PRODUCT_TYPES)
                 for r in records:
-                    copy.write_row(
-                        (r.sku, r.name, r.category, r.price, bool(r.in_stock), r.image, r.image_sha256, r.embedding)
-                    )
+                    copy.write_row((r.sku, r.name, r.category, r.price, bool(r.in_stock)))
+            with cur.copy(f"COPY imgsearch_staging_images ({_IMAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_IMAGE_TYPES)
+                for r in records:
+                    for photo in r.images:
+                        copy.write_row(
+                            (
+                                r.sku,
+                                photo.image,
+                                photo.position,
+                                photo.image_sha256,
+                                photo.etag,
+                                photo.last_modified,
+                                photo.embedding,
+                            )
+                        )
         try:
             with conn.begin_nested():
-                added, updated = conn.execute(_MERGE).one()
+                products = conn.execute(_MERGE_PRODUCTS).all()
+                changed_photos = set(conn.execute(_MERGE_IMAGES).scalars())
         except sa.exc.DBAPIError as exc:
             if _is_rejection(exc):
                 raise InvalidProductError(_rejection_message(exc)) from None
             raise
-        vanished = tuple(conn.execute(_VANISHED).scalars())
-        unchanged = len(records) - added - updated - len(vanished)
-        return UpsertCounts(added=added, updated=updated, unchanged=unchanged, vanished=vanished)
+        added = {sku for sku, inserted in products if inserted}
+        updated = {sku for sku, inserted in products if not inserted}
+        vanished = set(conn.execute(_VANISHED).scalars())
+        if vanished:
+            conn.execute(_UNDO_PHOTOLESS, {"skus": sorted(vanished & added)})
+            added -= vanished
+        pruned: list[str] = []
+        if prune_images:
+            with_photos = [r.sku for r in records if r.images and r.sku not in vanished]
+            pruned = list(conn.execute(_PRUNE, {"skus": with_photos}).scalars())
+        updated = (updated | changed_photos | set(pruned)) - added - vanished
+        return UpsertCounts(
+            added=len(added),
+            updated=len(updated),
+            unchanged=len(records) - len(added) - len(updated) - len(vanished),
+            vanished=tuple(sorted(vanished)),
+            photos_pruned=len(pruned),
+        )
 
     return run_transaction(bind, write, reconnect=True)
 
@@ -280,15 +392,96 @@ def _rejection_message(exc: sa.exc.DBAPIError) -> str:
     return f"the database refused a product (rule{rule}): {primary[:200]}"
 
 
-def existing_hashes(bind: Bind, skus: Iterable[str]) -> dict[str, str | None]:
-    """``sku -> image_sha256`` for the given SKUs that are already in the catalogue."""
+@dataclass(frozen=True)
+class StoredPhoto:
+    """What the catalogue holds of one photo, to tell whether it changed: its content hash, HTTP validators."""
+
+    image_sha256: str | None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+def existing_photos(bind: Bind, skus: Iterable[str]) -> dict[str, dict[str, StoredPhoto]]:
+    """``sku -> {image reference -> StoredPhoto}`` for the given SKUs that are in the catalogue."""
     wanted = list(skus)
 
-    def read(conn: Connection) -> dict[str, str | None]:
-        rows = conn.execute(sa.text("SELECT sku, image_sha256 FROM products WHERE sku = ANY(:skus)"), {"skus": wanted})
-        return {r.sku: r.image_sha256 for r in rows}
+    def read(conn: Connection) -> dict[str, dict[str, StoredPhoto]]:
+        rows = conn.execute(
+            sa.text(
+                "SELECT p.sku, i.image, i.image_sha256, i.etag, i.last_modified FROM products p "
+                "LEFT JOIN product_images i ON i.product_id = p.id WHERE p.sku = ANY(:skus)"
+            ),
+            {"skus": wanted},
+        )
+        found: dict[str, dict[str, StoredPhoto]] = {}
+        for sku, image, sha, etag, last_modified in rows:
+            photos = found.setdefault(sku, {})
+            if image is not None:
+                photos[image] = StoredPhoto(sha, etag, last_modified)
+        return found
 
     return run_transaction(bind, read, reconnect=True)
+
+
+#: What a full sync does to products missing from the feed: remove them, or mark them sold out.
+PRUNE_MODES = ("remove", "sold-out")
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What a full sync did to the products missing from the feed (or would have done, when refused)."""
+
+    mode: str
+    missing: int
+    catalogue: int
+    changed: int = 0
+    refused: str | None = None
+
+
+def prune_to(
+    bind: Bind, feed_skus: set[str], mode: str, *, max_share: float, force: bool, dry_run: bool = False
+) -> PruneResult:
+    """Remove (or mark sold out, ``mode="sold-out"``) the products not in ``feed_skus``, in one transaction;
+    refused when more than ``max_share`` of the catalogue would change, unless ``force``
+    (see :func:`imgsearch.ingest.prune`). ``dry_run`` only says what would happen."""
+    not_in_feed = "NOT EXISTS (SELECT 1 FROM imgsearch_feed f WHERE f.sku = p.sku)"
+    if mode == "sold-out":
+        not_in_feed += " AND p.in_stock"
+    skus = sorted(feed_skus)
+
+    def work(conn: Connection) -> PruneResult:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        conn.execute(sa.text("CREATE TEMP TABLE IF NOT EXISTS imgsearch_feed (sku text) ON COMMIT DELETE ROWS"))
+        conn.execute(sa.text("TRUNCATE imgsearch_feed"))
+        with raw.cursor() as cur, cur.copy("COPY imgsearch_feed (sku) FROM STDIN") as copy:
+            for sku in skus:
+                copy.write_row((sku,))
+        conn.execute(sa.text("ANALYZE imgsearch_feed"))
+        size = conn.execute(sa.text("SELECT count(*) FROM products")).scalar_one()
+        # Locked in SKU order, like every writer here.
+        missing = len(
+            conn.execute(sa.text(f"SELECT 1 FROM products p WHERE {not_in_feed} ORDER BY p.sku FOR UPDATE")).all()
+        )
+        share = missing / size if size else 0.0
+        if missing and share > max_share and not force:
+            verb = "remove" if mode == "remove" else "mark sold out"
+            return PruneResult(
+                mode,
+                missing,
+                size,
+                refused=f"the feed would {verb} {missing} of {size} products ({share:.0%}), more than the "
+                f"{max_share:.0%} allowed: a truncated feed? Check it, or force it",
+            )
+        if dry_run:
+            return PruneResult(mode, missing, size)
+        if mode == "remove":
+            changed = conn.execute(sa.text(f"DELETE FROM products p WHERE {not_in_feed}")).rowcount
+        else:
+            changed = conn.execute(sa.text(f"UPDATE products p SET in_stock = false WHERE {not_in_feed}")).rowcount
+        return PruneResult(mode, missing, size, changed=changed)
+
+    return run_transaction(bind, work, reconnect=True)
 
 
 def _unknown_skus(missing: list[str]) -> UnknownSkuError:
@@ -361,7 +554,7 @@ def remove(bind: Bind, skus: Iterable[str], *, missing_ok: bool = False) -> int:
 
 @dataclass(frozen=True)
 class Product:
-    """A stored product without its vector."""
+    """A stored product without its vectors. ``image`` is its main photo (the first), ``images`` all of them."""
 
     sku: str
     name: str | None
@@ -370,16 +563,28 @@ class Product:
     in_stock: bool
     image: str | None
     image_sha256: str | None
+    images: tuple[str, ...] = ()
 
 
 def get_product(bind: Bind, sku: str) -> Product | None:
     """The stored product ``sku``, or ``None`` if it is not in the catalogue."""
     with transaction(bind) as conn:
         row = conn.execute(
-            sa.text("SELECT sku, name, category, price, in_stock, image, image_sha256 FROM products WHERE sku = :sku"),
+            sa.text(
+                "SELECT p.sku, p.name, p.category, p.price, p.in_stock, "
+                "array_agg(nullif(i.image, '') ORDER BY i.position, i.id) AS images, "
+                "(array_agg(i.image_sha256 ORDER BY i.position, i.id))[1] AS sha "
+                "FROM products p LEFT JOIN product_images i ON i.product_id = p.id WHERE p.sku = :sku "
+                "GROUP BY p.id"
+            ),
             {"sku": sku},
         ).one_or_none()
-    return Product(*row) if row else None
+    if row is None:
+        return None
+    images = tuple(image for image in row.images if image is not None)
+    return Product(
+        row.sku, row.name, row.category, row.price, row.in_stock, images[0] if images else None, row.sha, images
+    )
 
 
 def is_empty(bind: Bind) -> bool:
@@ -388,12 +593,21 @@ def is_empty(bind: Bind) -> bool:
         return not conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM products)")).scalar_one()
 
 
-def get_embedding(bind: Bind, sku: str) -> np.ndarray | None:
-    """The stored vector of product ``sku`` (float32, shape (512,)), or ``None`` if it is not in the catalogue."""
-    statement = sa.text("SELECT embedding FROM products WHERE sku = :sku").columns(embedding=Vector(DIMENSION))
+def get_photo_vectors(bind: Bind, sku: str) -> np.ndarray | None:
+    """The stored vectors of product ``sku``'s photos, in their order ((n, 512) float32), or ``None``."""
+    statement = sa.text(
+        "SELECT i.embedding FROM products p JOIN product_images i ON i.product_id = p.id WHERE p.sku = :sku "
+        "ORDER BY i.position, i.id"
+    ).columns(embedding=Vector(DIMENSION))
     with transaction(bind) as conn:
-        vector = conn.execute(statement, {"sku": sku}).scalar_one_or_none()
-    return None if vector is None else np.asarray(vector, dtype=np.float32)
+        vectors = conn.execute(statement, {"sku": sku}).scalars().all()
+    return np.asarray(vectors, dtype=np.float32) if vectors else None
+
+
+def get_embedding(bind: Bind, sku: str) -> np.ndarray | None:
+    """The stored vector of product ``sku``'s main photo (float32, shape (512,)), or ``None`` if unknown."""
+    vectors = get_photo_vectors(bind, sku)
+    return None if vectors is None else vectors[0]
 
 
 def stats(bind: Bind) -> CatalogueStats:
@@ -408,11 +622,16 @@ def stats(bind: Bind) -> CatalogueStats:
         index = conn.execute(
             sa.text(
                 "SELECT c.relname, pg_relation_size(c.oid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = 'products'::regclass AND a.amname = 'hnsw' "
-                "AND i.indpred IS NULL"
+                "JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = 'product_images'::regclass "
+                "AND a.amname = 'hnsw' AND i.indpred IS NULL"
             )
         ).one_or_none()
-        table_size = conn.execute(sa.text("SELECT pg_table_size('products')")).scalar_one()
+        photos, table_size = conn.execute(
+            sa.text(
+                "SELECT (SELECT count(*) FROM product_images), "
+                "pg_table_size('products') + pg_table_size('product_images')"
+            )
+        ).one()
     return CatalogueStats(
         products=sum(r.n for r in rows),
         in_stock=sum(r.s for r in rows),
@@ -421,4 +640,5 @@ def stats(bind: Bind) -> CatalogueStats:
         index_name=index[0] if index else None,
         index_size_bytes=index[1] if index else None,
         table_size_bytes=table_size,
+        photos=photos,
     )

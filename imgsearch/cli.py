@@ -18,7 +18,7 @@ from imgsearch import catalogue, db, embedded, indexes, output, query, roles
 from imgsearch import schema as imgsearch_schema
 from imgsearch.config import PRECISIONS, Settings
 from imgsearch.errors import DatabaseUnavailableError, ImgsearchError
-from imgsearch.ingest import Failure, Progress
+from imgsearch.ingest import DEFAULT_MAX_PRUNE_SHARE, PRUNE_MODES, Failure, Progress
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -422,7 +422,7 @@ class _ProgressLine:
 @click.option(
     "--manifest",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="CSV: sku,name,category,price,in_stock,image.",
+    help="CSV: sku,name,category,price,in_stock,image (and/or images: a|b|c).",
 )
 @click.option(
     "--errors", "errors_path", type=click.Path(dir_okay=False, path_type=Path), help="Write failures to this CSV."
@@ -434,41 +434,98 @@ class _ProgressLine:
     show_default=True,
     help="Products per committed batch.",
 )
+@click.option("--prune-images", is_flag=True, help="Delete stored photos of a product that the source no longer lists.")
+@click.option(
+    "--prune",
+    type=click.Choice(PRUNE_MODES),
+    is_flag=False,
+    flag_value="remove",
+    help="Full sync: remove products missing from the source (--prune=sold-out: mark them sold out).",
+)
+@click.option(
+    "--max-prune-share",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_MAX_PRUNE_SHARE,
+    show_default=True,
+    help="Refuse a --prune that would touch more than this share of the catalogue (a truncated feed).",
+)
+@click.option("--force", is_flag=True, help="Prune even beyond --max-prune-share.")
+@click.option(
+    "--image-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Store photo files under this folder by their path relative to it [env IMGSEARCH_IMAGE_ROOT].",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @pass_app
 def ingest(
-    app: App, folder: Path | None, manifest: Path | None, errors_path: Path | None, commit_every: int, quiet: bool
+    app: App,
+    folder: Path | None,
+    manifest: Path | None,
+    errors_path: Path | None,
+    commit_every: int,
+    prune_images: bool,
+    prune: str | None,
+    max_prune_share: float,
+    force: bool,
+    image_root: Path | None,
+    quiet: bool,
 ) -> None:
-    """Load or update products from a FOLDER of category/image files or a --manifest CSV.
+    """Load or update products from a FOLDER or a --manifest CSV; photos may be files or http(s) URLs.
 
-    Idempotent: unchanged images are not embedded again, changed metadata is updated. Each batch is committed,
-    so an interrupted run resumes where it stopped. Failures are listed and the exit status is 1 if any.
+    A FOLDER holds <category>/<image> (one photo per product, SKU <category>/<file name>) or
+    <category>/<sku>/<image>... (several photos). A manifest lists one product per row, or repeats the SKU on
+    several rows (same fields) to give several photos, or lists them in an images column separated by |.
+
+    Idempotent: unchanged photos are not embedded again (URLs are not even downloaded again when the server
+    says so), changed metadata is updated. Each batch is committed, so an interrupted run resumes where it
+    stopped. Failures are listed and the exit status is 1 if any.
 
     \b
     Examples:
       imgsearch ingest examples/catalogue
       imgsearch ingest --manifest products.csv --errors failed.csv
+      imgsearch ingest --manifest feed.csv --prune            # the catalogue becomes the feed
+      imgsearch ingest --manifest feed.csv --prune=sold-out   # missing products are marked sold out
     """
     from imgsearch import ingest as ingestion
 
     if (folder is None) == (manifest is None):
         _fail("give either a FOLDER or --manifest CSV (not both)")
+    if force and prune is None:
+        _fail("--force only applies to --prune")
     if errors_path is not None:
         _check_writable(errors_path)
     warn = lambda message: click.echo(f"warning: {message}", err=True)  # noqa: E731
-    if manifest is not None:
-        total = sum(1 for _ in ingestion.read_manifest(manifest))
-        entries = ingestion.read_manifest(manifest, warn=warn)
-    else:
-        assert folder is not None
-        total = ingestion.count_folder(folder)
-        entries = ingestion.scan_folder(folder)
+
+    def source(warn: Any = None) -> Any:
+        return ingestion.read_manifest(manifest, warn=warn) if manifest is not None else ingestion.scan_folder(folder)
+
+    # A first pass counts the products (for the progress display) and collects the feed's SKUs (for --prune).
+    feed_skus: set[str] = set()
+    total = 0
+    for item in source():
+        total += isinstance(item, ingestion.CatalogueEntry)
+        if item.sku:
+            feed_skus.add(item.sku)
     engine = app.engine()
+    if prune is not None:
+        plan = ingestion.prune(engine, feed_skus, prune, max_share=max_prune_share, force=force, dry_run=True)
+        if plan.refused:
+            _fail(f"{plan.refused}: nothing was changed (--force to prune anyway)")
     progress = _ProgressLine(enabled=not quiet)
     try:
         report = ingestion.ingest(
-            engine, entries, app.featurizer(), total=total, commit_every=commit_every, progress=progress
+            engine,
+            source(warn),
+            app.featurizer(),
+            total=total,
+            commit_every=commit_every,
+            progress=progress,
+            prune_images=prune_images,
+            image_root=image_root or app.settings.image_root,
         )
+        if prune is not None:
+            report.pruned = ingestion.prune(engine, feed_skus, prune, max_share=max_prune_share, force=force)
     except KeyboardInterrupt as exc:
         progress.close()
         click.echo("interrupted: batches already committed are kept; run the same command again to resume", err=True)
@@ -479,6 +536,8 @@ def ingest(
     progress.close()
     _report_failures(report.failures, errors_path)
     click.echo(output.format_ingest_summary(report))
+    if report.pruned is not None and report.pruned.refused:
+        _fail(f"{report.pruned.refused}: nothing was pruned (--force to prune anyway)")
     if report.failed:
         sys.exit(1)
 

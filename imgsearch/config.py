@@ -58,6 +58,8 @@ class Settings:
             ``.h5`` file (``IMGSEARCH_VGG16_WEIGHTS``).
         batch_size: images per forward pass of the network (``IMGSEARCH_BATCH_SIZE``).
         precision: ``"float32"`` (default) or ``"bfloat16"`` (``IMGSEARCH_PRECISION``).
+        image_root: the folder under which photo files are stored by a path relative to it
+            (``IMGSEARCH_IMAGE_ROOT``; unset: absolute paths), and relative stored paths are looked up.
         schema: the PostgreSQL schema of imgsearch's objects (``IMGSEARCH_SCHEMA``, default ``imgsearch``), so
             that it can share a database with the shop's own tables.
     """
@@ -68,6 +70,7 @@ class Settings:
     batch_size: int = 32
     precision: str = "float32"
     schema: str = DEFAULT_SCHEMA
+    image_root: Path | None = None
 
     def __post_init__(self) -> None:
         check_schema_name(self.schema)
@@ -87,6 +90,9 @@ class Settings:
             batch_size=_env_int("IMGSEARCH_BATCH_SIZE", 32),
             precision=os.environ.get("IMGSEARCH_PRECISION") or "float32",
             schema=os.environ.get("IMGSEARCH_SCHEMA") or DEFAULT_SCHEMA,
+            image_root=Path(os.environ["IMGSEARCH_IMAGE_ROOT"]).expanduser()
+            if os.environ.get("IMGSEARCH_IMAGE_ROOT")
+            else None,
         )
         changes = {k: v for k, v in overrides.items() if v is not None}
         if "home" in changes:

@@ -248,6 +248,12 @@ def run_transaction(bind: Engine | Connection, work: Callable[[Connection], T], 
             raise
 
 
+def primary_message(exc: DBAPIError) -> str:
+    """The server's one-line message of a database error (without DETAIL, HINT or the statement)."""
+    diag = getattr(exc.orig, "diag", None)
+    return getattr(diag, "message_primary", None) or " ".join(str(exc.orig).split())
+
+
 # SQLSTATEs the SQL functions raise on purpose: invalid argument, no such SKU/category.
 _FUNCTION_SQLSTATES = ("22023", "P0002")
 
@@ -259,8 +265,7 @@ def translate_error(exc: DBAPIError, not_found: type[ImgsearchError] = UnknownSk
     for the search functions, an unknown category for the category-index ones.
     """
     sqlstate = getattr(exc.orig, "sqlstate", None)
-    diag = getattr(exc.orig, "diag", None)
-    message = (getattr(diag, "message_primary", None) or str(exc.orig)).removeprefix("imgsearch: ")
+    message = primary_message(exc).removeprefix("imgsearch: ")
     if sqlstate == _FUNCTION_SQLSTATES[0]:
         return InvalidQueryError(message)
     if sqlstate == _FUNCTION_SQLSTATES[1]:
@@ -272,6 +277,9 @@ def translate_error(exc: DBAPIError, not_found: type[ImgsearchError] = UnknownSk
         )
     if sqlstate == "42501":
         return PermissionDeniedError(f"the database role may not do this: {message}")
+    if sqlstate == "55000" and primary_message(exc).startswith("imgsearch: "):
+        # A migration's own refusal ("... products have several photos ..."): the schema cannot go there.
+        return SchemaError(message)
     if sqlstate == "55P03":
         return BusyError(
             "the catalogue is locked by another session (a long ingest, query or schema change); try again when "

@@ -1,77 +1,86 @@
-"""Loading a catalogue (folder tree or CSV manifest) into the database, idempotently and in batches."""
+"""Loading a catalogue (folder tree or CSV manifest, photos as files or URLs) into the database, idempotently and
+in batches, and making the catalogue equal to a full feed (prune).
+
+Each batch of products goes through three steps: *prepare* (read the stored photos' hashes, hash the files,
+download the URLs, asking the server whether the photo changed since the last run), *embed* (VGG16, only the
+photos that are new or changed), and *store* (one transaction). Preparing the next batch runs in a thread while
+the network works on the current one, so downloads and file reads overlap the model.
+"""
 
 from __future__ import annotations
 
-import csv
-import os
+import io
 import time
-from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from imgsearch import catalogue
-from imgsearch.catalogue import ProductRecord, UpsertCounts
+from imgsearch.catalogue import PRUNE_MODES, ImageRecord, ProductRecord, PruneResult, StoredPhoto, UpsertCounts
 from imgsearch.db import transaction
-from imgsearch.errors import ImageError, ImgsearchError, InvalidProductError, ManifestError
-from imgsearch.images import file_sha256, has_supported_extension
-from imgsearch.models import SKU_MAX_LENGTH
-from imgsearch.validation import check_product_fields, check_text, parse_bool, parse_price
+from imgsearch.errors import ImageError, ImgsearchError, InvalidProductError, InvalidQueryError
+from imgsearch.fetch import Fetched, Fetcher, Validators, is_url
+from imgsearch.images import file_sha256
+from imgsearch.sources import (
+    CatalogueEntry,
+    Failure,
+    StockUpdates,
+    count_folder,
+    read_manifest,
+    read_stock_csv,
+    scan_folder,
+    sku_label,
+)
 
 if TYPE_CHECKING:
     from imgsearch.embedding import Featurizer
 
+__all__ = [
+    "PRUNE_MODES",
+    "CatalogueEntry",
+    "Failure",
+    "IngestReport",
+    "Progress",
+    "PruneResult",
+    "StockUpdates",
+    "count_folder",
+    "ingest",
+    "prune",
+    "read_manifest",
+    "read_stock_csv",
+    "scan_folder",
+    "stored_reference",
+    "write_failures",
+]
+
 Bind = Engine | Connection
 
-MANIFEST_COLUMNS = ("sku", "name", "category", "price", "in_stock", "image")
-REQUIRED_COLUMNS = ("sku", "category", "image")
-STOCK_COLUMNS = ("sku", "in_stock")
-#: Columns whose values are one line: a line break inside one means a quote was left open (the name may wrap).
-_ONE_LINE_COLUMNS = frozenset({"sku", "category", "price", "in_stock", "image"})
-
-
-@dataclass(frozen=True)
-class CatalogueEntry:
-    """One product as a catalogue source describes it, before its image is read."""
-
-    sku: str
-    category: str
-    image: Path
-    image_label: str
-    name: str | None = None
-    price: Decimal | None = None
-    in_stock: bool = True
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A product or file that could not be ingested, and why."""
-
-    sku: str | None
-    source: str
-    reason: str
+#: Largest share of the catalogue a full sync may remove (or mark sold out) without ``force``.
+DEFAULT_MAX_PRUNE_SHARE = 0.2
 
 
 @dataclass
 class IngestReport:
-    """What an ingest did."""
+    """What an ingest did. Counts are products, except ``embedded`` and ``photos_pruned`` (photos)."""
 
     added: int = 0
     updated: int = 0
     unchanged: int = 0
     embedded: int = 0
+    photos_pruned: int = 0
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
+    pruned: PruneResult | None = None
 
     @property
     def failed(self) -> int:
-        """How many products or files could not be ingested."""
+        """How many products, rows, photos or files could not be ingested."""
         return len(self.failures)
 
 
@@ -85,243 +94,45 @@ class Progress:
     seconds: float
 
 
-def scan_folder(root: Path | str) -> Iterator[CatalogueEntry | Failure]:
-    """Products from a folder tree whose first-level folders are categories (``root/heels/123.jpg``).
-
-    The SKU is the path below ``root`` without its extension (``heels/123``). Files in category folders that
-    are not images by their extension, images outside any category folder, and files that would give the same
-    SKU (``a.jpg`` beside ``a.png``: which one is the product's photo?) are reported as failures. Hidden files,
-    and other files at the top level (a README, a manifest, a licence note), are skipped. Symbolic links to
-    folders are not followed (no loops).
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise ManifestError(f"catalogue folder not found: {root}")
-    found: list[tuple[Path, str]] = []
-    for path in _walk_files(root):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        sku = relative.with_suffix("").as_posix()
-        if len(relative.parts) < 2:
-            if has_supported_extension(path):
-                yield Failure(None, str(path), "not inside a category folder")
-        elif not has_supported_extension(path):
-            yield Failure(sku, str(path), f"not a supported image type ({path.suffix or 'no extension'})")
-        else:
-            found.append((path, sku))
-    files_by_sku: dict[str, list[str]] = defaultdict(list)
-    for path, sku in found:
-        files_by_sku[sku].append(path.name)
-    for path, sku in found:
-        if len(names := files_by_sku[sku]) > 1:
-            yield Failure(sku, str(path), f"{len(names)} files give this SKU ({', '.join(names)})")
-            continue
-        category = path.relative_to(root).parts[0]
-        try:
-            check_product_fields(sku, category, image=str(path))
-        except InvalidProductError as exc:
-            yield Failure(_sku_label(sku), str(path), str(exc))
-            continue
-        yield CatalogueEntry(sku=sku, category=category, image=path, image_label=str(path))
-
-
-def _walk_files(root: Path) -> list[Path]:
-    """Every non-directory entry below ``root``, sorted; symbolic links to directories are not entered."""
-    files = []
-    for folder, dirs, names in os.walk(root, followlinks=False):
-        dirs.sort()
-        for name in names:
-            files.append(Path(folder) / name)
-    return sorted(files)
-
-
-def _sku_label(sku: str) -> str:
-    """A SKU as failures name it: cut if absurdly long, so one bad row cannot flood the report."""
-    return sku if len(sku) <= 100 else sku[:97] + "..."
-
-
-def count_folder(root: Path | str) -> int:
-    """How many entries :func:`scan_folder` will produce (for a progress bar)."""
-    return sum(1 for _ in scan_folder(root))
-
-
-def read_manifest(path: Path | str, warn: Callable[[str], None] | None = None) -> Iterator[CatalogueEntry | Failure]:
-    """Products from a CSV manifest with columns ``sku,name,category,price,in_stock,image``.
-
-    Image paths are relative to the CSV's folder, or absolute. ``name``, ``price`` and ``in_stock`` may be
-    missing or empty (in stock by default). Unknown columns are ignored with a warning. Every row that cannot
-    be used is a failure naming its line and what is wrong, and the other rows go on: a missing SKU, category
-    or image, a bad price or stock flag, a SKU that appears more than once, a field that is too long, not
-    valid UTF-8 or holds a NUL character, a row with more fields than the header, or a quote left open (which
-    would otherwise swallow the following rows).
-
-    Raises:
-        ManifestError: the file cannot be read at all or lacks a required column.
-    """
-    path = Path(path)
-    header = _csv_header(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise ManifestError(f"{path}: missing required column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
-    extra = [c for c in header if c not in MANIFEST_COLUMNS]
-    if extra and warn:
-        warn(f"{path}: ignoring unknown column{'s' if len(extra) > 1 else ''}: {', '.join(extra)}")
-    counts: Counter[str] = Counter(
-        row.fields.get("sku", "") for row in _csv_rows(path, header) if isinstance(row, _CsvRow)
-    )
-    base = path.resolve().parent
-    for row in _csv_rows(path, header):
-        if isinstance(row, Failure):
-            yield row
-            continue
-        fields = row.fields
-        sku = fields.get("sku", "")
-        try:
-            if counts[sku] > 1 and sku:
-                raise ValueError(f"duplicate sku (appears {counts[sku]} times in the manifest)")
-            for column in REQUIRED_COLUMNS:
-                if not fields.get(column):
-                    raise ValueError(f"missing {column}")
-            check_product_fields(sku, fields["category"], fields.get("name") or None, fields["image"])
-            price = parse_price(fields.get("price", ""))
-            in_stock = parse_bool(fields["in_stock"]) if fields.get("in_stock") else True
-        except ValueError as exc:
-            yield Failure(_sku_label(sku) or None, row.where, str(exc))
-            continue
-        image = Path(fields["image"]).expanduser()
-        yield CatalogueEntry(
-            sku=sku,
-            category=fields["category"],
-            image=image if image.is_absolute() else base / image,
-            image_label=fields["image"],
-            name=fields.get("name") or None,
-            price=price,
-            in_stock=in_stock,
-        )
-
-
-@dataclass(frozen=True)
-class _CsvRow:
-    """One data row of a CSV file: its fields by lower-case column name, and where it is (``file:line``)."""
-
-    fields: dict[str, str]
-    where: str
-
-
-def _open_csv(path: Path) -> TextIO:
-    # utf-8-sig: spreadsheets often save a byte-order mark that would otherwise end up in the first header.
-    # surrogateescape: a row with bytes that are not UTF-8 is reported on its own instead of ending the file.
+def stored_reference(image: str, image_root: Path | None) -> str:
+    """How a photo's location is stored: a URL as given, a file as its absolute path, or relative to the image
+    root when it lies inside it (a backend then prefixes the root's URL to show it)."""
+    if is_url(image) or image_root is None:
+        return image
     try:
-        return path.open(newline="", encoding="utf-8-sig", errors="surrogateescape")
-    except OSError as exc:
-        raise ManifestError(f"cannot read {path}: {exc.strerror or exc}") from None
+        return Path(image).relative_to(image_root.resolve()).as_posix()
+    except ValueError:
+        return image
 
 
-def _csv_header(path: Path) -> list[str]:
-    """The lower-case column names, or :class:`ManifestError` if there is no usable header row."""
-    with _open_csv(path) as fh:
-        try:
-            first = next(csv.reader(fh), None)
-        except csv.Error as exc:
-            raise ManifestError(f"{path}: not a readable CSV file: {exc}") from None
-    header = [h.strip().lower() for h in first or []]
-    if not any(header):
-        raise ManifestError(f"{path}: the file is empty (no header row)")
-    bad = [h for h in header if "\x00" in h or any("\udc80" <= ch <= "\udcff" for ch in h)]
-    if bad:
-        raise ManifestError(f"{path}: the header row is not valid UTF-8 text")
-    return header
+@dataclass
+class _Photo:
+    """One photo of a batch on its way: where it is, what the catalogue has of it, what it is now."""
+
+    location: str  # absolute path or URL
+    reference: str  # as stored
+    stored: StoredPhoto | None
+    sha256: str | None = None
+    validators: Validators = field(default_factory=Validators)
+    data: bytes | None = None  # a downloaded photo's bytes
+    changed: bool = True
+    error: str | None = None
+
+    def source(self) -> Any:
+        """What the decoder reads: the file, or the downloaded bytes named by their URL (for error messages)."""
+        if self.data is None:
+            return self.location
+        stream = io.BytesIO(self.data)
+        stream.name = self.location  # type: ignore[attr-defined]
+        return stream
 
 
-def _csv_rows(path: Path, header: list[str]) -> Iterator[_CsvRow | Failure]:
-    """The data rows of a CSV file, each a :class:`_CsvRow` or, when unusable as CSV, a :class:`Failure`."""
-    with _open_csv(path) as fh:
-        reader = csv.reader(fh)
-        previous_end = 0
-        while True:
-            try:
-                values = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                yield Failure(None, f"{path}:{reader.line_num}", f"unreadable CSV row: {exc}")
-                previous_end = reader.line_num
-                continue
-            start, end = previous_end + 1, reader.line_num
-            previous_end = end
-            where = f"{path}:{start}" if start == end else f"{path}:{start}-{end}"
-            if previous_end == 1 or not any(v.strip() for v in values):
-                continue  # the header, or a blank line
-            sku = values[header.index("sku")].strip() if "sku" in header and len(values) > header.index("sku") else ""
-            if len(values) > len(header):
-                yield Failure(
-                    _sku_label(sku) or None,
-                    where,
-                    f"{len(values)} fields but the header has {len(header)} (an unquoted comma?)",
-                )
-                continue
-            fields = {name: value.strip() for name, value in zip(header, values, strict=False)}
-            broken = [name for name in _ONE_LINE_COLUMNS if len(fields.get(name, "").splitlines()) > 1]
-            if end > start and (broken or len(values) < len(header)):
-                # A quoted field may hold line breaks (a long name), but a row whose one-line fields do, or that
-                # lost its last fields in the process, swallowed the rows after an unclosed quote.
-                yield Failure(
-                    _sku_label(sku.splitlines()[0] if sku else "") or None,
-                    where,
-                    f"the row runs over lines {start}-{end} and its fields do not fit: a quote is left open",
-                )
-                continue
-            yield _CsvRow(fields, where)
+@dataclass
+class _Batch:
+    """A batch of entries with their photos prepared, and the failures met so far."""
 
-
-@dataclass(frozen=True)
-class StockUpdates:
-    """A stock file read: the changes to apply (``sku -> in stock``) and the rows that could not be used."""
-
-    changes: dict[str, bool]
-    failures: list[Failure]
-
-
-def read_stock_csv(path: Path | str) -> StockUpdates:
-    """Stock changes from a CSV with columns ``sku,in_stock`` (other columns ignored), for :func:`set_stock`.
-
-    Unusable rows (a bad flag, an empty, repeated, too long or non-UTF-8 SKU, a NUL, an open quote) are
-    failures; the other rows are read. A SKU given twice is a failure on both rows: which flag is meant?
-
-    Raises:
-        ManifestError: the file cannot be read or lacks a column.
-    """
-    path = Path(path)
-    header = _csv_header(path)
-    if not set(STOCK_COLUMNS) <= set(header):
-        raise ManifestError(f"{path}: needs columns {','.join(STOCK_COLUMNS)}")
-    rows: list[tuple[str, bool, str]] = []
-    failures: list[Failure] = []
-    for row in _csv_rows(path, header):
-        if isinstance(row, Failure):
-            failures.append(row)
-            continue
-        sku = row.fields.get("sku", "")
-        try:
-            check_text(sku, "sku", SKU_MAX_LENGTH, required=True)
-            rows.append((sku, parse_bool(row.fields.get("in_stock", "")), row.where))
-        except ValueError as exc:
-            failures.append(Failure(_sku_label(sku) or None, row.where, str(exc)))
-    counts = Counter(sku for sku, _, _ in rows)
-    changes = {}
-    for sku, flag, where in rows:
-        if counts[sku] > 1:
-            failures.append(Failure(sku, where, f"duplicate sku (appears {counts[sku]} times in the file)"))
-        else:
-            changes[sku] = flag
-    return StockUpdates(changes, failures)
-
-
-def _batches(items: Iterable[CatalogueEntry | Failure], size: int) -> Iterator[list[CatalogueEntry | Failure]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
+    items: list[CatalogueEntry | Failure]
+    photos: dict[str, list[_Photo]]
 
 
 def ingest(
@@ -332,47 +143,190 @@ def ingest(
     total: int | None = None,
     commit_every: int = 256,
     progress: Callable[[Progress], None] | None = None,
+    prune_images: bool = False,
+    image_root: Path | str | None = None,
+    fetcher: Fetcher | None = None,
 ) -> IngestReport:
-    """Upsert products by SKU, embedding only images that are new or changed.
+    """Upsert products by SKU with their photos, embedding only photos that are new or changed.
 
     Each batch of ``commit_every`` entries is committed on its own, so an interrupted run loses at most the
-    batch in flight and the next run resumes: images whose content (SHA-256) is unchanged are not embedded
-    again, changed metadata is updated, changed images are re-embedded. Bad entries and images never stop
-    the run; they are returned in :attr:`IngestReport.failures`.
+    batch in flight and the next run resumes: photos whose content (SHA-256) is unchanged are not embedded
+    again (for URLs, the server is asked first with the stored ETag / Last-Modified, and an unchanged photo is
+    not even downloaded), changed metadata is updated, changed photos are re-embedded. Photos no longer listed
+    are kept unless ``prune_images``. Bad entries, photos and downloads never stop the run; they are returned in
+    :attr:`IngestReport.failures`. A product is written with the photos that could be read; a new product none
+    of whose photos could be read is not written.
 
     Raises:
         EmbeddingSpaceMismatchError: the catalogue holds vectors from another model or preprocessing.
     """
     started = time.perf_counter()
     catalogue.ensure_space(bind, featurizer.space)
+    root = Path(image_root) if image_root is not None else None
     report = IngestReport()
     counts = UpsertCounts()
     done = 0
-    for batch in _batches(entries, commit_every):
-        stored = _store(bind, _embed_batch(bind, batch, featurizer, report), report)
-        if stored.vanished:
-            # Removed by someone else since we read their hashes: their vectors must be computed again.
-            gone = set(stored.vanished)
-            again = [e for e in batch if isinstance(e, CatalogueEntry) and e.sku in gone]
-            stored = replace(stored, vanished=()) + _store(
-                bind, _embed_batch(bind, again, featurizer, report, force=True), report
-            )
-        counts += stored
-        done += len(batch)
-        if progress:
-            progress(Progress(done, total, report.embedded, time.perf_counter() - started))
+    own_fetcher = fetcher is None
+    fetcher = fetcher or Fetcher()
+    batches = _batched(entries, commit_every)
+
+    def prepare(items: list[CatalogueEntry | Failure] | None, force: bool = False) -> _Batch | None:
+        return None if items is None else _prepare(bind, items, fetcher, root, force=force)
+
+    # Preparing runs one batch ahead in a thread (reading files and downloading while the network works),
+    # unless the caller's connection must not be shared with a thread.
+    ahead = (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgsearch-prepare") if isinstance(bind, Engine) else None
+    )
     try:
-        with transaction(bind) as conn:
-            # Fresh statistics keep the planner (and the search function's count) right after a bulk load.
-            conn.execute(sa.text("ANALYZE products"))
-    except (ImgsearchError, sa.exc.DBAPIError):
-        pass  # everything is committed; autovacuum analyzes the table soon anyway
+        upcoming = _start(ahead, prepare, next(batches, None))
+        while (batch := upcoming.result()) is not None:
+            upcoming = _start(ahead, prepare, next(batches, None))
+            stored = _store(bind, _records(batch, featurizer, report), report, prune_images)
+            if stored.vanished:
+                # Removed by someone else since their hashes were read: their vectors must be computed again.
+                gone = set(stored.vanished)
+                again = [e for e in batch.items if isinstance(e, CatalogueEntry) and e.sku in gone]
+                retry = prepare(again, force=True)
+                assert retry is not None
+                stored = replace(stored, vanished=()) + _store(
+                    bind, _records(retry, featurizer, report), report, prune_images
+                )
+            counts += stored
+            done += len(batch.items)
+            if progress:
+                progress(Progress(done, total, report.embedded, time.perf_counter() - started))
+    finally:
+        if ahead is not None:
+            ahead.shutdown(wait=False, cancel_futures=True)
+        if own_fetcher:
+            fetcher.close()
+    _analyze(bind)
     report.added, report.updated, report.unchanged = counts.added, counts.updated, counts.unchanged
+    report.photos_pruned = counts.photos_pruned
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _store(bind: Bind, records: list[ProductRecord], report: IngestReport) -> UpsertCounts:
+def _start(pool: ThreadPoolExecutor | None, work: Callable[..., Any], *args: Any) -> Future[Any]:
+    if pool is not None:
+        return pool.submit(work, *args)
+    future: Future[Any] = Future()
+    future.set_result(work(*args))
+    return future
+
+
+def _batched(items: Iterable[CatalogueEntry | Failure], size: int) -> Iterator[list[CatalogueEntry | Failure]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _prepare(
+    bind: Bind, items: list[CatalogueEntry | Failure], fetcher: Fetcher, root: Path | None, *, force: bool
+) -> _Batch:
+    """Read what the catalogue holds of the batch's photos, hash the files, download the URLs (conditionally)."""
+    entries = [e for e in items if isinstance(e, CatalogueEntry)]
+    stored = {} if force else catalogue.existing_photos(bind, [e.sku for e in entries])
+    photos: dict[str, list[_Photo]] = {}
+    for entry in entries:
+        known = stored.get(entry.sku, {})
+        photos[entry.sku] = [
+            _Photo(image, reference, known.get(reference))
+            for image, reference in ((image, stored_reference(image, root)) for image in entry.images)
+        ]
+    all_photos = [p for ps in photos.values() for p in ps]
+    downloads = [p for p in all_photos if is_url(p.location)]
+    requests = ((p.location, _validators(p.stored)) for p in downloads)
+    for photo, fetched in zip(downloads, fetcher.fetch_many(requests), strict=True):
+        _take_download(photo, fetched)
+    for photo in all_photos:
+        if photo.error is None and not is_url(photo.location):
+            try:
+                photo.sha256 = file_sha256(photo.location)
+            except ImageError as exc:
+                photo.error = str(exc)
+                continue
+        if photo.error is None and photo.stored is not None and photo.stored.image_sha256 == photo.sha256:
+            photo.changed = False
+    return _Batch(items, photos)
+
+
+def _validators(stored: StoredPhoto | None) -> Validators | None:
+    if stored is None or (stored.etag is None and stored.last_modified is None):
+        return None
+    return Validators(etag=stored.etag, last_modified=stored.last_modified)
+
+
+def _take_download(photo: _Photo, fetched: Fetched) -> None:
+    if fetched.error is not None:
+        photo.error = fetched.error
+    elif fetched.not_modified:
+        assert photo.stored is not None
+        photo.sha256, photo.validators = photo.stored.image_sha256, fetched.validators
+    else:
+        photo.data, photo.sha256, photo.validators = fetched.data, fetched.sha256, fetched.validators
+
+
+def _records(batch: _Batch, featurizer: Featurizer, report: IngestReport) -> list[ProductRecord]:
+    """Embed the batch's new and changed photos and make the records to store; failures go to the report."""
+    for item in batch.items:
+        if isinstance(item, Failure):
+            report.failures.append(item)
+    entries = [e for e in batch.items if isinstance(e, CatalogueEntry)]
+    to_embed = [p for e in entries for p in batch.photos[e.sku] if p.error is None and p.changed]
+    vectors = {}
+    for photo, result in zip(to_embed, featurizer.embed_files([p.source() for p in to_embed]), strict=True):
+        photo.data = None  # the bytes of a download are not needed any more
+        if result.error is not None:
+            photo.error = result.error
+        else:
+            vectors[id(photo)] = result.vector
+            report.embedded += 1
+    records = []
+    for entry in entries:
+        images = []
+        for photo in batch.photos[entry.sku]:
+            if photo.error is not None:
+                report.failures.append(Failure(entry.sku, photo.location, photo.error))
+                if photo.stored is not None:  # keep the stored version of a photo that could not be read now
+                    images.append(_kept(photo.reference, photo.stored))
+                continue
+            images.append(
+                ImageRecord(
+                    image=photo.reference,
+                    embedding=vectors.get(id(photo)),
+                    image_sha256=photo.sha256,
+                    etag=photo.validators.etag,
+                    last_modified=photo.validators.last_modified,
+                )
+            )
+        if not images:
+            continue  # a new product none of whose photos could be read: already reported
+        records.append(
+            ProductRecord(
+                sku=entry.sku,
+                category=entry.category,
+                name=entry.name,
+                price=entry.price,
+                in_stock=entry.in_stock,
+                images=tuple(images),
+            )
+        )
+    return records
+
+
+def _kept(reference: str, stored: StoredPhoto) -> ImageRecord:
+    return ImageRecord(
+        image=reference,
+        embedding=None,
+        image_sha256=stored.image_sha256,
+        etag=stored.etag,
+        last_modified=stored.last_modified,
+    )
+
+
+def _store(bind: Bind, records: list[ProductRecord], report: IngestReport, prune_images: bool) -> UpsertCounts:
     """Upsert ``records``; rows the database refuses become failures and every other row is stored.
 
     A refused batch is split in halves until the refused rows are alone (a few extra round trips per bad row).
@@ -380,63 +334,49 @@ def _store(bind: Bind, records: list[ProductRecord], report: IngestReport) -> Up
     if not records:
         return UpsertCounts()
     try:
-        return catalogue.upsert_products(bind, records)
+        return catalogue.upsert_products(bind, records, prune_images=prune_images)
     except InvalidProductError as exc:
         if len(records) == 1:
             record = records[0]
             reason = str(exc).removeprefix(f"{record.sku}: ")
-            report.failures.append(Failure(_sku_label(record.sku), record.image or "", reason))
+            where = record.images[0].image if record.images else ""
+            report.failures.append(Failure(sku_label(record.sku), where, reason))
             return UpsertCounts()
         half = len(records) // 2
-        return _store(bind, records[:half], report) + _store(bind, records[half:], report)
+        return _store(bind, records[:half], report, prune_images) + _store(bind, records[half:], report, prune_images)
 
 
-def _embed_batch(
+def _analyze(bind: Bind) -> None:
+    try:
+        with transaction(bind) as conn:
+            # Fresh statistics keep the planner (and the search function's count) right after a bulk load.
+            conn.execute(sa.text("ANALYZE products"))
+            conn.execute(sa.text("ANALYZE product_images"))
+    except (ImgsearchError, sa.exc.DBAPIError):
+        pass  # everything is committed; autovacuum analyzes the tables soon anyway
+
+
+def prune(
     bind: Bind,
-    batch: list[CatalogueEntry | Failure],
-    featurizer: Featurizer,
-    report: IngestReport,
+    feed_skus: Iterable[str],
+    mode: str = "remove",
     *,
+    max_share: float = DEFAULT_MAX_PRUNE_SHARE,
     force: bool = False,
-) -> list[ProductRecord]:
-    """Hash the batch's images, embed the new and changed ones (all of them with ``force``), make records."""
-    hashed: list[tuple[CatalogueEntry, str]] = []
-    for item in batch:
-        if isinstance(item, Failure):
-            report.failures.append(item)
-            continue
-        try:
-            hashed.append((item, file_sha256(item.image)))
-        except ImageError as exc:
-            report.failures.append(Failure(item.sku, item.image_label, str(exc)))
-    stored = {} if force else catalogue.existing_hashes(bind, [entry.sku for entry, _ in hashed])
-    to_embed = [(entry, sha) for entry, sha in hashed if stored.get(entry.sku, "") != sha]
-    vectors = {}
-    for (entry, _), result in zip(to_embed, featurizer.embed_files([e.image for e, _ in to_embed]), strict=True):
-        if result.error is not None:
-            report.failures.append(Failure(entry.sku, entry.image_label, result.error))
-        else:
-            vectors[entry.sku] = result.vector
-            report.embedded += 1
-    records = []
-    for entry, sha in hashed:
-        if entry.sku not in stored and entry.sku not in vectors:
-            continue  # a new product whose image failed: already reported
-        if entry.sku in stored and stored[entry.sku] != sha and entry.sku not in vectors:
-            continue  # a changed image that failed: keep the stored product as it was
-        records.append(
-            ProductRecord(
-                sku=entry.sku,
-                category=entry.category,
-                embedding=vectors.get(entry.sku),
-                name=entry.name,
-                price=entry.price,
-                in_stock=entry.in_stock,
-                image=entry.image_label,
-                image_sha256=sha,
-            )
-        )
-    return records
+    dry_run: bool = False,
+) -> PruneResult:
+    """Make the catalogue equal to a full feed: products whose SKU is not in ``feed_skus`` are removed (or, with
+    ``mode="sold-out"``, marked out of stock), in one transaction.
+
+    Refused (nothing changed, :attr:`PruneResult.refused` says why) when that would touch more than
+    ``max_share`` of the catalogue, unless ``force``: a truncated feed must not empty the shop. ``dry_run``
+    changes nothing and says what would happen (and whether it would be refused).
+    """
+    if mode not in PRUNE_MODES:
+        raise InvalidQueryError(f"prune mode must be one of {', '.join(PRUNE_MODES)}, got {mode!r}")
+    if not 0 <= max_share <= 1:
+        raise InvalidQueryError(f"the largest share to prune must be between 0 and 1, got {max_share}")
+    return catalogue.prune_to(bind, set(feed_skus), mode, max_share=max_share, force=force, dry_run=dry_run)
 
 
 def write_failures(failures: Iterable[Failure], path: Path | str) -> None:
@@ -444,6 +384,8 @@ def write_failures(failures: Iterable[Failure], path: Path | str) -> None:
 
     Bytes of the input that were not UTF-8 are written as ``\\xNN`` escapes, so the report itself is UTF-8.
     """
+    import csv
+
     with Path(path).open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
         writer = csv.writer(fh)
         writer.writerow(["sku", "source", "reason"])

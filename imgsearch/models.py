@@ -11,12 +11,14 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     Identity,
     Index,
     Integer,
     Numeric,
     String,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -55,25 +57,16 @@ class EmbeddingSpaceRow(Base):
 
 
 class Product(Base):
-    """A product of the shop with the embedding of its photo."""
+    """A product of the shop: what the website shows and filters by. Its photos are :class:`ProductImage` rows."""
 
     __tablename__ = "products"
     __table_args__ = (
         CheckConstraint(f"length(btrim(sku)) > 0 AND length(sku) <= {SKU_MAX_LENGTH}", name="ck_products_sku"),
         CheckConstraint("length(btrim(category)) > 0", name="ck_products_category"),
         CheckConstraint("price >= 0", name="ck_products_price"),
-        CheckConstraint("image_sha256 ~ '^[0-9a-f]{64}$'", name="ck_products_image_sha256"),
-        # A zero vector has no direction: its cosine distance to anything is undefined (NaN).
-        CheckConstraint("vector_norm(embedding) > 0", name="ck_products_embedding_nonzero"),
-        Index(
-            "ix_products_embedding",
-            "embedding",
-            postgresql_using="hnsw",
-            postgresql_with={"m": 16, "ef_construction": 64},
-            postgresql_ops={"embedding": "vector_cosine_ops"},
-        ),
-        # Serves the bounded count that picks exact or index search, for in-stock, category and both.
-        Index("ix_products_filter", "in_stock", "category", "price"),
+        # Serve the bounded count that picks exact or index search (category, price); in_stock is in no index,
+        # so that a stock sync's updates are HOT.
+        Index("ix_products_category_price", "category", "price"),
         Index("ix_products_price", "price"),
     )
 
@@ -83,8 +76,40 @@ class Product(Base):
     category: Mapped[str] = mapped_column(Text, nullable=False)
     price: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
     in_stock: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
-    image: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class ProductImage(Base):
+    """One photo of a product, with its embedding. A product has one or more."""
+
+    __tablename__ = "product_images"
+    __table_args__ = (
+        UniqueConstraint("product_id", "image", name="uq_product_images_product_image"),
+        CheckConstraint("image_sha256 ~ '^[0-9a-f]{64}$'", name="ck_product_images_image_sha256"),
+        # A zero vector has no direction: its cosine distance to anything is undefined (NaN).
+        CheckConstraint("vector_norm(embedding) > 0", name="ck_product_images_embedding_nonzero"),
+        CheckConstraint("position >= 0", name="ck_product_images_position"),
+        Index(
+            "ix_product_images_embedding",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_with={"m": 16, "ef_construction": 64},
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+        Index("ix_product_images_product", "product_id", "position"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    product_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("products.id", ondelete="CASCADE"), nullable=False)
+    #: Where the photo is: an absolute path, a URL, or "" for a vector given without a picture.
+    image: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("''"))
+    position: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     image_sha256: Mapped[str | None] = mapped_column(String(64))
+    etag: Mapped[str | None] = mapped_column(Text)
+    last_modified: Mapped[str | None] = mapped_column(Text)
+    #: The product's category, kept in step by triggers (category indexes are partial indexes on it).
+    category: Mapped[str] = mapped_column(Text, nullable=False)
     embedding: Mapped[list[float]] = mapped_column(Vector(DIMENSION), nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())

@@ -152,6 +152,7 @@ def format_stats(stats: CatalogueStats, fmt: str = "table") -> str:
             {
                 "products": stats.products,
                 "in_stock": stats.in_stock,
+                "photos": stats.photos,
                 "categories": {c: {"products": n, "in_stock": s} for c, (n, s) in stats.by_category.items()},
                 "embedding_space": None
                 if space is None
@@ -169,6 +170,7 @@ def format_stats(stats: CatalogueStats, fmt: str = "table") -> str:
     rows = [[c, str(n), str(s)] for c, (n, s) in stats.by_category.items()]
     rows.append(["total", str(stats.products), str(stats.in_stock)])
     lines = [table(["category", "products", "in stock"], rows, shrink=(0,))]
+    lines.append(f"photos: {stats.photos}")
     if space is None:
         lines.append("embedding space: none yet (nothing ingested)")
     else:
@@ -218,12 +220,19 @@ def format_size(n: int) -> str:
 
 
 def format_ingest_summary(report: IngestReport) -> str:
-    """One line: added, updated, unchanged, failed, and how many images were embedded at what rate."""
+    """Added, updated, unchanged, failed, how many photos were embedded at what rate; pruning if any."""
     rate = report.embedded / report.seconds if report.seconds > 0 else 0.0
-    return (
+    lines = [
         f"added {report.added}, updated {report.updated}, unchanged {report.unchanged}, failed {report.failed} "
         f"({report.embedded} images embedded in {report.seconds:.1f} s, {rate:.1f} images/s)"
-    )
+    ]
+    if report.photos_pruned:
+        lines.append(f"pruned {report.photos_pruned} photo{'s' if report.photos_pruned != 1 else ''} no longer listed")
+    pruned = report.pruned
+    if pruned is not None and not pruned.refused:
+        what = "removed" if pruned.mode == "remove" else "marked sold out"
+        lines.append(f"{what} {pruned.changed} of {pruned.catalogue} products missing from the source")
+    return "\n".join(lines)
 
 
 def format_evaluation(evaluation: Evaluation, fmt: str = "table") -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from imgsearch.errors import OutputError
+from imgsearch.fetch import Fetcher, is_url
 from imgsearch.images import _to_rgb_array
 from imgsearch.query import SearchResult
 
@@ -321,7 +322,9 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: _Font, width: float) -> str
 
 
 def _describe(source: SheetImage) -> str:
-    return "stdin" if isinstance(source, bytes) else Path(source).name
+    if isinstance(source, bytes):
+        return "stdin"
+    return str(source).rstrip("/").rsplit("/", 1)[-1] if is_url(str(source)) else Path(source).name
 
 
 def _resolve(source: str | os.PathLike[str], roots: Sequence[Path]) -> Path | None:
@@ -336,10 +339,21 @@ def _resolve(source: str | os.PathLike[str], roots: Sequence[Path]) -> Path | No
     return None
 
 
+@functools.cache
+def _fetcher() -> Fetcher:
+    # Short waits: a contact sheet shows a placeholder rather than keep its user waiting for a slow CDN.
+    return Fetcher(workers=4, timeout=5.0, retries=1)
+
+
 def _load_picture(source: SheetImage, roots: Sequence[Path], tile: int) -> Image.Image | str:
     """The image fitted inside ``tile`` x ``tile`` (upright, on white), or the reason it cannot be shown."""
     if isinstance(source, bytes):
         fp: io.BytesIO | Path = io.BytesIO(source)
+    elif isinstance(source, str) and is_url(source):
+        fetched = _fetcher().fetch(source)
+        if fetched.data is None:
+            return "download failed"
+        fp = io.BytesIO(fetched.data)
     else:
         found = _resolve(source, roots)
         if found is None:

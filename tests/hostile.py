@@ -122,8 +122,12 @@ def manifest(folder: Path) -> tuple[bytes, list[tuple[str | None, str | None]]]:
     row(f"bad-neg,Negative,dress,-1,true,{image}", "bad-neg", "price must be between")
     row(f"bad-comma,Comma,dress,1,50,true,{image}", "bad-comma", "7 fields but the header has 6")
     row(f"bad-stock,Maybe,dress,1,maybe,{image}", "bad-stock", "in_stock must be")
-    row(f"dup,First,dress,1,true,{image}", "dup", "duplicate sku")
-    row(f"dup,Second,dress,2,true,{image}", "dup", "duplicate sku")
+    row(f"two-photos,Two,dress,1,true,{image}", "two-photos", None)  # a SKU repeated with the same fields:
+    row("two-photos,Two,dress,1,true,dress/cmyk.jpg", None, None)  # a second photo of the same product
+    row(f"dup,First,dress,1,true,{image}", "dup", None)
+    row("dup,Second,dress,2,true,dress/cmyk.jpg", "dup", "the rows of this SKU disagree: name Second here")
+    row(f"dup-photo,Same,dress,1,true,{image}", "dup-photo", None)
+    row(f"dup-photo,Same,dress,1,true,{image}", "dup-photo", "image given twice for this SKU")
     row(f",No sku,dress,1,true,{image}", None, "missing sku")
     row(f"no-cat,No category,,1,true,{image}", "no-cat", "missing category")
     row("no-file,Missing file,dress,1,true,dress/nope.jpg", "no-file", "file not found")

@@ -85,7 +85,8 @@ def test_manifest_reader_yields_entries_or_failures_only(
         for item in items:
             assert isinstance(item, ingest.CatalogueEntry | ingest.Failure)
             if isinstance(item, ingest.CatalogueEntry):
-                check_product_fields(item.sku, item.category, item.name, item.image_label, item.price)
+                check_product_fields(item.sku, item.category, item.name, None, item.price)
+                assert item.images and all(isinstance(image, str) and image for image in item.images)
             else:
                 assert item.reason and "\n" not in item.reason
 

@@ -73,6 +73,7 @@ def test_a_hostile_manifest_and_stock_file(run, engine: Engine, tmp_path: Path) 
         assert catalogue.get_product(engine, sku) is not None, sku
     assert catalogue.stats(engine).products == len(landed)
     assert catalogue.get_product(engine, "swallowed") is None
+    assert len(catalogue.get_product(engine, "two-photos").images) == 2
     assert catalogue.get_product(engine, "ok-2").name == 'O\'Neil "Best" shoe; DROP TABLE products;--'
     assert catalogue.get_product(engine, "ok-4").name == "A name\nover two lines"
 

@@ -120,7 +120,7 @@ def test_create_is_idempotent_and_listed(clean: tuple[Engine, dict[str, np.ndarr
     assert indexes.list_category_indexes(engine) == [first]
     assert first.index_name.startswith("ix_products_embedding_cat_")
     # The catalogue's own statistics still describe the catalogue-wide index.
-    assert catalogue.stats(engine).index_name == "ix_products_embedding"
+    assert catalogue.stats(engine).index_name == "ix_product_images_embedding"
 
 
 def test_category_names_are_data_not_sql(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:

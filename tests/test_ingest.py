@@ -186,7 +186,7 @@ def test_bad_manifest_rows_are_reported(invoke: Invoke, engine: Engine, tmp_path
     )
     errors = tmp_path / "errors.csv"
     result = invoke("ingest", "--quiet", "--manifest", str(manifest), "--errors", str(errors), expect=1)
-    assert summary(result)["added"] == 1 and summary(result)["failed"] == 8
+    assert summary(result)["added"] == 2 and summary(result)["failed"] == 7
     with errors.open() as fh:
         reasons = [(row["sku"], row["reason"]) for row in csv.DictReader(fh)]
     text = "\n".join(f"{s}: {r}" for s, r in reasons)
@@ -196,7 +196,7 @@ def test_bad_manifest_rows_are_reported(invoke: Invoke, engine: Engine, tmp_path
         "BADPRICE: price must be a number",
         "NEGPRICE: price must be between",
         "BADSTOCK: in_stock must be",
-        "DUP: duplicate sku",
+        "DUP: the rows of this SKU disagree: name Second here, First at",
         "MISSING: ",
     ):
         assert needle in text, text
@@ -264,7 +264,7 @@ def test_stock_remove_and_stats_commands(invoke: Invoke, engine: Engine, tmp_pat
     assert "unknown SKU: NO-SUCH" in result.stderr and not catalogue.get_product(engine, skus[2]).in_stock
 
     stats = invoke("stats").stdout
-    assert re.search(r"total\s+4\s+2", stats) and "vector index: ix_products_embedding" in stats
+    assert re.search(r"total\s+4\s+2", stats) and "vector index: ix_product_images_embedding" in stats
 
     assert "removed 1 product" in invoke("remove", skus[3]).stdout
     assert catalogue.get_product(engine, skus[3]) is None

@@ -33,17 +33,21 @@ def _vector_text(v: np.ndarray) -> str:
 
 
 def _fingerprint(engine: Engine, table: str) -> list[tuple]:
-    """Every stored value of every product, vectors included, in id order."""
+    """Every stored value of every product, vectors included, in id order: from the one-photo products table of
+    revisions before 0005 (``table``), or from products and their photos at the head revision."""
     with engine.connect() as conn:
-        return [
-            tuple(r)
-            for r in conn.execute(
-                sa.text(
-                    f"SELECT id, sku, name, category, price, in_stock, image, image_sha256, embedding::text, "
-                    f"created_at, updated_at FROM {table} ORDER BY id"
-                )
+        if conn.execute(sa.text("SELECT to_regclass('imgsearch.product_images')")).scalar_one() is None:
+            statement = (
+                f"SELECT id, sku, name, category, price, in_stock, image, image_sha256, embedding::text, "
+                f"created_at, updated_at FROM {table} ORDER BY id"
             )
-        ]
+        else:
+            statement = (
+                "SELECT p.id, p.sku, p.name, p.category, p.price, p.in_stock, nullif(i.image, ''), i.image_sha256, "
+                "i.embedding::text, p.created_at, p.updated_at FROM imgsearch.products p "
+                "JOIN imgsearch.product_images i ON i.product_id = p.id ORDER BY p.id, i.position"
+            )
+        return [tuple(r) for r in conn.execute(sa.text(statement))]
 
 
 def _functions(engine: Engine, schema_name: str) -> dict[str, tuple]:

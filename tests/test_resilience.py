@@ -45,14 +45,18 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def snapshot(engine: Engine) -> dict[str, tuple]:
-    """Every stored product: its fields and its vector."""
+    """Every stored product: its fields, its photos (reference, hash) and their vectors, stacked."""
+    statement = sa.text(
+        "SELECT p.sku, p.name, p.category, p.price, p.in_stock, i.image, i.image_sha256, i.embedding "
+        "FROM products p JOIN product_images i ON i.product_id = p.id ORDER BY p.sku, i.position, i.image"
+    ).columns(embedding=Vector(512))
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT sku, name, category, price, in_stock, image, image_sha256, embedding FROM products"
-            ).columns(embedding=Vector(512))
-        ).all()
-    return {r.sku: (*r[1:7], np.asarray(r.embedding, dtype=np.float32)) for r in rows}
+        rows = conn.execute(statement).all()
+    products: dict[str, tuple] = {}
+    for sku, name, category, price, in_stock, image, sha, vector in rows:
+        fields, photos, vectors = products.get(sku, ((name, category, price, in_stock), (), ()))
+        products[sku] = (fields, (*photos, (image, sha)), (*vectors, np.asarray(vector, dtype=np.float32)))
+    return {sku: (fields, photos, np.stack(vectors)) for sku, (fields, photos, vectors) in products.items()}
 
 
 def assert_same_catalogue(got: dict[str, tuple], want: dict[str, tuple]) -> None:
@@ -113,7 +117,7 @@ def _leftovers(engine: Engine) -> list[str]:
         tables = conn.execute(
             sa.text(
                 "SELECT relname FROM pg_class WHERE relnamespace = 'imgsearch'::regnamespace AND relkind = 'r' "
-                "AND relname NOT IN ('products', 'embedding_space', 'alembic_version')"
+                "AND relname NOT IN ('products', 'product_images', 'embedding_space', 'alembic_version')"
             )
         ).scalars()
         prepared = conn.execute(sa.text("SELECT gid FROM pg_prepared_xacts")).scalars()
@@ -221,7 +225,7 @@ def stored(engine: Engine, sample_vectors: np.ndarray, featurizer: Featurizer) -
     """The 120 sample photos as a stored catalogue (their real vectors), and entries to ingest them again."""
     catalogue.ensure_space(engine, featurizer.space)
     entries = [
-        ingest.CatalogueEntry(sku=f"p{i:03d}", category=p.parent.name, image=p, image_label=str(p), name="v0")
+        ingest.CatalogueEntry(sku=f"p{i:03d}", category=p.parent.name, images=(str(p),), name="v0")
         for i, p in enumerate(PHOTOS)
     ]
     catalogue.upsert_products(
@@ -232,8 +236,8 @@ def stored(engine: Engine, sample_vectors: np.ndarray, featurizer: Featurizer) -
                 category=e.category,
                 embedding=v,
                 name="v0",
-                image=e.image_label,
-                image_sha256=file_sha256(e.image),
+                image=e.images[0],
+                image_sha256=file_sha256(e.images[0]),
             )
             for e, v in zip(entries, sample_vectors, strict=True)
         ],
@@ -295,7 +299,7 @@ def test_opposite_ingests_stock_syncs_and_searches_at_once(
     assert searches[0] > 0
     final = snapshot(engine)
     assert sorted(final) == sorted(e.sku for e in stored)
-    assert {row[0] for row in final.values()} <= {"A5", "B5"}  # each product's last write won, whole
+    assert {row[0][0] for row in final.values()} <= {"A5", "B5"}  # each product's last write won, whole
 
 
 def test_products_removed_during_an_ingest_are_embedded_again(
@@ -325,10 +329,10 @@ def test_products_removed_during_an_ingest_are_embedded_again(
     assert report.failures == []
     assert report.embedded == len(victims)
     final = snapshot(engine)
-    assert sorted(final) == sorted(e.sku for e in stored) and {row[0] for row in final.values()} == {"v1"}
+    assert sorted(final) == sorted(e.sku for e in stored) and {row[0][0] for row in final.values()} == {"v1"}
     for sku in victims:
         i = int(sku[1:])
-        assert np.allclose(final[sku][-1], sample_vectors[i], atol=1e-5)
+        assert np.allclose(final[sku][-1][0], sample_vectors[i], atol=1e-5)
 
 
 def test_rows_the_database_refuses_are_reported_and_the_rest_stored(

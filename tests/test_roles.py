@@ -65,8 +65,10 @@ def writer(filled: Engine) -> Iterator[tuple[str, Engine]]:
 
 # Statements a reader must never get through, raw as a backend would send them.
 WRITES = [
-    "INSERT INTO imgsearch.products (sku, category, embedding) SELECT 'x', 'c', embedding FROM imgsearch.products "
-    "LIMIT 1",
+    "INSERT INTO imgsearch.products (sku, category) VALUES ('x', 'c')",
+    "INSERT INTO imgsearch.product_images (product_id, category, embedding) "
+    "SELECT product_id, category, embedding FROM imgsearch.product_images LIMIT 1",
+    "DELETE FROM imgsearch.product_images",
     "UPDATE imgsearch.products SET price = 0",
     "DELETE FROM imgsearch.products",
     "TRUNCATE imgsearch.products",
@@ -124,7 +126,7 @@ def test_writer_changes_products_but_not_the_schema(writer: tuple[str, Engine], 
     assert [r.sku for r in query.search(engine, _vector(50), 1)] == ["new"]
     with engine.connect() as conn:
         raw = conn.connection.driver_connection
-        for statement in WRITES[4:]:  # DDL, the migration history, shell commands
+        for statement in WRITES[6:]:  # DDL, the migration history, shell commands
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 raw.execute(statement)
             raw.rollback()

@@ -51,19 +51,33 @@ def test_models_match_migrations(engine: Engine) -> None:
 def test_indexes(engine: Engine) -> None:
     with engine.connect() as conn:
         indexdefs = dict(
-            conn.execute(sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'products'")).all()
+            conn.execute(
+                sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('products', 'product_images')")
+            ).all()
         )
         storage = conn.execute(
             sa.text(
-                "SELECT attstorage FROM pg_attribute WHERE attrelid = 'products'::regclass AND attname = 'embedding'"
+                "SELECT attstorage FROM pg_attribute "
+                "WHERE attrelid = 'product_images'::regclass AND attname = 'embedding'"
             )
         ).scalar_one()
-    assert "USING hnsw (embedding vector_cosine_ops)" in indexdefs["ix_products_embedding"]
-    assert "in_stock, category, price" in indexdefs["ix_products_filter"]
+    assert "USING hnsw (embedding vector_cosine_ops)" in indexdefs["ix_product_images_embedding"]
+    assert "(category, price)" in indexdefs["ix_products_category_price"]
+    # No index holds in_stock (stock syncs update products in place, HOT) and products holds no vector.
+    assert not any("in_stock" in d for d in indexdefs.values())
     assert storage == "p"  # vectors stay in the heap row, not in TOAST
 
 
-GOOD = {"sku": "A1", "name": "Shoe", "category": "shoes", "price": 10, "in_stock": True, "sha": "a" * 64}
+GOOD = {"sku": "A1", "name": "Shoe", "category": "shoes", "price": 10, "in_stock": True}
+PHOTO = {"image": "/photos/a1.jpg", "sha": "a" * 64, "position": 0}
+INSERT_PRODUCT = sa.text(
+    "INSERT INTO products (sku, name, category, price, in_stock) VALUES (:sku, :name, :category, :price, :in_stock) "
+    "RETURNING id"
+)
+INSERT_PHOTO = sa.text(
+    "INSERT INTO product_images (product_id, image, image_sha256, position, embedding) "
+    "VALUES (:id, :image, :sha, :position, CAST(:vec AS vector))"
+)
 
 
 @pytest.mark.parametrize(
@@ -71,51 +85,66 @@ GOOD = {"sku": "A1", "name": "Shoe", "category": "shoes", "price": 10, "in_stock
     [
         ({"sku": ""}, "ck_products_sku"),
         ({"sku": "   "}, "ck_products_sku"),
+        ({"sku": "x" * 256}, "ck_products_sku|too long"),
         ({"sku": None}, "null value"),
         ({"category": ""}, "ck_products_category"),
         ({"category": None}, "null value"),
         ({"price": -1}, "ck_products_price"),
         ({"in_stock": None}, "null value"),
-        ({"sha": "not-a-hash"}, "ck_products_image_sha256"),
-        ({"vec": "[" + ",".join(["0"] * 512) + "]"}, "ck_products_embedding_nonzero"),
+        ({"sha": "not-a-hash"}, "ck_product_images_image_sha256"),
+        ({"position": -1}, "ck_product_images_position"),
+        ({"image": None}, "null value"),
+        ({"vec": "[" + ",".join(["0"] * 512) + "]"}, "ck_product_images_embedding_nonzero"),
         ({"vec": "[1,2,3]"}, "expected 512 dimensions"),
         ({"vec": "[" + ",".join(["NaN"] * 512) + "]"}, "NaN not allowed"),
         ({"vec": None}, "null value"),
     ],
 )
 def test_database_rejects_bad_rows(engine: Engine, change: dict, constraint: str) -> None:
-    row = {**GOOD, "vec": _vec(), **change}
+    row = {**GOOD, **PHOTO, "vec": _vec(), **change}
     with pytest.raises(sa.exc.DBAPIError, match=constraint), engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO products (sku, name, category, price, in_stock, image_sha256, embedding) "
-                "VALUES (:sku, :name, :category, :price, :in_stock, :sha, CAST(:vec AS vector))"
-            ),
-            row,
-        )
+        row["id"] = conn.execute(INSERT_PRODUCT, row).scalar_one()
+        conn.execute(INSERT_PHOTO, row)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM products")).scalar_one() == 0
 
 
-def test_duplicate_sku_rejected(engine: Engine) -> None:
-    insert = sa.text("INSERT INTO products (sku, category, embedding) VALUES (:sku, 'c', CAST(:vec AS vector))")
+def test_duplicate_sku_and_photo_rejected(engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(insert, {"sku": "X", "vec": _vec(1)})
+        product = conn.execute(INSERT_PRODUCT, GOOD).scalar_one()
+        conn.execute(INSERT_PHOTO, {**PHOTO, "id": product, "vec": _vec(1)})
     with pytest.raises(sa.exc.IntegrityError, match="products_sku_key"), engine.begin() as conn:
-        conn.execute(insert, {"sku": "X", "vec": _vec(2)})
+        conn.execute(INSERT_PRODUCT, GOOD)
+    with pytest.raises(sa.exc.IntegrityError, match="uq_product_images_product_image"), engine.begin() as conn:
+        conn.execute(INSERT_PHOTO, {**PHOTO, "id": product, "vec": _vec(2)})
+
+
+def test_photos_follow_their_product(engine: Engine) -> None:
+    with engine.begin() as conn:
+        product = conn.execute(INSERT_PRODUCT, GOOD).scalar_one()
+        for i in range(3):
+            conn.execute(INSERT_PHOTO, {**PHOTO, "image": f"/p/{i}.jpg", "id": product, "vec": _vec(i)})
+        # A photo carries its product's category (whatever it is inserted with), and follows a change of it.
+        assert set(conn.execute(sa.text("SELECT category FROM product_images")).scalars()) == {"shoes"}
+        conn.execute(sa.text("UPDATE products SET category = 'boots'"))
+        assert set(conn.execute(sa.text("SELECT category FROM product_images")).scalars()) == {"boots"}
+        conn.execute(sa.text("UPDATE product_images SET category = 'hats'"))
+        assert set(conn.execute(sa.text("SELECT category FROM product_images")).scalars()) == {"boots"}
+        conn.execute(sa.text("DELETE FROM products"))
+        assert conn.execute(sa.text("SELECT count(*) FROM product_images")).scalar_one() == 0
 
 
 def test_updated_at_moves_on_update(engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(
-            sa.text("INSERT INTO products (sku, category, embedding) VALUES ('S', 'c', CAST(:v AS vector))"),
-            {"v": _vec()},
-        )
+        product = conn.execute(INSERT_PRODUCT, GOOD).scalar_one()
+        conn.execute(INSERT_PHOTO, {**PHOTO, "id": product, "vec": _vec()})
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE products SET in_stock = false"))
+        conn.execute(sa.text("UPDATE product_images SET position = 1"))
     with engine.connect() as conn:
         created, updated = conn.execute(sa.text("SELECT created_at, updated_at FROM products")).one()
-    assert updated > created
+        photo_created, photo_updated = conn.execute(sa.text("SELECT created_at, updated_at FROM product_images")).one()
+    assert updated > created and photo_updated > photo_created
 
 
 class _Space:

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import shutil
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -49,10 +50,18 @@ def _run(url: str, weights: str, args: tuple[str, ...], expect: int | None, inpu
 
 
 @pytest.fixture(scope="module")
-def catalogue_url(make_database: Callable[..., str], migrated_template: str, weights_path: str) -> str:
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the sample shop (manifest and photos), whose photos a test may take away."""
+    copy = tmp_path_factory.mktemp("search-cli") / "examples"
+    shutil.copytree(EXAMPLES, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def catalogue_url(make_database: Callable[..., str], migrated_template: str, weights_path: str, shop: Path) -> str:
     """A database holding the sample manifest's 120 products."""
     url = make_database(template=migrated_template)
-    result = _run(url, weights_path, ("ingest", "--quiet", "--manifest", str(MANIFEST)), 0, None)
+    result = _run(url, weights_path, ("ingest", "--quiet", "--manifest", str(shop / MANIFEST.name)), 0, None)
     assert "added 120," in result.stdout and "failed 0" in result.stdout
     return url
 
@@ -100,7 +109,7 @@ def assert_one_line_error(result: Result, code: int, *fragments: str) -> None:
 
 
 def test_json_has_the_documented_fields_and_the_query_photo_ranks_first(
-    cli: Invoke, ranking: list[dict[str, Any]]
+    cli: Invoke, ranking: list[dict[str, Any]], shop: Path
 ) -> None:
     rows = as_json(cli("search", str(PHOTO), "--format", "json"))
     assert len(rows) == 8  # the default k
@@ -114,7 +123,7 @@ def test_json_has_the_documented_fields_and_the_query_photo_ranks_first(
         assert row["name"] == product["name"] and row["category"] == product["category"]
         assert Decimal(str(row["price"])) == Decimal(product["price"])
         assert row["in_stock"] is True
-        assert row["image"] == product["image"]
+        assert row["image"] == str(shop / product["image"])  # where the photo is, from anywhere
     # Sold-out products are left out by default: the in-stock part of the full ranking, in order.
     assert skus(rows) == [r["sku"] for r in ranking if r["in_stock"]][:8]
     assert {r["in_stock"] for r in ranking} == {True, False} and len(ranking) == 120
@@ -339,12 +348,15 @@ def test_sheet_size_follows_the_number_of_results(cli: Invoke, tmp_path: Path) -
         assert open_png(path).size == size == expected_sheet_size(int(k))
 
 
-def test_missing_images_become_placeholders(cli: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Without --image-root the manifest's relative image paths do not resolve from here: every tile, the
-    # query's (a SKU's stored image) included, is a placeholder, and the command still succeeds.
-    monkeypatch.chdir(tmp_path)
+def test_missing_images_become_placeholders(cli: Invoke, tmp_path: Path, shop: Path) -> None:
+    # The photos were moved away since they were ingested: every tile, the query's (a SKU's stored image)
+    # included, is a placeholder, and the command still succeeds.
     path = tmp_path / "cheaper.png"
-    result = cli("cheaper", PHOTO_SKU, "-k", "3", "--sheet", str(path), "--format", "json")
+    (shop / "catalogue").rename(shop / "moved")
+    try:
+        result = cli("cheaper", PHOTO_SKU, "-k", "3", "--sheet", str(path), "--format", "json")
+    finally:
+        (shop / "moved").rename(shop / "catalogue")
     assert len(as_json(result)) == 3
     image = open_png(path)
     assert image.size == expected_sheet_size(3)

@@ -17,7 +17,9 @@ from functools import cache
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
+import psycopg
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 _REVISION = re.compile(r"^\d{4}$")
 
@@ -83,7 +85,11 @@ def execute(conn: Connection, text: str) -> None:
     """
     raw = conn.connection.driver_connection
     assert raw is not None
-    raw.execute(text)
+    try:
+        raw.execute(text)
+    except psycopg.Error as exc:
+        # As SQLAlchemy would have raised it, so that callers handle every database error one way.
+        raise DBAPIError.instance(text[:200], None, exc, psycopg.Error) from None
 
 
 def install(conn: Connection, revision: str, names: tuple[str, ...] | list[str]) -> None:
