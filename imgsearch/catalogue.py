@@ -15,6 +15,7 @@ from pgvector.sqlalchemy import Vector
 from psycopg.types import TypeInfo
 from sqlalchemy.engine import Connection, Engine
 
+from imgsearch.colour import COLOUR_BINS
 from imgsearch.db import run_transaction, transaction
 from imgsearch.errors import EmbeddingSpaceMismatchError, InvalidProductError, InvalidQueryError, UnknownSkuError
 from imgsearch.models import DIMENSION, IMAGE_MAX_LENGTH
@@ -48,7 +49,8 @@ class ImageRecord:
 
     ``image`` is where the photo is (an absolute path, a URL, or "" for a vector given without a picture) and
     identifies the photo within its product. ``embedding=None`` keeps the stored vector of that photo (the
-    file is unchanged); ``position`` orders the photos (0 is the main one).
+    file is unchanged); ``position`` orders the photos (0 is the main one). ``colour`` is its colour signature
+    (:func:`imgsearch.colour.colour_signature`); ``None`` keeps the stored one.
     """
 
     image: str
@@ -57,6 +59,7 @@ class ImageRecord:
     position: int = 0
     etag: str | None = None
     last_modified: str | None = None
+    colour: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,12 @@ def _validated(record: ProductRecord) -> ProductRecord:
             if photo.image_sha256 is not None and not _SHA256.match(photo.image_sha256):
                 raise InvalidProductError(f"image_sha256 must be 64 hex digits, got {photo.image_sha256!r}")
             embedding = None if photo.embedding is None else unit_vector(photo.embedding, "embedding")
-            photos.append(replace(photo, image=photo.image or "", embedding=embedding, position=position))
+            colour = None if photo.colour is None else np.asarray(photo.colour, dtype=np.float32)
+            if colour is not None and (colour.shape != (COLOUR_BINS,) or not np.all(np.isfinite(colour))):
+                raise InvalidProductError(f"a colour signature must be {COLOUR_BINS} finite numbers")
+            photos.append(
+                replace(photo, image=photo.image or "", embedding=embedding, colour=colour, position=position)
+            )
         if len({p.image for p in photos}) != len(photos):
             raise InvalidProductError("the same image is given twice")
     except InvalidQueryError as exc:
@@ -226,13 +234,14 @@ _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS imgsearch_staging_products (sku text, name text, category text, price numeric, "
     "in_stock boolean) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS imgsearch_staging_images (sku text, image text, position integer, "
-    "image_sha256 text, etag text, last_modified text, embedding vector(512)) ON COMMIT DELETE ROWS",
+    "image_sha256 text, etag text, last_modified text, embedding vector(512), colour vector(44)) "
+    "ON COMMIT DELETE ROWS",
     "TRUNCATE imgsearch_staging_products, imgsearch_staging_images",
 )
 _PRODUCT_COLUMNS = "sku, name, category, price, in_stock"
 _PRODUCT_TYPES = ["text", "text", "text", "numeric", "bool"]
-_IMAGE_COLUMNS = "sku, image, position, image_sha256, etag, last_modified, embedding"
-_IMAGE_TYPES = ["text", "text", "int4", "text", "text", "text", "vector"]
+_IMAGE_COLUMNS = "sku, image, position, image_sha256, etag, last_modified, embedding, colour"
+_IMAGE_TYPES = ["text", "text", "int4", "text", "text", "text", "vector", "vector"]
 
 # Products first, then photos, both in SKU order, so that concurrent writers lock shared rows in the same order
 # (no deadlock). A product is written only if it is already in the catalogue or comes with a photo vector.
@@ -254,8 +263,10 @@ _MERGE_PRODUCTS = sa.text(
 # found by _VANISHED.
 _MERGE_IMAGES = sa.text(
     """
-    INSERT INTO product_images AS i (product_id, image, position, image_sha256, etag, last_modified, embedding)
-    SELECT p.id, s.image, s.position, s.image_sha256, s.etag, s.last_modified, coalesce(s.embedding, e.embedding)
+    INSERT INTO product_images AS i
+        (product_id, image, position, image_sha256, etag, last_modified, embedding, colour)
+    SELECT p.id, s.image, s.position, s.image_sha256, s.etag, s.last_modified, coalesce(s.embedding, e.embedding),
+           CASE WHEN s.embedding IS NOT NULL OR s.colour IS NOT NULL THEN s.colour ELSE e.colour END
     FROM imgsearch_staging_images s
     JOIN products p ON p.sku = s.sku
     LEFT JOIN product_images e ON e.product_id = p.id AND e.image = s.image
@@ -263,10 +274,11 @@ _MERGE_IMAGES = sa.text(
     ORDER BY s.sku, s.image
     ON CONFLICT (product_id, image) DO UPDATE SET
         position = EXCLUDED.position, image_sha256 = EXCLUDED.image_sha256, etag = EXCLUDED.etag,
-        last_modified = EXCLUDED.last_modified, embedding = EXCLUDED.embedding
-    WHERE (i.position, i.image_sha256, i.etag, i.last_modified, i.embedding)
+        last_modified = EXCLUDED.last_modified, embedding = EXCLUDED.embedding, colour = EXCLUDED.colour
+    WHERE (i.position, i.image_sha256, i.etag, i.last_modified, i.embedding, i.colour)
           IS DISTINCT FROM
-          (EXCLUDED.position, EXCLUDED.image_sha256, EXCLUDED.etag, EXCLUDED.last_modified, EXCLUDED.embedding)
+          (EXCLUDED.position, EXCLUDED.image_sha256, EXCLUDED.etag, EXCLUDED.last_modified, EXCLUDED.embedding,
+           EXCLUDED.colour)
     RETURNING (SELECT p2.sku FROM products p2 WHERE p2.id = i.product_id)
     """
 )
@@ -343,6 +355,7 @@ def upsert_products(bind: Bind, records: Sequence[ProductRecord], *, prune_image
                                 photo.etag,
                                 photo.last_modified,
                                 photo.embedding,
+                                photo.colour,
                             )
                         )
         try:
@@ -399,6 +412,7 @@ class StoredPhoto:
     image_sha256: str | None
     etag: str | None = None
     last_modified: str | None = None
+    has_colour: bool = True
 
 
 def existing_photos(bind: Bind, skus: Iterable[str]) -> dict[str, dict[str, StoredPhoto]]:
@@ -408,16 +422,16 @@ def existing_photos(bind: Bind, skus: Iterable[str]) -> dict[str, dict[str, Stor
     def read(conn: Connection) -> dict[str, dict[str, StoredPhoto]]:
         rows = conn.execute(
             sa.text(
-                "SELECT p.sku, i.image, i.image_sha256, i.etag, i.last_modified FROM products p "
+                "SELECT p.sku, i.image, i.image_sha256, i.etag, i.last_modified, i.colour IS NOT NULL FROM products p "
                 "LEFT JOIN product_images i ON i.product_id = p.id WHERE p.sku = ANY(:skus)"
             ),
             {"skus": wanted},
         )
         found: dict[str, dict[str, StoredPhoto]] = {}
-        for sku, image, sha, etag, last_modified in rows:
+        for sku, image, sha, etag, last_modified, has_colour in rows:
             photos = found.setdefault(sku, {})
             if image is not None:
-                photos[image] = StoredPhoto(sha, etag, last_modified)
+                photos[image] = StoredPhoto(sha, etag, last_modified, has_colour)
         return found
 
     return run_transaction(bind, read, reconnect=True)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imgsearch.colour import colour_signature
 from imgsearch.errors import ConfigurationError, ImageError, WeightsUnavailableError
 from imgsearch.images import (
     DEFAULT_PREPROCESSING,
@@ -115,11 +116,13 @@ class EmbeddingSpace:
 
 @dataclass(frozen=True)
 class EmbedResult:
-    """Outcome for one file of :meth:`Featurizer.embed_files`: a vector, or the reason there is none."""
+    """Outcome for one file of :meth:`Featurizer.embed_files`: a vector (and, when asked, the photo's colour
+    signature, :func:`imgsearch.colour.colour_signature`), or the reason there is none."""
 
     path: str | os.PathLike[str]
     vector: np.ndarray | None
     error: str | None = None
+    colour: np.ndarray | None = None
 
     @property
     def ok(self) -> bool:
@@ -254,6 +257,7 @@ class Featurizer:
         batch_size: int | None = None,
         prefetch_batches: int = 2,
         workers: int | None = None,
+        colour: bool = False,
     ) -> Iterator[EmbedResult]:
         """Embed many files, yielding one :class:`EmbedResult` per path, in input order, as batches finish.
 
@@ -267,13 +271,21 @@ class Featurizer:
             batch_size: images per forward pass (default: the featurizer's ``batch_size``).
             prefetch_batches: batches decoded ahead of the one the network is working on.
             workers: decoding threads (default: the number of CPUs, at most 4).
+            colour: also compute each photo's colour signature (from the same decoded pixels, in the decoding
+                threads: about a millisecond each).
         """
         batch_size = batch_size or self.batch_size
         if batch_size < 1 or prefetch_batches < 0:
             raise ValueError(f"need batch_size >= 1 and prefetch_batches >= 0, got {batch_size}, {prefetch_batches}")
         workers = workers or min(4, os.cpu_count() or 1)
         chunks = _chunked(paths, batch_size)
-        pending: deque[list[tuple[str | os.PathLike[str], Future[np.ndarray]]]] = deque()
+        pending: deque[list[tuple[str | os.PathLike[str], Future[tuple[np.ndarray, np.ndarray | None]]]]] = deque()
+        decode = self.pipeline.preprocessing.decode
+
+        def prepare(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | None]:
+            pixels = decode(path)
+            return pixels, colour_signature(pixels) if colour else None
+
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgsearch-decode") as pool:
 
             def submit_next_chunk() -> None:
@@ -281,7 +293,7 @@ class Featurizer:
                 # thread-safe.
                 chunk = next(chunks, None)
                 if chunk is not None:
-                    pending.append([(path, pool.submit(self.pipeline.preprocessing.decode, path)) for path in chunk])
+                    pending.append([(path, pool.submit(prepare, path)) for path in chunk])
 
             try:
                 for _ in range(prefetch_batches + 1):
@@ -296,19 +308,25 @@ class Featurizer:
                     for _, future in batch:
                         future.cancel()
 
-    def _embed_decoded(self, batch: list[tuple[str | os.PathLike[str], Future[np.ndarray]]]) -> Iterator[EmbedResult]:
+    def _embed_decoded(
+        self, batch: list[tuple[str | os.PathLike[str], Future[tuple[np.ndarray, np.ndarray | None]]]]
+    ) -> Iterator[EmbedResult]:
         images: list[np.ndarray] = []
+        colours: list[np.ndarray | None] = []
         errors: list[str | None] = []
         for _, future in batch:
             try:
-                images.append(future.result())
+                pixels, signature = future.result()
+                images.append(pixels)
+                colours.append(signature)
                 errors.append(None)
             except ImageError as exc:
                 errors.append(str(exc))
         vectors = iter(self._run(np.stack(images)) if images else ())
+        signatures = iter(colours)
         for (path, _), error in zip(batch, errors, strict=True):
             if error is None:
-                yield EmbedResult(path, next(vectors))
+                yield EmbedResult(path, next(vectors), colour=next(signatures))
             else:
                 yield EmbedResult(path, None, error)
 

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from imgsearch import catalogue
 from imgsearch.catalogue import PRUNE_MODES, ImageRecord, ProductRecord, PruneResult, StoredPhoto, UpsertCounts
+from imgsearch.colour import colour_signature
 from imgsearch.db import transaction
 from imgsearch.errors import ImageError, ImgsearchError, InvalidProductError, InvalidQueryError
 from imgsearch.fetch import Fetched, Fetcher, Validators, is_url
@@ -253,7 +254,8 @@ def _prepare(
 
 
 def _validators(stored: StoredPhoto | None) -> Validators | None:
-    if stored is None or (stored.etag is None and stored.last_modified is None):
+    # A photo without a colour signature yet is downloaded even if unchanged: its pixels are needed.
+    if stored is None or not stored.has_colour or (stored.etag is None and stored.last_modified is None):
         return None
     return Validators(etag=stored.etag, last_modified=stored.last_modified)
 
@@ -275,14 +277,24 @@ def _records(batch: _Batch, featurizer: Featurizer, report: IngestReport) -> lis
             report.failures.append(item)
     entries = [e for e in batch.items if isinstance(e, CatalogueEntry)]
     to_embed = [p for e in entries for p in batch.photos[e.sku] if p.error is None and p.changed]
-    vectors = {}
-    for photo, result in zip(to_embed, featurizer.embed_files([p.source() for p in to_embed]), strict=True):
+    vectors, colours = {}, {}
+    sources = [p.source() for p in to_embed]
+    for photo, result in zip(to_embed, featurizer.embed_files(sources, colour=True), strict=True):
         photo.data = None  # the bytes of a download are not needed any more
         if result.error is not None:
             photo.error = result.error
         else:
-            vectors[id(photo)] = result.vector
+            vectors[id(photo)], colours[id(photo)] = result.vector, result.colour
             report.embedded += 1
+    # Unchanged photos stored before colour signatures existed get theirs (decoding only, no network).
+    for entry in entries:
+        for photo in batch.photos[entry.sku]:
+            if photo.error is None and not photo.changed and photo.stored is not None and not photo.stored.has_colour:
+                try:
+                    colours[id(photo)] = colour_signature(featurizer.pipeline.preprocessing.decode(photo.source()))
+                except ImageError as exc:
+                    photo.error = str(exc)
+                photo.data = None
     records = []
     for entry in entries:
         images = []
@@ -299,6 +311,7 @@ def _records(batch: _Batch, featurizer: Featurizer, report: IngestReport) -> lis
                     image_sha256=photo.sha256,
                     etag=photo.validators.etag,
                     last_modified=photo.validators.last_modified,
+                    colour=colours.get(id(photo)),
                 )
             )
         if not images:

@@ -24,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from imgsearch.colour import COLOUR_BINS
+
 DIMENSION = 512
 
 # Limits of the product fields: the schema's own (sku), or what its b-tree indexes can hold (category). Values
@@ -111,5 +113,7 @@ class ProductImage(Base):
     #: The product's category, kept in step by triggers (category indexes are partial indexes on it).
     category: Mapped[str] = mapped_column(Text, nullable=False)
     embedding: Mapped[list[float]] = mapped_column(Vector(DIMENSION), nullable=False)
+    #: The photo's colour signature (imgsearch.colour), for telling colour variants apart; None if not computed.
+    colour: Mapped[list[float] | None] = mapped_column(Vector(COLOUR_BINS))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())

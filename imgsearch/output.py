@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 from imgsearch.catalogue import CatalogueStats
+from imgsearch.duplicates import DuplicateGroup
 from imgsearch.evaluation import Evaluation
 from imgsearch.indexes import CategoryIndex
 from imgsearch.ingest import IngestReport
@@ -233,6 +234,68 @@ def format_ingest_summary(report: IngestReport) -> str:
         what = "removed" if pruned.mode == "remove" else "marked sold out"
         lines.append(f"{what} {pruned.changed} of {pruned.catalogue} products missing from the source")
     return "\n".join(lines)
+
+
+#: Fields of one listing in the CSV of ``imgsearch duplicates`` (one row per listing, groups numbered from 1).
+DUPLICATE_FIELDS = ("group", "spread", "sku", "name", "category", "price", "in_stock", "image")
+
+
+def format_duplicates(groups: Sequence[DuplicateGroup], fmt: str = "table", width: int = 80) -> str:
+    """Near-duplicate groups for people (a table per group) or programs (JSON: a list of groups; CSV: a row per
+    listing), biggest price spread first, cheapest listing first within a group."""
+    money = lambda value: None if value is None else float(value)  # noqa: E731
+    if fmt == "json":
+        return json.dumps(
+            [
+                {
+                    "group": number,
+                    "spread": money(group.spread),
+                    "max_distance": round(group.max_distance, 6),
+                    "products": [
+                        {
+                            "sku": item.sku,
+                            "name": item.name,
+                            "category": item.category,
+                            "price": money(item.price),
+                            "in_stock": item.in_stock,
+                            "image": item.image,
+                        }
+                        for item in group.listings
+                    ],
+                }
+                for number, group in enumerate(groups, start=1)
+            ],
+            indent=2,
+        )
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(DUPLICATE_FIELDS)
+        for number, group in enumerate(groups, start=1):
+            for item in group.listings:
+                writer.writerow(
+                    [
+                        number,
+                        _price(group.spread),
+                        item.sku,
+                        item.name or "",
+                        item.category,
+                        _price(item.price),
+                        "true" if item.in_stock else "false",
+                        item.image or "",
+                    ]
+                )
+        return buffer.getvalue().rstrip("\n")
+    blocks = []
+    for number, group in enumerate(groups, start=1):
+        spread = "no price spread" if group.spread is None else f"price spread {group.spread:.2f}"
+        head = f"group {number}: {len(group.listings)} products, {spread}, distance up to {group.max_distance:.4f}"
+        rows = [
+            [item.sku, item.name or "", _price(item.price), "yes" if item.in_stock else "SOLD OUT", item.image or ""]
+            for item in group.listings
+        ]
+        blocks.append(head + "\n" + table(["sku", "name", "price", "stock", "image"], rows, width, (4, 1, 0), (4,)))
+    return "\n\n".join(blocks)
 
 
 def format_evaluation(evaluation: Evaluation, fmt: str = "table") -> str:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import sqlalchemy as sa
 from pgvector.sqlalchemy import Vector
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -78,6 +79,12 @@ _SIMILAR = sa.text(
     "SELECT * FROM imgsearch_similar(CAST(:query AS vector), :k, CAST(:categories AS text[]), :in_stock_only, "
     "CAST(:max_price AS numeric), CAST(:exclude AS text[]), CAST(:below_price AS numeric))"
 ).bindparams(sa.bindparam("query", type_=Vector(DIMENSION)))
+_SIMILAR_MULTI = sa.text(
+    "SELECT * FROM imgsearch_similar_multi(CAST(:query AS vector[]), :k, CAST(:categories AS text[]), :in_stock_only, "
+    "CAST(:max_price AS numeric), CAST(:exclude AS text[]), CAST(:below_price AS numeric))"
+).bindparams(sa.bindparam("query", type_=postgresql.ARRAY(Vector(DIMENSION))))
+#: Most query vectors one search takes (a shopper's photos, a product's photos).
+MAX_QUERY_VECTORS = 100
 _SIMILAR_TO_SKU = sa.text(
     "SELECT * FROM imgsearch_similar_to_sku(:sku, :k, CAST(:categories AS text[]), :in_stock_only, "
     "CAST(:max_price AS numeric))"
@@ -133,7 +140,7 @@ def _execute(bind: Bind, statement: sa.TextClause, params: dict[str, object], ex
 
 def search(
     bind: Bind,
-    vector: Sequence[float] | np.ndarray,
+    vector: Sequence[float] | Sequence[Sequence[float]] | np.ndarray,
     k: int = 10,
     *,
     categories: Iterable[str] | str | None = None,
@@ -147,7 +154,9 @@ def search(
 
     Args:
         bind: SQLAlchemy engine or connection to the catalogue.
-        vector: 512 finite numbers (a VGG16 embedding); its length does not matter (cosine).
+        vector: 512 finite numbers (a VGG16 embedding; its length does not matter, cosine), or several such
+            vectors (up to 100, shape (n, 512): several photos of what is sought); a product's distance is its
+            photo closest to any of them.
         k: how many results, 1 to 1000. Exactly ``k`` come back whenever at least ``k`` products match.
         categories: only these categories (any of them).
         in_stock_only: hide sold-out products (default, since the shop cannot sell them).
@@ -159,8 +168,16 @@ def search(
     Raises:
         InvalidQueryError: bad vector, k or price.
     """
+    several = np.ndim(np.asarray(vector, dtype=object)) == 2
+    if several:
+        vectors = list(vector)
+        if not 1 <= len(vectors) <= MAX_QUERY_VECTORS:
+            raise InvalidQueryError(f"give 1 to {MAX_QUERY_VECTORS} query vectors, got {len(vectors)}")
+        query_vectors: np.ndarray | list[np.ndarray] = [validate_vector(v) for v in vectors]
+    else:
+        query_vectors = validate_vector(vector)
     params = {
-        "query": validate_vector(vector),
+        "query": query_vectors,
         "k": _validate_k(k),
         "categories": _text_list(categories, "categories"),
         "in_stock_only": bool(in_stock_only),
@@ -168,7 +185,7 @@ def search(
         "exclude": _text_list(exclude_skus, "exclude_skus"),
         "below_price": price_limit(below_price, "below_price"),
     }
-    return _run(bind, _SIMILAR, params, exact=exact)
+    return _run(bind, _SIMILAR_MULTI if several else _SIMILAR, params, exact=exact)
 
 
 def similar_to_sku(

@@ -28,6 +28,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -35,6 +36,9 @@ from imgsearch.errors import OutputError
 from imgsearch.fetch import Fetcher, is_url
 from imgsearch.images import _to_rgb_array
 from imgsearch.query import SearchResult
+
+if TYPE_CHECKING:
+    from imgsearch.duplicates import DuplicateGroup
 
 #: Side of the square picture area of a tile, in pixels.
 DEFAULT_TILE = 224
@@ -150,6 +154,52 @@ def write_contact_sheet(
             [(f"{rank}. {result.sku}", _TEXT), (price, _TEXT), third],
             right_of_second=f"dist {result.distance:.4f}",
         )
+    return _save_png(sheet, Path(path))
+
+
+def write_duplicates_sheet(
+    groups: Sequence[DuplicateGroup],
+    path: str | os.PathLike[str],
+    *,
+    image_roots: Sequence[str | os.PathLike[str]] = (),
+    columns: int = DEFAULT_COLUMNS,
+    tile: int = DEFAULT_TILE,
+) -> Path:
+    """Write a PNG of near-duplicate groups: one row of tiles per group (wrapping after ``columns``), cheapest
+    first, each captioned with the group, SKU and price; sold-out listings are marked in red.
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
+    if tile < 32:
+        raise ValueError(f"tile must be at least 32 pixels, got {tile}")
+    roots = [Path(r) for r in image_roots]
+    cols = max(1, min(columns, max((len(g.listings) for g in groups), default=1)))
+    rows_per_group = [math.ceil(len(g.listings) / cols) for g in groups]
+    rows = max(1, sum(rows_per_group))
+    width = cols * tile + (cols + 1) * MARGIN
+    height = rows * (tile + CAPTION_HEIGHT) + (rows + 1) * MARGIN
+    sheet = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    font = _font(_FONT_SIZE)
+    row = 0
+    for number, (group, group_rows) in enumerate(zip(groups, rows_per_group, strict=True), start=1):
+        spread = "no price spread" if group.spread is None else f"spread {group.spread:.2f}"
+        for position, listing in enumerate(group.listings):
+            index = (row + position // cols) * cols + position % cols
+            origin = tile_origin(index, columns=cols, tile=tile)
+            picture = _load_picture(listing.image, roots, tile) if listing.image else "no image in the catalogue"
+            _draw_tile(sheet, draw, font, origin, tile, picture, sold_out=not listing.in_stock)
+            price = "no price" if listing.price is None else f"{listing.price:.2f}"
+            _draw_caption(
+                draw,
+                font,
+                origin,
+                tile,
+                [(f"group {number} · {listing.sku}", _TEXT), (price, _TEXT), (listing.name or "", _MUTED)],
+                right_of_second=spread if position == 0 else None,
+            )
+        row += group_rows
     return _save_png(sheet, Path(path))
 
 

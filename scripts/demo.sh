@@ -14,7 +14,7 @@ imgsearch stats
 photo=examples/catalogue/shoes/24535295-abe3-4613-91f6-a7fe87954662.jpg
 echo
 echo "Products that look like $photo:"
-imgsearch search "$photo" -k 5 --sheet out/demo-results.png --image-root examples
+imgsearch search "$photo" -k 5 --sheet out/demo-results.png
 echo
 echo "Cheaper look-alikes of dress-19e4de0d (79.99), in stock:"
 imgsearch cheaper dress-19e4de0d -k 3

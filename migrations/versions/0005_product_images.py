@@ -24,7 +24,13 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # New in this revision (dropped by the downgrade), in creation order.
-NEW = ("imgsearch_image_category", "imgsearch_product_category", "imgsearch_product_photos", "imgsearch_similar_multi")
+NEW = (
+    "imgsearch_image_category",
+    "imgsearch_product_category",
+    "imgsearch_product_photos",
+    "imgsearch_similar_multi",
+    "imgsearch_near_duplicates",
+)
 # Changed in this revision (their previous versions come back on downgrade).
 CHANGED = (
     "imgsearch_category_index_exists",

@@ -116,13 +116,14 @@ BEGIN
 
     -- Local to this call: the SET clauses above restore the caller's values when the function returns.
     ef := greatest(k, coalesce(nullif(current_setting('imgsearch.ef_search', true), '')::integer, 100));
-    PERFORM set_config('hnsw.ef_search', ef::text, true);
-    PERFORM set_config('hnsw.max_scan_tuples', coalesce(
-        nullif(current_setting('imgsearch.max_scan_tuples', true), '')::integer, 50000)::text, true);
-    -- Photos per product, from the planner's statistics (no count): the walk's length in photos.
+    -- Photos per product, from the planner's statistics (no count): the walk collects ef products' worth of
+    -- photos, and the graph search keeps as many candidates.
     SELECT least(10, greatest(1, ci.reltuples / nullif(cp.reltuples, 0))) INTO per_product
     FROM pg_class ci, pg_class cp WHERE ci.oid = 'product_images'::regclass AND cp.oid = 'products'::regclass;
     walk_limit := ceil(ef * coalesce(per_product, 1));
+    PERFORM set_config('hnsw.ef_search', least(walk_limit, 1000)::text, true);
+    PERFORM set_config('hnsw.max_scan_tuples', coalesce(
+        nullif(current_setting('imgsearch.max_scan_tuples', true), '')::integer, 50000)::text, true);
     -- The count said the filter is broad, so walk the index: without this the planner may still prefer to sort a
     -- mid-sized filtered set exactly (O(matches) per query), or to join the products by hash.
     saved_sort := current_setting('enable_sort');

@@ -16,6 +16,9 @@ CREATE TABLE product_images (
     -- the product's category, kept in step by triggers: category indexes are partial indexes on this table
     category text NOT NULL,
     embedding vector(512) NOT NULL,
+    -- the foreground's colour signature (imgsearch/colour.py): tells apart colour variants that VGG16 finds
+    -- alike, for the near-duplicate report; NULL for photos ingested before it existed (computed again on ingest)
+    colour vector(44),
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT uq_product_images_product_image UNIQUE (product_id, image),
