@@ -769,6 +769,13 @@ def _require_products(engine: Engine) -> None:
         _fail("the catalogue is empty: load products with `imgsearch ingest` first")
 
 
+def _roots(out: _Output) -> list[Path]:
+    """Where relative photo paths are looked up: --image-root folders, then IMGSEARCH_IMAGE_ROOT."""
+    configured = click.get_current_context().find_object(App)
+    root = configured.settings.image_root if configured is not None else None
+    return [*out.image_roots, *([root] if root is not None else [])]
+
+
 def _emit(
     engine: Engine,
     results: list[query.SearchResult],
@@ -786,7 +793,7 @@ def _emit(
         from imgsearch.sheet import write_contact_sheet
 
         write_contact_sheet(
-            results, out.sheet, query_image=query_image, query_label=query_label, image_roots=out.image_roots
+            results, out.sheet, query_image=query_image, query_label=query_label, image_roots=_roots(out)
         )
         notes.append(f"contact sheet: {out.sheet}")
     if out.histogram is not None:
@@ -917,6 +924,145 @@ def cheaper(app: App, sku: str, any_category: bool, k: int, out: _Output) -> Non
     engine = app.engine()
     results = _by_sku(engine, lambda: query.cheaper_alternatives(engine, sku, k, same_category=not any_category))
     _emit(engine, results, out, query_image=_stored_image(engine, sku) if out.sheet else None, query_label=sku)
+
+
+@main.command()
+@click.option(
+    "--max-distance",
+    type=click.FloatRange(0, 2),
+    default=None,
+    help="Photos this close (VGG16 cosine distance) may be the same product [default: measured, docs/quality.md].",
+)
+@click.option(
+    "--max-colour-distance",
+    type=click.FloatRange(0, 2),
+    default=None,
+    help="...and their colours this close (colour signatures, L2) [default: measured, docs/quality.md].",
+)
+@click.option("--category", "categories", multiple=True, help="Only this category (repeatable).")
+@click.option("--min-price-gap", type=_PriceType(), help="Only groups whose prices differ by at least this much.")
+@click.option("--format", "fmt", type=click.Choice(output.FORMATS), default="table", show_default=True)
+@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG: each group side by side.")
+@click.option(
+    "--image-root",
+    "image_roots",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder that relative image paths are relative to, for --sheet (repeatable).",
+)
+@pass_app
+def duplicates(
+    app: App,
+    max_distance: float | None,
+    max_colour_distance: float | None,
+    categories: tuple[str, ...],
+    min_price_gap: Decimal | None,
+    fmt: str,
+    sheet: Path | None,
+    image_roots: tuple[Path, ...],
+) -> None:
+    """Groups of near-identical products (the same item listed twice), the biggest price spread first.
+
+    Each group's products have photos within --max-distance of each other and of the same colours (directly
+    or through one another), in the same category. In-stock and sold-out products are both listed; sold-out
+    ones are marked.
+
+    \b
+    Examples:
+      imgsearch duplicates
+      imgsearch duplicates --category shoes --min-price-gap 10 --sheet duplicates.png
+      imgsearch duplicates --format csv > duplicates.csv
+    """
+    from imgsearch import duplicates as near
+
+    engine = app.engine()
+    groups = near.find_duplicate_groups(
+        engine,
+        near.DEFAULT_MAX_DISTANCE if max_distance is None else max_distance,
+        max_colour_distance=near.DEFAULT_MAX_COLOUR_DISTANCE if max_colour_distance is None else max_colour_distance,
+        categories=list(categories) or None,
+        min_price_gap=min_price_gap,
+    )
+    if sheet is not None:
+        from imgsearch.sheet import write_duplicates_sheet
+
+        root = app.settings.image_root
+        write_duplicates_sheet(groups, sheet, image_roots=[*image_roots, *([root] if root is not None else [])])
+    if groups or fmt != "table":
+        click.echo(output.format_duplicates(groups, fmt, width=_table_width()))
+    else:
+        click.echo("no near-duplicate products found", err=True)
+    if sheet is not None:
+        click.echo(f"contact sheet: {sheet}", err=True)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (127.0.0.1: this machine).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Processes (each loads the model)."
+)
+@click.option(
+    "--image-root",
+    "image_roots",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder whose photos the page may show (repeatable; plus IMGSEARCH_IMAGE_ROOT). Nothing else is served.",
+)
+@click.option("--max-upload-mb", type=click.FloatRange(0.01, 1000), default=20, show_default=True)
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30, show_default=True, help="Seconds per request.")
+@click.option(
+    "--queue", type=click.IntRange(1, 10_000), default=16, show_default=True, help="Photos waiting for the model."
+)
+@pass_app
+def serve(
+    app: App,
+    host: str,
+    port: int,
+    workers: int,
+    image_roots: tuple[Path, ...],
+    max_upload_mb: float,
+    timeout: float,
+    queue: int,
+) -> None:
+    """Serve searches over HTTP (JSON for backends in any language) and a web page to try them.
+
+    Needs the extra: pip install 'imgsearch[serve]'. Read-only: it connects as a reader (the embedded
+    server's imgsearch_reader role). Endpoints: POST /search, GET /products/SKU/similar, GET
+    /products/SKU/cheaper, POST /embed, GET /healthz, GET /metrics; the OpenAPI description at /openapi.json,
+    the page at /.
+
+    \b
+    Examples:
+      imgsearch serve --image-root /srv/shop/photos
+      imgsearch serve --host 0.0.0.0 --port 8080 --workers 2
+    """
+    try:
+        import uvicorn
+    except ImportError:
+        _fail("imgsearch serve needs the extra: pip install 'imgsearch[serve]'")
+    import os
+
+    settings = app.settings
+    environment = {
+        "IMGSEARCH_MAX_UPLOAD_BYTES": str(int(max_upload_mb * 2**20)),
+        "IMGSEARCH_REQUEST_TIMEOUT": str(timeout),
+        "IMGSEARCH_MODEL_QUEUE": str(queue),
+        "IMGSEARCH_SERVE_IMAGE_ROOTS": os.pathsep.join(str(r.resolve()) for r in image_roots),
+        "IMGSEARCH_SCHEMA": settings.schema,
+        "IMGSEARCH_VGG16_WEIGHTS": settings.weights,
+        "IMGSEARCH_PRECISION": settings.precision,
+        "IMGSEARCH_HOME": str(settings.home),
+    }
+    if settings.database_url:
+        environment["IMGSEARCH_DATABASE_URL"] = settings.database_url
+    os.environ.update(environment)  # the workers build their application from it
+    # The database first, so that a wrong URL is one line here rather than an error in every worker.
+    db.check_connection(db.create_engine(db.resolve_url(settings, "reader"), schema=settings.schema))
+    click.echo(f"serving on http://{host}:{port} (page at /, API description at /openapi.json)", err=True)
+    uvicorn.run(
+        "imgsearch.service:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="warning"
+    )
 
 
 def run() -> None:

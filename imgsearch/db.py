@@ -270,7 +270,7 @@ def translate_error(exc: DBAPIError, not_found: type[ImgsearchError] = UnknownSk
         return InvalidQueryError(message)
     if sqlstate == _FUNCTION_SQLSTATES[1]:
         return not_found(message)
-    if sqlstate in ("42883", "42P01", "3F000"):
+    if sqlstate in ("42883", "42P01", "3F000", "42704"):  # no such function, table, schema, type
         return SchemaError(
             "the database has no imgsearch schema (or an old one), or this role may not use it: run "
             "`imgsearch db upgrade`, or grant the role access (`imgsearch db grant-reader ROLE`)"

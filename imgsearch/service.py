@@ -1,0 +1,535 @@
+"""The HTTP search service (``imgsearch serve``): search by photo, vector or SKU for a backend in any language,
+and a web page to try it. Needs the optional extra ``imgsearch[serve]`` (FastAPI, uvicorn, python-multipart).
+
+Read-only: it never writes the catalogue, so it runs as a reader role (the embedded server's
+``imgsearch_reader`` by default) and can point at a read replica. Every endpoint is a thin face of the
+library (:mod:`imgsearch.query`, :mod:`imgsearch.embedding`), and results are the CLI's ``--format json``
+records (:func:`imgsearch.output.result_dicts`).
+
+Limits, all settable (:class:`ServiceLimits`): the size of an upload (413 beyond it), the pixel limit of
+ingestion (decompression bombs are a 400), one forward pass of the network at a time per worker with a bounded
+queue (503 when it is full or a request waited longer than the request timeout), and a statement timeout on the
+database. Bad input is a 4xx with a one-line JSON ``{"error": ...}``; an unreachable database a 503; nothing
+ever answers a traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imgsearch import __version__, catalogue, db, output, query
+from imgsearch import schema as imgsearch_schema
+from imgsearch.config import Settings, env_float
+from imgsearch.errors import (
+    BusyError,
+    DatabaseUnavailableError,
+    EmbeddingSpaceMismatchError,
+    ImageError,
+    ImgsearchError,
+    InvalidQueryError,
+    PermissionDeniedError,
+    SchemaError,
+    UnknownSkuError,
+)
+from imgsearch.images import has_supported_extension
+from imgsearch.metrics import Metrics
+
+log = logging.getLogger("imgsearch.service")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+# Library errors and the HTTP status each one answers.
+_STATUS: tuple[tuple[type[ImgsearchError], int], ...] = (
+    (UnknownSkuError, 404),
+    (InvalidQueryError, 400),
+    (ImageError, 400),
+    (EmbeddingSpaceMismatchError, 503),
+    (DatabaseUnavailableError, 503),
+    (SchemaError, 503),
+    (PermissionDeniedError, 503),
+    (BusyError, 503),
+)
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """What the service accepts and how long it waits (environment variables in parentheses)."""
+
+    max_upload_bytes: int = 20 * 2**20  # IMGSEARCH_MAX_UPLOAD_BYTES
+    request_timeout: float = 30.0  # IMGSEARCH_REQUEST_TIMEOUT (seconds): model queue wait and database statements
+    model_queue: int = 16  # IMGSEARCH_MODEL_QUEUE: photo requests waiting for the network beyond which it is 503
+    image_roots: tuple[Path, ...] = field(default_factory=tuple)  # IMGSEARCH_SERVE_IMAGE_ROOTS (os.pathsep list)
+
+    @classmethod
+    def from_env(cls) -> ServiceLimits:
+        """The limits from the environment (what ``imgsearch serve`` passes its workers)."""
+        roots = os.environ.get("IMGSEARCH_SERVE_IMAGE_ROOTS", "")
+        return cls(
+            max_upload_bytes=int(env_float("IMGSEARCH_MAX_UPLOAD_BYTES", cls.max_upload_bytes)),
+            request_timeout=env_float("IMGSEARCH_REQUEST_TIMEOUT", cls.request_timeout),
+            model_queue=int(env_float("IMGSEARCH_MODEL_QUEUE", cls.model_queue)),
+            image_roots=tuple(Path(r) for r in roots.split(os.pathsep) if r),
+        )
+
+
+class ModelGate:
+    """One forward pass of the network at a time, with a bounded queue of requests waiting for it.
+
+    Decoding happens before the gate, in the request's own thread; only the network is serialised (it uses
+    every core by itself, so two passes at once would only make both slower).
+    """
+
+    def __init__(self, featurizer: Any, queue: int, timeout: float) -> None:
+        self.featurizer = featurizer
+        self.queue = queue
+        self.timeout = timeout
+        self._model = threading.Lock()
+        self._count = threading.Lock()
+        self._waiting = 0
+
+    def embed(self, data: bytes, name: str = "upload") -> np.ndarray:
+        """The photo's vector. Raises ImageError (bad photo) or BusyError (queue full or waited too long)."""
+        stream = io.BytesIO(data)
+        stream.name = name  # type: ignore[attr-defined]  (error messages name the upload)
+        pixels = self.featurizer.pipeline.preprocessing.decode(stream)
+        with self._count:
+            if self._waiting >= self.queue:
+                raise BusyError(f"the service is busy ({self._waiting} photos waiting for the model); try again")
+            self._waiting += 1
+        try:
+            if not self._model.acquire(timeout=self.timeout):
+                raise BusyError(f"the model stayed busy for {self.timeout:g} s; try again")
+            try:
+                return self.featurizer.embed_arrays(pixels[np.newaxis])[0]
+            finally:
+                self._model.release()
+        finally:
+            with self._count:
+                self._waiting -= 1
+
+
+class _BodyLimit:
+    """Refuses a request body over the limit with 413, whether or not it declares its length."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(self.limit, send)
+            return
+        received = 0
+        started = False
+
+        async def counted_receive() -> MutableMapping[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def tracked_send(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _TooLarge:
+            if not started:
+                await _too_large(self.limit, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(limit: int, send: Send) -> None:
+    body = json.dumps({"error": f"the request is larger than the {limit} bytes this service accepts"}).encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(message.split())}, status_code=status)
+
+
+def _status(exc: ImgsearchError) -> int:
+    return next((status for kind, status in _STATUS if isinstance(exc, kind)), 400)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    limits: ServiceLimits | None = None,
+    featurizer: Any = None,
+) -> FastAPI:
+    """The service's ASGI application. The engine and the network are made when it starts (or given)."""
+    settings = settings or Settings.from_env()
+    limits = limits or ServiceLimits.from_env()
+    metrics = Metrics()
+    state: dict[str, Any] = {"featurizer": featurizer, "categories": (0.0, [])}
+    roots = [r.resolve() for r in (*limits.image_roots, *([settings.image_root] if settings.image_root else []))]
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> Any:
+        timeout_ms = int(limits.request_timeout * 1000)
+        url = db.resolve_url(settings, "reader")
+        # A statement that runs past the request timeout is cancelled by the server itself.
+        state["engine"] = db.create_engine(
+            url, schema=settings.schema, connect_args={"options": f"-c statement_timeout={timeout_ms}"}
+        )
+        if state["featurizer"] is None:
+            from imgsearch.embedding import Featurizer
+
+            state["featurizer"] = await run_in_threadpool(Featurizer.from_settings, settings)
+        await run_in_threadpool(state["featurizer"].warm_up)
+        state["gate"] = ModelGate(state["featurizer"], limits.model_queue, limits.request_timeout)
+        yield
+        state["engine"].dispose()
+
+    app = FastAPI(
+        title="imgsearch",
+        version=__version__,
+        summary="Visual product search: products that look like a photo, a vector or a catalogue product.",
+        lifespan=lifespan,
+    )
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.observe(request.method, path, response.status_code, time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(ImgsearchError)
+    async def library_error(request: Request, exc: ImgsearchError) -> JSONResponse:
+        metrics.error(getattr(request.scope.get("route"), "path", "unmatched"), type(exc).__name__)
+        return _error(_status(exc), str(exc))
+
+    @app.exception_handler(_TooLarge)
+    async def too_large(_request: Request, _exc: _TooLarge) -> JSONResponse:
+        return _error(413, f"the request is larger than the {limits.max_upload_bytes} bytes this service accepts")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
+        metrics.error(getattr(request.scope.get("route"), "path", "unmatched"), "RequestValidationError")
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error answering %s %s", request.method, request.url.path)
+        metrics.error(getattr(request.scope.get("route"), "path", "unmatched"), "internal")
+        return _error(500, "internal error (logged by the service)")
+
+    def engine() -> Any:
+        return state["engine"]
+
+    async def upload(request: Request) -> tuple[bytes, str, Any]:
+        """The photo of a multipart request (field ``image``) and the form."""
+        try:
+            form = await request.form(max_files=1, max_fields=64, max_part_size=limits.max_upload_bytes)
+        except Exception as exc:
+            if _caused_by(exc, _TooLarge):  # the body limit, met while the form was being read
+                raise _TooLarge from None
+            detail = exc.detail if isinstance(exc, StarletteHTTPException) else exc
+            raise InvalidQueryError(f"cannot read the form: {detail}") from None
+        image = form.get("image")
+        if not isinstance(image, UploadFile):
+            raise InvalidQueryError("send the photo as a file in the multipart field 'image'")
+        data = await image.read()
+        if not data:
+            raise InvalidQueryError("the photo is empty")
+        return data, image.filename or "upload", form
+
+    async def embed(data: bytes, name: str) -> np.ndarray:
+        return await run_in_threadpool(state["gate"].embed, data, name)
+
+    @app.post(
+        "/search",
+        summary="Products that look like a photo (multipart) or a vector (JSON), best first.",
+        openapi_extra={"requestBody": _SEARCH_BODY},
+        responses=_ERRORS,
+    )
+    async def search(request: Request) -> JSONResponse:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            data, name, form = await upload(request)
+            options = _filters(
+                k=form.get("k"),
+                categories=form.getlist("category"),
+                in_stock_only=form.get("in_stock_only"),
+                max_price=form.get("max_price"),
+            )
+            vector = await embed(data, name)
+        elif kind == "application/json":
+            try:
+                body = json.loads(await request.body())
+            except ValueError:
+                raise InvalidQueryError("the body is not valid JSON") from None
+            if not isinstance(body, dict) or "vector" not in body:
+                raise InvalidQueryError('send a JSON object with a "vector" of 512 numbers')
+            categories = body.get("category", body.get("categories"))
+            options = _filters(
+                k=body.get("k"),
+                categories=[categories] if isinstance(categories, str) else categories,
+                in_stock_only=body.get("in_stock_only"),
+                max_price=body.get("max_price"),
+            )
+            vector = body["vector"]
+        else:
+            return _error(415, "send multipart/form-data with a photo in 'image', or application/json with 'vector'")
+        results = await run_in_threadpool(query.search, engine(), vector, **options)
+        return JSONResponse(output.result_dicts(results))
+
+    @app.get("/products/{sku:path}/similar", summary="Products that look like a catalogue product.", responses=_ERRORS)
+    def similar(
+        sku: str,
+        k: Annotated[int, Query(ge=1, le=query.MAX_K)] = 8,
+        category: Annotated[list[str] | None, Query()] = None,
+        in_stock_only: bool = True,
+        max_price: float | None = None,
+    ) -> JSONResponse:
+        results = query.similar_to_sku(
+            engine(), sku, k, categories=category, in_stock_only=in_stock_only, max_price=max_price
+        )
+        return JSONResponse(output.result_dicts(results))
+
+    @app.get(
+        "/products/{sku:path}/cheaper",
+        summary="Visually similar products, in stock and strictly cheaper (same category unless any_category).",
+        responses=_ERRORS,
+    )
+    def cheaper(
+        sku: str, k: Annotated[int, Query(ge=1, le=query.MAX_K)] = 8, any_category: bool = False
+    ) -> JSONResponse:
+        results = query.cheaper_alternatives(engine(), sku, k, same_category=not any_category)
+        return JSONResponse(output.result_dicts(results))
+
+    @app.post(
+        "/embed",
+        summary="A photo's 512-d vector, to cache or to pass to the SQL functions.",
+        openapi_extra={"requestBody": _EMBED_BODY},
+        responses=_ERRORS,
+    )
+    async def embed_photo(request: Request) -> JSONResponse:
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
+            return _error(415, "send multipart/form-data with a photo in 'image'")
+        data, name, _ = await upload(request)
+        vector = await embed(data, name)
+        space = state["featurizer"].space
+        return JSONResponse(
+            {
+                "vector": [round(float(x), 8) for x in vector],
+                "dimension": len(vector),
+                "model": space.model_name,
+                "weights_id": space.weights_id,
+                "preprocessing": space.preprocessing_version,
+            }
+        )
+
+    @app.api_route(
+        "/healthz",
+        methods=["GET", "HEAD"],
+        summary="Database reachable, schema at this version's revision, model loaded.",
+    )
+    def healthz() -> JSONResponse:
+        report: dict[str, Any] = {"model": "loaded" if state.get("gate") else "not loaded"}
+        try:
+            db.check_connection(engine())
+            report["database"] = "ok"
+            imgsearch_schema.require_schema(engine())
+            report["schema"] = imgsearch_schema.head_revision()
+            catalogue.check_space(engine(), state["featurizer"].space)
+        except ImgsearchError as exc:
+            return JSONResponse({**report, "status": "unavailable", "error": str(exc)}, status_code=503)
+        return JSONResponse({**report, "status": "ok"})
+
+    @app.get("/metrics", summary="Requests, latency and errors in Prometheus' text format.")
+    def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/categories", summary="The catalogue's categories and their product counts (for the page).")
+    def categories() -> JSONResponse:
+        cached_at, cached = state["categories"]
+        if time.monotonic() - cached_at > 60:
+            cached = [{"category": c, "products": n} for c, (n, _) in catalogue.stats(engine()).by_category.items()]
+            state["categories"] = (time.monotonic(), cached)
+        return JSONResponse(cached)
+
+    @app.get("/photos", summary="A catalogue photo stored as a file under the service's image roots.")
+    def photo(ref: str) -> FileResponse:
+        found = _inside_roots(ref, roots)
+        if found is None or not has_supported_extension(found):  # photos only, not every file under a root
+            raise StarletteHTTPException(404, "no such photo under the service's image roots")
+        return FileResponse(found)
+
+    web = files("imgsearch.web")
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse((web / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        kinds = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+        suffix = Path(name).suffix
+        if "/" in name or suffix not in kinds or not (web / name).is_file():
+            raise StarletteHTTPException(404, "not found")
+        return Response((web / name).read_bytes(), media_type=kinds[suffix])
+
+    wrapped = _BodyLimit(app, limits.max_upload_bytes + 64 * 1024)  # room for the form around the photo
+    wrapped.fastapi = app  # type: ignore[attr-defined]  (tests and tools reach the app through it)
+    return wrapped  # type: ignore[return-value]
+
+
+def _filters(*, k: Any, categories: Any, in_stock_only: Any, max_price: Any) -> dict[str, Any]:
+    """Search options from form fields or JSON values, checked like the library checks them."""
+    options: dict[str, Any] = {}
+    if k not in (None, ""):
+        try:
+            options["k"] = int(str(k))
+        except ValueError:
+            raise InvalidQueryError(f"k must be an integer between 1 and {query.MAX_K}, got {str(k)[:20]!r}") from None
+    if categories:
+        if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
+            raise InvalidQueryError("category must be text, or a list of texts")
+        options["categories"] = categories
+    if in_stock_only not in (None, ""):
+        if isinstance(in_stock_only, bool):
+            options["in_stock_only"] = in_stock_only
+        elif str(in_stock_only).lower() in ("true", "1", "yes", "on"):
+            options["in_stock_only"] = True
+        elif str(in_stock_only).lower() in ("false", "0", "no", "off"):
+            options["in_stock_only"] = False
+        else:
+            raise InvalidQueryError(f"in_stock_only must be true or false, got {str(in_stock_only)[:20]!r}")
+    if max_price not in (None, ""):
+        options["max_price"] = max_price
+    return options
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``exc`` is, wraps (exception groups of task groups) or was caused by a ``kind``."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return True
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return False
+
+
+def _inside_roots(ref: str, roots: list[Path]) -> Path | None:
+    """The file ``ref`` names if it lies inside one of ``roots`` (after resolving links and ``..``), else None."""
+    if not ref or "\0" in ref:
+        return None
+    candidate = Path(ref)
+    for root in roots:
+        path = (candidate if candidate.is_absolute() else root / candidate).resolve()
+        if path.is_relative_to(root) and path.is_file():
+            return path
+    return None
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": description,
+        "content": {"application/json": {"example": {"error": "one line saying what is wrong"}}},
+    }
+    for status, description in (
+        (400, "bad input: a bad vector, photo, k or price"),
+        (404, "unknown SKU"),
+        (413, "upload too large"),
+        (415, "wrong content type"),
+        (422, "a parameter of the wrong type"),
+        (503, "database unreachable, schema not migrated, or the model busy"),
+    )
+}
+_FILTER_PROPERTIES = {
+    "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 8},
+    "category": {"type": "array", "items": {"type": "string"}, "description": "only these categories"},
+    "in_stock_only": {"type": "boolean", "default": True},
+    "max_price": {"type": "number", "minimum": 0, "description": "price ceiling, inclusive"},
+}
+_SEARCH_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {"image": {"type": "string", "format": "binary"}, **_FILTER_PROPERTIES},
+            }
+        },
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["vector"],
+                "properties": {
+                    "vector": {"type": "array", "items": {"type": "number"}, "minItems": 512, "maxItems": 512},
+                    **_FILTER_PROPERTIES,
+                },
+            }
+        },
+    },
+}
+_EMBED_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {"image": {"type": "string", "format": "binary"}},
+            }
+        }
+    },
+}
+
+
+def app_from_env() -> Any:
+    """The application configured by the environment: the factory ``imgsearch serve`` gives uvicorn."""
+    return create_app()

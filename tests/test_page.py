@@ -1,0 +1,415 @@
+"""The service's web page in a real browser (headless Chromium through chromedriver) against the real service on
+a real catalogue: upload a photo, read the tiles, filter, browse similar and cheaper products, see errors.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (skipped without them) and the ``selenium`` package (dev extra).
+Also writes the page's picture for the README: docs/images/service-page.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from imgsearch.cli import main
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+    pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)", allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402  (after the skip: only needed when the browser is there)
+from selenium.webdriver.chrome.service import Service as DriverService  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+PHOTO = EXAMPLES / "catalogue" / "shoes" / "24535295-abe3-4613-91f6-a7fe87954662.jpg"
+PHOTO_SKU = "shoes-24535295"
+SCREENSHOT = REPO / "docs" / "images" / "service-page.png"
+WAIT = 30  # seconds for one search to show (a photo search is one forward pass of VGG16)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def _post_photo(url: str, data: bytes, filename: str, fields: list[tuple[str, str]]) -> tuple[int, Any]:
+    """POST a multipart form with the photo in ``image``: (status, JSON body), errors included."""
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+        f"Content-Type: image/jpeg\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+    )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+# --- fixtures: a real catalogue, the real service, a real browser ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def catalogue_url(make_database: Callable[..., str], migrated_template: str, weights_path: str) -> str:
+    url = make_database(template=migrated_template)
+    result = CliRunner().invoke(
+        main,
+        ["--database-url", url, "--weights", weights_path, "ingest", "--quiet", "--manifest", "examples/products.csv"],
+    )
+    assert result.exit_code == 0, result.output
+    return url
+
+
+@pytest.fixture(scope="module")
+def base_url(catalogue_url: str, weights_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``imgsearch serve`` in a subprocess on a free port, once it says it is healthy."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    command = [sys.executable, "-m", "imgsearch", "--database-url", catalogue_url, "--weights", weights_path]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [*command, "serve", "--port", str(port), "--image-root", str(EXAMPLES)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "IMGSEARCH_PRECISION": "float32"},
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, f"the service stopped:\n{log.read_text(errors='replace')}"
+            try:
+                if _get(f"{base}/healthz").get("status") == "ok":
+                    break
+            except (OSError, ValueError):
+                pass
+            assert time.monotonic() < deadline, f"the service was not healthy in 120 s:\n{log.read_text()}"
+            time.sleep(0.3)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    profile = tempfile.mkdtemp(prefix="imgsearch-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=DriverService(executable_path=CHROMEDRIVER))
+    try:
+        # The viewport itself 1280x900 (--window-size sizes the window, whose viewport is smaller).
+        driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+        )
+        driver.set_page_load_timeout(30)
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _request_number(driver: webdriver.Chrome) -> int:
+    return int(driver.find_element(By.ID, "results").get_attribute("data-request") or 0)
+
+
+def _settled(driver: webdriver.Chrome, before: int) -> str:
+    """Waits until the search started after request number ``before`` has been answered; its state."""
+
+    def done(d: webdriver.Chrome) -> str | bool:
+        results = d.find_element(By.ID, "results")
+        state = results.get_attribute("data-state")
+        return int(results.get_attribute("data-request") or 0) > before and state != "loading" and state
+
+    return WebDriverWait(driver, WAIT).until(done)
+
+
+def _act(driver: webdriver.Chrome, action: Callable[[], object]) -> str:
+    """Does something that starts a search and waits for its answer."""
+    before = _request_number(driver)
+    action()
+    return _settled(driver, before)
+
+
+def _open(driver: webdriver.Chrome, base: str) -> None:
+    driver.get(base + "/")
+    # The categories arrive after the page: wait for them, so that choosing one never races their arrival.
+    WebDriverWait(driver, WAIT).until(lambda d: len(Select(d.find_element(By.ID, "category")).options) > 1)
+
+
+def _upload(driver: webdriver.Chrome, path: Path) -> str:
+    return _act(driver, lambda: driver.find_element(By.ID, "file").send_keys(str(path)))
+
+
+def _tiles(driver: webdriver.Chrome) -> list[WebElement]:
+    return driver.find_elements(By.CSS_SELECTOR, "#results .result")
+
+
+def _tile_data(driver: webdriver.Chrome) -> list[dict[str, str]]:
+    """What every tile shows, read in one round trip."""
+    return driver.execute_script(
+        """return Array.from(document.querySelectorAll('#results .result')).map(t => ({
+            sku: t.dataset.sku,
+            name: t.querySelector('.name').textContent,
+            skuText: t.querySelector('.sku').textContent,
+            price: t.querySelector('.price').textContent,
+            stock: t.querySelector('.stock').textContent,
+            distance: t.querySelector('.distance').textContent,
+            alt: t.querySelector('img').alt,
+            src: t.querySelector('img').getAttribute('src'),
+            tag: t.tagName,
+        }));"""
+    )
+
+
+def _text(driver: webdriver.Chrome, element_id: str) -> str:
+    return driver.find_element(By.ID, element_id).text.strip()
+
+
+def _price(text: str) -> float:
+    assert re.fullmatch(r"\d+\.\d\d", text), text
+    return float(text)
+
+
+def _expected(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """What the tiles should show for the API's rows."""
+    return [
+        {
+            "sku": r["sku"],
+            "name": r["name"] or r["sku"],
+            "price": "no price" if r["price"] is None else f"{r['price']:.2f}",
+            "stock": "in stock" if r["in_stock"] else "sold out",
+            "distance": f"{abs(r['distance']):.4f}",
+        }
+        for r in rows
+    ]
+
+
+def _shown(tiles: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{key: t[key] for key in ("sku", "name", "price", "stock", "distance")} for t in tiles]
+
+
+# --- tests -----------------------------------------------------------------------------------------------------
+
+
+def test_photo_search_shows_the_apis_results_as_tiles(browser: webdriver.Chrome, base_url: str) -> None:
+    _open(browser, base_url)
+    assert _upload(browser, PHOTO) == "done"
+    assert _text(browser, "status").lower() == f"results for photo {PHOTO.name}"
+    assert browser.find_element(By.ID, "preview").is_displayed()
+    assert not browser.find_element(By.ID, "message").is_displayed()
+
+    tiles = _tile_data(browser)
+    assert len(tiles) == 8
+    assert tiles[0]["sku"] == PHOTO_SKU and tiles[0]["distance"] == "0.0000"
+    for tile in tiles:
+        assert tile["tag"] == "BUTTON"  # keyboard usable
+        assert tile["skuText"] == tile["sku"]
+        _price(tile["price"])
+        assert tile["stock"] in ("in stock", "sold out")
+        assert re.fullmatch(r"\d\.\d{4}", tile["distance"])
+        assert tile["alt"] and tile["src"].startswith("/photos?ref=")
+
+    # Exactly what the API answers for the same request (the page's defaults: k 8, in stock only).
+    status, rows = _post_photo(f"{base_url}/search", PHOTO.read_bytes(), PHOTO.name, [("k", "8")])
+    assert status == 200
+    assert _shown(tiles) == _expected(rows)
+
+    # Every thumbnail is the catalogue photo, served by /photos, and loaded.
+    WebDriverWait(browser, WAIT).until(
+        lambda d: d.execute_script(
+            "const imgs = Array.from(document.querySelectorAll('#results .result img'));"
+            "return imgs.length === 8 && imgs.every(i => i.complete && i.naturalWidth > 0"
+            " && new URL(i.src).pathname === '/photos');"
+        )
+    )
+
+    # The picture for the README: the page at 1280x900 with results, reduced to a 256-colour palette.
+    from PIL import Image
+
+    browser.execute_script("document.activeElement && document.activeElement.blur()")
+    shot = Path(tempfile.mkdtemp(prefix="imgsearch-shot-")) / "page.png"
+    try:
+        assert browser.save_screenshot(str(shot))
+        with Image.open(shot) as image:
+            assert image.size == (1280, 900)
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            image.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(SCREENSHOT, optimize=True)
+    finally:
+        shutil.rmtree(shot.parent, ignore_errors=True)
+
+
+def test_filters_rerun_the_search(browser: webdriver.Chrome, base_url: str) -> None:
+    _open(browser, base_url)
+    assert _upload(browser, PHOTO) == "done"
+
+    assert _act(browser, lambda: Select(browser.find_element(By.ID, "category")).select_by_value("shoes")) == "done"
+    status, shoes = _post_photo(
+        f"{base_url}/search", PHOTO.read_bytes(), PHOTO.name, [("k", "8"), ("category", "shoes")]
+    )
+    assert status == 200 and {r["category"] for r in shoes} == {"shoes"}
+    assert _shown(_tile_data(browser)) == _expected(shoes)
+
+    # Sold-out products included and a price ceiling: again exactly the API's answer, sold-out ones marked.
+    assert _act(browser, lambda: browser.find_element(By.ID, "include-sold-out").click()) == "done"
+    price = browser.find_element(By.ID, "max-price")
+    assert _act(browser, lambda: (price.send_keys("20"), price.send_keys("\n"))) == "done"
+    fields = [("k", "8"), ("category", "shoes"), ("in_stock_only", "false"), ("max_price", "20")]
+    status, cheap = _post_photo(f"{base_url}/search", PHOTO.read_bytes(), PHOTO.name, fields)
+    assert status == 200 and cheap and any(not r["in_stock"] for r in cheap)
+    tiles = _tile_data(browser)
+    assert _shown(tiles) == _expected(cheap)
+    assert all(_price(t["price"]) <= 20 for t in tiles)
+    sold_out = browser.find_elements(By.CSS_SELECTOR, "#results .result.sold-out .stock")
+    assert sold_out and all(s.text.lower() == "sold out" and s.is_displayed() for s in sold_out)
+
+    # Nothing matches: a message says so, and no tiles remain.
+    assert _act(browser, lambda: (price.clear(), price.send_keys("0.5\n"))) == "empty"
+    assert not _tiles(browser)
+    assert _text(browser, "message").lower().rstrip(".") == "no products match the filters"
+
+
+def test_a_click_shows_similar_then_cheaper_products(browser: webdriver.Chrome, base_url: str) -> None:
+    _open(browser, base_url)
+    assert _upload(browser, PHOTO) == "done"
+    first = _tiles(browser)[0]
+    assert first.get_attribute("data-sku") == PHOTO_SKU
+    clicked_price = _price(first.find_element(By.CLASS_NAME, "price").text)
+
+    # Cheaper off: a click (here with the keyboard) shows products like it, with the page's filters.
+    assert _act(browser, lambda: first.send_keys("\n")) == "done"
+    assert _text(browser, "status").lower() == f"similar to {PHOTO_SKU}"
+    similar = _get(f"{base_url}/products/{PHOTO_SKU}/similar?k=8&in_stock_only=true")
+    assert _shown(_tile_data(browser)) == _expected(similar)
+    assert browser.switch_to.active_element.get_attribute("id") == "status"  # focus follows the new results
+
+    # Cheaper on: the current product's cheaper alternatives, all below its price.
+    assert _act(browser, lambda: browser.find_element(By.ID, "cheaper").click()) == "done"
+    assert _text(browser, "status").lower() == f"cheaper than {PHOTO_SKU}"
+    tiles = _tile_data(browser)
+    assert tiles and all(_price(t["price"]) < clicked_price for t in tiles)
+    assert all(t["stock"] == "in stock" for t in tiles)
+    assert _shown(tiles) == _expected(_get(f"{base_url}/products/{PHOTO_SKU}/cheaper?k=8"))
+
+    # Clicking a result while cheaper is on: cheaper than that one.
+    target = _tiles(browser)[0]
+    sku = target.get_attribute("data-sku")
+    target_price = _price(target.find_element(By.CLASS_NAME, "price").text)
+    state = _act(browser, target.click)
+    assert _text(browser, "status").lower() == f"cheaper than {sku}".lower()
+    prices = [_price(t["price"]) for t in _tile_data(browser)]
+    assert all(p < target_price for p in prices)
+    assert state == ("done" if prices else "empty")
+    cheaper = _get(f"{base_url}/products/{urllib.parse.quote(sku, safe='')}/cheaper?k=8")
+    assert _shown(_tile_data(browser)) == _expected(cheaper)
+
+
+def test_the_apis_error_line_is_shown(browser: webdriver.Chrome, base_url: str, tmp_path: Path) -> None:
+    _open(browser, base_url)
+    assert _upload(browser, PHOTO) == "done"
+    fake = tmp_path / "not-a-photo.jpg"
+    fake.write_text("this is text, not a JPEG\n")
+    assert _upload(browser, fake) == "error"
+    status, body = _post_photo(f"{base_url}/search", fake.read_bytes(), fake.name, [("k", "8")])
+    assert status == 400 and set(body) == {"error"}
+    message = browser.find_element(By.ID, "message")
+    assert message.is_displayed() and message.text == body["error"]
+    assert not _tiles(browser)  # the previous photo's results are gone: they would answer another question
+
+
+def test_a_photo_dropped_on_the_drop_zone_is_searched(browser: webdriver.Chrome, base_url: str) -> None:
+    _open(browser, base_url)
+    drop = """
+        const [ref, name] = arguments;
+        fetch('/photos?ref=' + encodeURIComponent(ref)).then(r => r.blob()).then(blob => {
+            const data = new DataTransfer();
+            data.items.add(new File([blob], name, {type: 'image/jpeg'}));
+            const zone = document.getElementById('drop');
+            for (const type of ['dragenter', 'dragover', 'drop']) {
+                zone.dispatchEvent(new DragEvent(type, {dataTransfer: data, bubbles: true, cancelable: true}));
+            }
+        });"""
+    assert _act(browser, lambda: browser.execute_script(drop, str(PHOTO), "dropped.jpg")) == "done"
+    assert _text(browser, "status").lower() == "results for photo dropped.jpg"
+    assert _tiles(browser)[0].get_attribute("data-sku") == PHOTO_SKU
+    assert "over" not in (browser.find_element(By.ID, "drop").get_attribute("class") or "")
+
+
+def test_the_page_is_labelled(browser: webdriver.Chrome, base_url: str) -> None:
+    _open(browser, base_url)
+    for element_id in ("file", "category", "max-price", "include-sold-out", "cheaper"):
+        labels = browser.find_elements(By.CSS_SELECTOR, f"label[for='{element_id}']")
+        assert labels and labels[0].text.strip(), element_id
+    assert browser.find_element(By.CSS_SELECTOR, "label[for='file']").get_attribute("id") == "drop"
+    assert Select(browser.find_element(By.ID, "category")).first_selected_option.text == "all categories"
+    assert "shoes" in [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "category")).options]
+    assert not browser.find_element(By.ID, "include-sold-out").is_selected()
+    assert not browser.find_element(By.ID, "cheaper").is_selected()
+    WebDriverWait(browser, WAIT).until(lambda d: _text(d, "health") == "service ok")
+    # The keyboard reaches the file input first (its label, the drop zone, shows the focus).
+    ActionChains(browser).send_keys(Keys.TAB).perform()
+    assert browser.switch_to.active_element.get_attribute("id") == "file"
+    # Nothing from elsewhere: every script, style sheet and image of the page comes from the service.
+    assert browser.execute_script(
+        "return performance.getEntriesByType('resource').every(e => new URL(e.name).origin === location.origin);"
+    )

@@ -1,0 +1,297 @@
+"""The HTTP service through a real HTTP client against a real server on loopback: every endpoint, every class of
+error (each a 4xx or 503 with one JSON line), limits, least privilege and path safety."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from PIL import Image
+from sqlalchemy.engine import make_url
+
+from imgsearch import db, output, roles
+from imgsearch.cli import main
+from imgsearch.embedding import Featurizer
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+PHOTO = EXAMPLES / "catalogue" / "shoes" / "24535295-abe3-4613-91f6-a7fe87954662.jpg"
+PHOTO_SKU = "shoes-24535295"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """``imgsearch serve`` in a subprocess, and a client for it."""
+
+    def __init__(self, url: str, weights: str, *options: str) -> None:
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "imgsearch", "--database-url", url, "--weights", weights, "serve"]
+        self.process = subprocess.Popen(
+            [*command, "--port", str(self.port), *options],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "IMGSEARCH_PRECISION": "float32"},
+        )
+        self.client = httpx.Client(base_url=self.base, timeout=60)
+        deadline = time.monotonic() + 120
+        while True:
+            assert self.process.poll() is None, self.process.communicate()[1].decode()
+            try:
+                if self.client.get("/healthz").status_code in (200, 503):
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the service did not start"
+            time.sleep(0.3)
+
+    def close(self) -> str:
+        self.client.close()
+        self.process.terminate()
+        _, stderr = self.process.communicate(timeout=30)
+        return stderr.decode()
+
+
+def _catalogue(make_database: Callable[..., str], migrated_template: str, weights: str) -> str:
+    url = make_database(template=migrated_template)
+    manifest = str(EXAMPLES / "products.csv")
+    result = CliRunner().invoke(
+        main, ["--database-url", url, "--weights", weights, "ingest", "--quiet", "--manifest", manifest]
+    )
+    assert result.exit_code == 0, result.output
+    return url
+
+
+@pytest.fixture(scope="module")
+def catalogue_url(make_database: Callable[..., str], migrated_template: str, weights_path: str) -> str:
+    return _catalogue(make_database, migrated_template, weights_path)
+
+
+@pytest.fixture(scope="module")
+def service(catalogue_url: str, weights_path: str) -> Iterator[Service]:
+    running = Service(catalogue_url, weights_path, "--image-root", str(EXAMPLES))
+    yield running
+    running.close()
+
+
+def _photo(path: Path = PHOTO) -> dict[str, tuple[str, bytes, str]]:
+    return {"image": (path.name, path.read_bytes(), "image/jpeg")}
+
+
+def _error(response: httpx.Response, status: int) -> str:
+    """The response is the given error status with a one-line JSON error, and nothing else."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert list(body) == ["error"] and "\n" not in body["error"] and "Traceback" not in body["error"]
+    return body["error"]
+
+
+def test_search_by_photo_gives_the_clis_json(service: Service, catalogue_url: str, weights_path: str) -> None:
+    response = service.client.post("/search", files=_photo(), data={"k": "5"})
+    assert response.status_code == 200
+    rows = response.json()
+    assert [list(r) for r in rows] == [list(output.RESULT_FIELDS)] * 5
+    assert rows[0]["sku"] == PHOTO_SKU and rows[0]["distance"] < 1e-4
+    cli = CliRunner().invoke(
+        main,
+        [
+            "--database-url",
+            catalogue_url,
+            "--weights",
+            weights_path,
+            "search",
+            str(PHOTO),
+            "-k",
+            "5",
+            "--format",
+            "json",
+        ],
+    )
+    assert rows == json.loads(cli.stdout)  # exactly the fields, order and values of `--format json`
+
+
+def test_filters_repeatable_categories_and_prices(service: Service) -> None:
+    form = {"k": "20", "category": ["hat", "shoes"], "in_stock_only": "false", "max_price": "50"}
+    rows = service.client.post("/search", files=_photo(), data=form).json()
+    assert rows and {r["category"] for r in rows} <= {"hat", "shoes"}
+    assert all(r["price"] <= 50 for r in rows) and not all(r["in_stock"] for r in rows)
+
+
+def test_embed_then_search_by_vector(service: Service, featurizer: Featurizer) -> None:
+    embedded = service.client.post("/embed", files=_photo()).json()
+    assert embedded["dimension"] == 512 and embedded["preprocessing"] == featurizer.space.preprocessing_version
+    assert np.allclose(embedded["vector"], featurizer.embed_image(PHOTO), atol=1e-4)
+    by_vector = service.client.post("/search", json={"vector": embedded["vector"], "k": 5, "category": "shoes"})
+    by_photo = service.client.post("/search", files=_photo(), data={"k": "5", "category": "shoes"})
+    assert [r["sku"] for r in by_vector.json()] == [r["sku"] for r in by_photo.json()]
+
+
+def test_similar_and_cheaper(service: Service) -> None:
+    similar = service.client.get(f"/products/{PHOTO_SKU}/similar", params={"k": 3, "category": "shoes"}).json()
+    assert len(similar) == 3 and PHOTO_SKU not in {r["sku"] for r in similar}
+    cheaper = service.client.get(f"/products/{PHOTO_SKU}/cheaper", params={"k": 3}).json()
+    assert cheaper and all(r["price"] < 99.99 and r["in_stock"] and r["category"] == "shoes" for r in cheaper)
+    anywhere = service.client.get(f"/products/{PHOTO_SKU}/cheaper", params={"k": 3, "any_category": "true"})
+    assert anywhere.status_code == 200
+
+
+def test_health_metrics_openapi_categories(service: Service) -> None:
+    health = service.client.get("/healthz").json()
+    assert health["status"] == "ok" and health["database"] == "ok" and health["model"] == "loaded"
+    service.client.get("/products/nope/similar")
+    metrics = service.client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    assert 'imgsearch_http_requests_total{method="POST",route="/search",status="200"}' in text
+    assert 'imgsearch_http_request_duration_seconds_bucket{route="/search",le="+Inf"}' in text
+    assert 'imgsearch_http_errors_total{route="/products/{sku:path}/similar",kind="UnknownSkuError"}' in text
+    paths = service.client.get("/openapi.json").json()["paths"]
+    assert {"/search", "/embed", "/healthz", "/metrics", "/products/{sku}/similar", "/products/{sku}/cheaper"} <= set(
+        paths
+    )
+    assert "multipart/form-data" in paths["/search"]["post"]["requestBody"]["content"]
+    categories = service.client.get("/categories").json()
+    assert {"category": "shoes", "products": 12} in categories
+
+
+def _bomb() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (15_000, 15_000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_every_kind_of_bad_input_is_a_one_line_4xx(service: Service) -> None:
+    post = service.client.post
+    assert "512" in _error(post("/search", json={"vector": [0.1] * 3}), 400)
+    nan = ('{"vector": [' + ", ".join(["NaN"] * 512) + "]}").encode()
+    assert "NaN" in _error(post("/search", content=nan, headers={"content-type": "application/json"}), 400)
+    _error(post("/search", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    assert "vector" in _error(post("/search", json={"photo": 1}), 400)
+    assert "k must be" in _error(post("/search", files=_photo(), data={"k": "0"}), 400)
+    assert "k must be" in _error(post("/search", files=_photo(), data={"k": "many"}), 400)
+    assert "max_price" in _error(post("/search", files=_photo(), data={"max_price": "-3"}), 400)
+    assert "in_stock_only" in _error(post("/search", files=_photo(), data={"in_stock_only": "maybe"}), 400)
+    assert "'image'" in _error(post("/search", data={"k": "3"}, files={"other": ("x", b"y")}), 400)
+    assert "not an image" in _error(post("/search", files={"image": ("x.jpg", b"hello", "image/jpeg")}), 400)
+    assert "too large" in _error(post("/embed", files={"image": ("bomb.png", _bomb(), "image/png")}), 400)
+    _error(post("/search", content=b"raw", headers={"content-type": "text/plain"}), 415)
+    _error(post("/embed", json={"vector": [1] * 512}), 415)
+    assert "unknown SKU" in _error(service.client.get("/products/no-such/similar"), 404)
+    assert "k" in _error(service.client.get(f"/products/{PHOTO_SKU}/similar", params={"k": "lots"}), 422)
+    _error(service.client.get(f"/products/{PHOTO_SKU}/similar", params={"k": 0}), 422)
+    _error(service.client.get("/no/such/endpoint"), 404)
+
+
+def test_photos_are_served_from_the_image_roots_only(service: Service, catalogue_url: str) -> None:
+    stored = str(EXAMPLES / "catalogue" / "shoes" / PHOTO.name)
+    assert service.client.get("/photos", params={"ref": stored}).content == PHOTO.read_bytes()
+    assert service.client.get("/photos", params={"ref": f"catalogue/shoes/{PHOTO.name}"}).status_code == 200
+    for ref in (
+        "/etc/passwd",
+        "../../../../etc/passwd",
+        "catalogue/../../README.md",
+        str(REPO / "README.md"),
+        "products.csv",  # under the root, but not a photo
+        "",
+    ):
+        _error(service.client.get("/photos", params={"ref": ref}), 404)
+
+
+def test_the_page_and_its_files(service: Service) -> None:
+    page = service.client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert service.client.get("/static/app.js").status_code == 200
+    _error(service.client.get("/static/..%2f__init__.py"), 404)
+
+
+@pytest.fixture(scope="module")
+def tight(catalogue_url: str, weights_path: str) -> Iterator[Service]:
+    """A service with a tiny upload limit and a model queue of one."""
+    running = Service(catalogue_url, weights_path, "--max-upload-mb", "0.05", "--queue", "1", "--timeout", "20")
+    yield running
+    running.close()
+
+
+def test_upload_limit_and_model_queue(tight: Service) -> None:
+    big = {"image": ("big.jpg", b"\xff" * 200_000, "image/jpeg")}
+    assert "larger than" in _error(tight.client.post("/search", files=big), 413)
+    head = b'--b\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n\r\n'
+    parts = [head, *([b"\xff" * 40_000] * 5), b"\r\n--b--\r\n"]
+    chunked = tight.client.post(
+        "/search", content=iter(parts), headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+    _error(chunked, 413)  # no Content-Length: counted as it arrives
+    photo = (EXAMPLES / "catalogue" / "dress").glob("*.jpg")
+    small = [p.read_bytes() for p in sorted(photo)][:8]
+    small = [d for d in small if len(d) < 0.05 * 2**20] or [PHOTO.read_bytes()]
+
+    def one(data: bytes) -> int:
+        with httpx.Client(base_url=tight.base, timeout=60) as client:
+            return client.post("/embed", files={"image": ("p.jpg", data, "image/jpeg")}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
+        statuses = list(pool.map(one, [small[i % len(small)] for i in range(24)]))
+    assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses  # the rest is told to come back
+
+
+def test_a_reader_role_is_enough(catalogue_url: str, weights_path: str) -> None:
+    admin = db.create_engine(catalogue_url)
+    role = f"web_{uuid.uuid4().hex[:8]}"
+    roles.grant_reader(admin, role)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'ALTER ROLE "{role}" LOGIN'))
+    admin.dispose()
+    reader_url = make_url(catalogue_url).set(username=role).render_as_string(hide_password=False)
+    running = Service(reader_url, weights_path)
+    try:
+        assert running.client.get("/healthz").json()["status"] == "ok"
+        assert len(running.client.post("/search", files=_photo(), data={"k": "3"}).json()) == 3
+    finally:
+        running.close()
+
+
+def test_an_unmigrated_or_unreachable_database_is_503(
+    make_database: Callable[..., str], weights_path: str, tmp_path: Path
+) -> None:
+    running = Service(make_database(), weights_path)  # a database without the imgsearch schema
+    try:
+        health = running.client.get("/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        assert "imgsearch db upgrade" in _error(running.client.post("/search", files=_photo()), 503)
+    finally:
+        running.close()
+    gone = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imgsearch",
+            "--database-url",
+            f"postgresql://x@/y?host={tmp_path}",
+            "serve",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert gone.returncode == 1 and gone.stderr.startswith("Error: cannot connect to the database")
