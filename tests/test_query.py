@@ -239,7 +239,7 @@ def test_cheaper_alternatives(filled: Engine, data: Catalogue) -> None:
     ("vector", "k", "extra", "message"),
     [
         (np.ones(511), 10, {}, "shape"),
-        (np.ones((2, 512)), 10, {}, "shape"),
+        (np.ones((2, 511)), 10, {}, "shape"),
         (np.full(512, np.nan), 10, {}, "NaN"),
         (np.r_[np.ones(511), np.inf], 10, {}, "infinite"),
         (np.zeros(512), 10, {}, "zeros"),

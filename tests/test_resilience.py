@@ -314,15 +314,16 @@ def test_products_removed_during_an_ingest_are_embedded_again(
         """The real featurizer; the first time the ingest asks it for vectors, the victims are removed."""
 
         space = featurizer.space
+        pipeline = featurizer.pipeline
 
         def __init__(self) -> None:
             self.removed = False
 
-        def embed_files(self, paths: list[Path]):
+        def embed_files(self, paths: list[Path], **options: bool):
             if not self.removed:
                 self.removed = True
                 assert catalogue.remove(engine, victims) == len(victims)
-            return featurizer.embed_files(paths)
+            return featurizer.embed_files(paths, **options)
 
     entries = [replace(e, name="v1") for e in stored]
     report = ingest.ingest(engine, entries, RemovingFeaturizer(), commit_every=len(entries))  # type: ignore[arg-type]

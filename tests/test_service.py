@@ -67,7 +67,11 @@ class Service:
     def close(self) -> str:
         self.client.close()
         self.process.terminate()
-        _, stderr = self.process.communicate(timeout=30)
+        try:
+            _, stderr = self.process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:  # requests still queued for the model: no need to wait for them
+            self.process.kill()
+            _, stderr = self.process.communicate()
         return stderr.decode()
 
 
