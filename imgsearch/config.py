@@ -9,7 +9,9 @@ from pathlib import Path
 
 from imgsearch.errors import ConfigurationError
 
-PRECISIONS = ("float32", "bfloat16")
+#: How the network computes: ``auto`` (bfloat16 on CPUs with native bfloat16 arithmetic, float32 elsewhere),
+#: ``float32`` or ``bfloat16``. Vectors of both are interchangeable (cosine 0.99999): one catalogue may mix them.
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 #: The PostgreSQL schema that holds imgsearch's tables, indexes, functions and Alembic version table.
 DEFAULT_SCHEMA = "imgsearch"
@@ -57,7 +59,8 @@ class Settings:
         weights: VGG16 weights: ``"imagenet"`` (the Keras download, cached by Keras) or a path to a local
             ``.h5`` file (``IMGSEARCH_VGG16_WEIGHTS``).
         batch_size: images per forward pass of the network (``IMGSEARCH_BATCH_SIZE``).
-        precision: ``"float32"`` (default) or ``"bfloat16"`` (``IMGSEARCH_PRECISION``).
+        precision: ``"auto"`` (default: bfloat16 where the CPU computes it natively), ``"float32"`` or
+            ``"bfloat16"`` (``IMGSEARCH_PRECISION``).
         image_root: the folder under which photo files are stored by a path relative to it
             (``IMGSEARCH_IMAGE_ROOT``; unset: absolute paths), and relative stored paths are looked up.
         schema: the PostgreSQL schema of imgsearch's objects (``IMGSEARCH_SCHEMA``, default ``imgsearch``), so
@@ -68,7 +71,7 @@ class Settings:
     home: Path = field(default_factory=_default_home)
     weights: str = "imagenet"
     batch_size: int = 32
-    precision: str = "float32"
+    precision: str = "auto"
     schema: str = DEFAULT_SCHEMA
     image_root: Path | None = None
 
@@ -88,7 +91,7 @@ class Settings:
             home=Path(home).expanduser() if home else _default_home(),
             weights=os.environ.get("IMGSEARCH_VGG16_WEIGHTS") or "imagenet",
             batch_size=_env_int("IMGSEARCH_BATCH_SIZE", 32),
-            precision=os.environ.get("IMGSEARCH_PRECISION") or "float32",
+            precision=os.environ.get("IMGSEARCH_PRECISION") or "auto",
             schema=os.environ.get("IMGSEARCH_SCHEMA") or DEFAULT_SCHEMA,
             image_root=Path(os.environ["IMGSEARCH_IMAGE_ROOT"]).expanduser()
             if os.environ.get("IMGSEARCH_IMAGE_ROOT")

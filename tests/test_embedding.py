@@ -19,6 +19,7 @@ from imgsearch.embedding import (
     MODEL_NAME,
     EmbedResult,
     Featurizer,
+    resolve_precision,
 )
 from imgsearch.errors import ConfigurationError, WeightsUnavailableError
 from imgsearch.images import PREPROCESSING_VERSION, load_image
@@ -37,6 +38,11 @@ def catalogue(sample_vectors: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def bf16_featurizer(weights_path: str) -> Featurizer:
     return Featurizer.from_settings(Settings(weights=weights_path, precision="bfloat16", batch_size=4))
+
+
+@pytest.fixture(scope="module")
+def fp32_featurizer(weights_path: str) -> Featurizer:
+    return Featurizer.from_settings(Settings(weights=weights_path, precision="float32", batch_size=4))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -210,22 +216,35 @@ def test_invalid_settings_are_refused_before_loading() -> None:
 
 
 def test_bfloat16_shares_the_space_and_nearly_the_vectors(
-    bf16_featurizer: Featurizer, featurizer: Featurizer, catalogue: np.ndarray
+    bf16_featurizer: Featurizer, fp32_featurizer: Featurizer
 ) -> None:
     import keras
 
-    assert bf16_featurizer.space == featurizer.space
-    assert bf16_featurizer.precision == "bfloat16"
+    assert bf16_featurizer.space == fp32_featurizer.space  # one catalogue may hold vectors of both
+    assert (bf16_featurizer.precision, fp32_featurizer.precision) == ("bfloat16", "float32")
     # The bfloat16 policy is only for that model: the process-wide policy is left as it was.
     assert keras.config.dtype_policy().name == "float32"
 
-    indices = [0, 40, 80, 119]
-    results = list(bf16_featurizer.embed_files([PHOTOS[i] for i in indices]))
-    for result, index in zip(results, indices, strict=True):
-        assert result.vector is not None
-        assert result.vector.dtype == np.float32
-        assert np.linalg.norm(result.vector) == pytest.approx(1.0, abs=1e-3)
-        assert cosine(result.vector, catalogue[index]) > 0.98
+    paths = [PHOTOS[i] for i in (0, 40, 80, 119)]
+    for half, full in zip(bf16_featurizer.embed_files(paths), fp32_featurizer.embed_files(paths), strict=True):
+        assert half.vector is not None and full.vector is not None
+        assert half.vector.dtype == np.float32
+        assert np.linalg.norm(half.vector) == pytest.approx(1.0, abs=1e-3)
+        assert cosine(half.vector, full.vector) > 0.999
+
+
+CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f {}\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [("avx512_bf16", "bfloat16"), ("amx_bf16 amx_tile", "bfloat16"), ("avx512vnni", "float32"), ("", "float32")],
+)
+def test_auto_precision_follows_the_cpu(flags: str, expected: str) -> None:
+    assert resolve_precision("auto", CPUINFO.format(flags)) == expected
+    assert resolve_precision("float32", CPUINFO.format(flags)) == "float32"  # an explicit choice is kept
+    arm = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+    assert resolve_precision("auto", arm) == "bfloat16"
 
 
 def test_importing_the_package_does_not_load_tensorflow() -> None:

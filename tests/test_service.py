@@ -50,7 +50,7 @@ class Service:
             [*command, "--port", str(self.port), *options],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**os.environ, "IMGSEARCH_PRECISION": "float32"},
+            env=os.environ.copy(),
         )
         self.client = httpx.Client(base_url=self.base, timeout=60)
         deadline = time.monotonic() + 120
