@@ -506,14 +506,61 @@ def _unknown_skus(missing: list[str]) -> UnknownSkuError:
 def set_stock(bind: Bind, stock: Mapping[str, bool], *, missing_ok: bool = False) -> int:
     """Mark SKUs in or out of stock, all in one transaction. Returns how many rows changed.
 
-    Rows are locked in SKU order (like every writer here), and a deadlock is retried.
+    Rows are locked in SKU order (like every writer here), and a deadlock is retried. Only the small products
+    rows change (no vector, no vector index: the updates are HOT).
 
     Raises:
         UnknownSkuError: a SKU is not in the catalogue and ``missing_ok`` is false (then nothing is changed).
     """
-    if not stock:
+    return update_offers(bind, stock=stock, missing_ok=missing_ok)
+
+
+def set_prices(bind: Bind, prices: Mapping[str, Decimal | float | int | None], *, missing_ok: bool = False) -> int:
+    """Change prices (``None``: no price), all in one transaction. Returns how many rows changed.
+
+    Raises:
+        UnknownSkuError: a SKU is not in the catalogue and ``missing_ok`` is false (then nothing is changed).
+        InvalidProductError: a price is not a number from 0 to 9,999,999,999.99 with at most 2 decimals.
+    """
+    return update_offers(bind, prices=prices, missing_ok=missing_ok)
+
+
+_OFFERS = sa.text(
+    """
+    UPDATE products p SET
+        in_stock = CASE WHEN u.set_stock THEN u.in_stock ELSE p.in_stock END,
+        price = CASE WHEN u.set_price THEN u.price ELSE p.price END
+    FROM unnest(CAST(:skus AS text[]), CAST(:set_stock AS boolean[]), CAST(:flags AS boolean[]),
+                CAST(:set_price AS boolean[]), CAST(:prices AS numeric[]))
+         AS u(sku, set_stock, in_stock, set_price, price)
+    WHERE p.sku = u.sku
+      AND (CASE WHEN u.set_stock THEN u.in_stock ELSE p.in_stock END,
+           CASE WHEN u.set_price THEN u.price ELSE p.price END) IS DISTINCT FROM (p.in_stock, p.price)
+    """
+)
+
+
+def update_offers(
+    bind: Bind,
+    *,
+    stock: Mapping[str, bool] | None = None,
+    prices: Mapping[str, Decimal | float | int | None] | None = None,
+    missing_ok: bool = False,
+) -> int:
+    """Stock flags and prices of many products in one statement and one transaction (a stock system's sync).
+    Returns how many products changed. See :func:`set_stock` and :func:`set_prices`."""
+    stock, prices = dict(stock or {}), dict(prices or {})
+    checked: dict[str, Decimal | None] = {}
+    for sku, price in prices.items():
+        if price is not None:
+            try:
+                check_product_fields(sku, "-", price=price)
+            except InvalidProductError as exc:
+                raise InvalidProductError(f"{sku}: {exc}") from None
+        checked[sku] = None if price is None else Decimal(str(price))
+    skus = sorted(set(stock) | set(checked))
+    if not skus:
         return 0
-    skus = sorted(stock)
 
     def write(conn: Connection) -> int:
         known = set(
@@ -525,12 +572,14 @@ def set_stock(bind: Bind, stock: Mapping[str, bool], *, missing_ok: bool = False
         if missing and not missing_ok:
             raise _unknown_skus(missing)
         result = conn.execute(
-            sa.text(
-                "UPDATE products p SET in_stock = u.in_stock "
-                "FROM unnest(CAST(:skus AS text[]), CAST(:flags AS boolean[])) AS u(sku, in_stock) "
-                "WHERE p.sku = u.sku AND p.in_stock IS DISTINCT FROM u.in_stock"
-            ),
-            {"skus": skus, "flags": [bool(stock[s]) for s in skus]},
+            _OFFERS,
+            {
+                "skus": skus,
+                "set_stock": [s in stock for s in skus],
+                "flags": [bool(stock.get(s, False)) for s in skus],
+                "set_price": [s in checked for s in skus],
+                "prices": [checked.get(s) for s in skus],
+            },
         )
         return result.rowcount
 

@@ -17,7 +17,7 @@ import click
 from imgsearch import catalogue, db, embedded, indexes, output, query, roles
 from imgsearch import schema as imgsearch_schema
 from imgsearch.config import PRECISIONS, Settings
-from imgsearch.errors import DatabaseUnavailableError, ImgsearchError
+from imgsearch.errors import DatabaseUnavailableError, ImgsearchError, PermissionDeniedError
 from imgsearch.ingest import DEFAULT_MAX_PRUNE_SHARE, PRUNE_MODES, Failure, Progress
 
 if TYPE_CHECKING:
@@ -359,6 +359,44 @@ def index_create(app: App, categories: tuple[str, ...], min_products: int | None
     indexes.create_category_indexes(engine, categories, on_created=report)
 
 
+@index_group.command("auto")
+@click.option(
+    "--min-products",
+    type=click.IntRange(min=1),
+    help="Index categories of at least this many products [env IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS, 2000].",
+)
+@click.option(
+    "--max-share",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=indexes.AUTO_INDEX_MAX_SHARE,
+    show_default=True,
+    help="...holding at most this share of the catalogue (larger ones are served by the catalogue-wide index).",
+)
+@pass_app
+def index_auto(app: App, min_products: int | None, max_share: float) -> None:
+    """Keep category indexes where they pay (what every ingest does): build the missing ones, drop shrunk ones.
+
+    Builds and drops CONCURRENTLY: writes and searches go on meanwhile.
+    """
+    threshold = min_products or app.settings.category_index_min_products or None
+    if threshold is None:
+        _fail("IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS is 0 (automatic category indexes are off): give --min-products")
+    built = _maintain_category_indexes(app, threshold, max_share)
+    if not built:
+        click.echo(f"nothing to build: every category of {threshold} or more products has its index")
+
+
+def _maintain_category_indexes(
+    app: App, min_products: int, max_share: float = indexes.AUTO_INDEX_MAX_SHARE
+) -> list[indexes.CategoryIndex]:
+    def report(index: indexes.CategoryIndex) -> None:
+        click.echo(f"indexed {index.category} ({index.products} products, {output.format_size(index.size_bytes)})")
+
+    return indexes.maintain_category_indexes(
+        app.engine(access="admin"), min_products=min_products, max_share=max_share, on_created=report
+    )
+
+
 @index_group.command("list")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @pass_app
@@ -455,6 +493,12 @@ class _ProgressLine:
     type=click.Path(file_okay=False, path_type=Path),
     help="Store photo files under this folder by their path relative to it [env IMGSEARCH_IMAGE_ROOT].",
 )
+@click.option(
+    "--no-index",
+    "no_index",
+    is_flag=True,
+    help="Do not build or drop category indexes after loading (see imgsearch index auto).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @pass_app
 def ingest(
@@ -468,6 +512,7 @@ def ingest(
     max_prune_share: float,
     force: bool,
     image_root: Path | None,
+    no_index: bool,
     quiet: bool,
 ) -> None:
     """Load or update products from a FOLDER or a --manifest CSV; photos may be files or http(s) URLs.
@@ -536,6 +581,15 @@ def ingest(
     progress.close()
     _report_failures(report.failures, errors_path)
     click.echo(output.format_ingest_summary(report))
+    if not no_index and app.settings.category_index_min_products:
+        try:
+            _maintain_category_indexes(app, app.settings.category_index_min_products)
+        except PermissionDeniedError:
+            click.echo(
+                "warning: category indexes not maintained: this role may not create indexes "
+                "(run imgsearch index auto as the schema's owner, or ingest with --no-index)",
+                err=True,
+            )
     if report.pruned is not None and report.pruned.refused:
         _fail(f"{report.pruned.refused}: nothing was pruned (--force to prune anyway)")
     if report.failed:
@@ -572,7 +626,7 @@ def _report_failures(failures: list[Failure], errors_path: Path | None) -> None:
     "--csv",
     "csv_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="CSV sku,in_stock, applied in one transaction.",
+    help="CSV with sku and in_stock, price or both, applied in one transaction.",
 )
 @click.option(
     "--errors", "errors_path", type=click.Path(dir_okay=False, path_type=Path), help="Write failures to this CSV."
@@ -581,16 +635,17 @@ def _report_failures(failures: list[Failure], errors_path: Path | None) -> None:
 def stock(
     app: App, skus: tuple[str, ...], in_stock: bool | None, csv_path: Path | None, errors_path: Path | None
 ) -> None:
-    """Mark products in or out of stock, in one transaction.
+    """Mark products in or out of stock, or change prices (from a --csv), in one transaction.
 
     SKUs named on the command line are all or nothing: an unknown one changes nothing. A --csv file (an
-    export of the shop's stock system) is applied except for its unusable rows and unknown SKUs, which are
-    listed (and written to --errors); the exit status is then 1.
+    export of the shop's stock system: sku and in_stock, price or both) is applied except for its unusable rows
+    and unknown SKUs, which are listed (and written to --errors); the exit status is then 1. Only the products'
+    small rows change, never their photos or the vector index.
 
     \b
     Examples:
       imgsearch stock --out shoes/123 shoes/456
-      imgsearch stock --csv stock.csv --errors stock-errors.csv
+      imgsearch stock --csv stock.csv --errors stock-errors.csv     # sku,in_stock,price
     """
     if csv_path is None:
         if not skus or in_stock is None:
@@ -606,12 +661,12 @@ def stock(
         _check_writable(errors_path)
     updates = read_stock_csv(csv_path)
     engine = app.engine()
-    unknown = catalogue.missing_skus(engine, updates.changes)
-    changes = {sku: flag for sku, flag in updates.changes.items() if sku not in set(unknown)}
-    changed = catalogue.set_stock(engine, changes, missing_ok=True)
-    failures = [*updates.failures, *(Failure(sku, str(csv_path), "unknown SKU") for sku in unknown)]
+    given = {**dict.fromkeys(updates.stock), **dict.fromkeys(updates.prices)}
+    unknown = set(catalogue.missing_skus(engine, given))
+    changed = catalogue.update_offers(engine, stock=updates.stock, prices=updates.prices, missing_ok=True)
+    failures = [*updates.failures, *(Failure(sku, str(csv_path), "unknown SKU") for sku in given if sku in unknown)]
     _report_failures(failures, errors_path)
-    click.echo(_stock_summary(changed, len(changes)) + (f", {len(failures)} failed" if failures else ""))
+    click.echo(_stock_summary(changed, len(given) - len(unknown)) + (f", {len(failures)} failed" if failures else ""))
     if failures:
         sys.exit(1)
 

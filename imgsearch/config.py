@@ -13,6 +13,11 @@ from imgsearch.errors import ConfigurationError
 #: ``float32`` or ``bfloat16``. Vectors of both are interchangeable (cosine 0.99999): one catalogue may mix them.
 PRECISIONS = ("auto", "float32", "bfloat16")
 
+#: ``imgsearch ingest`` gives a category its own index from this many products on (docs/performance.md): below
+#: it, ranking the whole category exactly takes a few milliseconds; above it, a walk of the catalogue-wide index
+#: that the photo leads away from the category would cost tens to hundreds.
+DEFAULT_CATEGORY_INDEX_MIN_PRODUCTS = 2000
+
 #: The PostgreSQL schema that holds imgsearch's tables, indexes, functions and Alembic version table.
 DEFAULT_SCHEMA = "imgsearch"
 # Lower-case identifiers only: they need no quoting anywhere (psql, backends' SQL, search_path settings).
@@ -65,6 +70,8 @@ class Settings:
             (``IMGSEARCH_IMAGE_ROOT``; unset: absolute paths), and relative stored paths are looked up.
         schema: the PostgreSQL schema of imgsearch's objects (``IMGSEARCH_SCHEMA``, default ``imgsearch``), so
             that it can share a database with the shop's own tables.
+        category_index_min_products: ``imgsearch ingest`` keeps a category index for every category of at least
+            this many products (``IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS``; 0: never on its own).
     """
 
     database_url: str | None = None
@@ -74,11 +81,16 @@ class Settings:
     precision: str = "auto"
     schema: str = DEFAULT_SCHEMA
     image_root: Path | None = None
+    category_index_min_products: int = DEFAULT_CATEGORY_INDEX_MIN_PRODUCTS
 
     def __post_init__(self) -> None:
         check_schema_name(self.schema)
         if self.batch_size < 1:
             raise ConfigurationError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.category_index_min_products < 0:
+            raise ConfigurationError(
+                f"IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS must be 0 or more, got {self.category_index_min_products}"
+            )
         if self.precision not in PRECISIONS:
             raise ConfigurationError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
@@ -96,6 +108,9 @@ class Settings:
             image_root=Path(os.environ["IMGSEARCH_IMAGE_ROOT"]).expanduser()
             if os.environ.get("IMGSEARCH_IMAGE_ROOT")
             else None,
+            category_index_min_products=_env_int(
+                "IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS", DEFAULT_CATEGORY_INDEX_MIN_PRODUCTS
+            ),
         )
         changes = {k: v for k, v in overrides.items() if v is not None}
         if "home" in changes:

@@ -17,10 +17,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
+from psycopg import sql as pgsql
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from imgsearch import sql
 from imgsearch.catalogue import Bind
+from imgsearch.config import DEFAULT_CATEGORY_INDEX_MIN_PRODUCTS
 from imgsearch.db import transaction, translate_error
 from imgsearch.errors import InvalidQueryError, UnknownCategoryError
 from imgsearch.schema import LOCK_TIMEOUT
@@ -135,3 +140,75 @@ def index_large_categories(
         {"n": min_products},
     )
     return create_category_indexes(bind, [c for (c,) in large if c not in indexed], on_created)
+
+
+#: A category gets its own index automatically only while it holds at most this share of the catalogue: a walk of
+#: the catalogue-wide index meets a larger one soon enough, and its index would nearly duplicate that one.
+AUTO_INDEX_MAX_SHARE = 0.5
+
+
+def maintain_category_indexes(
+    engine: Engine,
+    *,
+    min_products: int = DEFAULT_CATEGORY_INDEX_MIN_PRODUCTS,
+    max_share: float = AUTO_INDEX_MAX_SHARE,
+    on_created: Callable[[CategoryIndex], None] | None = None,
+) -> list[CategoryIndex]:
+    """Keep category indexes where they pay, so that a shop that runs nothing but ``ingest`` gets them.
+
+    Builds the missing index of every category with at least ``min_products`` products and at most
+    ``max_share`` of the catalogue, largest first, and drops the indexes of categories that fell below half of
+    ``min_products`` (so that a category near the line is not rebuilt at every sync). Indexes are built and
+    dropped ``CONCURRENTLY``: writes go on meanwhile. An index that a failed concurrent build left invalid is
+    dropped and built again. Needs the right to create indexes on the catalogue (the schema's owner).
+    Returns the indexes built.
+
+    Raises:
+        InvalidQueryError: ``min_products`` is below 1 or ``max_share`` is not in (0, 1].
+        PermissionDeniedError: the connected role may not create indexes on the catalogue.
+    """
+    if min_products < 1:
+        raise InvalidQueryError(f"min_products must be at least 1, got {min_products}")
+    if not 0 < max_share <= 1:
+        raise InvalidQueryError(f"max_share must be in (0, 1], got {max_share}")
+    built: list[CategoryIndex] = []
+    raw = engine.raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    try:
+        driver.autocommit = True  # CONCURRENTLY cannot run inside a transaction block
+        driver.execute(pgsql.SQL("SET lock_timeout = {}").format(pgsql.Literal(LOCK_TIMEOUT)))
+        rows = driver.execute(sql.command("category_sizes")).fetchall()
+        sizes = {category: products for category, products, _ in rows}
+        total = int(rows[0][2]) if rows else 0
+        existing = {
+            category: (name, valid) for category, name, valid in driver.execute(sql.command("category_index_states"))
+        }
+        for category, (name, valid) in existing.items():
+            if not valid or sizes.get(category, 0) < min_products // 2:
+                _run(driver, "drop_category_index_concurrently", index=pgsql.Identifier(name))
+        for category in sorted(sizes, key=lambda c: (-sizes[c], c)):
+            if sizes[category] < min_products or sizes[category] > max_share * total:
+                continue
+            if category in existing and existing[category][1]:
+                continue
+            (name,) = driver.execute("SELECT imgsearch_category_index_name(%s)", (category,)).fetchone() or ("",)
+            names = {"index": pgsql.Identifier(name), "category": pgsql.Literal(category)}
+            _run(driver, "create_category_index_concurrently", **names)
+            _run(driver, "comment_category_index", **names)
+            (index,) = _category_indexes(engine, category)
+            built.append(index)
+            if on_created is not None:
+                on_created(index)
+    except psycopg.Error as exc:
+        raise translate_error(DBAPIError.instance("maintain category indexes", None, exc, psycopg.Error)) from None
+    finally:
+        if not driver.closed:
+            driver.autocommit = False  # as the pool expects its connections back
+        raw.close()
+    return built
+
+
+def _run(driver: psycopg.Connection[Any], command: str, **names: pgsql.Composable) -> None:
+    """Run an administration statement from ``imgsearch/sql/commands`` with its identifiers filled in."""
+    driver.execute(pgsql.SQL(sql.command(command)).format(**names))

@@ -32,7 +32,6 @@ from imgsearch.validation import check_product_fields, check_text, parse_bool, p
 
 MANIFEST_COLUMNS = ("sku", "name", "category", "price", "in_stock", "image", "images")
 REQUIRED_COLUMNS = ("sku", "category")
-STOCK_COLUMNS = ("sku", "in_stock")
 #: Separator of the references in a manifest's ``images`` column.
 IMAGES_SEPARATOR = "|"
 #: Columns whose values are one line: a line break inside one means a quote was left open (the name may wrap).
@@ -327,26 +326,30 @@ def _csv_rows(path: Path, header: list[str]) -> Iterator[_CsvRow | Failure]:
 
 @dataclass(frozen=True)
 class StockUpdates:
-    """A stock file read: the changes to apply (``sku -> in stock``) and the rows that could not be used."""
+    """A stock-and-price file read: the flags and prices to apply (``sku -> in stock``, ``sku -> price``; a price
+    of ``None`` means "no price") and the rows that could not be used."""
 
-    changes: dict[str, bool]
+    stock: dict[str, bool]
+    prices: dict[str, Decimal | None]
     failures: list[Failure]
 
 
 def read_stock_csv(path: Path | str) -> StockUpdates:
-    """Stock changes from a CSV with columns ``sku,in_stock`` (other columns ignored), for :func:`set_stock`.
+    """Stock and price changes from a CSV with a ``sku`` column and ``in_stock``, ``price`` or both (other columns
+    ignored), as a shop's stock system exports them, for :func:`imgsearch.catalogue.update_offers`.
 
-    Unusable rows (a bad flag, an empty, repeated, too long or non-UTF-8 SKU, a NUL, an open quote) are
-    failures; the other rows are read. A SKU given twice is a failure on both rows: which flag is meant?
+    Unusable rows (a bad flag or price, an empty, repeated, too long or non-UTF-8 SKU, a NUL, an open quote) are
+    failures; the other rows are read. A SKU given twice is a failure on both rows: which value is meant? An
+    empty ``in_stock`` leaves the flag as it is; an empty ``price`` leaves the price (``none`` removes it).
 
     Raises:
-        ManifestError: the file cannot be read or lacks a column.
+        ManifestError: the file cannot be read or lacks the columns.
     """
     path = Path(path)
     header = _csv_header(path)
-    if not set(STOCK_COLUMNS) <= set(header):
-        raise ManifestError(f"{path}: needs columns {','.join(STOCK_COLUMNS)}")
-    rows: list[tuple[str, bool, str]] = []
+    if "sku" not in header or not ({"in_stock", "price"} & set(header)):
+        raise ManifestError(f"{path}: needs a sku column and in_stock, price or both")
+    rows: list[tuple[str, bool | None, tuple[Decimal | None] | None, str]] = []
     failures: list[Failure] = []
     for row in _csv_rows(path, header):
         if isinstance(row, Failure):
@@ -355,14 +358,23 @@ def read_stock_csv(path: Path | str) -> StockUpdates:
         sku = row.fields.get("sku", "")
         try:
             check_text(sku, "sku", SKU_MAX_LENGTH, required=True)
-            rows.append((sku, parse_bool(row.fields.get("in_stock", "")), row.where))
+            flag_text, price_text = row.fields.get("in_stock", ""), row.fields.get("price", "")
+            flag = parse_bool(flag_text) if flag_text else None
+            price = (None,) if price_text.lower() == "none" else (parse_price(price_text),) if price_text else None
+            if flag is None and price is None:
+                raise ValueError("nothing to change: in_stock and price are empty")
+            rows.append((sku, flag, price, row.where))
         except ValueError as exc:
             failures.append(Failure(sku_label(sku) or None, row.where, str(exc)))
-    counts = Counter(sku for sku, _, _ in rows)
-    changes = {}
-    for sku, flag, where in rows:
+    counts = Counter(sku for sku, _, _, _ in rows)
+    stock: dict[str, bool] = {}
+    prices: dict[str, Decimal | None] = {}
+    for sku, flag, price, where in rows:
         if counts[sku] > 1:
             failures.append(Failure(sku, where, f"duplicate sku (appears {counts[sku]} times in the file)"))
-        else:
-            changes[sku] = flag
-    return StockUpdates(changes, failures)
+            continue
+        if flag is not None:
+            stock[sku] = flag
+        if price is not None:
+            prices[sku] = price[0]
+    return StockUpdates(stock, prices, failures)

@@ -99,7 +99,7 @@ def test_stock_reader_yields_changes_or_failures_only(body: str, raw: bytes) -> 
             updates = ingest.read_stock_csv(path)
         except ManifestError:
             continue
-        for sku, flag in updates.changes.items():
+        for sku, flag in updates.stock.items():
             check_product_fields(sku, "c")
             assert isinstance(flag, bool)
         assert all(f.reason for f in updates.failures)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +15,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
-from imgsearch import catalogue, db, indexes, query, schema
+from imgsearch import catalogue, db, indexes, query, schema, sql
 from imgsearch.catalogue import ProductRecord
 from imgsearch.cli import main
 from imgsearch.errors import InvalidQueryError, UnknownCategoryError
@@ -203,3 +205,73 @@ def test_cli(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:
     assert len(indexes.list_category_indexes(engine)) == 2
     assert run("drop", "hat", "pants", "--missing-ok").strip() == "dropped 1 category index"
     assert [i.category for i in indexes.list_category_indexes(engine)] == ["shoes"]
+
+
+def _valid_category_indexes(engine: Engine) -> dict[str, bool]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(sql.command("category_index_states"))).all()
+    return {r.category: r.valid for r in rows}
+
+
+def test_maintenance_keeps_indexes_where_they_pay(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:
+    engine, vectors = clean
+    # shoes are 62% of the catalogue: the catalogue-wide index serves them; pants are 30%; hat too small.
+    built = indexes.maintain_category_indexes(engine, min_products=1000, max_share=0.5)
+    assert [i.category for i in built] == ["pants"]
+    seen: list[str] = []
+    built = indexes.maintain_category_indexes(engine, min_products=250, max_share=0.7, on_created=seen.append)
+    assert [i.category for i in built] == [i.category for i in seen] == ["shoes", "hat"]  # largest first
+    assert indexes.maintain_category_indexes(engine, min_products=250, max_share=0.7) == []
+    # A category index is dropped once its category falls below half the threshold, not at the threshold.
+    indexes.maintain_category_indexes(engine, min_products=2000, max_share=0.7)
+    assert sorted(_valid_category_indexes(engine)) == ["pants", "shoes"]
+    indexes.maintain_category_indexes(engine, min_products=2402, max_share=0.7)
+    assert sorted(_valid_category_indexes(engine)) == ["shoes"]
+    # Searches still use them and answer the same.
+    (shoes,) = indexes.list_category_indexes(engine)
+    found, scans = _search_counting_scans(engine, shoes.index_name, vectors["dress"][:3], ["shoes"])
+    assert scans >= 3 and all(len(f) == 10 for f in found)
+    with pytest.raises(InvalidQueryError, match="max_share"):
+        indexes.maintain_category_indexes(engine, max_share=0)
+
+
+def test_maintenance_rebuilds_an_invalid_index(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:
+    engine, _ = clean
+    (index,) = indexes.maintain_category_indexes(engine, min_products=1000, max_share=0.5)
+    with engine.begin() as conn:  # what a failed or cancelled CREATE INDEX CONCURRENTLY leaves behind
+        invalidate = "UPDATE pg_index SET indisvalid = false WHERE indexrelid = CAST(:name AS regclass)"
+        conn.execute(sa.text(invalidate), {"name": index.index_name})
+    assert _valid_category_indexes(engine) == {"pants": False}
+    assert [i.category for i in indexes.maintain_category_indexes(engine, min_products=1000)] == ["pants"]
+    assert _valid_category_indexes(engine) == {"pants": True}
+
+
+def test_maintenance_builds_without_blocking_writes(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:
+    engine, vectors = clean
+    builder = threading.Thread(
+        target=indexes.maintain_category_indexes, args=(engine,), kwargs={"min_products": 2000, "max_share": 0.7}
+    )
+    builder.start()
+    try:
+        seen = ""
+        with engine.connect() as conn:
+            deadline = time.monotonic() + 60
+            while not seen and builder.is_alive() and time.monotonic() < deadline:
+                seen = (
+                    conn.execute(
+                        sa.text("SELECT command FROM pg_stat_progress_create_index WHERE phase LIKE 'building%'")
+                    ).scalar_one_or_none()
+                    or ""
+                )
+                conn.commit()
+            # While the index is being built, a product is added, changed and removed without waiting.
+            conn.execute(sa.text("SET lock_timeout = '1s'"))
+            record = ProductRecord(sku="shoes-new", category="shoes", embedding=vectors["dress"][0], price=Decimal(5))
+            catalogue.upsert_products(conn, [record])
+            catalogue.set_stock(conn, {"shoes-new": False})
+            catalogue.remove(conn, ["shoes-new"])
+            conn.commit()
+    finally:
+        builder.join()
+    assert seen == "CREATE INDEX CONCURRENTLY"
+    assert _valid_category_indexes(engine) == {"shoes": True}

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +260,12 @@ def test_stock_remove_and_stats_commands(invoke: Invoke, engine: Engine, tmp_pat
     assert f"failed: {skus[3]} ({stock_csv}:4): in_stock must be true or false" in result.stderr
     assert result.stdout == "1 product changed, 0 already as given, 2 failed\n"
     assert not catalogue.get_product(engine, skus[2]).in_stock and catalogue.get_product(engine, skus[3]).in_stock
+    # Prices too, with the stock or alone ("none" removes a price).
+    stock_csv.write_text(f"sku,in_stock,price\n{skus[0]},,12.50\n{skus[1]},true,none\n")
+    assert invoke("stock", "--csv", str(stock_csv)).stdout == "2 products changed, 0 already as given\n"
+    assert catalogue.get_product(engine, skus[0]).price == Decimal("12.50")
+    assert catalogue.get_product(engine, skus[1]).price is None and catalogue.get_product(engine, skus[1]).in_stock
+    invoke("stock", "--out", skus[1])
     # SKUs on the command line are all or nothing: an unknown one changes nothing.
     result = invoke("stock", "--in", skus[2], "NO-SUCH", expect=1)
     assert "unknown SKU: NO-SUCH" in result.stderr and not catalogue.get_product(engine, skus[2]).in_stock

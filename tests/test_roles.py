@@ -130,6 +130,8 @@ def test_writer_changes_products_but_not_the_schema(writer: tuple[str, Engine], 
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 raw.execute(statement)
             raw.rollback()
+    with pytest.raises(PermissionDeniedError, match="must be owner"):  # category indexes are the owner's
+        indexes.maintain_category_indexes(engine, min_products=1, max_share=1)
     catalogue.clear(engine)  # `imgsearch db reset` is the catalogue team's
     assert catalogue.is_empty(filled)
 

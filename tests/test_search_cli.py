@@ -42,8 +42,8 @@ def _manifest() -> dict[str, dict[str, str]]:
 PRODUCTS = _manifest()
 
 
-def _run(url: str, weights: str, args: tuple[str, ...], expect: int | None, input: bytes | None) -> Result:
-    result = CliRunner().invoke(main, ["--database-url", url, "--weights", weights, *args], input=input)
+def _run(url: str, weights: str, args: tuple[str, ...], expect: int | None, input: bytes | None, **env: str) -> Result:
+    result = CliRunner(env=env).invoke(main, ["--database-url", url, "--weights", weights, *args], input=input)
     if expect is not None:
         assert result.exit_code == expect, (result.output, result.exception)
     return result
@@ -61,8 +61,11 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def catalogue_url(make_database: Callable[..., str], migrated_template: str, weights_path: str, shop: Path) -> str:
     """A database holding the sample manifest's 120 products."""
     url = make_database(template=migrated_template)
-    result = _run(url, weights_path, ("ingest", "--quiet", "--manifest", str(shop / MANIFEST.name)), 0, None)
+    # Categories of 12 products are worth an index in this test: ingest keeps them (each is 10% of the catalogue).
+    args = ("ingest", "--quiet", "--manifest", str(shop / MANIFEST.name))
+    result = _run(url, weights_path, args, 0, None, IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS="12")
     assert "added 120," in result.stdout and "failed 0" in result.stdout
+    assert result.stdout.count("indexed ") == 10
     return url
 
 
@@ -195,6 +198,12 @@ def test_a_png_query_with_transparency_and_exif_rotation_is_searchable(cli: Invo
 
 
 # --- filters --------------------------------------------------------------------------------------------------
+
+
+def test_ingest_kept_category_indexes(cli: Invoke) -> None:
+    listed = json.loads(cli("index", "list", "--format", "json").stdout)
+    assert len(listed) == 10 and {i["products"] for i in listed} == {12}
+    assert "nothing to build" in cli("index", "auto", "--min-products", "12").stdout
 
 
 def test_category_filter_is_honoured(cli: Invoke, ranking: list[dict[str, Any]]) -> None:
