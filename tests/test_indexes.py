@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,31 +18,23 @@ from imgsearch import catalogue, db, indexes, query, schema, sql
 from imgsearch.catalogue import ProductRecord
 from imgsearch.cli import main
 from imgsearch.errors import InvalidQueryError, UnknownCategoryError
+from tests.vectors import PHOTO_CLASSES, mixes
 
 # Three of the sample catalogue's classes, grown to a catalogue big enough for the index walk: a query from
 # one class searched within another is the hard case.
 SIZES = {"shoes": 2500, "pants": 1200, "hat": 300}
 ODD = "l'été; DROP TABLE products; -- " + "x" * 80  # quotes, SQL, non-ASCII, longer than an identifier
-SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "catalogue"
-PHOTO_CLASSES = [path.parent.name for path in sorted(SAMPLES.glob("*/*.jpg"))]  # ``sample_vectors`` order
-
-
-def _mixes(real: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` vectors like photos of similar products: convex mixes of 3 real ones plus a little noise."""
-    picks = real[rng.integers(len(real), size=(n, 3))]
-    mixed = np.einsum("nj,njd->nd", rng.dirichlet(np.ones(3), size=n), picks)
-    return (mixed + rng.normal(scale=0.1 / np.sqrt(real.shape[1]), size=mixed.shape)).astype(np.float32)
 
 
 def _records(sample_vectors: np.ndarray, rng: np.random.Generator) -> tuple[list[ProductRecord], dict[str, np.ndarray]]:
     records, vectors = [], {}
     for category, n in SIZES.items():
-        vectors[category] = _mixes(sample_vectors[np.equal(PHOTO_CLASSES, category)], n, rng)
+        vectors[category] = mixes(sample_vectors[np.equal(PHOTO_CLASSES, category)], n, rng)
         records += [
             ProductRecord(sku=f"{category}-{i}", category=category, embedding=v, price=Decimal(i % 90 + 10))
             for i, v in enumerate(vectors[category])
         ]
-    vectors["dress"] = _mixes(sample_vectors[np.equal(PHOTO_CLASSES, "dress")], 40, rng)  # queries only
+    vectors["dress"] = mixes(sample_vectors[np.equal(PHOTO_CLASSES, "dress")], 40, rng)  # queries only
     records.append(ProductRecord(sku="odd-1", category=ODD, embedding=vectors["dress"][-1]))
     return records, vectors
 
