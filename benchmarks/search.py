@@ -25,7 +25,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from benchmarks.common import (
     DEFAULT_CACHE,
     EXAMPLES,
     cached_embeddings,
+    copy_catalogue,
     git_commit,
     load_average,
     log,
@@ -150,10 +150,10 @@ class FilterClass:
     def where(self) -> tuple[str, list[Any]]:
         parts, params = ["true"], []
         if self.category:
-            parts.append("category = %s")
+            parts.append("p.category = %s")
             params.append(self.category)
         if self.in_stock_only:
-            parts.append("in_stock")
+            parts.append("p.in_stock")
         return " AND ".join(parts), params
 
 
@@ -230,44 +230,35 @@ def load_database(url: str, cat: Catalogue, key: str, reuse: bool) -> dict[str, 
             if stored:
                 return dict(stored[0], reused=True)
         conn.execute("DELETE FROM bench_meta")
-        conn.execute("DROP INDEX IF EXISTS ix_products_embedding")
-        conn.execute("TRUNCATE products")
+        conn.execute("DROP INDEX IF EXISTS ix_product_images_embedding")
+        conn.execute("TRUNCATE products, product_images")
         started = time.perf_counter()
-        with conn.cursor() as cur:
-            cols = "sku, name, category, price, in_stock, image, embedding"
-            chunk = 20_000
-            for start in range(0, cat.n, chunk):
-                with cur.copy(f"COPY products ({cols}) FROM STDIN WITH (FORMAT BINARY)") as copy:
-                    copy.set_types(["text", "text", "text", "numeric", "bool", "text", "vector"])
-                    for i in range(start, min(cat.n, start + chunk)):
-                        copy.write_row(
-                            (
-                                cat.sku(i),
-                                f"product {i}",
-                                cat.classes[cat.category[i]],
-                                Decimal(f"{cat.price[i]:.2f}"),
-                                bool(cat.in_stock[i]),
-                                f"img/{i}.jpg",
-                                cat.vectors[i],
-                            )
-                        )
-                if start % 200_000 == 0:
-                    log(f"loaded {min(cat.n, start + chunk)} rows")
+        copy_catalogue(
+            conn,
+            [cat.sku(i) for i in range(cat.n)],
+            [cat.classes[c] for c in cat.category],
+            cat.price,
+            cat.in_stock,
+            cat.vectors,
+        )
         load_s = time.perf_counter() - started
         log(f"COPY of {cat.n} rows: {load_s:.1f} s; building the HNSW index")
         started = time.perf_counter()
         conn.execute(
-            "CREATE INDEX ix_products_embedding ON products USING hnsw (embedding vector_cosine_ops) "
+            "CREATE INDEX ix_product_images_embedding ON product_images USING hnsw (embedding vector_cosine_ops) "
             "WITH (m = 16, ef_construction = 64)"
         )
         build_s = time.perf_counter() - started
         log(f"HNSW build: {build_s:.1f} s")
         started = time.perf_counter()
         conn.execute("VACUUM ANALYZE products")
+        conn.execute("VACUUM ANALYZE product_images")
         vacuum_s = time.perf_counter() - started
         sizes = conn.execute(
-            "SELECT pg_relation_size('ix_products_embedding'), pg_table_size('products'), "
-            "pg_total_relation_size('products'), pg_relation_size('ix_products_filter')"
+            "SELECT pg_relation_size('ix_product_images_embedding'), "
+            "pg_table_size('products') + pg_table_size('product_images'), "
+            "pg_total_relation_size('products') + pg_total_relation_size('product_images'), "
+            "pg_relation_size('ix_products_category_price')"
         ).fetchone()
         assert sizes is not None
         result = {
@@ -293,10 +284,11 @@ def load_database(url: str, cat: Catalogue, key: str, reuse: bool) -> dict[str, 
 
 
 def install_current_function(conn: Any) -> None:
-    """Replace ``imgsearch_similar`` with its packaged .sql file as it is now (for tuning runs)."""
+    """Replace the search functions with their packaged .sql files as they are now (for tuning runs)."""
     from imgsearch import sql
 
-    conn.execute(sql.current("imgsearch_similar"))
+    for name in ("imgsearch_similar_multi", "imgsearch_similar"):
+        conn.execute(sql.current(name))
 
 
 def _has(conn: Any, table: str) -> bool:
@@ -312,7 +304,7 @@ def prewarm(url: str) -> None:
     with db.psycopg_connect(url, autocommit=True) as conn:
         try:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
-            for rel in ("products", "ix_products_embedding", "ix_products_filter"):
+            for rel in ("products", "product_images", "ix_product_images_embedding", "ix_products_category_price"):
                 conn.execute("SELECT pg_prewarm(%s)", (rel,))
         except psycopg.Error as exc:
             log(f"pg_prewarm unavailable ({exc}); relying on warm-up queries")
@@ -343,7 +335,9 @@ def run_query(method: str, fc: FilterClass, vector: np.ndarray) -> list[str]:
         return [r.sku for r in query.search(_WORKER["engine"], vector, K, **fc.kwargs())]
     where, params = fc.where()
     rows = _WORKER["conn"].execute(
-        f"SELECT sku FROM products WHERE {where} ORDER BY embedding <=> %s LIMIT {K}", [*params, vector]
+        f"SELECT p.sku FROM product_images i JOIN products p ON p.id = i.product_id WHERE {where} "
+        f"ORDER BY i.embedding <=> %s LIMIT {K}",
+        [*params, vector],
     )
     return [r[0] for r in rows]
 

@@ -425,21 +425,16 @@ def index_drop(app: App, categories: tuple[str, ...], missing_ok: bool) -> None:
 
 
 class _ProgressLine:
-    """A one-line progress display on stderr: images done, rate, ETA."""
+    """A one-line progress display on stderr: rewritten in place on a terminal, every 5 s in a log."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.tty = sys.stderr.isatty()
         self.last = 0.0
+        self.open = False
 
     def __call__(self, p: Progress) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        final = p.total is not None and p.done >= p.total
-        if not self.tty and now - self.last < 5 and not final:
-            return
-        self.last = now
+        """Ingestion's progress: products and images done, rate, ETA."""
         rate = p.done / p.seconds if p.seconds > 0 else 0.0
         images_rate = p.embedded / p.seconds if p.seconds > 0 else 0.0
         total = f"/{p.total}" if p.total else ""
@@ -448,11 +443,24 @@ class _ProgressLine:
             remaining = (p.total - p.done) / rate
             eta = f"  ETA {int(remaining // 60)}m{int(remaining % 60):02d}s"
         text = f"{p.done}{total} products  {p.embedded} images embedded  {images_rate:.1f} images/s{eta}"
+        self.show(text, final=p.total is not None and p.done >= p.total)
+
+    def show(self, text: str, *, final: bool = False) -> None:
+        """Show ``text`` as the current progress (in a log, at most every 5 s unless ``final``)."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not self.tty and now - self.last < 5 and not final:
+            return
+        self.last = now
+        self.open = self.tty
         click.echo(("\r" + text.ljust(70)) if self.tty else text, err=True, nl=not self.tty)
 
     def close(self) -> None:
-        if self.enabled and self.tty:
+        """End the line (on a terminal) before anything else is printed."""
+        if self.open:
             click.echo("", err=True)
+            self.open = False
 
 
 @main.command()
@@ -700,7 +708,62 @@ def stats(app: App, fmt: str) -> None:
     Example:
       imgsearch stats --format json
     """
-    click.echo(output.format_stats(catalogue.stats(app.engine()), fmt))
+    from imgsearch import tuning
+
+    engine = app.engine()
+    click.echo(output.format_stats(catalogue.stats(engine), tuning.status(engine), fmt))
+
+
+@main.command()
+@click.option("--drop", is_flag=True, help="Go back to the raw VGG16 space (the tuned vectors are removed).")
+@click.option(
+    "--sample",
+    type=click.IntRange(min=2),
+    default=100_000,
+    show_default=True,
+    help="Learn from at most this many products (drawn at random, reproducibly with --seed).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="The draw of the sample.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@pass_app
+def tune(app: App, drop: bool, sample: int, seed: int, quiet: bool) -> None:
+    """Learn a search space from the catalogue's own categories, and search in it from now on.
+
+    A linear map learnt from the products' categories makes searches favour products of the query's type while
+    keeping colour, pattern and shape. Searches (CLI, Python, HTTP, SQL) use it at once and photos ingested later
+    are projected too; the raw vectors stay as they are. Run it again when the catalogue has changed much
+    (imgsearch stats says when). Searches go on while it runs. See docs/quality.md.
+
+    \b
+    Examples:
+      imgsearch tune
+      imgsearch tune --drop
+    """
+    from imgsearch import tuning
+
+    engine = app.engine(access="admin")
+    if drop:
+        retired = tuning.drop(engine)
+        click.echo("searches use the raw VGG16 space" + (f" (tuned space #{retired.id} retired)" if retired else ""))
+        return
+    started = time.monotonic()
+    line = _ProgressLine(enabled=not quiet)
+
+    def progress(p: tuning.TuneProgress) -> None:
+        if quiet:
+            return
+        if p.step == "project":
+            line.show(f"projecting photos: {p.done}/{p.total}", final=p.done >= p.total)
+        else:
+            line.close()
+            click.echo({"learn": "learning", "index": "indexing", "activate": "activating"}[p.step] + "...", err=True)
+
+    space = tuning.tune(engine, sample=sample, seed=seed, progress=progress)
+    line.close()
+    click.echo(
+        f"tuned space #{space.id} active: learnt from {space.products} products ({space.photos} photos) in "
+        f"{space.categories} categories in {time.monotonic() - started:.0f} s"
+    )
 
 
 # --- search ---------------------------------------------------------------------------------------------------
@@ -1139,20 +1202,31 @@ def run() -> None:
     show_default=True,
     help="How photos become vectors: imgsearch's default, or the original notebooks' (the baseline).",
 )
+@click.option(
+    "--tuned",
+    "folds",
+    type=click.IntRange(min=2),
+    is_flag=False,
+    flag_value=5,
+    help="Also in tuned search spaces, by k-fold cross-validation over products (default 5 folds).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 @pass_app
-def eval_command(app: App, folder: Path, as_json: bool, k: int, pipeline: str, quiet: bool) -> None:
+def eval_command(app: App, folder: Path, as_json: bool, k: int, pipeline: str, folds: int | None, quiet: bool) -> None:
     """Measure search quality on a labelled folder tree FOLDER/<label>/<image>.
 
     The images go into a throwaway database created on the same server (never your catalogue) and dropped
     afterwards. Every image is searched for with the real search path (the HNSW index), itself excluded;
     a result is relevant when it has the query's label. Prints precision@1/5/10 (micro: mean over images;
-    macro: mean over labels), mAP@k and the recall@k of the index against exact search. See docs/quality.md.
+    macro: mean over labels), mAP@k and the recall@k of the index against exact search. With --tuned, the same
+    metrics beside them in tuned search spaces (imgsearch tune), each product searched in a space learnt
+    without its fold. See docs/quality.md.
 
     \b
     Examples:
       imgsearch eval ../shared/datasets/myntra-fashion-products
       imgsearch eval examples/catalogue --json
+      imgsearch eval ../shared/datasets/myntra-fashion-products --tuned
       imgsearch eval ../shared/datasets/myntra-fashion-products --pipeline notebook
     """
     from imgsearch import evaluation
@@ -1165,7 +1239,7 @@ def eval_command(app: App, folder: Path, as_json: bool, k: int, pipeline: str, q
         featurizer = Featurizer(weights=s.weights, batch_size=s.batch_size, precision=s.precision, pipeline=pipeline)
     url = db.resolve_url(app.settings, "admin")
     progress = None if quiet else (lambda message: click.echo(message, err=True))
-    result = evaluation.evaluate(url, folder, featurizer, k=k, progress=progress)
+    result = evaluation.evaluate(url, folder, featurizer, k=k, folds=folds or 0, progress=progress)
     for failure in result.ingest_failures:
         click.echo(f"failed: {failure.source}: {failure.reason}", err=True)
     click.echo(output.format_evaluation(result, "json" if as_json else "table"))

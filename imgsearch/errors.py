@@ -69,3 +69,7 @@ class PermissionDeniedError(ImgsearchError):
 
 class BusyError(ImgsearchError):
     """The catalogue stayed locked by another session (a schema change or index build waited too long)."""
+
+
+class TuningError(ImgsearchError):
+    """The catalogue cannot be tuned as asked (too little to learn from, bad parameters)."""

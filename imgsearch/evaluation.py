@@ -16,10 +16,16 @@ Definitions (``rel_i`` is 1 when the result at rank ``i`` has the query's label,
   labels (macro). Queries whose label has no other item (``R = 0``) have no AP and are left out of mAP.
 * recall@k of the indexed search = ``|indexed top k ∩ exact top k| / |exact top k|``: which share of the true
   nearest neighbours (exact cosine, no index) the HNSW index finds; averaged over queries.
+
+Tuned mode (``folds``): the products are split into ``folds`` groups, stratified by label. For each group, a
+search space is learnt (:func:`imgsearch.tuning.tune`) from the other groups' products only, and the group's
+products are searched against the whole catalogue in it. So no query's label ever reaches the map it is
+searched with, and the tuned scores are comparable with the untuned ones measured in the same run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -35,8 +41,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from imgsearch import catalogue, db, query, schema
-from imgsearch.errors import DatabaseUnavailableError, ManifestError
+from imgsearch import catalogue, db, query, schema, tuning
+from imgsearch.errors import DatabaseUnavailableError, ManifestError, TuningError
 from imgsearch.ingest import CatalogueEntry, Failure, ingest, scan_folder
 
 if TYPE_CHECKING:
@@ -154,6 +160,9 @@ class Evaluation:
     dataset: str
     scores: Scores
     recall: float
+    #: The same metrics in cross-validated tuned search spaces, when asked for (``folds``).
+    tuned: Scores | None = None
+    folds: int = 0
     ingest_failures: list[Failure] = field(default_factory=list)
     ingest_seconds: float = 0.0
     search_seconds: float = 0.0
@@ -186,7 +195,18 @@ class Evaluation:
             "model_name": self.model_name,
             "preprocessing_version": self.preprocessing_version,
             "per_label_precision": {label: round(v, 6) for label, v in s.per_label_precision.items()},
+            "tuned": None if self.tuned is None else {"folds": self.folds, **_scores_dict(self.tuned)},
         }
+
+
+def _scores_dict(s: Scores) -> dict[str, object]:
+    return {
+        "precision_micro": {f"@{c}": round(v, 6) for c, v in s.precision_micro.items()},
+        "precision_macro": {f"@{c}": round(v, 6) for c, v in s.precision_macro.items()},
+        "map_micro": round(s.map_micro, 6),
+        "map_macro": round(s.map_macro, 6),
+        "per_label_precision": {label: round(v, 6) for label, v in s.per_label_precision.items()},
+    }
 
 
 def evaluate(
@@ -195,9 +215,11 @@ def evaluate(
     featurizer: Featurizer,
     *,
     k: int = 10,
+    folds: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> Evaluation:
-    """Ingest ``root`` (``<label>/<image>``) into a throwaway database and measure search quality.
+    """Ingest ``root`` (``<label>/<image>``) into a throwaway database and measure search quality; with
+    ``folds`` (2 or more), in cross-validated tuned search spaces too (see the module's docstring).
 
     The database ``imgsearch_eval_<random>`` is created on the server of ``server_url`` (the URL of any
     database there, e.g. the user's catalogue, which is not touched), migrated, filled, queried and always
@@ -207,7 +229,10 @@ def evaluate(
     Raises:
         ManifestError: ``root`` is not a folder or holds no labelled image.
         DatabaseUnavailableError: the server refuses to create the throwaway database.
+        TuningError: ``folds`` is 1, or a fold's complement has too little to learn from.
     """
+    if folds == 1 or folds < 0:
+        raise TuningError(f"cross-validation needs 2 folds or more, got {folds}")
     root = Path(root)
     entries = list(scan_folder(root))
     if not any(isinstance(e, CatalogueEntry) for e in entries):
@@ -228,6 +253,10 @@ def evaluate(
             started = time.perf_counter()
             evaluation = _measure(engine, k)
             evaluation.search_seconds = time.perf_counter() - started
+            if folds:
+                say(f"tuned search spaces, {folds}-fold cross-validation")
+                evaluation.tuned = tuned_scores(engine, k, folds, progress=say)
+                evaluation.folds = folds
         finally:
             engine.dispose()
             _drop_database(admin, name)
@@ -309,10 +338,65 @@ def _drop_database(admin: sa.Engine, name: str) -> None:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def _measure(engine: sa.Engine, k: int) -> Evaluation:
+def _labels(engine: sa.Engine) -> dict[str, str]:
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT sku, category FROM products ORDER BY sku")).all()
-    labels: Mapping[str, str] = {sku: category for sku, category in rows}
+    return {sku: category for sku, category in rows}
+
+
+def assign_folds(labels: Mapping[str, str], folds: int, seed: int = 0) -> dict[str, int]:
+    """Each item's fold, stratified: every label's items (in a seeded order) are dealt to the folds in turn,
+    so each fold holds about 1/folds of every label."""
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for item, label in labels.items():
+        by_label[label].append(item)
+    assignment: dict[str, int] = {}
+    offset = 0
+    for label in sorted(by_label):
+        items = sorted(by_label[label], key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
+        for position, item in enumerate(items):
+            assignment[item] = (offset + position) % folds
+        offset += len(items)  # labels smaller than ``folds`` do not all land in fold 0
+    return assignment
+
+
+def tuned_scores(
+    engine: sa.Engine,
+    k: int,
+    folds: int,
+    *,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> Scores:
+    """Precision and mAP of every product's search in a space learnt without its fold (k-fold over products,
+    stratified by category), against the whole catalogue, through the SQL search path. Leaves the catalogue
+    with no tuned space.
+
+    Raises:
+        TuningError: fewer than 2 folds, or a fold's complement has too little to learn from.
+    """
+    if folds < 2:
+        raise TuningError(f"cross-validation needs 2 folds or more, got {folds}")
+    labels = _labels(engine)
+    assignment = assign_folds(labels, folds, seed)
+    rankings: dict[str, list[str]] = {}
+    try:
+        for fold in range(folds):
+            held_out = [sku for sku, f in assignment.items() if f == fold]
+            if progress is not None:
+                progress(f"fold {fold + 1}/{folds}: learning without its {len(held_out)} products, searching them")
+            tuning.tune(engine, sample=None, exclude_skus=held_out)
+            for sku in held_out:
+                found = query.similar_to_sku(engine, sku, k, in_stock_only=False)
+                rankings[sku] = [r.category for r in found]
+    finally:
+        tuning.drop(engine)
+    skus = list(labels)
+    return score_rankings([labels[s] for s in skus], [rankings[s] for s in skus], k)
+
+
+def _measure(engine: sa.Engine, k: int) -> Evaluation:
+    labels = _labels(engine)
     query_labels: list[str] = []
     rankings: list[list[str]] = []
     recalls: list[float] = []

@@ -160,8 +160,8 @@ def maintain_category_indexes(
     ``max_share`` of the catalogue, largest first, and drops the indexes of categories that fell below half of
     ``min_products`` (so that a category near the line is not rebuilt at every sync). Indexes are built and
     dropped ``CONCURRENTLY``: writes go on meanwhile. An index that a failed concurrent build left invalid is
-    dropped and built again. Needs the right to create indexes on the catalogue (the schema's owner).
-    Returns the indexes built.
+    dropped and built again. While a tuned search space is active, its vectors get the same indexes. Needs the
+    right to create indexes on the catalogue (the schema's owner). Returns the indexes built.
 
     Raises:
         InvalidQueryError: ``min_products`` is below 1 or ``max_share`` is not in (0, 1].
@@ -181,21 +181,34 @@ def maintain_category_indexes(
         rows = driver.execute(sql.command("category_sizes")).fetchall()
         sizes = {category: products for category, products, _ in rows}
         total = int(rows[0][2]) if rows else 0
+        tuned = driver.execute("SELECT imgsearch_active_space()").fetchone()[0] is not None
         existing = {
-            category: (name, valid) for category, name, valid in driver.execute(sql.command("category_index_states"))
+            (table, category): (name, valid)
+            for category, name, valid, table in driver.execute(sql.command("category_index_states"))
         }
-        for category, (name, valid) in existing.items():
+        for (_table, category), (name, valid) in existing.items():
             if not valid or sizes.get(category, 0) < min_products // 2:
                 _run(driver, "drop_category_index_concurrently", index=pgsql.Identifier(name))
+        tables = {"product_images": "imgsearch_category_index_name"}
+        if tuned:  # the tuned space's vectors get the same indexes
+            tables["tuned_images"] = "imgsearch_tuned_category_index_name"
         for category in sorted(sizes, key=lambda c: (-sizes[c], c)):
             if sizes[category] < min_products or sizes[category] > max_share * total:
                 continue
-            if category in existing and existing[category][1]:
+            missing = [t for t in tables if not existing.get((t, category), ("", False))[1]]
+            if not missing:
                 continue
-            (name,) = driver.execute("SELECT imgsearch_category_index_name(%s)", (category,)).fetchone() or ("",)
-            names = {"index": pgsql.Identifier(name), "category": pgsql.Literal(category)}
-            _run(driver, "create_category_index_concurrently", **names)
-            _run(driver, "comment_category_index", **names)
+            for table in missing:
+                (name,) = driver.execute(
+                    pgsql.SQL("SELECT {}(%s)").format(pgsql.Identifier(tables[table])), (category,)
+                ).fetchone() or ("",)
+                names = {
+                    "index": pgsql.Identifier(name),
+                    "table": pgsql.Identifier(table),
+                    "category": pgsql.Literal(category),
+                }
+                _run(driver, "create_category_index_concurrently", **names)
+                _run(driver, "comment_category_index", **names)
             (index,) = _category_indexes(engine, category)
             built.append(index)
             if on_created is not None:

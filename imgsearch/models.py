@@ -16,12 +16,14 @@ from sqlalchemy import (
     Index,
     Integer,
     Numeric,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from imgsearch.colour import COLOUR_BINS
@@ -117,3 +119,63 @@ class ProductImage(Base):
     colour: Mapped[list[float] | None] = mapped_column(Vector(COLOUR_BINS))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class SearchSpaceRow(Base):
+    """A map learnt by ``imgsearch tune`` (imgsearch.tuning): when, how, from what; at most one is active."""
+
+    __tablename__ = "search_spaces"
+    __table_args__ = (
+        CheckConstraint(
+            "products >= 0 AND photos >= products AND catalogue_products >= 0", name="ck_search_spaces_counts"
+        ),
+        Index("ux_search_spaces_active", "active", unique=True, postgresql_where=text("active")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, Identity(always=True), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    method: Mapped[str] = mapped_column(Text, nullable=False)
+    parameters: Mapped[dict] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    products: Mapped[int] = mapped_column(Integer, nullable=False)
+    photos: Mapped[int] = mapped_column(Integer, nullable=False)
+    categories: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    catalogue_products: Mapped[int] = mapped_column(Integer, nullable=False)
+    #: The map applied to the centre it learnt, subtracted after the map; None when it learnt no centre.
+    shift: Mapped[list[float] | None] = mapped_column(Vector(DIMENSION))
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SearchSpaceMapRow(Base):
+    """One output dimension of a learnt map: tuned[position] = <direction, raw vector>."""
+
+    __tablename__ = "search_space_rows"
+    __table_args__ = (CheckConstraint("position >= 0 AND position <= 511", name="ck_search_space_rows_position"),)
+
+    space_id: Mapped[int] = mapped_column(Integer, ForeignKey("search_spaces.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    direction: Mapped[list[float]] = mapped_column(Vector(DIMENSION), nullable=False)
+
+
+class TunedImage(Base):
+    """A photo's vector in the active tuned space (empty without one), searched instead of the raw one."""
+
+    __tablename__ = "tuned_images"
+    __table_args__ = (
+        Index(
+            "ix_tuned_images_embedding",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_with={"m": 16, "ef_construction": 64},
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+        Index("ix_tuned_images_product", "product_id"),
+    )
+
+    image_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("product_images.id", ondelete="CASCADE"), primary_key=True
+    )
+    product_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    category: Mapped[str] = mapped_column(Text, nullable=False)
+    embedding: Mapped[list[float]] = mapped_column(Vector(DIMENSION), nullable=False)

@@ -33,6 +33,7 @@ from imgsearch.evaluation import Evaluation
 from imgsearch.indexes import CategoryIndex
 from imgsearch.ingest import IngestReport
 from imgsearch.query import SearchResult
+from imgsearch.tuning import SpaceStatus
 
 FORMATS = ("table", "json", "csv")
 RESULT_FIELDS = ("rank", "sku", "name", "category", "price", "in_stock", "distance", "image")
@@ -145,8 +146,8 @@ def format_results(results: Sequence[SearchResult], fmt: str = "table", width: i
     return table(headers, rows, width=width, shrink=(7, 2, 3, 1), keep_end=(7,))
 
 
-def format_stats(stats: CatalogueStats, fmt: str = "table") -> str:
-    """Render catalogue statistics as a table or JSON."""
+def format_stats(stats: CatalogueStats, tuned: SpaceStatus | None = None, fmt: str = "table") -> str:
+    """Render catalogue statistics (and the tuned search space, if one is active) as a table or JSON."""
     space = stats.space
     if fmt == "json":
         return json.dumps(
@@ -165,6 +166,7 @@ def format_stats(stats: CatalogueStats, fmt: str = "table") -> str:
                 },
                 "index": {"name": stats.index_name, "size_bytes": stats.index_size_bytes},
                 "table_size_bytes": stats.table_size_bytes,
+                "search_space": _search_space_json(tuned),
             },
             indent=2,
         )
@@ -184,7 +186,42 @@ def format_stats(stats: CatalogueStats, fmt: str = "table") -> str:
     else:
         lines.append("vector index: missing (run `imgsearch db upgrade`)")
     lines.append(f"table size: {format_size(stats.table_size_bytes)}")
+    lines.append(_search_space_line(tuned))
     return "\n".join(lines)
+
+
+def _search_space_json(tuned: SpaceStatus | None) -> dict[str, object]:
+    if tuned is None:
+        return {"tuned": False}
+    space = tuned.space
+    return {
+        "tuned": True,
+        "id": space.id,
+        "created_at": space.created_at.isoformat(),
+        "method": space.method,
+        "parameters": space.parameters,
+        "learnt_from": {"products": space.products, "photos": space.photos, "categories": space.categories},
+        "unseen_products": tuned.unseen_products,
+        "unseen_categories": list(tuned.unseen_categories),
+        "retune_suggested": tuned.retune_suggested,
+    }
+
+
+def _search_space_line(tuned: SpaceStatus | None) -> str:
+    if tuned is None:
+        return "search space: raw VGG16 (imgsearch tune learns one from the categories)"
+    space = tuned.space
+    line = (
+        f"search space: tuned #{space.id} ({space.method}, {space.created_at:%Y-%m-%d %H:%M}), learnt from "
+        f"{space.products} products in {space.categories} categories; not seen: {tuned.unseen_products} products "
+        f"({tuned.unseen_share:.0%})"
+    )
+    if tuned.unseen_categories:
+        shown = ", ".join(tuned.unseen_categories[:5]) + (", ..." if len(tuned.unseen_categories) > 5 else "")
+        line += f", {len(tuned.unseen_categories)} categories ({shown})"
+    if tuned.retune_suggested:
+        line += "; run imgsearch tune again"
+    return line
 
 
 def format_category_indexes(category_indexes: Sequence[CategoryIndex], fmt: str = "table") -> str:
@@ -302,13 +339,21 @@ def format_evaluation(evaluation: Evaluation, fmt: str = "table") -> str:
     """An :class:`~imgsearch.evaluation.Evaluation` as a table for people or JSON (``Evaluation.as_dict``)."""
     if fmt == "json":
         return json.dumps(evaluation.as_dict(), indent=2)
-    s = evaluation.scores
-    rows = [("metric", "micro", "macro"), ("-" * 12, "-" * 6, "-" * 6)]
-    rows += [
-        (f"precision@{c}", f"{s.precision_micro[c]:.3f}", f"{s.precision_macro[c]:.3f}") for c in s.precision_micro
-    ]
-    rows.append((f"mAP@{s.k}", f"{s.map_micro:.3f}", f"{s.map_macro:.3f}"))
-    lines = [f"{a:<12}  {b:>6}  {c:>6}" for a, b, c in rows]
+    s, t = evaluation.scores, evaluation.tuned
+    header = ["metric", "micro", "macro"]
+    if t is not None:
+        header += ["tuned micro", "tuned macro"]
+    rows = []
+    for c in s.precision_micro:
+        row = [f"precision@{c}", f"{s.precision_micro[c]:.3f}", f"{s.precision_macro[c]:.3f}"]
+        if t is not None:
+            row += [f"{t.precision_micro[c]:.3f}", f"{t.precision_macro[c]:.3f}"]
+        rows.append(row)
+    row = [f"mAP@{s.k}", f"{s.map_micro:.3f}", f"{s.map_macro:.3f}"]
+    if t is not None:
+        row += [f"{t.map_micro:.3f}", f"{t.map_macro:.3f}"]
+    rows.append(row)
+    lines = [table(header, rows)]
     lines += [
         "",
         f"recall@{s.k} of the HNSW index vs exact search: {evaluation.recall:.3f}",
@@ -317,4 +362,9 @@ def format_evaluation(evaluation: Evaluation, fmt: str = "table") -> str:
         f"search: {evaluation.search_seconds:.1f} s",
         f"embedding: {evaluation.model_name}, preprocessing {evaluation.preprocessing_version}",
     ]
+    if t is not None:
+        lines.append(
+            f"tuned: {evaluation.folds}-fold cross-validation over products (each fold searched in a space learnt "
+            "without it)"
+        )
     return "\n".join(lines)

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from imgsearch.db import reconnect_waits, transaction, translate_error
+from imgsearch.db import RETRY_WAITS, RETRYABLE_SQLSTATES, reconnect_waits, transaction, translate_error
 from imgsearch.errors import DatabaseUnavailableError, InvalidQueryError
 from imgsearch.models import DIMENSION
 from imgsearch.validation import price_limit, unit_vector
@@ -95,14 +95,23 @@ _CHEAPER = sa.text("SELECT * FROM imgsearch_cheaper(:sku, :k, :same_category)")
 def _run(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact: bool = False) -> list[SearchResult]:
     # A search is read-only, so a connection lost to a server restart is simply tried again on a new one (the
     # pool drops the dead ones); a server that stays away is DatabaseUnavailableError after a few seconds.
-    for wait in (*_SEARCH_RECONNECT_WAITS, None):
+    # So is one chosen as a deadlock's victim (a schema change taking its locks while searches run).
+    outages = conflicts = 0
+    while True:
         try:
             rows = _execute(bind, statement, params, exact)
             break
         except DatabaseUnavailableError:
-            if wait is None or not isinstance(bind, Engine):
+            if outages >= len(_SEARCH_RECONNECT_WAITS) or not isinstance(bind, Engine):
                 raise
-            time.sleep(wait)
+            time.sleep(_SEARCH_RECONNECT_WAITS[outages])
+            outages += 1
+        except DBAPIError as exc:
+            sqlstate = getattr(exc.orig, "sqlstate", None)
+            if sqlstate not in RETRYABLE_SQLSTATES or not isinstance(bind, Engine) or conflicts >= len(RETRY_WAITS):
+                raise
+            time.sleep(RETRY_WAITS[conflicts])
+            conflicts += 1
     return [
         SearchResult(
             sku=r.sku,

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch.config import DEFAULT_SCHEMA, check_schema_name
-from imgsearch.db import schema_of, translate_error
+from imgsearch.db import RETRYABLE_SQLSTATES, schema_of, translate_error
 from imgsearch.errors import BusyError, DatabaseUnavailableError, SchemaError, SchemaTooNewError
 
 if TYPE_CHECKING:
@@ -148,7 +148,14 @@ def _migrate(engine: Engine, direction: str, revision: str) -> None:
             raise SchemaError(f"cannot {direction} to {revision!r}: {exc}") from None
         except DBAPIError as exc:
             error = translate_error(exc)
-            if not isinstance(error, BusyError) or wait is None:
+            # Waited too long for a lock, or chosen as a deadlock's victim by a search: give way, try again.
+            deadlock = getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
+            if deadlock and wait is None:
+                raise BusyError(
+                    f"cannot {direction}: the catalogue is locked by another session (a deadlock on every attempt); "
+                    "try again when searches and writes have paused"
+                ) from None
+            if not (isinstance(error, BusyError) or deadlock) or wait is None:
                 raise error from None
             time.sleep(wait)
 
