@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ READER_ROLE = "imgsearch_reader"
 ACCESS_ROLES = {"admin": ADMIN_ROLE, "writer": WRITER_ROLE, "reader": READER_ROLE}
 #: Marks the roles this module created, so that migrations grant to them and to nothing else of that name.
 ROLE_COMMENT = "imgsearch embedded server role"
+#: How long a start waits for the server to accept connections. Usually a second; after a crash the server
+#: first replays its write-ahead log, which for a large catalogue takes minutes (pg_ctl's own wait is 10 s).
+START_WAIT_SECONDS = 900.0
 
 # Settings for a catalogue of up to a few million 512-d vectors on a modest machine. The HNSW build is much
 # faster when the graph fits in maintenance_work_mem; shared_buffers keeps the index hot between queries.
@@ -119,12 +123,34 @@ def start(home: Path) -> str:
             conf.write_text(_SERVER_CONFIG)
             with (pgdata / "postgresql.conf").open("a") as fh:
                 fh.write("\ninclude_if_exists = 'imgsearch.conf'\n")
-        server.start()
+        try:
+            server.start()
+        except subprocess.TimeoutExpired:
+            # Still starting: recovering from a crash, say. Wait for it, then take the running server.
+            _wait_until_ready(pgdata)
+            server.start()
+        _wait_until_ready(pgdata)
         socket_dir = server.get_postmaster_info().socket_dir
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
         raise DatabaseUnavailableError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
     _ensure_database(socket_dir)
     return _url(socket_dir)
+
+
+def _wait_until_ready(pgdata: Path) -> None:
+    postmaster_info = _pgserver().utils.PostmasterInfo
+    started = time.monotonic()
+    deadline = started + START_WAIT_SECONDS
+    while True:
+        info = postmaster_info.read_from_pgdata(pgdata)
+        # pg_ctl may have given up before the server wrote its pid file: give it a moment to appear.
+        if (info is None or not info.is_running()) and time.monotonic() - started > 10:
+            raise RuntimeError(f"the server stopped while starting (see {pgdata / 'log'})")
+        if info is not None and info.is_running() and info.status == "ready":
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server was not ready after {START_WAIT_SECONDS:.0f} s (see {pgdata / 'log'})")
+        time.sleep(0.5)
 
 
 def _ensure_database(socket_dir: Path | str) -> None:

