@@ -72,6 +72,8 @@ class Product(Base):
         # so that a stock sync's updates are HOT.
         Index("ix_products_category_price", "category", "price"),
         Index("ix_products_price", "price"),
+        # Room in every page for updated rows, so that those updates stay on their page (revision 0007).
+        {"postgresql_with": {"fillfactor": 80}},
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -181,3 +182,36 @@ def test_queries_refuse_vectors_of_another_space(engine: Engine) -> None:
     catalogue.check_space(engine, _Space())
     with pytest.raises(EmbeddingSpaceMismatchError, match="weights"):
         catalogue.check_space(engine, _Space(weights_id="x" * 64))
+
+
+def test_a_stock_sync_updates_in_place(engine: Engine) -> None:
+    # Stock flips touch no index (in_stock is in none, the vectors are in another table) and find room on their
+    # page (fillfactor 80): heap-only updates, so a sync writes little and leaves the vector index alone.
+    rng = np.random.default_rng(5)
+    catalogue.upsert_products(
+        engine,
+        [catalogue.ProductRecord(sku=f"s{i:04d}", category="c", embedding=rng.random(512)) for i in range(3000)],
+    )
+    index_size = sa.text("SELECT pg_relation_size('ix_product_images_embedding')")
+    with engine.connect() as conn:
+        index_before = conn.execute(index_size).scalar_one()
+    changed = catalogue.set_stock(engine, {f"s{i:04d}": False for i in range(0, 3000, 20)})
+    assert changed == 150
+    engine.dispose()  # the server counts a session's updates when it ends
+
+    def counts() -> tuple[int, int]:
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.text("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relid = 'products'::regclass")
+            ).one()
+        return row[0], row[1]
+
+    deadline = time.monotonic() + 10
+    while counts()[0] < 150 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    updates, hot = counts()
+    assert updates >= 150 and hot >= 0.95 * updates
+    with engine.connect() as conn:
+        assert (
+            conn.execute(sa.text("SELECT pg_relation_size('ix_product_images_embedding')")).scalar_one() == index_before
+        )
