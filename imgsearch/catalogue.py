@@ -199,9 +199,14 @@ def ensure_space(bind: Bind, space: SpaceLike) -> None:
 
 
 def clear(bind: Bind) -> None:
-    """Remove every product and the recorded embedding space (before re-ingesting with another model)."""
+    """Remove every product, the recorded embedding space and the tuned search spaces learnt from them (before
+    re-ingesting with another model: a map learnt from other vectors would be meaningless)."""
     with transaction(bind) as conn:
-        conn.execute(sa.text("TRUNCATE products, product_images, embedding_space"))
+        conn.execute(
+            sa.text(
+                "TRUNCATE products, product_images, embedding_space, tuned_images, search_space_rows, search_spaces"
+            )
+        )
 
 
 def _validated(record: ProductRecord) -> ProductRecord:

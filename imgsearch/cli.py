@@ -255,7 +255,8 @@ def db_downgrade(app: App, revision: str, yes: bool) -> None:
 @click.option("--yes", is_flag=True, help="Confirm deleting every product.")
 @pass_app
 def db_reset(app: App, yes: bool) -> None:
-    """Delete every product and the recorded embedding space (to re-ingest with another model)."""
+    """Delete every product, the recorded embedding space and any tuned search space (to re-ingest with
+    another model)."""
     if not yes:
         _fail("this deletes every product: pass --yes to confirm")
     catalogue.clear(app.engine())

@@ -27,6 +27,7 @@ from imgsearch.catalogue import ProductRecord
 from imgsearch.cli import main
 from imgsearch.embedding import Featurizer
 from imgsearch.images import file_sha256
+from imgsearch.models import Base
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "catalogue"
 CATEGORIES = ("dress", "shoes", "hat")
@@ -117,8 +118,9 @@ def _leftovers(engine: Engine) -> list[str]:
         tables = conn.execute(
             sa.text(
                 "SELECT relname FROM pg_class WHERE relnamespace = 'imgsearch'::regnamespace AND relkind = 'r' "
-                "AND relname NOT IN ('products', 'product_images', 'embedding_space', 'alembic_version')"
-            )
+                "AND relname <> ALL(:schema_tables)"
+            ),
+            {"schema_tables": [*Base.metadata.tables, "alembic_version"]},
         ).scalars()
         prepared = conn.execute(sa.text("SELECT gid FROM pg_prepared_xacts")).scalars()
         return [*tables, *prepared]

@@ -322,6 +322,10 @@ def test_cli_tune_search_stats_drop(
     assert cli == _sql_search(engine, sample_vectors[30], 5)
     assert "raw VGG16 space (tuned space #" in run("tune", "--drop")
     assert "search space: raw VGG16" in run("stats")
+    # Emptying the catalogue (to re-ingest with another model) forgets what was learnt from it.
+    run("tune", "--quiet")
+    run("db", "reset", "--yes")
+    assert tuning.status(engine) is None and "search space: raw VGG16" in run("stats")
 
 
 # --- honest evaluation ----------------------------------------------------------------------------------------
