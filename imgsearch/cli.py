@@ -112,6 +112,11 @@ def _fail(message: str) -> NoReturn:
     help="PostgreSQL with pgvector [env IMGSEARCH_DATABASE_URL; default: the embedded server].",
 )
 @click.option(
+    "--read-url",
+    metavar="URL",
+    help="A read replica for searches (search, similar, cheaper, duplicates, serve) [env IMGSEARCH_READ_URL].",
+)
+@click.option(
     "--home", type=click.Path(file_okay=False, path_type=Path), help="Embedded server's data [env IMGSEARCH_HOME]."
 )
 @click.option("--weights", metavar="PATH", help="VGG16 notop .h5 weights, or 'imagenet' [env IMGSEARCH_VGG16_WEIGHTS].")
@@ -149,12 +154,14 @@ def db_group() -> None:
 main.add_command(db_group, name="db")
 
 
-def _url_options(func: Any) -> Any:
+def _url_options(func: Any = None, *, default_access: str = "writer") -> Any:
+    if func is None:
+        return lambda f: _url_options(f, default_access=default_access)
     func = click.option("--show-password", is_flag=True, help="Print the password instead of ***.")(func)
     func = click.option(
         "--access",
         type=click.Choice(list(embedded.ACCESS_ROLES)),
-        default="writer",
+        default=default_access,
         show_default=True,
         help="The embedded server's role: reader (search only), writer (products), admin (superuser).",
     )(func)
@@ -187,6 +194,63 @@ def db_stop(app: App) -> None:
     """Stop the embedded PostgreSQL."""
     stopped = embedded.stop(app.settings.home)
     click.echo("stopped" if stopped else "not running")
+
+
+@db_group.group("replica", cls=_Group)
+def replica_group() -> None:
+    """A read replica of the embedded server, for search traffic (a PostgreSQL hot standby).
+
+    \b
+    Examples:
+      imgsearch db replica start
+      IMGSEARCH_READ_URL="$(imgsearch db replica url --show-password)" imgsearch serve
+    """
+
+
+@replica_group.command("start")
+@_url_options(default_access="reader")
+@pass_app
+def replica_start(app: App, sqlalchemy_form: bool, show_password: bool, access: str) -> None:
+    """Start the replica (copied from the running server on first use) and print its URL.
+
+    It follows every write to the server within moments, the vector and category indexes included, and refuses
+    writes. Searches go to it when IMGSEARCH_READ_URL (or --read-url) is its URL.
+    """
+    url = embedded.url_for(embedded.start_replica(app.settings.home), access)
+    click.echo(_format_url(url, sqlalchemy_form, show_password))
+
+
+@replica_group.command("stop")
+@pass_app
+def replica_stop(app: App) -> None:
+    """Stop the replica (its copy is kept and catches up when started again)."""
+    click.echo("stopped" if embedded.stop_replica(app.settings.home) else "not running")
+
+
+@replica_group.command("status")
+@pass_app
+def replica_status(app: App) -> None:
+    """Say whether the replica runs, and how far behind the server it is."""
+    state = embedded.replica_status(app.settings.home)
+    server = state.server
+    click.echo(f"replica: {f'running (pid {server.pid})' if server.running else 'stopped'}")
+    click.echo(f"data directory: {server.data_dir}")
+    if server.url:
+        click.echo(f"url: {db.libpq_url(embedded.url_for(server.url, 'reader'))}")
+    if state.lag_bytes is not None:
+        behind = max(state.lag_bytes, 0)
+        click.echo(f"replayed: {state.replayed_lsn} (server at {state.primary_lsn}, {behind} bytes behind)")
+
+
+@replica_group.command("url")
+@_url_options(default_access="reader")
+@pass_app
+def replica_url(app: App, sqlalchemy_form: bool, show_password: bool, access: str) -> None:
+    """Print the running replica's URL (the reader role by default: searches need no more)."""
+    server = embedded.replica_status(app.settings.home).server
+    if not server.running or server.url is None:
+        _fail("the replica is not running: imgsearch db replica start")
+    click.echo(_format_url(embedded.url_for(server.url, access), sqlalchemy_form, show_password))
 
 
 def _revision_line(engine: Engine) -> str:
@@ -993,7 +1057,7 @@ def search(app: App, image: str, filters: _Filters, k: int, out: _Output) -> Non
     from imgsearch.images import load_image
 
     source, picture, label = _read_query(image)
-    engine = app.engine()
+    engine = app.engine(access="reader")
     # Decoded before the network is loaded, so a bad photo fails in milliseconds rather than seconds.
     load_image(source)
     if hasattr(source, "seek"):
@@ -1017,7 +1081,7 @@ def similar(app: App, sku: str, cheaper: bool, filters: _Filters, k: int, out: _
       imgsearch similar shoes-24535295 --category shoes --include-out-of-stock
       imgsearch similar shoes-24535295 --cheaper --sheet cheaper.png
     """
-    engine = app.engine()
+    engine = app.engine(access="reader")
     if cheaper:
         if filters.given:
             _fail("--cheaper already means same category, in stock and cheaper: drop the other filters")
@@ -1040,7 +1104,7 @@ def cheaper(app: App, sku: str, any_category: bool, k: int, out: _Output) -> Non
       imgsearch cheaper dress-19e4de0d -k 3
       imgsearch cheaper dress-19e4de0d --sheet cheaper.png --image-root examples
     """
-    engine = app.engine()
+    engine = app.engine(access="reader")
     results = _by_sku(engine, lambda: query.cheaper_alternatives(engine, sku, k, same_category=not any_category))
     _emit(engine, results, out, query_image=_stored_image(engine, sku) if out.sheet else None, query_label=sku)
 
@@ -1094,7 +1158,7 @@ def duplicates(
     """
     from imgsearch import duplicates as near
 
-    engine = app.engine()
+    engine = app.engine(access="reader")
     groups = near.find_duplicate_groups(
         engine,
         near.DEFAULT_MAX_DISTANCE if max_distance is None else max_distance,

@@ -60,6 +60,7 @@ class Settings:
     Attributes:
         database_url: SQLAlchemy/libpq URL of a PostgreSQL server with pgvector. ``None`` means the embedded
             server kept under ``home``.
+        read_url: a read replica of that database (``IMGSEARCH_READ_URL``): searches go there, writes never.
         home: directory for the embedded server's data (``IMGSEARCH_HOME``).
         weights: VGG16 weights: ``"imagenet"`` (the Keras download, cached by Keras) or a path to a local
             ``.h5`` file (``IMGSEARCH_VGG16_WEIGHTS``).
@@ -75,6 +76,7 @@ class Settings:
     """
 
     database_url: str | None = None
+    read_url: str | None = None
     home: Path = field(default_factory=_default_home)
     weights: str = "imagenet"
     batch_size: int = 32
@@ -100,6 +102,7 @@ class Settings:
         home = os.environ.get("IMGSEARCH_HOME")
         settings = cls(
             database_url=os.environ.get("IMGSEARCH_DATABASE_URL") or None,
+            read_url=os.environ.get("IMGSEARCH_READ_URL") or None,
             home=Path(home).expanduser() if home else _default_home(),
             weights=os.environ.get("IMGSEARCH_VGG16_WEIGHTS") or "imagenet",
             batch_size=_env_int("IMGSEARCH_BATCH_SIZE", 32),

@@ -24,6 +24,7 @@ from imgsearch.errors import (
     ImgsearchError,
     InvalidQueryError,
     PermissionDeniedError,
+    ReadOnlyDatabaseError,
     SchemaError,
     UnknownSkuError,
 )
@@ -49,8 +50,11 @@ def resolve_url(settings: Settings, access: str = "writer") -> str:
 
     ``access`` picks the embedded server's role: ``admin`` (its superuser: schema changes, grants, category
     indexes), ``writer`` (the catalogue: every other command) or ``reader`` (search only). A configured URL is
-    returned as it is: its user is whoever the operator made it.
+    returned as it is: its user is whoever the operator made it. Readers go to ``IMGSEARCH_READ_URL`` (a read
+    replica) when it is set.
     """
+    if access == "reader" and settings.read_url:
+        return settings.read_url
     if settings.database_url:
         return settings.database_url
     return embedded.url_for(embedded.start(settings.home), access)
@@ -274,6 +278,11 @@ def translate_error(exc: DBAPIError, not_found: type[ImgsearchError] = UnknownSk
         return SchemaError(
             "the database has no imgsearch schema (or an old one), or this role may not use it: run "
             "`imgsearch db upgrade`, or grant the role access (`imgsearch db grant-reader ROLE`)"
+        )
+    if sqlstate == "25006":
+        return ReadOnlyDatabaseError(
+            "this database is a read-only replica: write to the primary (IMGSEARCH_DATABASE_URL), search here "
+            "(IMGSEARCH_READ_URL)"
         )
     if sqlstate == "42501":
         return PermissionDeniedError(f"the database role may not do this: {message}")

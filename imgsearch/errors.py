@@ -67,6 +67,10 @@ class PermissionDeniedError(ImgsearchError):
     """The database role lacks a privilege the operation needs (a reader role cannot write, for instance)."""
 
 
+class ReadOnlyDatabaseError(ImgsearchError):
+    """A write reached a read-only database (a replica for searches): writes go to the primary."""
+
+
 class BusyError(ImgsearchError):
     """The catalogue stayed locked by another session (a schema change or index build waited too long)."""
 
