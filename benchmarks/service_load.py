@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients of the vector phase")
     parser.add_argument("--photo-clients", type=int, default=4, help="concurrent clients of the photo phase")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="service worker processes")
-    parser.add_argument("--precision", default="float32", help="the service's model precision")
+    parser.add_argument("--precision", default="auto", help="the service's model precision")
     parser.add_argument("--home", type=Path, default=Path("/tmp/imgsearch-bench-service"), help="throwaway server")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--weights", default=os.environ.get("IMGSEARCH_VGG16_WEIGHTS", "imagenet"))
