@@ -572,6 +572,15 @@ class _ProgressLine:
     is_flag=True,
     help="Do not build or drop category indexes after loading (see imgsearch index auto).",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    metavar="[ADDRESS]",
+    help="Embed on a Ray cluster (ray://host:10001; alone: a local Ray instance). Needs imgsearch[ray].",
+)
+@click.option("--ray-concurrency", type=click.IntRange(1), help="Model actors on Ray [default: one per 2 CPUs].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @pass_app
 def ingest(
@@ -586,6 +595,8 @@ def ingest(
     force: bool,
     image_root: Path | None,
     no_index: bool,
+    ray_address: str | None,
+    ray_concurrency: int | None,
     quiet: bool,
 ) -> None:
     """Load or update products from a FOLDER or a --manifest CSV; photos may be files or http(s) URLs.
@@ -604,6 +615,7 @@ def ingest(
       imgsearch ingest --manifest products.csv --errors failed.csv
       imgsearch ingest --manifest feed.csv --prune            # the catalogue becomes the feed
       imgsearch ingest --manifest feed.csv --prune=sold-out   # missing products are marked sold out
+      imgsearch ingest examples/catalogue --ray               # the network runs on Ray (local here)
     """
     from imgsearch import ingest as ingestion
 
@@ -630,6 +642,12 @@ def ingest(
         plan = ingestion.prune(engine, feed_skus, prune, max_share=max_prune_share, force=force, dry_run=True)
         if plan.refused:
             _fail(f"{plan.refused}: nothing was changed (--force to prune anyway)")
+    embedder = None
+    if ray_address is not None:
+        from imgsearch.distributed import RayEmbedder
+
+        address = None if ray_address == "local" else ray_address
+        embedder = RayEmbedder(app.featurizer(), address=address, concurrency=ray_concurrency)
     progress = _ProgressLine(enabled=not quiet)
     try:
         report = ingestion.ingest(
@@ -641,6 +659,7 @@ def ingest(
             progress=progress,
             prune_images=prune_images,
             image_root=image_root or app.settings.image_root,
+            embedder=embedder,
         )
         if prune is not None:
             report.pruned = ingestion.prune(engine, feed_skus, prune, max_share=max_prune_share, force=force)

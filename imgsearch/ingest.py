@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -40,7 +40,7 @@ from imgsearch.sources import (
 )
 
 if TYPE_CHECKING:
-    from imgsearch.embedding import Featurizer
+    from imgsearch.embedding import EmbedResult, Featurizer
 
 __all__ = [
     "PRUNE_MODES",
@@ -147,6 +147,7 @@ def ingest(
     prune_images: bool = False,
     image_root: Path | str | None = None,
     fetcher: Fetcher | None = None,
+    embedder: Embedder | None = None,
 ) -> IngestReport:
     """Upsert products by SKU with their photos, embedding only photos that are new or changed.
 
@@ -156,7 +157,8 @@ def ingest(
     not even downloaded), changed metadata is updated, changed photos are re-embedded. Photos no longer listed
     are kept unless ``prune_images``. Bad entries, photos and downloads never stop the run; they are returned in
     :attr:`IngestReport.failures`. A product is written with the photos that could be read; a new product none
-    of whose photos could be read is not written.
+    of whose photos could be read is not written. ``embedder`` computes the vectors instead of ``featurizer``
+    (:class:`imgsearch.distributed.RayEmbedder`: the same vectors, on a cluster).
 
     Raises:
         EmbeddingSpaceMismatchError: the catalogue holds vectors from another model or preprocessing.
@@ -183,7 +185,7 @@ def ingest(
         upcoming = _start(ahead, prepare, next(batches, None))
         while (batch := upcoming.result()) is not None:
             upcoming = _start(ahead, prepare, next(batches, None))
-            stored = _store(bind, _records(batch, featurizer, report), report, prune_images)
+            stored = _store(bind, _records(batch, featurizer, report, embedder), report, prune_images)
             if stored.vanished:
                 # Removed by someone else since their hashes were read: their vectors must be computed again.
                 gone = set(stored.vanished)
@@ -191,7 +193,7 @@ def ingest(
                 retry = prepare(again, force=True)
                 assert retry is not None
                 stored = replace(stored, vanished=()) + _store(
-                    bind, _records(retry, featurizer, report), report, prune_images
+                    bind, _records(retry, featurizer, report, embedder), report, prune_images
                 )
             counts += stored
             done += len(batch.items)
@@ -270,7 +272,15 @@ def _take_download(photo: _Photo, fetched: Fetched) -> None:
         photo.data, photo.sha256, photo.validators = fetched.data, fetched.sha256, fetched.validators
 
 
-def _records(batch: _Batch, featurizer: Featurizer, report: IngestReport) -> list[ProductRecord]:
+class Embedder(Protocol):
+    """What computes a batch's vectors: :class:`~imgsearch.embedding.Featurizer` or a distributed stand-in."""
+
+    def embed_files(self, paths: Any, *, colour: bool = False) -> Iterator[EmbedResult]: ...
+
+
+def _records(
+    batch: _Batch, featurizer: Featurizer, report: IngestReport, embedder: Embedder | None = None
+) -> list[ProductRecord]:
     """Embed the batch's new and changed photos and make the records to store; failures go to the report."""
     for item in batch.items:
         if isinstance(item, Failure):
@@ -279,7 +289,7 @@ def _records(batch: _Batch, featurizer: Featurizer, report: IngestReport) -> lis
     to_embed = [p for e in entries for p in batch.photos[e.sku] if p.error is None and p.changed]
     vectors, colours = {}, {}
     sources = [p.source() for p in to_embed]
-    for photo, result in zip(to_embed, featurizer.embed_files(sources, colour=True), strict=True):
+    for photo, result in zip(to_embed, (embedder or featurizer).embed_files(sources, colour=True), strict=True):
         photo.data = None  # the bytes of a download are not needed any more
         if result.error is not None:
             photo.error = result.error
