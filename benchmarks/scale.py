@@ -21,6 +21,8 @@ Steps (``--steps``, all by default):
 - ``halfvec``: HNSW indexes over ``vector(512)`` and over ``embedding::halfvec(512)`` built side by side (the
   same settings), their sizes, and recall@10 and latency of unfiltered queries through each at ef_search 40 and
   100; both dropped afterwards.
+- ``writer``: the ingestion writer's ceiling: new products with their vectors upserted in batches of 256 (what
+  ``imgsearch ingest`` commits at a time) into the indexed catalogue, rows/s; then removed again.
 - ``tune``: ``imgsearch tune`` at this size (learning from a 100k-product sample, projecting every photo, the
   indexes, the swap), each step timed; the cost of projecting a query in SQL; unfiltered and category searches
   in the tuned space beside the raw one; then ``--drop``.
@@ -70,7 +72,7 @@ SPREAD = {"brand": 0.10, "sale": 0.01, "rare": 0.001}
 #: The schema holding the previous release's layout and function, for comparison.
 PREVIOUS_SCHEMA = "imgsearch_previous"
 PREVIOUS_REVISION = "0002"
-STEPS = ("load", "indexes", "search", "sync", "halfvec", "tune")
+STEPS = ("load", "indexes", "search", "sync", "halfvec", "writer", "tune")
 
 
 def spread_categories(classes: list[str], category: np.ndarray, rng: np.random.Generator) -> list[str]:
@@ -282,6 +284,34 @@ def halfvec(url: str, queries: np.ndarray, truth: np.ndarray, skus: list[str]) -
     return out
 
 
+def writer(url: str, vectors: np.ndarray, categories: list[str], rows: int = 20_000) -> dict[str, Any]:
+    """Rows/s of the ingestion's upserts (binary COPY and merge, every index maintained) at this size."""
+    from imgsearch import catalogue, db
+    from imgsearch.catalogue import ImageRecord, ProductRecord
+
+    engine = db.create_engine(url)
+    rng = np.random.default_rng(7)
+    picks = rng.choice(len(vectors), size=rows, replace=False)
+    records = [
+        ProductRecord(
+            sku=f"writer-{n}",
+            category=categories[i],
+            price=Decimal("19.99"),
+            images=(ImageRecord(f"/photos/writer-{n}.jpg", vectors[i] + rng.normal(scale=0.01, size=512)),),
+        )
+        for n, i in enumerate(picks)
+    ]
+    started = time.perf_counter()
+    for start in range(0, rows, 256):
+        catalogue.upsert_products(engine, records[start : start + 256])
+    seconds = time.perf_counter() - started
+    catalogue.remove(engine, [r.sku for r in records])
+    engine.dispose()
+    out = {"rows": rows, "batch": 256, "seconds": round(seconds, 1), "rows_per_s": round(rows / seconds, 1)}
+    log(f"writer: {out}")
+    return out
+
+
 def upgrade(url: str) -> dict[str, Any]:
     """A catalogue loaded by an older commit migrated to the head revision (timed: a shop's upgrade at 1M)."""
     from imgsearch import db, schema
@@ -477,6 +507,8 @@ def main(argv: list[str] | None = None) -> None:
         result["sync"] = sync(url, skus, cat.in_stock, cat.price, rng)
     if "halfvec" in steps:
         result["halfvec"] = halfvec(url, queries, truth["none"], skus)
+    if "writer" in steps:
+        result["writer"] = writer(url, cat.vectors, list(categories))
     if "tune" in steps:
         result["tune"] = tune(url, queries)
     result["load_after"] = load_average()
@@ -544,6 +576,15 @@ def markdown(r: dict[str, Any]) -> str:
             "## HNSW over vector and over halfvec (unfiltered, built in this run with the same settings)",
             "",
             md_table(["index", "MiB", "build s", "ef 40: recall@10 / p50 ms", "ef 100: recall@10 / p50 ms"], rows),
+        ]
+    if "writer" in r:
+        w = r["writer"]
+        lines += [
+            "",
+            "## The ingestion writer's ceiling",
+            "",
+            f"{w['rows']:,} new products with one photo each, upserted {w['batch']} at a time into the indexed "
+            f"catalogue: {w['seconds']} s, **{w['rows_per_s']:,} rows/s**.",
         ]
     if "tune" in r:
         t = r["tune"]
