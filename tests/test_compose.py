@@ -18,6 +18,7 @@ CITUS_NODES = ("citus-coordinator", "citus-worker-1", "citus-worker-2")
 CITUS_WORKERS = CITUS_NODES[1:]
 
 REQUIRED_VARIABLE = re.compile(r"\$\{[A-Z][A-Z0-9_]*:\?[^}]+\}")
+DEFAULTED_VARIABLE = re.compile(r"\$\{[A-Z][A-Z0-9_]*:-(\.[^}]*)\}")
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
@@ -45,7 +46,7 @@ def published_ports(service: dict[str, Any]) -> list[tuple[str | None, str]]:
 
 
 def volume_sources(service: dict[str, Any]) -> list[str]:
-    """The host side of every volume: a path, a named volume or a ${VAR:?message} variable."""
+    """The host side of every volume: a path, a named volume, a ${VAR:?message} or ${VAR:-./path} variable."""
     sources = []
     for entry in service.get("volumes", []):
         if isinstance(entry, dict):
@@ -147,7 +148,10 @@ def test_build_contexts_and_mounted_paths_exist(name: str) -> None:
         dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
         assert (context / dockerfile).is_file(), f"{name}: {context / dockerfile}"
     for source in volume_sources(service):
-        if source.startswith("${"):
+        default = DEFAULTED_VARIABLE.fullmatch(source)
+        if default:  # ${VAR:-./path}: the default path must exist
+            assert (REPO / default.group(1)).exists(), f"{name}: {source}"
+        elif source.startswith("${"):
             assert REQUIRED_VARIABLE.fullmatch(source), f"{name}: {source}"
         elif source.startswith((".", "/")):
             assert (REPO / source).exists(), f"{name}: {source}"
