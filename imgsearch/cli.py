@@ -670,6 +670,9 @@ def ingest(
     except DatabaseUnavailableError as exc:
         progress.close()
         _fail(f"{exc}; every batch committed before is kept: run the same command again when the database is back")
+    except ImgsearchError:
+        progress.close()  # the one-line error (a Ray worker lost for good, say) on a line of its own
+        raise
     progress.close()
     _report_failures(report.failures, errors_path)
     click.echo(output.format_ingest_summary(report))

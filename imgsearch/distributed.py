@@ -1,11 +1,14 @@
 """Embedding on a Ray cluster: the one step of ingestion that needs many machines, run as a Ray Data pipeline.
 
 Photos are decoded by Ray tasks and embedded by VGG16 in a pool of actors (``map_batches`` with one
-:class:`~imgsearch.embedding.Featurizer` per actor; GPUs are used by the actors when the cluster has them).
+:class:`~imgsearch.embedding.Featurizer` per actor; GPUs are used by the actors when the cluster has them). On
+CPUs Ray Data fuses the two steps: the actors decode their own batches.
 Everything else stays where it is: listing, the SHA-256 skip of unchanged photos, downloads and the idempotent
 binary-COPY upserts run in :func:`imgsearch.ingest.ingest`, which hands each batch's new photos to
 :meth:`RayEmbedder.embed_files` instead of the local featurizer. So the guarantees are the same: idempotent,
-resumable, every bad photo reported. Needs the optional extra ``imgsearch[ray]``; imported only on this path.
+resumable, every bad photo reported. A model actor that crashes is restarted by Ray and its batch run again; one
+killed for good fails the batch in flight (:class:`RayWorkerLostError`), and running again resumes. Needs the
+optional extra ``imgsearch[ray]``; imported only on this path.
 """
 
 from __future__ import annotations
@@ -18,10 +21,15 @@ from typing import Any
 import numpy as np
 
 from imgsearch.embedding import EmbedResult, Featurizer, Pipeline
-from imgsearch.errors import ConfigurationError, ImageError
+from imgsearch.errors import ConfigurationError, ImageError, ImgsearchError
 
 #: Photos per batch of a model actor.
 DEFAULT_BATCH_SIZE = 32
+
+
+class RayWorkerLostError(ImgsearchError):
+    """Ray lost, for good, an actor or worker of the batch being embedded: that batch is not written, the ones
+    committed before are kept, so running the same ingestion again resumes."""
 
 
 def _ray() -> Any:
@@ -123,9 +131,26 @@ class RayEmbedder:
                 concurrency=self.concurrency,
                 batch_size=self.batch_size,
                 num_gpus=self.gpus,
+                # No max_restarts / max_task_retries: Ray Data's actor pools already restart a crashed actor and
+                # run its batch again, without limit (tests/test_ray.py kills one), and passing them to
+                # map_batches is deprecated (Ray 2.60, to go in 2.64). One killed for good: RayWorkerLostError.
             )
         )
-        rows = {int(row["i"]): row for row in dataset.iter_rows()}
+        lost = (
+            ray.exceptions.RayActorError,
+            ray.exceptions.WorkerCrashedError,
+            ray.exceptions.NodeDiedError,
+            ray.exceptions.ObjectLostError,
+            ray.exceptions.OutOfMemoryError,
+        )
+        try:
+            rows = {int(row["i"]): row for row in dataset.iter_rows()}
+        except lost as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise RayWorkerLostError(
+                f"Ray lost a worker of the batch being embedded ({type(exc).__name__}: {reason}); every batch "
+                "committed before is kept: run the same command again to resume"
+            ) from exc
         for i in range(len(sources)):
             row = rows[i]
             if row["error"]:
