@@ -284,3 +284,68 @@ def test_a_schema_change_waiting_for_a_lock_gives_way_to_searches(
     assert schema.current_revision(engine) == schema.head_revision()  # nothing changed
     schema.downgrade(engine, "0001")  # and with the catalogue free, it goes through
     assert schema.current_revision(engine) == "0001"
+
+
+def _photo_indexes(engine: Engine) -> dict[str, tuple[str, str | None]]:
+    """Every HNSW index over the photos: name -> (definition, its comment)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT c.relname, pg_get_indexdef(c.oid), obj_description(c.oid, 'pg_class') FROM pg_index i "
+                "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+                "WHERE i.indrelid = 'imgsearch.product_images'::regclass AND a.amname = 'hnsw'"
+            )
+        ).all()
+    return {name: (definition, note) for name, definition, note in rows}
+
+
+def test_0008_rebuilds_the_photo_indexes_in_half_precision_and_keeps_every_row(
+    make_database: Callable[..., str],
+) -> None:
+    engine = db.create_engine(make_database())
+    schema.upgrade(engine, "0007")
+    vectors = _vectors(900, seed=8)
+    catalogue.upsert_products(
+        engine,
+        [
+            ProductRecord(sku=f"p{i}", category=f"c{i % 3}", in_stock=i % 5 != 0, price=Decimal(i % 40), embedding=v)
+            for i, v in enumerate(vectors)
+        ],
+    )
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT imgsearch.imgsearch_create_category_index('c1')"))
+    before = _fingerprint(engine, "imgsearch.products")
+    full = _photo_indexes(engine)
+    assert all("vector_cosine_ops" in d for d, _ in full.values()) and len(full) == 2
+
+    schema.upgrade(engine)
+    half = _photo_indexes(engine)
+    assert set(half) == set(full)  # the same names: the category index is still found by its name
+    assert all("((embedding)::halfvec(512)) halfvec_cosine_ops" in d for d, _ in half.values()), half
+    assert {n: note for n, (_, note) in half.items()} == {n: note for n, (_, note) in full.items()}
+    assert "WHERE (category = 'c1'::text)" in next(d for d, note in half.values() if note == "c1")
+    assert _fingerprint(engine, "imgsearch.products") == before
+    # The searches walk the new indexes (a walk that missed them would sort, which the short way rules out) and
+    # still find what exact search finds.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("SET imgsearch.exact_search_below = 0"))  # the category too is walked
+        for options in ({}, {"categories": ["c1"]}):
+            for seed in range(5):
+                q = vectors[seed * 31] + np.random.default_rng(seed).normal(scale=0.3, size=512)
+                got = [r.sku for r in query.search(conn, q, 10, **options)]
+                want = [r.sku for r in query.search(engine, q, 10, exact=True, **options)]
+                assert len(set(got) & set(want)) >= 9, (options, got, want)
+        conn.execute(sa.text("SELECT pg_stat_force_next_flush()"))
+    with engine.connect() as conn:
+        scans = dict(
+            conn.execute(
+                sa.text("SELECT indexrelname, idx_scan FROM pg_stat_user_indexes WHERE indexrelname = ANY(:names)"),
+                {"names": list(half)},
+            ).all()
+        )
+    assert all(n > 0 for n in scans.values()) and len(scans) == 2, scans  # the main and the category index
+
+    schema.downgrade(engine, "0007")
+    assert {n: "vector_cosine_ops" in d for n, (d, _) in _photo_indexes(engine).items()} == dict.fromkeys(full, True)
+    assert _fingerprint(engine, "imgsearch.products") == before
+    engine.dispose()

@@ -62,7 +62,7 @@ def test_indexes(engine: Engine) -> None:
                 "WHERE attrelid = 'product_images'::regclass AND attname = 'embedding'"
             )
         ).scalar_one()
-    assert "USING hnsw (embedding vector_cosine_ops)" in indexdefs["ix_product_images_embedding"]
+    assert "USING hnsw (((embedding)::halfvec(512)) halfvec_cosine_ops)" in indexdefs["ix_product_images_embedding"]
     assert "(category, price)" in indexdefs["ix_products_category_price"]
     # No index holds in_stock (stock syncs update products in place, HOT) and products holds no vector.
     assert not any("in_stock" in d for d in indexdefs.values())
