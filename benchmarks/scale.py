@@ -346,27 +346,46 @@ def measure(
 
     engine = db.create_engine(url)
     previous = db.create_engine(url, schema=PREVIOUS_SCHEMA)
-    naive = db.psycopg_connect(url, autocommit=True)
-    register_vector(naive)
+    # Raw psycopg connections (prepared statements after a few runs, as a web backend's driver would): the
+    # naive query at pgvector's default ef_search (40) and at imgsearch's (100), and imgsearch's SQL function.
+    naive, naive100, sql_face = (db.psycopg_connect(url, autocommit=True) for _ in range(3))
+    for conn in (naive, naive100, sql_face):
+        register_vector(conn)
+    naive100.execute("SET hnsw.ef_search = 100")
+    # The photos' index holds half-precision vectors (revision 0008): the naive query orders by the same
+    # expression so that it uses the index.
+    order = "i.embedding::halfvec(512) <=> %s::halfvec(512)" if half_precision_index(naive) else "i.embedding <=> %s"
 
-    def run_naive(options: dict[str, Any], q: np.ndarray) -> list[str]:
-        where = ["true"]
-        params: list[Any] = []
-        if options.get("in_stock_only"):
-            where.append("p.in_stock")
-        if options.get("categories"):
-            where.append("p.category = %s")
-            params.append(options["categories"][0])
-        rows = naive.execute(
-            f"SELECT p.sku FROM product_images i JOIN products p ON p.id = i.product_id WHERE {' AND '.join(where)} "
-            f"ORDER BY i.embedding <=> %s LIMIT {K}",
-            [*params, q],
+    def naive_on(conn: Any) -> Any:
+        def run(options: dict[str, Any], q: np.ndarray) -> list[str]:
+            where = ["true"]
+            params: list[Any] = []
+            if options.get("in_stock_only"):
+                where.append("p.in_stock")
+            if options.get("categories"):
+                where.append("p.category = %s")
+                params.append(options["categories"][0])
+            rows = conn.execute(
+                f"SELECT p.sku FROM product_images i JOIN products p ON p.id = i.product_id "
+                f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT {K}",
+                [*params, q],
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        return run
+
+    def run_sql(options: dict[str, Any], q: np.ndarray) -> list[str]:
+        rows = sql_face.execute(
+            "SELECT sku FROM imgsearch_similar(%s::vector, %s, %s::text[], %s)",
+            [q, K, options.get("categories"), options.get("in_stock_only", True)],
         ).fetchall()
         return [r[0] for r in rows]
 
     methods = {
         "imgsearch": lambda options, q: [r.sku for r in query.search(engine, q, K, **options)],
-        "naive": run_naive,
+        "imgsearch_sql": run_sql,
+        "naive": naive_on(naive),
+        "naive_ef100": naive_on(naive100),
         "previous": lambda options, q: [r.sku for r in query.search(previous, q, K, **options)],
     }
     out = []
@@ -392,8 +411,15 @@ def measure(
         out.append(entry)
     engine.dispose()
     previous.dispose()
-    naive.close()
+    for conn in (naive, naive100, sql_face):
+        conn.close()
     return out
+
+
+def half_precision_index(conn: Any) -> bool:
+    """Whether the photos' HNSW index is over embedding::halfvec(512) (revision 0008 on) or over the vectors."""
+    definition = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_product_images_embedding'")
+    return "halfvec" in definition.fetchone()[0]
 
 
 def sync(url: str, skus: list[str], stock: np.ndarray, prices: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
@@ -519,6 +545,15 @@ def main(argv: list[str] | None = None) -> None:
     log(markdown(result))
 
 
+SEARCH_METHODS = {
+    "imgsearch": "imgsearch (Python)",
+    "imgsearch_sql": "imgsearch (SQL)",
+    "naive": "naive pgvector",
+    "naive_ef100": "naive, ef 100",
+    "previous": "previous release",
+}
+
+
 def markdown(r: dict[str, Any]) -> str:
     """The result as Markdown tables."""
     lines = [
@@ -543,15 +578,31 @@ def markdown(r: dict[str, Any]) -> str:
         rows = []
         for e in r["search"]:
             cells = [e["filter"]]
-            for m in ("imgsearch", "naive", "previous"):
-                x = e[m]
-                cells.append(f"{x['recall_at_10']:.3f} / {x['exactly_k']:.0%} / {x['p50_ms']:.1f} / {x['p99_ms']:.1f}")
+            for m in SEARCH_METHODS:
+                x = e.get(m)
+                cells.append(
+                    f"{x['recall_at_10']:.3f} / {x['exactly_k']:.0%} / {x['p50_ms']:.2f} / {x['p99_ms']:.2f}"
+                    if x
+                    else "-"
+                )
             rows.append(cells)
+        ratios = [
+            f"{e['filter']}: {e['imgsearch_sql']['p50_ms'] / e['naive']['p50_ms']:.2f}x the naive query's p50 at "
+            f"ef 40, {e['imgsearch_sql']['p50_ms'] / e['naive_ef100']['p50_ms']:.2f}x at ef 100 (SQL function)"
+            for e in r["search"]
+            if "imgsearch_sql" in e and "categor" not in e["filter"]
+        ]
         lines += [
             "",
             "## Search: recall@10 / exactly 10 / p50 ms / p99 ms",
             "",
-            md_table(["filter", "imgsearch", "naive pgvector", "previous release"], rows),
+            "imgsearch through the Python API (`query.search`) and through its SQL function over a plain psycopg "
+            "connection (what a non-Python backend runs); the naive query at pgvector's default ef_search (40) and "
+            "at imgsearch's (100).",
+            "",
+            md_table(["filter", *SEARCH_METHODS.values()], rows),
+            "",
+            *(f"- {line}" for line in ratios),
         ]
     if "sync" in r:
         rows = [
