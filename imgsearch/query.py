@@ -20,7 +20,14 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from imgsearch.db import RETRY_WAITS, RETRYABLE_SQLSTATES, reconnect_waits, transaction, translate_error
+from imgsearch.db import (
+    RETRY_WAITS,
+    RETRYABLE_SQLSTATES,
+    binary_vector,
+    reconnect_waits,
+    transaction,
+    translate_error,
+)
 from imgsearch.errors import DatabaseUnavailableError, InvalidQueryError
 from imgsearch.models import DIMENSION
 from imgsearch.validation import price_limit, unit_vector
@@ -75,10 +82,11 @@ def _text_list(values: Iterable[str] | str | None, what: str) -> list[str] | Non
     return items
 
 
+# The query vector is bound as pgvector's binary form (db.binary_vector), not as text.
 _SIMILAR = sa.text(
     "SELECT * FROM imgsearch_similar(CAST(:query AS vector), :k, CAST(:categories AS text[]), :in_stock_only, "
     "CAST(:max_price AS numeric), CAST(:exclude AS text[]), CAST(:below_price AS numeric))"
-).bindparams(sa.bindparam("query", type_=Vector(DIMENSION)))
+)
 _SIMILAR_MULTI = sa.text(
     "SELECT * FROM imgsearch_similar_multi(CAST(:query AS vector[]), :k, CAST(:categories AS text[]), :in_stock_only, "
     "CAST(:max_price AS numeric), CAST(:exclude AS text[]), CAST(:below_price AS numeric))"
@@ -136,15 +144,21 @@ def _execute(bind: Bind, statement: sa.TextClause, params: dict[str, object], ex
             # The setting is local to a transaction, so it needs one around both statements.
             with transaction(bind) as conn:
                 conn.execute(sa.text("SELECT set_config('imgsearch.exact_search', 'on', true)"))
-                return conn.execute(statement, params).all()
+                return conn.execute(statement, _bound(conn, statement, params)).all()
         if isinstance(bind, Engine):
             # One statement, so autocommit: one round trip instead of BEGIN, query, COMMIT. At 1M products
             # the transaction's round trips cost as much as the search itself.
             with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                return conn.execute(statement, params).all()
-        return bind.execute(statement, params).all()
+                return conn.execute(statement, _bound(conn, statement, params)).all()
+        return bind.execute(statement, _bound(bind, statement, params)).all()
     except DBAPIError as exc:
         raise translate_error(exc) from None
+
+
+def _bound(conn: Connection, statement: sa.TextClause, params: dict[str, object]) -> dict[str, object]:
+    if statement is _SIMILAR:
+        return {**params, "query": binary_vector(conn, params["query"])}
+    return params
 
 
 def search(
