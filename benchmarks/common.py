@@ -183,6 +183,18 @@ def cached_embeddings(
     return vectors, rel, labels
 
 
+#: How a naive query orders the photos so that the HNSW index serves it: the index's own expression (revision
+#: 0008 indexes half-precision vectors), with the query vector as its parameter.
+NAIVE_ORDER = "i.embedding::halfvec(512) <=> %s::halfvec(512)"
+
+
+def build_photo_index(conn: Any) -> None:
+    """Build the catalogue-wide photo index after a bulk load (the head revision's definition)."""
+    from imgsearch import sql
+
+    conn.execute(sql.command("create_photo_index"))
+
+
 def start_server(home: Path, extra_config: str = BENCH_SERVER_CONFIG) -> str:
     """Start an embedded server in a throwaway ``home`` with the benchmark settings; return its URL."""
     from imgsearch import embedded

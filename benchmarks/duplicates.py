@@ -26,6 +26,7 @@ import numpy as np
 from benchmarks.common import (
     DEFAULT_CACHE,
     EXAMPLES,
+    build_photo_index,
     cached_embeddings,
     copy_catalogue,
     git_commit,
@@ -103,16 +104,13 @@ def main(argv: list[str] | None = None) -> None:
     engine = db.create_engine(url)
     schema.upgrade(engine)
     with db.psycopg_connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE products, product_images")
+        conn.execute("TRUNCATE products, product_images, tuned_images")
         conn.execute("DROP INDEX IF EXISTS ix_product_images_embedding")
         started = time.perf_counter()
         copy_catalogue(conn, skus, categories, prices, stock, vectors, signatures)
         log(f"loaded {len(skus)} products in {time.perf_counter() - started:.0f} s; building the HNSW index")
         started = time.perf_counter()
-        conn.execute(
-            "CREATE INDEX ix_product_images_embedding ON product_images "
-            "USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
-        )
+        build_photo_index(conn)
         build_s = time.perf_counter() - started
         conn.execute("VACUUM ANALYZE products")
         conn.execute("VACUUM ANALYZE product_images")

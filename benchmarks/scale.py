@@ -13,8 +13,9 @@ Steps (``--steps``, all by default):
   revision 0002, the previous release (one photo per product, its search function); both HNSW indexes built.
 - ``indexes``: the category-index maintenance that ``imgsearch ingest`` runs after every load (timed).
 - ``search``: recall@10 against exact NumPy, how often exactly 10 came back, p50/p99 over the queries, for
-  imgsearch (``query.search``), the naive query (``ORDER BY embedding <=> q LIMIT 10`` with pgvector's defaults)
-  and the previous release, per filter class.
+  imgsearch (``query.search``, and its SQL function over plain psycopg), the naive query (``ORDER BY
+  embedding::halfvec(512) <=> q LIMIT 10``, the index's own expression) at pgvector's default ef_search and at
+  100, and the previous release, per filter class.
 - ``sync``: a stock file flipping 5% of the in-stock flags through ``imgsearch stock --csv``, then one changing
   5% of the prices: time, HOT updates (pg_stat_user_tables), the HNSW index's size before and after; then both
   put back as loaded.
@@ -51,6 +52,8 @@ import numpy as np
 from benchmarks.common import (
     DEFAULT_CACHE,
     EXAMPLES,
+    NAIVE_ORDER,
+    build_photo_index,
     cached_embeddings,
     copy_catalogue,
     git_commit,
@@ -115,7 +118,7 @@ def load(
     schema.upgrade(previous, PREVIOUS_REVISION)
     result: dict[str, Any] = {}
     with db.psycopg_connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE products, product_images")
+        conn.execute("TRUNCATE products, product_images, tuned_images")
         conn.execute("DROP INDEX IF EXISTS ix_product_images_embedding")
         for index in indexes.list_category_indexes(engine):
             conn.execute(f'DROP INDEX IF EXISTS "{index.index_name}"')
@@ -124,10 +127,7 @@ def load(
         result["copy_s"] = round(time.perf_counter() - started, 1)
         log(f"loaded {len(skus)} products in {result['copy_s']} s; building the HNSW index")
         started = time.perf_counter()
-        conn.execute(
-            "CREATE INDEX ix_product_images_embedding ON product_images "
-            "USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
-        )
+        build_photo_index(conn)
         result["hnsw_build_s"] = round(time.perf_counter() - started, 1)
         conn.execute("VACUUM ANALYZE products")
         conn.execute("VACUUM ANALYZE product_images")
@@ -352,9 +352,6 @@ def measure(
     for conn in (naive, naive100, sql_face):
         register_vector(conn)
     naive100.execute("SET hnsw.ef_search = 100")
-    # The photos' index holds half-precision vectors (revision 0008): the naive query orders by the same
-    # expression so that it uses the index.
-    order = "i.embedding::halfvec(512) <=> %s::halfvec(512)" if half_precision_index(naive) else "i.embedding <=> %s"
 
     def naive_on(conn: Any) -> Any:
         def run(options: dict[str, Any], q: np.ndarray) -> list[str]:
@@ -367,7 +364,7 @@ def measure(
                 params.append(options["categories"][0])
             rows = conn.execute(
                 f"SELECT p.sku FROM product_images i JOIN products p ON p.id = i.product_id "
-                f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT {K}",
+                f"WHERE {' AND '.join(where)} ORDER BY {NAIVE_ORDER} LIMIT {K}",
                 [*params, q],
             ).fetchall()
             return [r[0] for r in rows]
@@ -414,12 +411,6 @@ def measure(
     for conn in (naive, naive100, sql_face):
         conn.close()
     return out
-
-
-def half_precision_index(conn: Any) -> bool:
-    """Whether the photos' HNSW index is over embedding::halfvec(512) (revision 0008 on) or over the vectors."""
-    definition = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_product_images_embedding'")
-    return "halfvec" in definition.fetchone()[0]
 
 
 def sync(url: str, skus: list[str], stock: np.ndarray, prices: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:

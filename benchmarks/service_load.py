@@ -28,6 +28,7 @@ import numpy as np
 from benchmarks.common import (
     DEFAULT_CACHE,
     EXAMPLES,
+    build_photo_index,
     cached_embeddings,
     copy_catalogue,
     git_commit,
@@ -67,10 +68,7 @@ def load_catalogue(url: str, n: int, weights: str, precision: str, cache: Path) 
         conn.execute("DROP INDEX IF EXISTS ix_product_images_embedding")
         skus = [cat.sku(i) for i in range(n)]
         copy_catalogue(conn, skus, [cat.classes[c] for c in cat.category[:n]], cat.price, cat.in_stock, cat.vectors)
-        conn.execute(
-            "CREATE INDEX ix_product_images_embedding ON product_images "
-            "USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
-        )
+        build_photo_index(conn)
         conn.execute("VACUUM ANALYZE products")
         conn.execute("VACUUM ANALYZE product_images")
     return cat.vectors[n:]
