@@ -68,26 +68,22 @@ BEGIN
     PERFORM set_config('hnsw.max_scan_tuples', coalesce(
         nullif(current_setting('imgsearch.max_scan_tuples', true), '')::integer, 50000)::text, true);
 
-    -- The candidates: the products of the nearest photos walked, nearest first.
+    -- The candidates: the products of the nearest photos walked (at most 2k products' worth of photos), all of
+    -- them ranked below. An aggregate over the walk, not a GROUP BY: a generic plan cannot know the walk's
+    -- LIMIT, and a grouping sized for a tenth of the table cost more than the walk's own work.
     IF space IS NULL THEN
         q_half := q::halfvec(512);
-        SELECT array_agg(c.product_id ORDER BY c.d) INTO found FROM (
-            SELECT w.product_id, min(w.d) AS d FROM (
-                SELECT i.product_id, i.embedding <=> q AS d
-                FROM product_images i JOIN products p ON p.id = i.product_id
-                WHERE p.in_stock OR NOT only_in_stock
-                ORDER BY i.embedding::halfvec(512) <=> q_half LIMIT walk_limit) w
-            GROUP BY w.product_id ORDER BY 2 LIMIT 2 * k) c;
+        SELECT array_agg(DISTINCT w.product_id) INTO found FROM (
+            SELECT i.product_id FROM product_images i JOIN products p ON p.id = i.product_id
+            WHERE p.in_stock OR NOT only_in_stock
+            ORDER BY i.embedding::halfvec(512) <=> q_half LIMIT walk_limit) w;
     ELSE
         q := imgsearch_project(q, space);
         q_half := q::halfvec(512);
-        SELECT array_agg(c.product_id ORDER BY c.d) INTO found FROM (
-            SELECT w.product_id, min(w.d) AS d FROM (
-                SELECT i.product_id, i.embedding <=> q AS d
-                FROM tuned_images i JOIN products p ON p.id = i.product_id
-                WHERE p.in_stock OR NOT only_in_stock
-                ORDER BY i.embedding::halfvec(512) <=> q_half LIMIT walk_limit) w
-            GROUP BY w.product_id ORDER BY 2 LIMIT 2 * k) c;
+        SELECT array_agg(DISTINCT w.product_id) INTO found FROM (
+            SELECT i.product_id FROM tuned_images i JOIN products p ON p.id = i.product_id
+            WHERE p.in_stock OR NOT only_in_stock
+            ORDER BY i.embedding::halfvec(512) <=> q_half LIMIT walk_limit) w;
     END IF;
     IF coalesce(cardinality(found), 0) < k THEN
         -- Fewer than k products near the query pass the stock filter (or the catalogue is that small).
