@@ -14,7 +14,6 @@ import psycopg
 import sqlalchemy as sa
 from pgvector import Vector
 from pgvector.psycopg.vector import VectorBinaryDumper
-from psycopg.types import TypeInfo
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -148,13 +147,14 @@ def binary_vector(conn: Connection, vector: np.ndarray) -> Vector:
     """
     record = conn.connection
     if _VECTOR_OID not in record.info:
+        # Through SQLAlchemy, so that a lost connection surfaces like any other statement's.
+        oid = conn.execute(sa.text("SELECT to_regtype('vector')::oid")).scalar()
+        if oid is None:
+            raise SchemaError("the vector extension is not installed in this database: run imgsearch db upgrade")
         raw = record.driver_connection
         assert raw is not None
-        info = TypeInfo.fetch(raw, "vector")
-        if info is None:
-            raise SchemaError("the vector extension is not installed in this database: run imgsearch db upgrade")
-        raw.adapters.register_dumper(Vector, type("VectorOidBinaryDumper", (VectorBinaryDumper,), {"oid": info.oid}))
-        record.info[_VECTOR_OID] = info.oid
+        raw.adapters.register_dumper(Vector, type("VectorOidBinaryDumper", (VectorBinaryDumper,), {"oid": oid}))
+        record.info[_VECTOR_OID] = oid
     return Vector(vector)
 
 
