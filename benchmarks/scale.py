@@ -348,8 +348,9 @@ def measure(
     previous = db.create_engine(url, schema=PREVIOUS_SCHEMA)
     # Raw psycopg connections (prepared statements after a few runs, as a web backend's driver would): the
     # naive query at pgvector's default ef_search (40) and at imgsearch's (100), and imgsearch's SQL function.
-    naive, naive100, sql_face, sql_face40 = (db.psycopg_connect(url, autocommit=True) for _ in range(4))
-    for conn in (naive, naive100, sql_face, sql_face40):
+    connections = [db.psycopg_connect(url, autocommit=True) for _ in range(4)]
+    naive, naive100, sql_face, sql_face40 = connections
+    for conn in connections:
         register_vector(conn)
     naive100.execute("SET hnsw.ef_search = 100")
     sql_face40.execute("SET imgsearch.ef_search = 40")  # imgsearch's walk at pgvector's default
@@ -413,7 +414,7 @@ def measure(
         out.append(entry)
     engine.dispose()
     previous.dispose()
-    for conn in (naive, naive100, sql_face, sql_face40):
+    for conn in connections:
         conn.close()
     return out
 
