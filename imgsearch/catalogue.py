@@ -15,9 +15,11 @@ from pgvector.sqlalchemy import Vector
 from psycopg.types import TypeInfo
 from sqlalchemy.engine import Connection, Engine
 
+from imgsearch import visual_words
 from imgsearch.colour import COLOUR_BINS
 from imgsearch.db import run_transaction, transaction
 from imgsearch.errors import EmbeddingSpaceMismatchError, InvalidProductError, InvalidQueryError, UnknownSkuError
+from imgsearch.local_features import EXTRACTOR, LocalFeatures
 from imgsearch.models import DIMENSION, IMAGE_MAX_LENGTH
 from imgsearch.validation import check_product_fields, check_text, unit_vector
 
@@ -50,7 +52,9 @@ class ImageRecord:
     ``image`` is where the photo is (an absolute path, a URL, or "" for a vector given without a picture) and
     identifies the photo within its product. ``embedding=None`` keeps the stored vector of that photo (the
     file is unchanged); ``position`` orders the photos (0 is the main one). ``colour`` is its colour signature
-    (:func:`imgsearch.colour.colour_signature`); ``None`` keeps the stored one.
+    (:func:`imgsearch.colour.colour_signature`); ``None`` keeps the stored one. ``features`` are its local
+    features (:mod:`imgsearch.local_features`), which let a search verify that a shopper's photo shows it;
+    ``None`` keeps the stored ones, unless a new ``embedding`` is given (a new photo: the old ones are dropped).
     """
 
     image: str
@@ -60,6 +64,7 @@ class ImageRecord:
     etag: str | None = None
     last_modified: str | None = None
     colour: np.ndarray | None = None
+    features: LocalFeatures | None = None
 
 
 @dataclass(frozen=True)
@@ -204,7 +209,8 @@ def clear(bind: Bind) -> None:
     with transaction(bind) as conn:
         conn.execute(
             sa.text(
-                "TRUNCATE products, product_images, embedding_space, tuned_images, search_space_rows, search_spaces"
+                "TRUNCATE products, product_images, photo_features, visual_word_postings, visual_word_photos, "
+                "visual_vocabularies, embedding_space, tuned_images, search_space_rows, search_spaces"
             )
         )
 
@@ -239,14 +245,18 @@ _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS imgsearch_staging_products (sku text, name text, category text, price numeric, "
     "in_stock boolean) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS imgsearch_staging_images (sku text, image text, position integer, "
-    "image_sha256 text, etag text, last_modified text, embedding vector(512), colour vector(44)) "
-    "ON COMMIT DELETE ROWS",
+    "image_sha256 text, etag text, last_modified text, embedding vector(512), colour vector(44), extractor text, "
+    "feature_width integer, feature_height integer, points bytea, descriptors bytea) ON COMMIT DELETE ROWS",
     "TRUNCATE imgsearch_staging_products, imgsearch_staging_images",
 )
 _PRODUCT_COLUMNS = "sku, name, category, price, in_stock"
 _PRODUCT_TYPES = ["text", "text", "text", "numeric", "bool"]
-_IMAGE_COLUMNS = "sku, image, position, image_sha256, etag, last_modified, embedding, colour"
-_IMAGE_TYPES = ["text", "text", "int4", "text", "text", "text", "vector", "vector"]
+_IMAGE_COLUMNS = (
+    "sku, image, position, image_sha256, etag, last_modified, embedding, colour, extractor, feature_width, "
+    "feature_height, points, descriptors"
+)
+_IMAGE_TYPES = ["text", "text", "int4", "text", "text", "text", "vector", "vector", "text", "int4", "int4"]
+_IMAGE_TYPES += ["bytea", "bytea"]
 
 # Products first, then photos, both in SKU order, so that concurrent writers lock shared rows in the same order
 # (no deadlock). A product is written only if it is already in the catalogue or comes with a photo vector.
@@ -285,6 +295,25 @@ _MERGE_IMAGES = sa.text(
           (EXCLUDED.position, EXCLUDED.image_sha256, EXCLUDED.etag, EXCLUDED.last_modified, EXCLUDED.embedding,
            EXCLUDED.colour)
     RETURNING (SELECT p2.sku FROM products p2 WHERE p2.id = i.product_id)
+    """
+)
+# Local features, in photo id order (the order every writer locks them in). A photo whose vector changed has
+# already lost its old features (a trigger of revision 0009): a new picture without features has none.
+_MERGE_FEATURES = sa.text(
+    """
+    INSERT INTO photo_features AS f (image_id, extractor, width, height, points, descriptors)
+    SELECT i.id, s.extractor, s.feature_width, s.feature_height, s.points, s.descriptors
+    FROM imgsearch_staging_images s
+    JOIN products p ON p.sku = s.sku
+    JOIN product_images i ON i.product_id = p.id AND i.image = s.image
+    WHERE s.descriptors IS NOT NULL
+    ORDER BY i.id
+    ON CONFLICT (image_id) DO UPDATE SET
+        extractor = EXCLUDED.extractor, width = EXCLUDED.width, height = EXCLUDED.height, points = EXCLUDED.points,
+        descriptors = EXCLUDED.descriptors
+    WHERE (f.extractor, f.width, f.height, f.points, f.descriptors)
+          IS DISTINCT FROM (EXCLUDED.extractor, EXCLUDED.width, EXCLUDED.height, EXCLUDED.points, EXCLUDED.descriptors)
+    RETURNING f.image_id, f.width, f.height, f.points, f.descriptors
     """
 )
 _VANISHED = sa.text(
@@ -351,6 +380,8 @@ def upsert_products(bind: Bind, records: Sequence[ProductRecord], *, prune_image
                 copy.set_types(_IMAGE_TYPES)
                 for r in records:
                     for photo in r.images:
+                        features = photo.features
+                        packed = features.pack() if features is not None else (None, None)
                         copy.write_row(
                             (
                                 r.sku,
@@ -361,12 +392,25 @@ def upsert_products(bind: Bind, records: Sequence[ProductRecord], *, prune_image
                                 photo.last_modified,
                                 photo.embedding,
                                 photo.colour,
+                                EXTRACTOR if features is not None else None,
+                                features.width if features is not None else None,
+                                features.height if features is not None else None,
+                                *packed,
                             )
                         )
         try:
             with conn.begin_nested():
                 products = conn.execute(_MERGE_PRODUCTS).all()
                 changed_photos = set(conn.execute(_MERGE_IMAGES).scalars())
+                if any(photo.features is not None for r in records for photo in r.images):
+                    written = conn.execute(_MERGE_FEATURES).all()
+                    # Their visual words under the active vocabulary (none yet: nothing to do), so that searches
+                    # can propose them by shared words as soon as they are committed.
+                    visual_words.assign_and_store(
+                        conn,
+                        [row.image_id for row in written],
+                        [LocalFeatures.unpack(row.points, row.descriptors, row.width, row.height) for row in written],
+                    )
         except sa.exc.DBAPIError as exc:
             if _is_rejection(exc):
                 raise InvalidProductError(_rejection_message(exc)) from None
@@ -418,6 +462,7 @@ class StoredPhoto:
     etag: str | None = None
     last_modified: str | None = None
     has_colour: bool = True
+    has_features: bool = True
 
 
 def existing_photos(bind: Bind, skus: Iterable[str]) -> dict[str, dict[str, StoredPhoto]]:
@@ -427,16 +472,17 @@ def existing_photos(bind: Bind, skus: Iterable[str]) -> dict[str, dict[str, Stor
     def read(conn: Connection) -> dict[str, dict[str, StoredPhoto]]:
         rows = conn.execute(
             sa.text(
-                "SELECT p.sku, i.image, i.image_sha256, i.etag, i.last_modified, i.colour IS NOT NULL FROM products p "
-                "LEFT JOIN product_images i ON i.product_id = p.id WHERE p.sku = ANY(:skus)"
+                "SELECT p.sku, i.image, i.image_sha256, i.etag, i.last_modified, i.colour IS NOT NULL, "
+                "EXISTS (SELECT 1 FROM photo_features f WHERE f.image_id = i.id AND f.extractor = :extractor) "
+                "FROM products p LEFT JOIN product_images i ON i.product_id = p.id WHERE p.sku = ANY(:skus)"
             ),
-            {"skus": wanted},
+            {"skus": wanted, "extractor": EXTRACTOR},
         )
         found: dict[str, dict[str, StoredPhoto]] = {}
-        for sku, image, sha, etag, last_modified, has_colour in rows:
+        for sku, image, sha, etag, last_modified, has_colour, has_features in rows:
             photos = found.setdefault(sku, {})
             if image is not None:
-                photos[image] = StoredPhoto(sha, etag, last_modified, has_colour)
+                photos[image] = StoredPhoto(sha, etag, last_modified, has_colour, has_features)
         return found
 
     return run_transaction(bind, read, reconnect=True)

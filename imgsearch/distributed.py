@@ -22,6 +22,7 @@ import numpy as np
 
 from imgsearch.embedding import EmbedResult, Featurizer, Pipeline
 from imgsearch.errors import ConfigurationError, ImageError, ImgsearchError
+from imgsearch.local_features import LocalFeatures
 
 #: Photos per batch of a model actor.
 DEFAULT_BATCH_SIZE = 32
@@ -40,27 +41,52 @@ def _ray() -> Any:
     return ray
 
 
-def _decode(batch: dict[str, np.ndarray], pipeline: Pipeline, colour: bool) -> dict[str, Any]:
-    """A Ray task: decode a batch of photos (files, or bytes downloaded by the driver) into network input."""
+def _decode(batch: dict[str, np.ndarray], pipeline: Pipeline, colour: bool, local: bool = False) -> dict[str, Any]:
+    """A Ray task: decode a batch of photos (files, or bytes downloaded by the driver) into network input, and
+    compute their colour signatures and local features when asked (packed: width, height, points, descriptors)."""
+    from imgsearch import local_features
     from imgsearch.colour import colour_signature
 
     size = pipeline.preprocessing.size
     pixels = np.zeros((len(batch["i"]), size, size, 3), np.uint8)
     colours: list[Any] = []
+    features: list[Any] = []
     errors: list[str] = []
     for row, (name, data) in enumerate(zip(batch["name"], batch["data"], strict=True)):
         source: Any = name
         if len(data):
             source = io.BytesIO(bytes(data))
             source.name = name
+        packed: tuple[int, int, bytes, bytes] = (0, 0, b"", b"")
         try:
             pixels[row] = pipeline.preprocessing.decode(source)
             colours.append(colour_signature(pixels[row]) if colour else np.zeros(0, np.float32))
+            if local:
+                if len(data):
+                    source.seek(0)
+                found = local_features.features_of(source)
+                packed = (found.width, found.height, *found.pack())
             errors.append("")
         except ImageError as exc:
             colours.append(np.zeros(0, np.float32))
             errors.append(str(exc))
-    return {"i": batch["i"], "pixels": pixels, "colour": colours, "error": np.array(errors, dtype=object)}
+        features.append(packed)
+    return {
+        "i": batch["i"],
+        "pixels": pixels,
+        "colour": colours,
+        "local_size": np.array([f[:2] for f in features], dtype=np.int32).reshape(-1, 2),
+        "local_points": _objects([f[2] for f in features]),
+        "local_descriptors": _objects([f[3] for f in features]),
+        "error": np.array(errors, dtype=object),
+    }
+
+
+def _objects(values: list[bytes]) -> np.ndarray:
+    # np.array() would make fixed-width byte strings (and drop trailing NULs): keep Python bytes objects.
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 class _Model:
@@ -74,7 +100,15 @@ class _Model:
         vectors = np.zeros((len(ok), 512), np.float32)
         if ok.any():
             vectors[ok] = self.featurizer.embed_arrays(batch["pixels"][ok])
-        return {"i": batch["i"], "vector": vectors, "colour": batch["colour"], "error": batch["error"]}
+        return {
+            "i": batch["i"],
+            "vector": vectors,
+            "colour": batch["colour"],
+            "local_size": batch["local_size"],
+            "local_points": batch["local_points"],
+            "local_descriptors": batch["local_descriptors"],
+            "error": batch["error"],
+        }
 
 
 class RayEmbedder:
@@ -104,7 +138,9 @@ class RayEmbedder:
         self.concurrency = concurrency or max(1, cpus // 2)
         self.gpus = 1 if ray.cluster_resources().get("GPU", 0) >= self.concurrency else 0
 
-    def embed_files(self, sources: Iterable[Any], *, colour: bool = False, **_: Any) -> Iterator[EmbedResult]:
+    def embed_files(
+        self, sources: Iterable[Any], *, colour: bool = False, local: bool = False, **_: Any
+    ) -> Iterator[EmbedResult]:
         """One :class:`EmbedResult` per source (a path, or a named byte stream), in input order."""
         ray = _ray()
         sources = list(sources)
@@ -119,7 +155,11 @@ class RayEmbedder:
         f = self.featurizer
         dataset = (
             ray.data.from_items(items)
-            .map_batches(_decode, fn_kwargs={"pipeline": f.pipeline, "colour": colour}, batch_size=self.batch_size)
+            .map_batches(
+                _decode,
+                fn_kwargs={"pipeline": f.pipeline, "colour": colour, "local": local},
+                batch_size=self.batch_size,
+            )
             .map_batches(
                 _Model,
                 fn_constructor_kwargs={
@@ -157,4 +197,10 @@ class RayEmbedder:
                 yield EmbedResult(items[i]["name"], None, str(row["error"]))
             else:
                 signature = np.asarray(row["colour"], np.float32) if colour else None
-                yield EmbedResult(items[i]["name"], np.asarray(row["vector"], np.float32), colour=signature)
+                features = None
+                if local:
+                    width, height = (int(v) for v in row["local_size"])
+                    points, descriptors = bytes(row["local_points"]), bytes(row["local_descriptors"])
+                    features = LocalFeatures.unpack(points, descriptors, width, height) if width else None
+                vector = np.asarray(row["vector"], np.float32)
+                yield EmbedResult(items[i]["name"], vector, colour=signature, local=features)

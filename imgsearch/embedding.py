@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import math
 import os
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imgsearch import local_features
 from imgsearch.colour import colour_signature
 from imgsearch.config import PRECISIONS
 from imgsearch.errors import ConfigurationError, ImageError, WeightsUnavailableError
@@ -36,14 +38,19 @@ from imgsearch.images import (
     DEFAULT_PREPROCESSING,
     NOTEBOOK_PREPROCESSING,
     PREPROCESSING_VERSION,
+    RMAC_PREPROCESSING,
+    Crop,
     ImageSource,
     Preprocessing,
 )
+from imgsearch.local_features import LocalFeatures
 
 if TYPE_CHECKING:
     from imgsearch.config import Settings
 
 DIMENSION = 512
+#: What a decoding thread hands the network: the pixels, the colour signature and the local features (if asked).
+_Prepared = tuple[np.ndarray, "np.ndarray | None", "LocalFeatures | None"]
 #: CPU features with native bfloat16 arithmetic (x86: AVX512-BF16, AMX-BF16; Arm: BF16), as /proc/cpuinfo
 #: names them. oneDNN then runs the network about 4x faster in bfloat16 than in float32 (docs/performance.md).
 BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
@@ -78,6 +85,47 @@ _HOW_TO_FIX = (
 _JIT_COMPILE = False
 
 
+def rmac_regions(height: int, width: int, levels: int = 3, overlap: float = 0.4) -> list[tuple[int, int, int, int]]:
+    """R-MAC's regions of a ``height`` x ``width`` feature map, as ``(top, bottom, left, right)`` slices.
+
+    Tolias et al. (2016), as in Radenovic's cnnimageretrieval: the whole map, then at each level ``l`` squares
+    of side ``2 * min(height, width) / (l + 1)``, ``l`` of them along the shorter side and, along the longer
+    side, ``l`` plus the number that gives neighbours an overlap closest to ``overlap``.
+    """
+    short = min(height, width)
+    regions = [(0, height, 0, width)]
+    extra_h = extra_w = 0
+    if height != width:
+        steps = np.arange(2, 8)
+        spacing = (max(height, width) - short) / (steps - 1)
+        extra = int(np.argmin(np.abs((short * short - short * spacing) / (short * short) - overlap))) + 1
+        extra_h, extra_w = (0, extra) if height < width else (extra, 0)
+    for level in range(1, levels + 1):
+        side = math.floor(2 * short / (level + 1))
+        if side == 0:
+            continue
+        half = math.floor(side / 2 - 1)
+
+        def starts(count: int, extent: int, side: int = side, half: int = half) -> list[int]:
+            step = 0.0 if count == 1 else (extent - side) / (count - 1)
+            return [math.floor(half + i * step) - half for i in range(count)]
+
+        regions += [
+            (y, y + side, x, x + side) for y in starts(level + extra_h, height) for x in starts(level + extra_w, width)
+        ]
+    return regions
+
+
+def regional_max_pool(maps: np.ndarray, levels: int = 3) -> np.ndarray:
+    """R-MAC of feature maps ``(N, h, w, c)``: each region of :func:`rmac_regions` max-pooled and
+    L2-normalised, summed: ``(N, c)`` float32 (not normalised)."""
+    total = np.zeros((maps.shape[0], maps.shape[3]), np.float32)
+    for top, bottom, left, right in rmac_regions(maps.shape[1], maps.shape[2], levels):
+        region = maps[:, top:bottom, left:right].max(axis=(1, 2)).astype(np.float32)
+        total += region / np.maximum(np.linalg.norm(region, axis=1, keepdims=True), 1e-12)
+    return total
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """From photo to vector: how pixels are prepared, which VGG16 layer is pooled and how.
@@ -87,7 +135,8 @@ class Pipeline:
         version: recorded as the embedding space's ``preprocessing_version``: it must change whenever
             anything here changes the vectors.
         layer: ``block5_pool`` (the notebooks' output of ``include_top=False``) or ``block5_conv3``.
-        pooling: ``avg`` (global average), ``max``, or ``gem`` (generalised mean with exponent ``gem_p``).
+        pooling: ``avg`` (global average), ``max``, ``gem`` (generalised mean with exponent ``gem_p``) or
+            ``rmac`` (regional max-pooling over ``rmac_levels`` levels: :func:`regional_max_pool`).
         power: exponent applied to the pooled features before L2 normalisation (0.5: square root, which
             damps the few channels that dominate a vector; the features are ReLU outputs, never negative).
         model_name: recorded in the embedding space: vectors of another pooling are another space.
@@ -100,6 +149,7 @@ class Pipeline:
     pooling: str = "avg"
     gem_p: float = 3.0
     power: float = 1.0
+    rmac_levels: int = 3
 
 
 #: The original notebooks: squashed nearest-neighbour pixels, global average of ``block5_pool``.
@@ -111,8 +161,20 @@ NOTEBOOK_PIPELINE = Pipeline(NOTEBOOK_PREPROCESSING, version=NOTEBOOK_PREPROCESS
 #: Myntra macro precision@5 0.679 vs 0.664, and no loss on the phone photos.
 DEFAULT_PIPELINE = Pipeline(DEFAULT_PREPROCESSING, version=PREPROCESSING_VERSION, layer="block5_conv3", power=0.5)
 
+#: For a shopper's phone photo against catalogue photos: the photo with its aspect ratio kept (bicubic, longer
+#: side 320: :data:`imgsearch.images.RMAC_PREPROCESSING`), R-MAC of ``block5_conv3`` (the whole map and 3
+#: levels of regions, each max-pooled and L2-normalised, summed), L2-normalised; still 512-d. No square root:
+#: it measured worse with R-MAC on every street-to-shop set. Measured in benchmarks/results/global-descriptor.md.
+RMAC_PIPELINE = Pipeline(
+    RMAC_PREPROCESSING,
+    version=RMAC_PREPROCESSING.version + "-conv3rmac3-l2",
+    model_name="vgg16-imagenet-rmac",
+    layer="block5_conv3",
+    pooling="rmac",
+)
+
 #: Named pipelines, for ``Featurizer(pipeline=...)`` and ``imgsearch eval --pipeline``.
-PIPELINES: dict[str, Pipeline] = {"default": DEFAULT_PIPELINE, "notebook": NOTEBOOK_PIPELINE}
+PIPELINES: dict[str, Pipeline] = {"default": DEFAULT_PIPELINE, "notebook": NOTEBOOK_PIPELINE, "rmac": RMAC_PIPELINE}
 
 MODEL_NAME = DEFAULT_PIPELINE.model_name
 
@@ -141,6 +203,7 @@ class EmbedResult:
     vector: np.ndarray | None
     error: str | None = None
     colour: np.ndarray | None = None
+    local: LocalFeatures | None = None
 
     @property
     def ok(self) -> bool:
@@ -181,7 +244,8 @@ class Featurizer:
             if pipeline not in PIPELINES:
                 raise ConfigurationError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
             pipeline = PIPELINES[pipeline]
-        if pipeline.layer not in ("block5_pool", "block5_conv3") or pipeline.pooling not in ("avg", "max", "gem"):
+        poolings = ("avg", "max", "gem", "rmac")
+        if pipeline.layer not in ("block5_pool", "block5_conv3") or pipeline.pooling not in poolings:
             raise ConfigurationError(f"unsupported pipeline {pipeline}")
         if batch_size < 1:
             raise ConfigurationError(f"batch size must be at least 1, got {batch_size}")
@@ -192,7 +256,11 @@ class Featurizer:
         self.weights = weights
         self.pipeline = pipeline
         size = pipeline.preprocessing.size
-        self._input_shape = (size, size, 3)
+        #: Inputs that keep the photo's aspect ratio have any height and width (the longer side ``size``).
+        self._keeps_aspect = pipeline.preprocessing.fit == "keep"
+        self._input_shape: tuple[int | None, int | None, int] = (
+            (None, None, 3) if self._keeps_aspect else (size, size, 3)
+        )
 
         tf, keras = _import_tensorflow()
         self._tf = tf
@@ -209,6 +277,9 @@ class Featurizer:
         def forward(images: Any) -> Any:
             # Under mixed_bfloat16 the model outputs bfloat16; pooling and vectors are always float32.
             maps = tf.cast(model(preprocess(images), training=False), tf.float32)
+            if pipeline.pooling == "rmac":
+                # The regions depend on the map's shape: pooled in NumPy by _run (under a millisecond).
+                return maps
             if pipeline.pooling == "max":
                 features = tf.reduce_max(maps, axis=[1, 2])
             elif pipeline.pooling == "gem":
@@ -221,9 +292,10 @@ class Featurizer:
                 features = tf.pow(tf.maximum(features, 0.0), pipeline.power)
             return tf.math.l2_normalize(features, axis=-1)
 
-        # One graph with a variable batch dimension: it is traced once and then serves single queries and
-        # batches of any size alike, so the last partial batch needs no padding. (A separate graph with a
-        # static batch of 1 was measured no faster for single images.)
+        # One graph with a variable batch dimension (and variable height and width for inputs that keep the
+        # aspect ratio): it is traced once and then serves single queries and batches of any size alike, so
+        # the last partial batch needs no padding. (A separate graph with a static batch of 1 was measured no
+        # faster for single images; see benchmarks/results/global-descriptor.md for static input sizes.)
         self._forward = tf.function(
             forward,
             input_signature=[tf.TensorSpec((None, *self._input_shape), tf.float32)],
@@ -244,25 +316,33 @@ class Featurizer:
 
     def warm_up(self) -> None:
         """Trace the graph and run one image through it, so that the first real query is not slow (servers)."""
-        self._run(np.zeros((1, *self._input_shape), np.float32))
+        size = self.pipeline.preprocessing.size
+        # A portrait 3:4 photo, the commonest product photo, for inputs that keep the aspect ratio.
+        shape = (size, round(size * 3 / 4), 3) if self._keeps_aspect else self._input_shape
+        self._run(np.zeros((1, *shape), np.float32))
 
-    def embed_image(self, source: ImageSource) -> np.ndarray:
-        """Embed one image (a path, its bytes or a binary file object): float32 unit vector of shape (512,).
+    def embed_image(self, source: ImageSource, crop: Crop | None = None) -> np.ndarray:
+        """Embed one image (a path, its bytes or a binary file object), or only its ``crop`` box
+        (:data:`imgsearch.images.Crop`): float32 unit vector of shape (512,).
 
         Raises:
-            ImageError: the image cannot be read or decoded.
+            ImageError: the image cannot be read or decoded, or ``crop`` lies outside it.
         """
-        return self._run(self.pipeline.preprocessing.decode(source)[np.newaxis])[0]
+        return self._run(self.pipeline.preprocessing.decode(source, crop=crop)[np.newaxis])[0]
 
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
         """Embed decoded images: ``(N, 224, 224, 3)`` RGB in 0..255 -> ``(N, 512)`` float32 unit vectors.
 
         The images must have been prepared by this featurizer's preprocessing
-        (``featurizer.pipeline.preprocessing.decode``).
+        (``featurizer.pipeline.preprocessing.decode``): for pipelines that keep the aspect ratio, ``(N, h, w, 3)``
+        with a longer side of the preprocessing's size (images of other shapes go in separate calls).
         """
         batch = np.asarray(batch)
-        if batch.ndim != 4 or batch.shape[1:] != self._input_shape:
-            side = self._input_shape[0]
+        side = self.pipeline.preprocessing.size
+        if self._keeps_aspect:
+            if batch.ndim != 4 or batch.shape[3] != 3 or max(batch.shape[1:3]) != side:
+                raise ValueError(f"expected an array of shape (N, h, w, 3) with max(h, w) = {side}, got {batch.shape}")
+        elif batch.ndim != 4 or batch.shape[1:] != self._input_shape:
             raise ValueError(f"expected an array of shape (N, {side}, {side}, 3), got {batch.shape}")
         out = np.empty((len(batch), DIMENSION), np.float32)
         for start in range(0, len(batch), self.batch_size):
@@ -277,6 +357,7 @@ class Featurizer:
         prefetch_batches: int = 2,
         workers: int | None = None,
         colour: bool = False,
+        local: bool = False,
     ) -> Iterator[EmbedResult]:
         """Embed many files, yielding one :class:`EmbedResult` per path, in input order, as batches finish.
 
@@ -292,18 +373,25 @@ class Featurizer:
             workers: decoding threads (default: the number of CPUs, at most 4).
             colour: also compute each photo's colour signature (from the same decoded pixels, in the decoding
                 threads: about a millisecond each).
+            local: also compute each photo's local features (:func:`imgsearch.local_features.features_of`, in the
+                decoding threads, from its own decoding at a larger size: about 10-50 ms each).
         """
         batch_size = batch_size or self.batch_size
         if batch_size < 1 or prefetch_batches < 0:
             raise ValueError(f"need batch_size >= 1 and prefetch_batches >= 0, got {batch_size}, {prefetch_batches}")
         workers = workers or min(4, os.cpu_count() or 1)
         chunks = _chunked(paths, batch_size)
-        pending: deque[list[tuple[str | os.PathLike[str], Future[tuple[np.ndarray, np.ndarray | None]]]]] = deque()
+        pending: deque[list[tuple[str | os.PathLike[str], Future[_Prepared]]]] = deque()
         decode = self.pipeline.preprocessing.decode
 
-        def prepare(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        def prepare(path: str | os.PathLike[str]) -> _Prepared:
             pixels = decode(path)
-            return pixels, colour_signature(pixels) if colour else None
+            features = None
+            if local:
+                if hasattr(path, "seek"):
+                    path.seek(0)  # a stream (a downloaded photo) is read a second time, at another size
+                features = local_features.features_of(path)
+            return pixels, colour_signature(pixels) if colour else None, features
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgsearch-decode") as pool:
 
@@ -327,30 +415,47 @@ class Featurizer:
                     for _, future in batch:
                         future.cancel()
 
-    def _embed_decoded(
-        self, batch: list[tuple[str | os.PathLike[str], Future[tuple[np.ndarray, np.ndarray | None]]]]
-    ) -> Iterator[EmbedResult]:
+    def _embed_decoded(self, batch: list[tuple[str | os.PathLike[str], Future[_Prepared]]]) -> Iterator[EmbedResult]:
         images: list[np.ndarray] = []
-        colours: list[np.ndarray | None] = []
+        extras: list[tuple[np.ndarray | None, LocalFeatures | None]] = []
         errors: list[str | None] = []
         for _, future in batch:
             try:
-                pixels, signature = future.result()
+                pixels, signature, features = future.result()
                 images.append(pixels)
-                colours.append(signature)
+                extras.append((signature, features))
                 errors.append(None)
             except ImageError as exc:
                 errors.append(str(exc))
-        vectors = iter(self._run(np.stack(images)) if images else ())
-        signatures = iter(colours)
+        vectors = iter(self._run_images(images) if images else ())
+        more = iter(extras)
         for (path, _), error in zip(batch, errors, strict=True):
             if error is None:
-                yield EmbedResult(path, next(vectors), colour=next(signatures))
+                signature, features = next(more)
+                yield EmbedResult(path, next(vectors), colour=signature, local=features)
             else:
                 yield EmbedResult(path, None, error)
 
+    def _run_images(self, images: list[np.ndarray]) -> np.ndarray:
+        """Embed decoded images of possibly different shapes: one forward pass per shape, rows in input order."""
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            by_shape.setdefault(image.shape, []).append(i)
+        if len(by_shape) == 1:
+            return self._run(np.stack(images))
+        out = np.empty((len(images), DIMENSION), np.float32)
+        for index in by_shape.values():
+            out[index] = self._run(np.stack([images[i] for i in index]))
+        return out
+
     def _run(self, images: np.ndarray) -> np.ndarray:
-        return self._forward(np.asarray(images, dtype=np.float32)).numpy()
+        output = self._forward(np.asarray(images, dtype=np.float32)).numpy()
+        if self.pipeline.pooling != "rmac":
+            return output
+        features = regional_max_pool(output, self.pipeline.rmac_levels)
+        if self.pipeline.power != 1.0:
+            features = np.power(np.maximum(features, 0.0), self.pipeline.power)
+        return (features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def _chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

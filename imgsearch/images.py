@@ -18,6 +18,7 @@ import io
 import os
 import stat
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -40,10 +41,11 @@ TARGET_SIZE = 224
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a photo becomes the network's square input, and the version string that identifies it.
+    """How a photo becomes the network's input, and the version string that identifies it.
 
-    The version is stored with every catalogue so that vectors made from differently prepared pixels are
-    never mixed: a new way of preparing pixels must get a new version.
+    The input is a ``size`` square (``fit`` ``squash`` or ``pad``) or, with ``fit="keep"``, the photo with its
+    aspect ratio kept and its longer side ``size``. The version is stored with every catalogue so that vectors
+    made from differently prepared pixels are never mixed: a new way of preparing pixels must get a new version.
     """
 
     version: str
@@ -51,9 +53,10 @@ class Preprocessing:
     resample: str = "nearest"
     fit: str = "squash"
 
-    def decode(self, source: ImageSource) -> np.ndarray:
-        """``(size, size, 3)`` uint8 RGB pixels of ``source`` (see :func:`decode_rgb8`)."""
-        return decode_rgb8(source, self.size, resample=self.resample, fit=self.fit)
+    def decode(self, source: ImageSource, crop: Crop | None = None) -> np.ndarray:
+        """uint8 RGB pixels of ``source`` (or of its ``crop`` box): ``(size, size, 3)``, or ``(h, w, 3)`` with
+        ``max(h, w) == size`` for ``fit="keep"`` (see :func:`decode_rgb8`)."""
+        return decode_rgb8(source, self.size, resample=self.resample, fit=self.fit, crop=crop)
 
 
 #: The original notebooks' pixels (also what ``load_image(path)`` gives): squashed, nearest neighbour.
@@ -69,11 +72,21 @@ DEFAULT_PREPROCESSING = NOTEBOOK_PREPROCESSING
 #: vectors differ from v1 ones, so a v1 catalogue is refused with a request to re-ingest.
 PREPROCESSING_VERSION: str = "v2-exif-white-squash224-nearest-jpegdraft-conv3avg-sqrt"
 
+#: The pixels of the ``rmac`` pipeline (:data:`imgsearch.embedding.RMAC_PIPELINE`): the photo with its aspect ratio
+#: kept, bicubic, longer side 320; not a square, so VGG16 sees the product undistorted and at more detail.
+RMAC_PREPROCESSING = Preprocessing("v3-exif-white-keep320-bicubic-jpegdraft", size=320, resample="bicubic", fit="keep")
+
 #: What :func:`load_image` accepts: a path, the encoded bytes, or a binary file object (e.g. stdin).
 ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
 
-#: How :func:`decode_rgb8` can bring a picture to a square.
-FITS = ("squash", "pad")
+#: How :func:`decode_rgb8` can bring a picture to the network's input size: to a square (``squash``, ``pad``) or
+#: to a longer side of ``size`` with the aspect ratio kept (``keep``).
+FITS = ("squash", "pad", "keep")
+
+#: A box in a photo: ``(left, top, right, bottom)`` in pixels of the photo as it is shown (EXIF orientation
+#: applied), right and bottom exclusive. Searches take one to look only at the part of a shopper's photo that
+#: shows the product.
+Crop = tuple[float, float, float, float]
 
 # Pillow warns about recoverable oddities of corrupt files ("Truncated File Read", "Tag data larger than file")
 # on stderr; a file it cannot decode is an ImageError with one line, one it can decode needs no comment.
@@ -115,7 +128,12 @@ def load_image(source: ImageSource, size: int = TARGET_SIZE) -> np.ndarray:
 
 
 def decode_rgb8(
-    source: ImageSource, size: int = TARGET_SIZE, *, resample: str = "nearest", fit: str = "squash"
+    source: ImageSource,
+    size: int = TARGET_SIZE,
+    *,
+    resample: str = "nearest",
+    fit: str = "squash",
+    crop: Crop | None = None,
 ) -> np.ndarray:
     """Like :func:`load_image` but returns ``uint8``: a quarter of the memory for images queued for a batch.
 
@@ -123,8 +141,9 @@ def decode_rgb8(
         source: as for :func:`load_image`.
         size: side of the square output.
         resample: Pillow resampling filter name: ``nearest``, ``bilinear``, ``bicubic``, ``lanczos``...
-        fit: ``squash`` (resize to a square, aspect ratio not kept) or ``pad`` (resize the longer side to
-            ``size``, keep the aspect ratio and centre the picture on a white square).
+        fit: ``squash`` (resize to a square, aspect ratio not kept), ``pad`` (resize the longer side to
+            ``size``, keep the aspect ratio and centre the picture on a white square) or ``keep`` (resize the
+            longer side to ``size`` and keep the aspect ratio: an ``(h, w, 3)`` array, not a square).
     """
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
@@ -135,15 +154,103 @@ def decode_rgb8(
     except KeyError:
         raise ValueError(f"unknown resampling filter {resample!r}") from None
     label = describe_source(source)
+    with _decoding(source, label) as im:
+        if crop is not None:
+            return _fit(_to_rgb_array(_cropped(im, crop, size, label)), size, filter_, fit)
+        _draft_for_target(im, size)
+        im.load()
+        if filter_ == Image.Resampling.NEAREST and fit == "squash":
+            return _to_rgb_array(_squash(im, size))
+        return _fit(_to_rgb_array(_upright(im)), size, filter_, fit)
+
+
+def decode_within(source: ImageSource, max_side: int, *, crop: Crop | None = None) -> np.ndarray:
+    """``(h, w, 3)`` uint8 RGB pixels with the aspect ratio kept and the longer side at most ``max_side``
+    (never enlarged): what local features are computed on, where detail matters more than a fixed shape.
+
+    Raises:
+        ImageError: as :func:`load_image`, or ``crop`` lies outside the photo.
+    """
+    if max_side < 1:
+        raise ValueError(f"max_side must be positive, got {max_side}")
+    label = describe_source(source)
+    with _decoding(source, label) as im:
+        if crop is not None:
+            im = _cropped(im, crop, max_side, label)
+        else:
+            _draft_for_target(im, max_side)
+            im.load()
+            _upright(im)
+        if max(im.size) > max_side:
+            scale = max_side / max(im.size)
+            new_size = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
+            im = im.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        return _to_rgb_array(im)
+
+
+def read_source(source: ImageSource) -> str | os.PathLike[str] | bytes:
+    """A source that can be decoded several times: a path as it is, a stream read once into bytes (at most
+    :data:`MAX_FILE_BYTES`).
+
+    Raises:
+        ImageError: the stream cannot be read, is empty or is too large.
+    """
+    if isinstance(source, str | os.PathLike | bytes):
+        return source
+    label = describe_source(source)
+    with _open_source(source, label) as stream:
+        return stream.read()
+
+
+def photo_size(source: ImageSource) -> tuple[int, int]:
+    """Width and height of a photo as it is shown (EXIF orientation applied), read from its header only."""
+    label = describe_source(source)
+    with _decoding(source, label) as im:
+        width, height = im.size
+        with contextlib.suppress(Exception):
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):
+                width, height = height, width
+        return width, height
+
+
+def _cropped(im: Image.Image, crop: Crop, size: int, label: str) -> Image.Image:
+    """The upright photo's ``crop`` box (see :data:`Crop`), decoded at a reduced scale when that keeps at least
+    ``size`` pixels across the box."""
+    left, top, right, bottom = (float(v) for v in crop)
+    full_w, full_h = im.size
+    with contextlib.suppress(Exception):
+        if im.getexif().get(0x0112) in (5, 6, 7, 8):
+            full_w, full_h = full_h, full_w
+    if not all(np.isfinite([left, top, right, bottom])) or left < 0 or top < 0 or left >= right or top >= bottom:
+        raise ImageError(f"{label}: crop box must be left,top,right,bottom with left < right and top < bottom")
+    if right > full_w or bottom > full_h:
+        raise ImageError(
+            f"{label}: crop box {left:g},{top:g},{right:g},{bottom:g} lies outside the {full_w}x{full_h} photo"
+        )
+    # libjpeg's reduced decoding, as long as the box keeps at least ``size`` pixels on its shorter side.
+    reduce = min((right - left) / size, (bottom - top) / size)
+    if im.format == "JPEG" and reduce >= 2:
+        im.draft(None, (max(1, round(full_w / reduce)), max(1, round(full_h / reduce))))
+    im.load()
+    _upright(im)
+    sx, sy = im.size[0] / full_w, im.size[1] / full_h
+    box = (
+        int(np.floor(left * sx)),
+        int(np.floor(top * sy)),
+        max(int(np.floor(left * sx)) + 1, int(np.ceil(right * sx))),
+        max(int(np.floor(top * sy)) + 1, int(np.ceil(bottom * sy))),
+    )
+    return im.crop(box)
+
+
+@contextlib.contextmanager
+def _decoding(source: ImageSource, label: str) -> Iterator[Image.Image]:
+    """The opened photo, with every decoding failure turned into an :class:`ImageError` with one line."""
     fp = _open_source(source, label)
     try:
         with Image.open(fp) as im:
             _check_pixel_limit(im, label)
-            _draft_for_target(im, size)
-            im.load()
-            if filter_ == Image.Resampling.NEAREST and fit == "squash":
-                return _to_rgb_array(_squash(im, size))
-            return _fit(_to_rgb_array(_upright(im)), size, filter_, fit)
+            yield im
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -273,7 +380,8 @@ def _upright(im: Image.Image) -> Image.Image:
 
 
 def _fit(rgb: np.ndarray, size: int, filter_: Image.Resampling, fit: str) -> np.ndarray:
-    """Resize RGB pixels to a ``size`` square: squashed, or scaled to fit and centred on white."""
+    """Resize RGB pixels to a ``size`` square (squashed, or scaled to fit and centred on white), or (``keep``)
+    to a longer side of ``size`` with the aspect ratio kept."""
     # Interpolating filters must see RGB: resizing a palette or alpha image first would blend indices or
     # un-composited colours, hence the conversion happens before, unlike the nearest-neighbour path.
     im = Image.fromarray(rgb)
@@ -284,6 +392,8 @@ def _fit(rgb: np.ndarray, size: int, filter_: Image.Resampling, fit: str) -> np.
     new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if new_size != im.size:
         im = im.resize(new_size, filter_)
+    if fit == "keep":
+        return np.asarray(im)
     canvas = Image.new("RGB", (size, size), (255, 255, 255))
     canvas.paste(im, ((size - new_size[0]) // 2, (size - new_size[1]) // 2))
     return np.asarray(canvas)

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from imgsearch import catalogue
+from imgsearch import catalogue, local_features, visual_words
 from imgsearch.catalogue import PRUNE_MODES, ImageRecord, ProductRecord, PruneResult, StoredPhoto, UpsertCounts
 from imgsearch.colour import colour_signature
 from imgsearch.db import transaction
 from imgsearch.errors import ImageError, ImgsearchError, InvalidProductError, InvalidQueryError
 from imgsearch.fetch import Fetched, Fetcher, Validators, is_url
 from imgsearch.images import file_sha256
+from imgsearch.local_features import LocalFeatures
 from imgsearch.sources import (
     CatalogueEntry,
     Failure,
@@ -78,6 +79,8 @@ class IngestReport:
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
     pruned: PruneResult | None = None
+    #: The visual vocabulary learnt at the end of the run (the first one, or again after much growth), if any.
+    vocabulary: visual_words.BuildResult | None = None
 
     @property
     def failed(self) -> int:
@@ -205,6 +208,10 @@ def ingest(
         if own_fetcher:
             fetcher.close()
     _analyze(bind)
+    if isinstance(bind, Engine) and (counts.added or counts.updated):
+        # The visual words of a verified photo search: learnt once the catalogue has enough photos, again when it
+        # has grown much (photos ingested meanwhile got their words when they were stored).
+        report.vocabulary = visual_words.maintain(bind)
     report.added, report.updated, report.unchanged = counts.added, counts.updated, counts.unchanged
     report.photos_pruned = counts.photos_pruned
     report.seconds = time.perf_counter() - started
@@ -256,8 +263,14 @@ def _prepare(
 
 
 def _validators(stored: StoredPhoto | None) -> Validators | None:
-    # A photo without a colour signature yet is downloaded even if unchanged: its pixels are needed.
-    if stored is None or not stored.has_colour or (stored.etag is None and stored.last_modified is None):
+    # A photo without a colour signature or local features yet is downloaded even if unchanged: its pixels are
+    # needed.
+    if (
+        stored is None
+        or not stored.has_colour
+        or not stored.has_features
+        or (stored.etag is None and stored.last_modified is None)
+    ):
         return None
     return Validators(etag=stored.etag, last_modified=stored.last_modified)
 
@@ -275,7 +288,7 @@ def _take_download(photo: _Photo, fetched: Fetched) -> None:
 class Embedder(Protocol):
     """What computes a batch's vectors: :class:`~imgsearch.embedding.Featurizer` or a distributed stand-in."""
 
-    def embed_files(self, paths: Any, *, colour: bool = False) -> Iterator[EmbedResult]: ...
+    def embed_files(self, paths: Any, *, colour: bool = False, local: bool = False) -> Iterator[EmbedResult]: ...
 
 
 def _records(
@@ -287,24 +300,38 @@ def _records(
             report.failures.append(item)
     entries = [e for e in batch.items if isinstance(e, CatalogueEntry)]
     to_embed = [p for e in entries for p in batch.photos[e.sku] if p.error is None and p.changed]
-    vectors, colours = {}, {}
+    vectors: dict[int, Any] = {}
+    colours: dict[int, Any] = {}
+    features: dict[int, LocalFeatures] = {}
     sources = [p.source() for p in to_embed]
-    for photo, result in zip(to_embed, (embedder or featurizer).embed_files(sources, colour=True), strict=True):
-        photo.data = None  # the bytes of a download are not needed any more
+    results = (embedder or featurizer).embed_files(sources, colour=True, local=True)
+    for photo, result in zip(to_embed, results, strict=True):
         if result.error is not None:
             photo.error = result.error
         else:
             vectors[id(photo)], colours[id(photo)] = result.vector, result.colour
+            if result.local is not None:
+                features[id(photo)] = result.local
             report.embedded += 1
-    # Unchanged photos stored before colour signatures existed get theirs (decoding only, no network).
+    # Photos stored before colour signatures or local features existed get theirs, and so do photos whose
+    # embedder computed no features (decoding only, no network).
     for entry in entries:
         for photo in batch.photos[entry.sku]:
-            if photo.error is None and not photo.changed and photo.stored is not None and not photo.stored.has_colour:
-                try:
+            if photo.error is not None:
+                continue
+            stored = photo.stored
+            try:
+                if not photo.changed and stored is not None and not stored.has_colour:
                     colours[id(photo)] = colour_signature(featurizer.pipeline.preprocessing.decode(photo.source()))
-                except ImageError as exc:
-                    photo.error = str(exc)
-                photo.data = None
+                if id(photo) not in features and (photo.changed or stored is None or not stored.has_features):
+                    features[id(photo)] = local_features.features_of(photo.source())
+            except ImageError as exc:
+                photo.error = str(exc)
+    for photo in to_embed:
+        photo.data = None  # the bytes of a download are not needed any more
+    for entry in entries:
+        for photo in batch.photos[entry.sku]:
+            photo.data = None
     records = []
     for entry in entries:
         images = []
@@ -322,6 +349,7 @@ def _records(
                     etag=photo.validators.etag,
                     last_modified=photo.validators.last_modified,
                     colour=colours.get(id(photo)),
+                    features=features.get(id(photo)),
                 )
             )
         if not images:

@@ -12,9 +12,11 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
     SmallInteger,
     String,
@@ -191,3 +193,93 @@ class TunedImage(Base):
     product_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
     category: Mapped[str] = mapped_column(Text, nullable=False)
     embedding: Mapped[list[float]] = mapped_column(Vector(DIMENSION), nullable=False)
+
+
+class PhotoFeatures(Base):
+    """A photo's local features (imgsearch.local_features): what verifies that a shopper's photo shows it."""
+
+    __tablename__ = "photo_features"
+    __table_args__ = (
+        CheckConstraint("width > 0 AND height > 0", name="ck_photo_features_size"),
+        CheckConstraint(
+            "octet_length(descriptors) % 128 = 0 AND octet_length(points) * 32 = octet_length(descriptors)",
+            name="ck_photo_features_keypoints",
+        ),
+    )
+
+    image_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("product_images.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: How the features were made (imgsearch.local_features.EXTRACTOR).
+    extractor: Mapped[str] = mapped_column(Text, nullable=False)
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    #: Keypoint coordinates: two little-endian uint16 each, in 1/16 pixel.
+    points: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    #: SIFT descriptors, 128 bytes each.
+    descriptors: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class VisualVocabulary(Base):
+    """A vocabulary of visual words (imgsearch.visual_words): two levels of RootSIFT centroids; one is active."""
+
+    __tablename__ = "visual_vocabularies"
+    __table_args__ = (
+        CheckConstraint(
+            "coarse_cells > 0 AND fine_words > 0 AND descriptors >= 0 AND photos >= 0 "
+            "AND octet_length(coarse) = coarse_cells * 256 AND octet_length(fine) = coarse_cells * fine_words * 256",
+            name="ck_visual_vocabularies_shape",
+        ),
+        Index("ux_visual_vocabularies_active", "active", unique=True, postgresql_where=text("active")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, Identity(always=True), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    extractor: Mapped[str] = mapped_column(Text, nullable=False)
+    coarse_cells: Mapped[int] = mapped_column(Integer, nullable=False)
+    fine_words: Mapped[int] = mapped_column(Integer, nullable=False)
+    #: Descriptors it was learnt from; photos indexed when it was activated (the idf's floor).
+    descriptors: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    photos: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    #: Centroids, little-endian float16: (coarse_cells, 128) and (coarse_cells, fine_words, 128).
+    coarse: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    fine: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+
+
+class VisualWordPhoto(Base):
+    """A photo's distinct visual words under one vocabulary: their number (the postings hold the words)."""
+
+    __tablename__ = "visual_word_photos"
+    __table_args__ = (
+        CheckConstraint("words > 0", name="ck_visual_word_photos_words"),
+        Index("ix_visual_word_photos_vocabulary", "vocabulary_id"),
+    )
+
+    image_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("photo_features.image_id", ondelete="CASCADE"), primary_key=True
+    )
+    vocabulary_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("visual_vocabularies.id", ondelete="CASCADE"), primary_key=True
+    )
+    words: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class VisualWordPosting(Base):
+    """One word of one photo: the inverted index that imgsearch_word_candidates reads."""
+
+    __tablename__ = "visual_word_postings"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["image_id", "vocabulary_id"],
+            ["visual_word_photos.image_id", "visual_word_photos.vocabulary_id"],
+            name="fk_visual_word_postings_photo",
+            ondelete="CASCADE",
+        ),
+        CheckConstraint("word >= 0", name="ck_visual_word_postings_word"),
+        Index("ix_visual_word_postings_image", "image_id"),
+    )
+
+    vocabulary_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    word: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

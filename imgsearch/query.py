@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from imgsearch import local_features, visual_words
 from imgsearch.db import (
     RETRY_WAITS,
     RETRYABLE_SQLSTATES,
@@ -29,12 +31,13 @@ from imgsearch.db import (
     translate_error,
 )
 from imgsearch.errors import DatabaseUnavailableError, InvalidQueryError
+from imgsearch.images import Crop, ImageSource, photo_size, read_source
+from imgsearch.local_features import LocalFeatures
 from imgsearch.models import DIMENSION
 from imgsearch.validation import price_limit, unit_vector
 
 if TYPE_CHECKING:
     from imgsearch.embedding import Featurizer
-    from imgsearch.images import ImageSource
 
 MAX_K = 1000
 
@@ -47,6 +50,11 @@ class SearchResult:
     """One product returned by a search, best first.
 
     ``distance`` is the cosine distance (0 = same direction, 2 = opposite); smaller is closer.
+
+    A search by photo with verification (:func:`search_image`) also says what the result is: ``match`` is
+    ``"exact"`` when local features proved that the photo shows this very product (``inliers`` keypoints agree
+    with one homography; ``box`` is where it lies in the photo, ``(left, top, right, bottom)`` in its pixels),
+    ``"similar"`` for a visual neighbour. Searches that verify nothing leave the three as ``None``.
     """
 
     sku: str
@@ -56,6 +64,9 @@ class SearchResult:
     in_stock: bool
     image: str | None
     distance: float
+    match: str | None = None
+    inliers: int | None = None
+    box: tuple[float, float, float, float] | None = None
 
 
 def validate_vector(vector: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -98,9 +109,35 @@ _SIMILAR_TO_SKU = sa.text(
     "CAST(:max_price AS numeric))"
 )
 _CHEAPER = sa.text("SELECT * FROM imgsearch_cheaper(:sku, :k, :same_category)")
+_VERIFICATION_CANDIDATES = sa.text(
+    "SELECT * FROM imgsearch_verification_candidates(CAST(:query AS vector), :k, :extractor, "
+    "CAST(:categories AS text[]), :in_stock_only, CAST(:max_price AS numeric), CAST(:exclude AS text[]))"
+)
+#: Products a verified photo search checks with local features: the global search's top ones. Enough to hold
+#: the photographed product for most shopper photos (docs/quality.md), few enough to verify in ~0.1 s.
+VERIFY_CANDIDATES = 50
+#: ...and the products sharing the most visual words with the photo (imgsearch/visual_words.py), which find a
+#: printed product the global vector ranked low: 25 hold the right cover for 0.98 of the phone photos with 2,700
+#: products in the catalogue (benchmarks/results/visual-words.md).
+WORD_CANDIDATES = 25
 
 
 def _run(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact: bool = False) -> list[SearchResult]:
+    return [
+        SearchResult(
+            sku=r.sku,
+            name=r.name,
+            category=r.category,
+            price=r.price,
+            in_stock=r.in_stock,
+            image=r.image,
+            distance=float(r.distance),
+        )
+        for r in _rows(bind, statement, params, exact)
+    ]
+
+
+def _rows(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact: bool = False) -> list[sa.Row]:
     # A search is read-only, so a connection lost to a server restart is simply tried again on a new one (the
     # pool drops the dead ones); a server that stays away is DatabaseUnavailableError after a few seconds.
     # So is one chosen as a deadlock's victim (a schema change taking its locks while searches run).
@@ -120,18 +157,7 @@ def _run(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact:
                 raise
             time.sleep(RETRY_WAITS[conflicts])
             conflicts += 1
-    return [
-        SearchResult(
-            sku=r.sku,
-            name=r.name,
-            category=r.category,
-            price=r.price,
-            in_stock=r.in_stock,
-            image=r.image,
-            distance=float(r.distance),
-        )
-        for r in rows
-    ]
+    return rows
 
 
 # A search waits at most a few seconds for the database (a website would rather show an error quickly).
@@ -156,7 +182,7 @@ def _execute(bind: Bind, statement: sa.TextClause, params: dict[str, object], ex
 
 
 def _bound(conn: Connection, statement: sa.TextClause, params: dict[str, object]) -> dict[str, object]:
-    if statement is _SIMILAR:
+    if statement is _SIMILAR or statement is _VERIFICATION_CANDIDATES:
         return {**params, "query": binary_vector(conn, params["query"])}
     return params
 
@@ -259,25 +285,189 @@ def search_image(
     in_stock_only: bool = True,
     max_price: Price | None = None,
     exclude_skus: Iterable[str] | None = None,
+    crop: Crop | None = None,
+    verify: bool = True,
+    candidates: int = VERIFY_CANDIDATES,
 ) -> list[SearchResult]:
     """The ``k`` products that look most like a photo (path, bytes or binary file object), best first.
+
+    With ``verify`` (the default) the photo is searched the way a shopper's phone photo needs: the
+    ``candidates`` nearest products by the global vector are checked with local features and geometric
+    verification (:mod:`imgsearch.local_features`), and the ones the photo provably shows (``match="exact"``)
+    come first, most inliers first; the rest follow by distance (``match="similar"``). ``crop`` limits the
+    search to a box of the photo (:data:`imgsearch.images.Crop`, pixels of the upright photo).
 
     Raises:
         EmbeddingSpaceMismatchError: ``featurizer`` makes vectors unlike the catalogue's (other weights or
             preprocessing), so distances would be meaningless.
-        ImageError: the photo cannot be read.
-        InvalidQueryError: bad k or price.
+        ImageError: the photo cannot be read, or ``crop`` lies outside it.
+        InvalidQueryError: bad k, price, crop or candidates.
     """
     from imgsearch.catalogue import check_space
 
+    k, crop = _validate_k(k), validate_crop(crop)
+    _validate_candidates(candidates)
     check_space(bind, featurizer.space)
-    vector = featurizer.embed_image(image)
-    return search(
+    source = read_source(image)
+    if not verify:
+        vector = featurizer.embed_image(source, crop=crop)
+        return search(
+            bind,
+            vector,
+            k,
+            categories=categories,
+            in_stock_only=in_stock_only,
+            max_price=max_price,
+            exclude_skus=exclude_skus,
+        )
+    # The local features of the photo are computed while the network embeds it (both release the GIL).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgsearch-features") as pool:
+        local = pool.submit(local_features.features_of, source, local_features.QUERY_KEYPOINTS, crop)
+        vector = featurizer.embed_image(source, crop=crop)
+        query_features = local.result()
+    return search_verified(
         bind,
         vector,
+        query_features,
         k,
         categories=categories,
         in_stock_only=in_stock_only,
         max_price=max_price,
         exclude_skus=exclude_skus,
+        candidates=candidates,
+        size=photo_size(source) if crop is None else None,
+        crop=crop,
     )
+
+
+def search_verified(
+    bind: Bind,
+    vector: Sequence[float] | np.ndarray,
+    features: LocalFeatures,
+    k: int = 10,
+    *,
+    categories: Iterable[str] | str | None = None,
+    in_stock_only: bool = True,
+    max_price: Price | None = None,
+    exclude_skus: Iterable[str] | None = None,
+    candidates: int = VERIFY_CANDIDATES,
+    size: tuple[int, int] | None = None,
+    crop: Crop | None = None,
+) -> list[SearchResult]:
+    """The search of :func:`search_image` from a photo's vector and local features already computed (a service
+    that embeds photos its own way): one round trip for the candidates, then verification.
+
+    ``size`` (the photo's width and height) or ``crop`` (the box the features were computed on) place the
+    matched ``box`` in the photo's pixels.
+
+    Raises:
+        InvalidQueryError: bad vector, k, price or candidates.
+    """
+    query = validate_vector(vector)
+    params = {
+        "query": query,
+        "k": max(_validate_k(k), _validate_candidates(candidates)),
+        "extractor": local_features.EXTRACTOR,
+        "categories": _text_list(categories, "categories"),
+        "in_stock_only": bool(in_stock_only),
+        "max_price": price_limit(max_price, "max_price"),
+        "exclude": _text_list(exclude_skus, "exclude_skus"),
+    }
+    rows = _rows(bind, _VERIFICATION_CANDIDATES, params)
+    # The products sharing the most visual words with the photo, those the global ranking has not proposed.
+    proposed = sorted({r.sku for r in rows})
+    try:
+        by_words = visual_words.word_candidates(
+            bind,
+            features,
+            WORD_CANDIDATES,
+            categories=params["categories"],  # type: ignore[arg-type]
+            in_stock_only=params["in_stock_only"],  # type: ignore[arg-type]
+            max_price=params["max_price"],
+            exclude_skus=[*(params["exclude"] or []), *proposed],  # type: ignore[misc]
+            vector=query,
+        )
+    except DBAPIError as exc:
+        raise translate_error(exc) from None
+    return verified_ranking(rows, features, k, size=size, crop=validate_crop(crop), word_rows=by_words)
+
+
+def verified_ranking(
+    rows: Sequence[sa.Row],
+    query: LocalFeatures,
+    k: int,
+    *,
+    size: tuple[int, int] | None,
+    crop: Crop | None,
+    word_rows: Sequence[sa.Row] = (),
+) -> list[SearchResult]:
+    """Results from ``imgsearch_verification_candidates`` rows (one per candidate photo, by global rank) and
+    ``imgsearch_word_candidates`` rows (products proposed by shared visual words, by their own rank): each
+    product verified on all its photos; verified matches first (most inliers first), then the global ranking's
+    other products in order. A product only the words proposed is shown only if it verifies."""
+    products: dict[int, list[sa.Row]] = {}
+    for row in rows:
+        products.setdefault(row.rank, []).append(row)
+    # Word candidates rank after every global one (their distance is real, their rank is not the global one).
+    offset = max(products, default=0)
+    for row in word_rows:
+        products.setdefault(offset + row.rank, []).append(row)
+    photos = [(rank, row) for rank, group in products.items() for row in group]
+    features = [
+        None if row.descriptors is None else LocalFeatures.unpack(row.points, row.descriptors, row.width, row.height)
+        for _, row in photos
+    ]
+    checks = local_features.verify(query, features)
+    best: dict[int, local_features.Verification] = {}
+    for (rank, _), check in zip(photos, checks, strict=True):
+        if rank not in best or check.inliers > best[rank].inliers:
+            best[rank] = check
+    ranked = sorted(products, key=lambda rank: (0, -best[rank].inliers, rank) if best[rank].exact else (1, 0, rank))
+    ranked = [rank for rank in ranked if best[rank].exact or rank <= offset]
+    results = []
+    for rank in ranked[:k]:
+        r, check = products[rank][0], best[rank]
+        box = None
+        if check.exact and check.box is not None:
+            box = local_features.in_original(check.box, query, size or (0, 0), crop)
+        results.append(
+            SearchResult(
+                sku=r.sku,
+                name=r.name,
+                category=r.category,
+                price=r.price,
+                in_stock=r.in_stock,
+                image=r.image,
+                distance=float(r.distance),
+                match="exact" if check.exact else "similar",
+                inliers=check.inliers,
+                box=box,
+            )
+        )
+    return results
+
+
+def _validate_candidates(candidates: int) -> int:
+    if isinstance(candidates, bool) or not isinstance(candidates, int | np.integer) or not 1 <= candidates <= MAX_K:
+        raise InvalidQueryError(f"candidates must be an integer between 1 and {MAX_K}, got {candidates!r}")
+    return int(candidates)
+
+
+def validate_crop(crop: Sequence[float] | None) -> Crop | None:
+    """``crop`` as four finite numbers ``(left, top, right, bottom)`` with left < right and top < bottom.
+
+    Raises:
+        InvalidQueryError: anything else.
+    """
+    if crop is None:
+        return None
+    try:
+        values = tuple(float(v) for v in crop)
+    except (TypeError, ValueError):
+        raise InvalidQueryError("crop must be four numbers: left, top, right, bottom") from None
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise InvalidQueryError("crop must be four finite numbers: left, top, right, bottom")
+    left, top, right, bottom = values
+    if left < 0 or top < 0 or left >= right or top >= bottom:
+        raise InvalidQueryError("crop must have 0 <= left < right and 0 <= top < bottom (pixels of the photo)")
+    return left, top, right, bottom

@@ -87,20 +87,23 @@ def test_distributes_the_catalogue_as_planned(admin: psycopg.Connection) -> None
     result = distribute(admin)
     assert result.returncode == 0, result.stderr
     calls = [row[0] for row in admin.execute("SELECT call FROM public.citus_calls ORDER BY n")]
-    assert calls[:6] == [
+    assert calls[:10] == [
         "reference embedding_space",
         "reference search_spaces",
         "reference search_space_rows",
+        "reference visual_vocabularies",
         "distribute products by id, colocate with default",
         "distribute product_images by product_id, colocate with products",
         "distribute tuned_images by product_id, colocate with products",
+        "distribute photo_features by image_id, colocate with none",
+        "distribute visual_word_photos by image_id, colocate with photo_features",
+        "distribute visual_word_postings by image_id, colocate with photo_features",
     ]
-    assert sorted(calls[6:12]) == sorted(
-        f"truncate local {t}"
-        for t in ("products", "product_images", "tuned_images", "embedding_space", "search_spaces", "search_space_rows")
-    )
+    tables = ("products", "product_images", "tuned_images", "embedding_space", "search_spaces", "search_space_rows")
+    tables += ("photo_features", "visual_word_photos", "visual_word_postings", "visual_vocabularies")
+    assert sorted(calls[10:20]) == sorted(f"truncate local {t}" for t in tables)
     database = admin.info.dbname
-    assert calls[12:] == [
+    assert calls[20:] == [
         f"on workers: ALTER DATABASE {database} SET hnsw.iterative_scan = 'relaxed_order'",
         f"on workers: ALTER DATABASE {database} SET hnsw.ef_search = '100'",
         f"on workers: ALTER DATABASE {database} SET hnsw.max_scan_tuples = '50000'",
@@ -120,6 +123,9 @@ def test_every_key_left_is_one_citus_can_enforce(admin: psycopg.Connection) -> N
         "imgsearch.product_images_pkey",
         "imgsearch.uq_product_images_product_image",
         "imgsearch.tuned_images_pkey",
+        "imgsearch.photo_features_pkey",
+        "imgsearch.visual_word_photos_pkey",
+        "imgsearch.visual_word_postings_pkey",
     }
     for table, index, columns, partkey in keys:
         assert partkey in columns, f"{table}: {index} {columns} leaves out the distribution column {partkey}"
@@ -128,6 +134,9 @@ def test_every_key_left_is_one_citus_can_enforce(admin: psycopg.Connection) -> N
         ("imgsearch.product_images", "imgsearch.products"),
         ("imgsearch.tuned_images", "imgsearch.product_images"),
         ("imgsearch.search_space_rows", "imgsearch.search_spaces"),
+        ("imgsearch.visual_word_photos", "imgsearch.photo_features"),
+        ("imgsearch.visual_word_photos", "imgsearch.visual_vocabularies"),
+        ("imgsearch.visual_word_postings", "imgsearch.visual_word_photos"),
     }
     for table, columns, partkey, target, target_columns, target_partkey, on_delete in foreign:
         assert on_delete == "c", f"{table} -> {target} lost its ON DELETE CASCADE"

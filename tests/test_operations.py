@@ -86,11 +86,12 @@ def test_backup_and_restore_of_the_schema(engine: Engine, make_database: Callabl
     target = make_database()
     with db.create_engine(target).begin() as conn:  # the extension lives outside the schema: install it first
         conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS vector"))
-    subprocess.run(
+    restore = subprocess.run(
         [embedded.binary("pg_restore"), "--exit-on-error", f"--dbname={db.libpq_url(target)}", str(dump)],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    assert restore.returncode == 0, restore.stderr
     restored = db.create_engine(target)
     schema.require_schema(restored)
     for sku in ("p1", "p2", "p777"):

@@ -17,6 +17,12 @@
 --   the triggers that keep a photo's category and tuned vector in step only touch co-located shards (Citus lets a
 --   trigger on a shard reach co-located shards on its own node, nothing else).
 -- - embedding_space, search_spaces and search_space_rows become reference tables (a copy on every node).
+-- - photo_features, visual_word_photos and visual_word_postings (revision 0009: local features and visual words)
+--   are hash-distributed by image_id, co-located with each other but not with the photos (they have no product_id):
+--   a photo's features, its words and their cascade stay on one node; visual_vocabularies is a reference table.
+--   Their link to product_images cannot be enforced across co-location groups: the foreign key and the trigger
+--   that drops a re-embedded photo's features go (searches reach features through the photos, so features of a
+--   removed photo are never used; ingestion rewrites a changed photo's features).
 -- - alembic_version stays a local table of the coordinator: `imgsearch db` commands run there.
 --
 -- Citus enforces a primary key, a unique constraint or a foreign key between distributed tables only if it
@@ -57,7 +63,8 @@ BEGIN
     SELECT string_agg(relname, ' ' ORDER BY relname) INTO tables
     FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relkind IN ('r', 'p');
     IF tables IS DISTINCT FROM
-            'alembic_version embedding_space product_images products search_space_rows search_spaces tuned_images' THEN
+            'alembic_version embedding_space photo_features product_images products search_space_rows search_spaces '
+            'tuned_images visual_vocabularies visual_word_photos visual_word_postings' THEN
         RAISE EXCEPTION 'distribute.sql does not know this schema''s tables: %', tables
             USING HINT = 'an unfinished imgsearch tune leaves tuned_images_next; a newer imgsearch may have added '
                          'a table distribute.sql must place';
@@ -75,6 +82,11 @@ $$;
 ALTER TABLE tuned_images DROP CONSTRAINT tuned_images_image_id_fkey;
 ALTER TABLE product_images DROP CONSTRAINT product_images_product_id_fkey;
 ALTER TABLE search_space_rows DROP CONSTRAINT search_space_rows_space_id_fkey;
+ALTER TABLE photo_features DROP CONSTRAINT photo_features_image_id_fkey;
+DROP TRIGGER product_images_drop_stale_features ON product_images;
+ALTER TABLE visual_word_postings DROP CONSTRAINT fk_visual_word_postings_photo;
+ALTER TABLE visual_word_photos DROP CONSTRAINT visual_word_photos_image_id_fkey,
+    DROP CONSTRAINT visual_word_photos_vocabulary_id_fkey;
 ALTER TABLE products DROP CONSTRAINT products_sku_key;
 CREATE INDEX ix_products_sku ON products (sku);
 ALTER TABLE product_images DROP CONSTRAINT product_images_pkey,
@@ -86,11 +98,15 @@ ALTER TABLE tuned_images DROP CONSTRAINT tuned_images_pkey,
 SELECT create_reference_table('embedding_space');
 SELECT create_reference_table('search_spaces');
 SELECT create_reference_table('search_space_rows');
+SELECT create_reference_table('visual_vocabularies');
 
 -- Sharded by product, co-located. Rows already in the tables are copied into the shards.
 SELECT create_distributed_table('products', 'id');
 SELECT create_distributed_table('product_images', 'product_id', colocate_with => 'products');
 SELECT create_distributed_table('tuned_images', 'product_id', colocate_with => 'products');
+SELECT create_distributed_table('photo_features', 'image_id', colocate_with => 'none');
+SELECT create_distributed_table('visual_word_photos', 'image_id', colocate_with => 'photo_features');
+SELECT create_distributed_table('visual_word_postings', 'image_id', colocate_with => 'photo_features');
 
 ALTER TABLE search_space_rows ADD CONSTRAINT search_space_rows_space_id_fkey
     FOREIGN KEY (space_id) REFERENCES search_spaces (id) ON DELETE CASCADE;
@@ -98,11 +114,18 @@ ALTER TABLE product_images ADD CONSTRAINT product_images_product_id_fkey
     FOREIGN KEY (product_id) REFERENCES products (id) ON DELETE CASCADE;
 ALTER TABLE tuned_images ADD CONSTRAINT tuned_images_image_id_fkey
     FOREIGN KEY (product_id, image_id) REFERENCES product_images (product_id, id) ON DELETE CASCADE;
+ALTER TABLE visual_word_photos ADD CONSTRAINT visual_word_photos_image_id_fkey
+    FOREIGN KEY (image_id) REFERENCES photo_features (image_id) ON DELETE CASCADE,
+    ADD CONSTRAINT visual_word_photos_vocabulary_id_fkey
+    FOREIGN KEY (vocabulary_id) REFERENCES visual_vocabularies (id) ON DELETE CASCADE;
+ALTER TABLE visual_word_postings ADD CONSTRAINT fk_visual_word_postings_photo
+    FOREIGN KEY (image_id, vocabulary_id) REFERENCES visual_word_photos (image_id, vocabulary_id) ON DELETE CASCADE;
 
 -- The coordinator's own copies of the rows now in the shards (invisible to queries, but still on disk).
 SELECT truncate_local_data_after_distributing_table(t::regclass)
-FROM unnest(ARRAY['tuned_images', 'product_images', 'products',
-                  'search_space_rows', 'search_spaces', 'embedding_space']) AS t;
+FROM unnest(ARRAY['tuned_images', 'product_images', 'products', 'search_space_rows', 'search_spaces',
+                  'embedding_space', 'visual_word_postings', 'visual_word_photos', 'photo_features',
+                  'visual_vocabularies']) AS t;
 COMMIT;
 
 -- The search function's SET clauses (hnsw.iterative_scan, hnsw.ef_search, hnsw.max_scan_tuples) apply on the
