@@ -17,7 +17,8 @@ import click
 from imgsearch import catalogue, db, embedded, indexes, output, query, roles
 from imgsearch import schema as imgsearch_schema
 from imgsearch.config import PRECISIONS, Settings
-from imgsearch.errors import DatabaseUnavailableError, ImgsearchError, PermissionDeniedError
+from imgsearch.errors import DatabaseUnavailableError, ImgsearchError, InvalidQueryError, PermissionDeniedError
+from imgsearch.images import Crop
 from imgsearch.ingest import DEFAULT_MAX_PRUNE_SHARE, PRUNE_MODES, Failure, Progress
 
 if TYPE_CHECKING:
@@ -462,6 +463,32 @@ def _maintain_category_indexes(
     )
 
 
+@index_group.command("words")
+@pass_app
+def index_words(app: App) -> None:
+    """Learn the visual vocabulary again from the catalogue's photos, and index every photo's words.
+
+    A search by photo verifies the products nearest by the global vector and those sharing the most visual words
+    (quantised local features) with the photo. Ingestion learns the vocabulary by itself (once there are 20
+    photos, again when the catalogue has grown fourfold); run this after a large change of assortment. Searches
+    keep the previous vocabulary until the new one is ready.
+
+    \b
+    Example:
+      imgsearch index words
+    """
+    from imgsearch import visual_words
+
+    built = visual_words.build(app.engine(access="writer"))
+    if built is None:
+        _fail("no photo has local features yet: ingest the catalogue first")
+    assert built is not None
+    click.echo(
+        f"visual words: a vocabulary of {built.words} words learnt from {built.descriptors} descriptors of "
+        f"{built.sample_photos} photos in {built.learn_s:.0f} s; {built.photos} photos indexed in {built.index_s:.0f} s"
+    )
+
+
 @index_group.command("list")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @pass_app
@@ -856,6 +883,26 @@ def tune(app: App, drop: bool, sample: int, seed: int, quiet: bool) -> None:
 # --- search ---------------------------------------------------------------------------------------------------
 
 
+class _CropType(click.ParamType):
+    """A box LEFT,TOP,RIGHT,BOTTOM in pixels of the photo."""
+
+    name = "box"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Crop:
+        if isinstance(value, tuple):
+            return value  # type: ignore[return-value]
+        try:
+            numbers = [float(v) for v in str(value).split(",")]
+        except ValueError:
+            self.fail(f"{value!r} is not four numbers LEFT,TOP,RIGHT,BOTTOM", param, ctx)
+        try:
+            crop = query.validate_crop(numbers)
+        except InvalidQueryError as exc:
+            self.fail(f"{value!r}: {exc}", param, ctx)
+        assert crop is not None
+        return crop
+
+
 class _PriceType(click.ParamType):
     """A non-negative decimal price, kept exact (no float rounding on the way to SQL)."""
 
@@ -943,7 +990,7 @@ def _search_options(func: Any) -> Any:
             default="table",
             show_default=True,
             help="table for people; json or csv for programs (fields: rank, sku, name, category, price, "
-            "in_stock, distance, image).",
+            "in_stock, distance, image, match, inliers, box).",
         ),
         click.option(
             "--sheet",
@@ -1061,30 +1108,45 @@ def _stored_image(engine: Engine, sku: str) -> str | None:
 
 @main.command()
 @click.argument("image")
+@click.option(
+    "--crop",
+    type=_CropType(),
+    default=None,
+    help="Search only this box of the photo: LEFT,TOP,RIGHT,BOTTOM in its pixels (as shown, upright).",
+)
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Rank by the global vector only: no check with local features (faster; no exact matches).",
+)
 @_filter_options
 @_search_options
 @pass_app
-def search(app: App, image: str, filters: _Filters, k: int, out: _Output) -> None:
+def search(app: App, image: str, crop: Crop | None, no_verify: bool, filters: _Filters, k: int, out: _Output) -> None:
     """Products that look like the photo IMAGE (JPEG, PNG, WebP, GIF, BMP, TIFF; '-' reads stdin).
 
-    In-stock products only unless --include-out-of-stock. Results are ranked by cosine distance (smaller is
-    closer).
+    In-stock products only unless --include-out-of-stock. The nearest products by the global vector are
+    checked with local features: the ones the photo provably shows (a shopper's photo of a product of the
+    shop) come first, as match "exact N" (N keypoints agree); the others follow by cosine distance (smaller is
+    closer) as "similar".
 
     \b
     Examples:
       imgsearch search photo.jpg -k 5
-      imgsearch search photo.jpg --category shoes --max-price 50 --format json
+      imgsearch search photo.jpg --crop 120,80,900,1100 --format json
+      imgsearch search photo.jpg --category shoes --max-price 50 --no-verify
       cat photo.jpg | imgsearch search - --sheet results.png
     """
-    from imgsearch.images import load_image
+    from imgsearch.images import decode_within, read_source
 
     source, picture, label = _read_query(image)
     engine = app.engine(access="reader")
-    # Decoded before the network is loaded, so a bad photo fails in milliseconds rather than seconds.
-    load_image(source)
-    if hasattr(source, "seek"):
-        source.seek(0)  # stdin's bytes are decoded again by the featurizer
-    results = query.search_image(engine, app.featurizer(), source, k, **filters.query_args())
+    # Read once and decoded before the network is loaded, so a bad photo (or crop) fails in milliseconds.
+    source = read_source(source)
+    decode_within(source, 64, crop=crop)
+    results = query.search_image(
+        engine, app.featurizer(), source, k, crop=crop, verify=not no_verify, **filters.query_args()
+    )
     _emit(engine, results, out, query_image=picture, query_label=label)
 
 
@@ -1279,7 +1341,27 @@ def run() -> None:
 
 
 @main.command("eval")
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("folder", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--queries",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Street-to-shop mode: a CSV of shoppers' photos (image,sku[,kind]) searched against FOLDER's products "
+    "(FOLDER may then be a manifest CSV too); repeatable, one report each.",
+)
+@click.option(
+    "--distractors",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="With --queries: more products (a folder tree or a manifest) in the same catalogue (repeatable).",
+)
+@click.option(
+    "--candidates",
+    type=click.IntRange(1, query.MAX_K),
+    default=query.VERIFY_CANDIDATES,
+    show_default=True,
+    help="With --queries: products verified with local features per photo.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("-k", type=click.IntRange(1, 100), default=10, show_default=True, help="Evaluation depth.")
 @click.option(
@@ -1299,15 +1381,31 @@ def run() -> None:
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 @pass_app
-def eval_command(app: App, folder: Path, as_json: bool, k: int, pipeline: str, folds: int | None, quiet: bool) -> None:
-    """Measure search quality on a labelled folder tree FOLDER/<label>/<image>.
+def eval_command(
+    app: App,
+    folder: Path,
+    queries: tuple[Path, ...],
+    distractors: tuple[Path, ...],
+    candidates: int,
+    as_json: bool,
+    k: int,
+    pipeline: str,
+    folds: int | None,
+    quiet: bool,
+) -> None:
+    """Measure search quality on a labelled folder tree FOLDER/<label>/<image>, or with --queries how often
+    shoppers' photos find the product they show.
 
     The images go into a throwaway database created on the same server (never your catalogue) and dropped
     afterwards. Every image is searched for with the real search path (the HNSW index), itself excluded;
     a result is relevant when it has the query's label. Prints precision@1/5/10 (micro: mean over images;
     macro: mean over labels), mAP@k and the recall@k of the index against exact search. With --tuned, the same
     metrics beside them in tuned search spaces (imgsearch tune), each product searched in a space learnt
-    without its fold. See docs/quality.md.
+    without its fold.
+
+    With --queries, FOLDER (or a manifest) is the catalogue and every query photo is searched as the web page
+    searches it (local features verify the nearest products): R@1/5/10 and MRR, with and without verification,
+    how often the first result is an exact match and how often that is right, per kind. See docs/quality.md.
 
     \b
     Examples:
@@ -1315,6 +1413,7 @@ def eval_command(app: App, folder: Path, as_json: bool, k: int, pipeline: str, f
       imgsearch eval examples/catalogue --json
       imgsearch eval ../shared/datasets/myntra-fashion-products --tuned
       imgsearch eval ../shared/datasets/myntra-fashion-products --pipeline notebook
+      imgsearch eval catalogue.csv --queries photos.csv --distractors ../shared/datasets/myntra-fashion-products
     """
     from imgsearch import evaluation
     from imgsearch.embedding import Featurizer
@@ -1326,6 +1425,22 @@ def eval_command(app: App, folder: Path, as_json: bool, k: int, pipeline: str, f
         featurizer = Featurizer(weights=s.weights, batch_size=s.batch_size, precision=s.precision, pipeline=pipeline)
     url = db.resolve_url(app.settings, "admin")
     progress = None if quiet else (lambda message: click.echo(message, err=True))
+    if queries:
+        from imgsearch import street_to_shop
+
+        if folds:
+            _fail("--tuned measures catalogue-to-catalogue search: run it without --queries")
+        reports = street_to_shop.evaluate_queries(
+            url, [folder, *distractors], queries, featurizer, k=k, candidates=candidates, progress=progress
+        )
+        for failure in {(f.source, f.reason): f for r in reports for f in r.failures}.values():
+            click.echo(f"failed: {failure.source}: {failure.reason}", err=True)
+        click.echo(output.format_street_to_shop(reports, "json" if as_json else "table"))
+        return
+    if distractors:
+        _fail("--distractors goes with --queries")
+    if not folder.is_dir():
+        _fail(f"{folder} is not a folder: a labelled folder tree FOLDER/<label>/<image> (or use --queries)")
     result = evaluation.evaluate(url, folder, featurizer, k=k, folds=folds or 0, progress=progress)
     for failure in result.ingest_failures:
         click.echo(f"failed: {failure.source}: {failure.reason}", err=True)

@@ -13,6 +13,12 @@ in_stock   JSON ``true``/``false``, CSV ``true``/``false``
 distance   cosine distance to the query, 0 (same direction) to 2, smaller is closer; 6 decimals
 image      the image location as the catalogue recorded it (manifest images: relative to the manifest's
            folder); ``null`` / empty when unknown
+match      searches by photo: ``exact`` when local features proved that the photo shows this very product,
+           ``similar`` for a visual neighbour; ``null`` / empty for searches that verify nothing
+inliers    searches by photo: keypoints of the product's photo found again in the query photo, consistent with
+           one perspective (``exact`` from 12); ``null`` / empty otherwise
+box        an ``exact`` match's place in the query photo: JSON ``[left, top, right, bottom]`` in its pixels, CSV
+           the four numbers separated by spaces; ``null`` / empty otherwise
 =========  =================================================================================================
 
 JSON is one array of objects (``[]`` when nothing matches); CSV is a header row then one row per result
@@ -33,10 +39,11 @@ from imgsearch.evaluation import Evaluation
 from imgsearch.indexes import CategoryIndex
 from imgsearch.ingest import IngestReport
 from imgsearch.query import SearchResult
+from imgsearch.street_to_shop import StreetToShop
 from imgsearch.tuning import SpaceStatus
 
 FORMATS = ("table", "json", "csv")
-RESULT_FIELDS = ("rank", "sku", "name", "category", "price", "in_stock", "distance", "image")
+RESULT_FIELDS = ("rank", "sku", "name", "category", "price", "in_stock", "distance", "image", "match", "inliers", "box")
 
 
 def printable(text: str) -> str:
@@ -64,6 +71,9 @@ def result_dicts(results: Sequence[SearchResult]) -> list[dict[str, object]]:
             "in_stock": r.in_stock,
             "distance": round(r.distance, 6),
             "image": r.image,
+            "match": r.match,
+            "inliers": r.inliers,
+            "box": None if r.box is None else list(r.box),
         }
         for rank, r in enumerate(results, start=1)
     ]
@@ -125,7 +135,10 @@ def format_results(results: Sequence[SearchResult], fmt: str = "table", width: i
         writer = csv.DictWriter(buffer, fieldnames=RESULT_FIELDS, lineterminator="\n")
         writer.writeheader()
         for row, result in zip(result_dicts(results), results, strict=True):
-            writer.writerow({**row, "price": _price(result.price), "in_stock": str(result.in_stock).lower()})
+            box = "" if result.box is None else " ".join(f"{v:g}" for v in result.box)
+            writer.writerow(
+                {**row, "price": _price(result.price), "in_stock": str(result.in_stock).lower(), "box": box}
+            )
         return buffer.getvalue().rstrip("\n")
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}")
@@ -143,6 +156,12 @@ def format_results(results: Sequence[SearchResult], fmt: str = "table", width: i
         ]
         for rank, r in enumerate(results, start=1)
     ]
+    if any(r.match is not None for r in results):
+        # Searches by photo say which results are the photographed product itself, and how sure that is.
+        headers.insert(7, "match")
+        for row, r in zip(rows, results, strict=True):
+            row.insert(7, f"exact {r.inliers}" if r.match == "exact" else (r.match or ""))
+        return table(headers, rows, width=width, shrink=(8, 2, 3, 1), keep_end=(8,))
     return table(headers, rows, width=width, shrink=(7, 2, 3, 1), keep_end=(7,))
 
 
@@ -266,6 +285,12 @@ def format_ingest_summary(report: IngestReport) -> str:
     ]
     if report.photos_pruned:
         lines.append(f"pruned {report.photos_pruned} photo{'s' if report.photos_pruned != 1 else ''} no longer listed")
+    if report.vocabulary is not None:
+        v = report.vocabulary
+        lines.append(
+            f"visual words: a vocabulary of {v.words} words learnt from {v.sample_photos} photos, given to "
+            f"{v.photos} photos ({v.learn_s + v.index_s:.0f} s)"
+        )
     pruned = report.pruned
     if pruned is not None and not pruned.refused:
         what = "removed" if pruned.mode == "remove" else "marked sold out"
@@ -368,3 +393,48 @@ def format_evaluation(evaluation: Evaluation, fmt: str = "table") -> str:
             "without it)"
         )
     return "\n".join(lines)
+
+
+def format_street_to_shop(reports: Sequence[StreetToShop], fmt: str = "table") -> str:
+    """Street-to-shop evaluations (:mod:`imgsearch.street_to_shop`), one per query file: a table per kind each,
+    or a JSON list."""
+    if fmt == "json":
+        return json.dumps([r.as_dict() for r in reports], indent=2)
+    header = ["kind", "queries", "R@1", "R@5", "R@10", "MRR", "global R@1", "global R@10", "exact 1st", "right"]
+    blocks = []
+    for report in reports:
+        data = report.as_dict()
+        rows = []
+        for kind, d in [("all", data), *data["by_kind"].items()]:  # type: ignore[union-attr]
+            recall, global_recall, precision = d["recall"], d["global_recall"], d["exact_first_precision"]
+            rows.append(
+                [
+                    kind,
+                    str(d["queries"]),
+                    f"{recall['@1']:.3f}",
+                    f"{recall['@5']:.3f}",
+                    f"{recall['@10']:.3f}",
+                    f"{d['mrr']:.3f}",
+                    f"{global_recall['@1']:.3f}",
+                    f"{global_recall['@10']:.3f}",
+                    f"{d['exact_first_rate']:.3f}",
+                    "-" if precision is None else f"{precision:.3f}",
+                ]
+            )
+        blocks.append(
+            "\n".join(
+                [
+                    f"queries: {data['queries_file']}",
+                    table(header, rows, width=120),
+                    f"per query: p50 {data['query_seconds_p50']:.3f} s, p90 {data['query_seconds_p90']:.3f} s "
+                    f"(embedding, local features, search); failures: {len(report.failures)}",
+                ]
+            )
+        )
+    first = reports[0].as_dict() if reports else {"products": 0, "candidates": 0}
+    blocks.append(
+        f"catalogue: {first['products']} products; {first['candidates']} candidates verified per photo. global: the "
+        "VGG16 vector alone, same run; exact 1st: share of photos whose first result is a verified match; right: "
+        "how often that match is the photographed product"
+    )
+    return "\n\n".join(blocks)

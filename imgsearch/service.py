@@ -15,6 +15,8 @@ ever answers a traceback.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
 import json
 import logging
@@ -36,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imgsearch import __version__, catalogue, db, output, query
+from imgsearch import __version__, catalogue, db, local_features, output, query
 from imgsearch import schema as imgsearch_schema
 from imgsearch.config import Settings, env_float
 from imgsearch.errors import (
@@ -50,7 +52,7 @@ from imgsearch.errors import (
     SchemaError,
     UnknownSkuError,
 )
-from imgsearch.images import has_supported_extension
+from imgsearch.images import Crop, has_supported_extension, photo_size
 from imgsearch.metrics import Metrics
 
 log = logging.getLogger("imgsearch.service")
@@ -108,11 +110,10 @@ class ModelGate:
         self._count = threading.Lock()
         self._waiting = 0
 
-    def embed(self, data: bytes, name: str = "upload") -> np.ndarray:
-        """The photo's vector. Raises ImageError (bad photo) or BusyError (queue full or waited too long)."""
-        stream = io.BytesIO(data)
-        stream.name = name  # type: ignore[attr-defined]  (error messages name the upload)
-        pixels = self.featurizer.pipeline.preprocessing.decode(stream)
+    def embed(self, data: bytes, name: str = "upload", crop: Crop | None = None) -> np.ndarray:
+        """The photo's vector (of its ``crop`` box, if given). Raises ImageError (bad photo or crop) or BusyError
+        (queue full or waited too long)."""
+        pixels = self.featurizer.pipeline.preprocessing.decode(_named(data, name), crop=crop)
         with self._count:
             if self._waiting >= self.queue:
                 raise BusyError(f"the service is busy ({self._waiting} photos waiting for the model); try again")
@@ -278,8 +279,33 @@ def create_app(
             raise InvalidQueryError("the photo is empty")
         return data, image.filename or "upload", form
 
-    async def embed(data: bytes, name: str) -> np.ndarray:
-        return await run_in_threadpool(state["gate"].embed, data, name)
+    async def embed(data: bytes, name: str, crop: Crop | None = None) -> np.ndarray:
+        return await run_in_threadpool(state["gate"].embed, data, name, crop)
+
+    async def search_photo(data: bytes, name: str, form: Any) -> list[query.SearchResult]:
+        """A verified photo search (query.search_image's steps, with the network behind the gate): the local
+        features are computed in another thread while the photo waits for and goes through the network."""
+        options = _filters(
+            k=form.get("k"),
+            categories=form.getlist("category"),
+            in_stock_only=form.get("in_stock_only"),
+            max_price=form.get("max_price"),
+        )
+        crop = _crop(form.get("crop"))
+        verify = _flag(form.get("verify"), "verify", default=True)
+        if not verify:
+            return await run_in_threadpool(query.search, engine(), await embed(data, name, crop), **options)
+        features = asyncio.ensure_future(
+            run_in_threadpool(local_features.features_of, _named(data, name), local_features.QUERY_KEYPOINTS, crop)
+        )
+        try:
+            vector = await embed(data, name, crop)
+        finally:
+            query_features = await features
+        size = None if crop is not None else await run_in_threadpool(photo_size, _named(data, name))
+        return await run_in_threadpool(
+            functools.partial(query.search_verified, engine(), vector, query_features, size=size, crop=crop, **options)
+        )
 
     @app.post(
         "/search",
@@ -291,14 +317,8 @@ def create_app(
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
             data, name, form = await upload(request)
-            options = _filters(
-                k=form.get("k"),
-                categories=form.getlist("category"),
-                in_stock_only=form.get("in_stock_only"),
-                max_price=form.get("max_price"),
-            )
-            vector = await embed(data, name)
-        elif kind == "application/json":
+            return JSONResponse(output.result_dicts(await search_photo(data, name, form)))
+        if kind == "application/json":
             try:
                 body = json.loads(await request.body())
             except ValueError:
@@ -419,6 +439,35 @@ def create_app(
     return wrapped  # type: ignore[return-value]
 
 
+def _named(data: bytes, name: str) -> io.BytesIO:
+    stream = io.BytesIO(data)
+    stream.name = name  # type: ignore[attr-defined]  (error messages name the upload)
+    return stream
+
+
+def _crop(value: Any) -> Crop | None:
+    """A form's ``crop`` field, ``left,top,right,bottom`` in pixels of the photo."""
+    if value in (None, ""):
+        return None
+    try:
+        numbers = [float(v) for v in str(value).split(",")]
+    except ValueError:
+        raise InvalidQueryError(f"crop must be four numbers left,top,right,bottom, got {str(value)[:40]!r}") from None
+    return query.validate_crop(numbers)
+
+
+def _flag(value: Any, name: str, default: bool) -> bool:
+    if value in (None, ""):
+        return default
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes", "on"):
+        return True
+    if str(value).lower() in ("false", "0", "no", "off"):
+        return False
+    raise InvalidQueryError(f"{name} must be true or false, got {str(value)[:20]!r}")
+
+
 def _filters(*, k: Any, categories: Any, in_stock_only: Any, max_price: Any) -> dict[str, Any]:
     """Search options from form fields or JSON values, checked like the library checks them."""
     options: dict[str, Any] = {}
@@ -432,14 +481,7 @@ def _filters(*, k: Any, categories: Any, in_stock_only: Any, max_price: Any) -> 
             raise InvalidQueryError("category must be text, or a list of texts")
         options["categories"] = categories
     if in_stock_only not in (None, ""):
-        if isinstance(in_stock_only, bool):
-            options["in_stock_only"] = in_stock_only
-        elif str(in_stock_only).lower() in ("true", "1", "yes", "on"):
-            options["in_stock_only"] = True
-        elif str(in_stock_only).lower() in ("false", "0", "no", "off"):
-            options["in_stock_only"] = False
-        else:
-            raise InvalidQueryError(f"in_stock_only must be true or false, got {str(in_stock_only)[:20]!r}")
+        options["in_stock_only"] = _flag(in_stock_only, "in_stock_only", default=True)
     if max_price not in (None, ""):
         options["max_price"] = max_price
     return options
@@ -501,7 +543,21 @@ _SEARCH_BODY = {
             "schema": {
                 "type": "object",
                 "required": ["image"],
-                "properties": {"image": {"type": "string", "format": "binary"}, **_FILTER_PROPERTIES},
+                "properties": {
+                    "image": {"type": "string", "format": "binary"},
+                    **_FILTER_PROPERTIES,
+                    "crop": {
+                        "type": "string",
+                        "description": "Search only this box of the photo: left,top,right,bottom in its pixels.",
+                        "example": "120,80,900,1100",
+                    },
+                    "verify": {
+                        "type": "boolean",
+                        "default": True,
+                        "description": "Check the nearest products with local features: the ones the photo shows "
+                        'come first with match "exact"; false ranks by the global vector only.',
+                    },
+                },
             }
         },
         "application/json": {

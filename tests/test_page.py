@@ -1,5 +1,6 @@
 """The service's web page in a real browser (headless Chromium through chromedriver) against the real service on
-a real catalogue: upload a photo, read the tiles, filter, browse similar and cheaper products, see errors.
+a real catalogue: upload a photo, draw a box on it, read the tiles and their exact-match badges, filter, browse
+similar and cheaper products, see errors.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (skipped without them) and the ``selenium`` package (dev extra).
 Also writes the page's picture for the README: docs/images/service-page.png.
@@ -37,6 +38,9 @@ if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
 from selenium import webdriver  # noqa: E402  (after the skip: only needed when the browser is there)
 from selenium.webdriver.chrome.service import Service as DriverService  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.actions import interaction  # noqa: E402
+from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: E402
+from selenium.webdriver.common.actions.pointer_input import PointerInput  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
@@ -46,6 +50,9 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 PHOTO = EXAMPLES / "catalogue" / "shoes" / "24535295-abe3-4613-91f6-a7fe87954662.jpg"
 PHOTO_SKU = "shoes-24535295"
+# Another product, of another category, whose photo has the same size (400x533) as PHOTO: the two side by side.
+OTHER = EXAMPLES / "catalogue" / "dress" / "07cddef1-1fc8-47e4-a28a-613e60912590.jpg"
+OTHER_SKU = "dress-07cddef1"
 SCREENSHOT = REPO / "docs" / "images" / "service-page.png"
 WAIT = 30  # seconds for one search to show (a photo search is one forward pass of VGG16)
 
@@ -249,6 +256,82 @@ def _shown(tiles: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{key: t[key] for key in ("sku", "name", "price", "stock", "distance")} for t in tiles]
 
 
+def _record_crops(driver: webdriver.Chrome) -> None:
+    """From now on, ``window.sentCrops`` lists the ``crop`` field of every photo search the page sends (null for
+    none)."""
+    driver.execute_script(
+        """window.sentCrops = [];
+        const send = window.fetch;
+        window.fetch = function (url, init) {
+            if (init && init.body instanceof FormData) window.sentCrops.push(init.body.get('crop'));
+            return send.apply(this, arguments);
+        };"""
+    )
+
+
+def _sent_crops(driver: webdriver.Chrome) -> list[str | None]:
+    return driver.execute_script("return window.sentCrops;")
+
+
+def _preview_rect(driver: webdriver.Chrome) -> dict[str, float]:
+    """The shown photo's place on the page and its own size, once it has loaded."""
+    WebDriverWait(driver, WAIT).until(
+        lambda d: d.execute_script("return document.getElementById('preview').naturalWidth > 0;")
+    )
+    return driver.execute_script(
+        """const p = document.getElementById('preview'), r = p.getBoundingClientRect();
+        return {left: r.left, top: r.top, width: r.width, height: r.height,
+                naturalWidth: p.naturalWidth, naturalHeight: p.naturalHeight};"""
+    )
+
+
+def _drag(
+    driver: webdriver.Chrome, start: tuple[float, float], end: tuple[float, float], *, touch: bool = False
+) -> list[float]:
+    """Drags the mouse (or a finger) across the shown photo from ``start`` to ``end`` (fractions of its shown width
+    and height); the box the drag covers in the photo's own pixels (left, top, right, bottom), to within a shown
+    pixel."""
+    rect = _preview_rect(driver)
+    preview = driver.find_element(By.ID, "preview")
+    # Selenium's offsets count from the element's centre, in whole CSS pixels.
+    x0, y0 = round((start[0] - 0.5) * rect["width"]), round((start[1] - 0.5) * rect["height"])
+    x1, y1 = round((end[0] - 0.5) * rect["width"]), round((end[1] - 0.5) * rect["height"])
+    # (One input source name per kind: the browser keeps each name's kind for the whole session.)
+    pointer = PointerInput(*((interaction.POINTER_TOUCH, "finger") if touch else (interaction.POINTER_MOUSE, "mouse")))
+    actions = ActionBuilder(driver, mouse=pointer)
+    actions.pointer_action.move_to(preview, x0, y0).pointer_down()
+    for step in (1, 2, 3):  # a drag in steps, as a hand does
+        actions.pointer_action.move_to(preview, x0 + (x1 - x0) * step // 3, y0 + (y1 - y0) * step // 3)
+    actions.pointer_action.pointer_up()
+    actions.perform()
+    sx, sy = rect["naturalWidth"] / rect["width"], rect["naturalHeight"] / rect["height"]
+    return [
+        (min(start[0], end[0]) * rect["width"]) * sx,
+        (min(start[1], end[1]) * rect["height"]) * sy,
+        (max(start[0], end[0]) * rect["width"]) * sx,
+        (max(start[1], end[1]) * rect["height"]) * sy,
+    ]
+
+
+def _crop_numbers(crop: str | None) -> list[int]:
+    assert crop is not None and re.fullmatch(r"\d+,\d+,\d+,\d+", crop), crop
+    return [int(v) for v in crop.split(",")]
+
+
+def _side_by_side(directory: Path) -> Path:
+    """A photo of PHOTO's product (left) beside OTHER's (right), 800x533."""
+    from PIL import Image
+
+    with Image.open(PHOTO) as left, Image.open(OTHER) as right:
+        assert left.size == right.size == (400, 533)
+        both = Image.new("RGB", (800, 533), "white")
+        both.paste(left.convert("RGB"), (0, 0))
+        both.paste(right.convert("RGB"), (400, 0))
+    path = directory / "two-products.jpg"
+    both.save(path, quality=92)
+    return path
+
+
 # --- tests -----------------------------------------------------------------------------------------------------
 
 
@@ -413,3 +496,99 @@ def test_the_page_is_labelled(browser: webdriver.Chrome, base_url: str) -> None:
     assert browser.execute_script(
         "return performance.getEntriesByType('resource').every(e => new URL(e.name).origin === location.origin);"
     )
+
+
+def test_a_box_drawn_on_the_photo_searches_only_that_part(
+    browser: webdriver.Chrome, base_url: str, tmp_path: Path
+) -> None:
+    photo = _side_by_side(tmp_path)
+    _open(browser, base_url)
+    assert _upload(browser, photo) == "done"
+    _record_crops(browser)
+    whole = browser.find_element(By.ID, "whole-photo")
+    assert whole.is_displayed() and whole.get_attribute("aria-disabled") == "true"
+    assert not browser.find_element(By.ID, "crop-box").is_displayed()
+
+    # A box around the left half: the crop sent is that box in the photo's pixels, the service takes it, and the
+    # left product comes first (the page shows exactly the service's answer for that crop).
+    before = _request_number(browser)
+    drawn = _drag(browser, (0.03, 0.04), (0.47, 0.96))
+    assert _settled(browser, before) == "done"
+    sent = _sent_crops(browser)
+    assert len(sent) == 1
+    crop = _crop_numbers(sent[0])
+    rect = _preview_rect(browser)
+    tolerance = 1.5 * rect["naturalWidth"] / rect["width"] + 1  # a shown pixel, in the photo's pixels
+    assert all(abs(got - want) <= tolerance for got, want in zip(crop, drawn, strict=True)), (crop, drawn)
+    assert crop[2] <= 400  # the left photo only
+    assert _tiles(browser)[0].get_attribute("data-sku") == PHOTO_SKU
+    status, rows = _post_photo(f"{base_url}/search", photo.read_bytes(), photo.name, [("k", "8"), ("crop", sent[0])])
+    assert status == 200
+    assert _shown(_tile_data(browser)) == _expected(rows)
+    assert browser.find_element(By.ID, "crop-box").is_displayed()
+    assert whole.get_attribute("aria-disabled") == "false"
+    assert "box" in _text(browser, "status").lower()
+
+    # A box around the right half, drawn with a finger from its bottom-right corner: the right product first.
+    before = _request_number(browser)
+    drawn = _drag(browser, (0.97, 0.95), (0.53, 0.05), touch=True)
+    assert _settled(browser, before) == "done"
+    crop = _crop_numbers(_sent_crops(browser)[-1])
+    assert all(abs(got - want) <= tolerance for got, want in zip(crop, drawn, strict=True)), (crop, drawn)
+    assert crop[0] >= 400  # the right photo only
+    assert _tiles(browser)[0].get_attribute("data-sku") == OTHER_SKU
+
+    # A click on the photo (no drag) is not a box: nothing is searched.
+    before = _request_number(browser)
+    ActionChains(browser).move_to_element(browser.find_element(By.ID, "preview")).click().perform()
+    assert _request_number(browser) == before and len(_sent_crops(browser)) == 2
+
+    # "Whole photo", from the keyboard: the search again without any crop, the box gone, the focus kept.
+    assert _act(browser, lambda: whole.send_keys(Keys.ENTER)) == "done"
+    sent = _sent_crops(browser)
+    assert len(sent) == 3 and sent[-1] is None
+    assert not browser.find_element(By.ID, "crop-box").is_displayed()
+    assert whole.get_attribute("aria-disabled") == "true"
+    assert browser.switch_to.active_element == whole
+    status, rows = _post_photo(f"{base_url}/search", photo.read_bytes(), photo.name, [("k", "8")])
+    assert status == 200
+    assert _shown(_tile_data(browser)) == _expected(rows)
+
+
+def test_an_exact_match_is_badged_and_outlined_on_the_photo(browser: webdriver.Chrome, base_url: str) -> None:
+    # A catalogue photo verifies against itself: its product is an exact match, with where it lies in the photo.
+    status, rows = _post_photo(f"{base_url}/search", PHOTO.read_bytes(), PHOTO.name, [("k", "8")])
+    assert status == 200
+    assert rows[0]["sku"] == PHOTO_SKU and rows[0]["match"] == "exact" and rows[0]["box"] is not None
+    exact = [r for r in rows if r["match"] == "exact"]
+
+    _open(browser, base_url)
+    assert _upload(browser, PHOTO) == "done"
+    tiles = _tiles(browser)
+    assert [t.get_attribute("data-match") for t in tiles] == [r["match"] for r in rows]
+    badge = tiles[0].find_element(By.CSS_SELECTOR, ".badge.exact")
+    assert badge.is_displayed() and badge.text.lower() == "exact match"
+    assert str(rows[0]["inliers"]) in badge.get_attribute("title")
+    assert str(rows[0]["inliers"]) in badge.get_attribute("aria-label")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#results .badge.exact")) == len(exact)
+
+    # The match's box outlined on the shown photo, scaled from the photo's pixels to the shown size.
+    outlines = browser.find_elements(By.CSS_SELECTOR, "#matches .match-box")
+    assert len(outlines) == len([r for r in exact if r["box"]])
+    assert outlines[0].get_attribute("data-sku") == PHOTO_SKU and outlines[0].is_displayed()
+    assert outlines[0].text == rows[0]["name"]
+    rect = _preview_rect(browser)
+    shown = browser.execute_script("return arguments[0].getBoundingClientRect().toJSON();", outlines[0])
+    sx, sy = rect["width"] / rect["naturalWidth"], rect["height"] / rect["naturalHeight"]
+    left, top, right, bottom = rows[0]["box"]
+    want = {
+        "left": rect["left"] + max(left, 0) * sx,
+        "top": rect["top"] + max(top, 0) * sy,
+        "right": rect["left"] + min(right, rect["naturalWidth"]) * sx,
+        "bottom": rect["top"] + min(bottom, rect["naturalHeight"]) * sy,
+    }
+    assert all(abs(shown[side] - want[side]) <= 1.5 for side in want), (shown, want)
+
+    # Similar products answer another question: the outlines go.
+    assert _act(browser, tiles[0].click) == "done"
+    assert not browser.find_elements(By.CSS_SELECTOR, "#matches .match-box")

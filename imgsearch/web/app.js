@@ -1,4 +1,4 @@
-// The page of `imgsearch serve`: search by photo, then browse similar or cheaper products.
+// The page of `imgsearch serve`: search by photo (or by a box drawn on it), then browse similar or cheaper products.
 // Plain JavaScript, no framework, no build step. Everything the API returns is shown with textContent.
 "use strict";
 
@@ -8,9 +8,17 @@
 
   const $ = (id) => document.getElementById(id);
   const el = {
+    query: $("query"),
     drop: $("drop"),
+    dropText: $("drop-text"),
     file: $("file"),
+    photo: $("photo"),
+    stage: $("stage"),
     preview: $("preview"),
+    cropBox: $("crop-box"),
+    matches: $("matches"),
+    cropHelp: $("crop-help"),
+    wholePhoto: $("whole-photo"),
     filters: $("filters"),
     category: $("category"),
     maxPrice: $("max-price"),
@@ -32,6 +40,12 @@
   let previewUrl = null;
   let photos = 0; // number of the photo shown, so that a request's key tells two uploads apart
   let lastKey = null; // what the latest request asked
+  // The box drawn on the photo: [left, top, right, bottom] in the photo's own pixels (as shown upright, right and
+  // bottom exclusive), sent as the search's crop; null searches the whole photo.
+  let crop = null;
+  let drawing = null; // the drag under way: {pointer, x0, y0, x1, y1} as fractions of the shown photo
+  let photoFile = null; // the photo shown
+  let matched = []; // the exact matches of the photo's results that have a box, outlined on the photo
 
   // --- formatting ------------------------------------------------------------------------------------------
 
@@ -140,6 +154,7 @@
         const line = await errorLine(response);
         if (number !== request) return;
         render([]);
+        showMatches([]);
         showMessage(line, "error");
         setState("error");
         lastKey = null; // asking again may help (a busy model)
@@ -149,6 +164,7 @@
     } catch (err) {
       if (number !== request || (err && err.name === "AbortError")) return;
       render([]);
+      showMatches([]);
       showMessage("cannot reach the search service; is it running?", "error");
       setState("error");
       lastKey = null;
@@ -158,6 +174,7 @@
     if (options && options.keep) rows = rows.filter(options.keep);
     if (options && options.limit) rows = rows.slice(0, options.limit);
     render(rows);
+    showMatches(options && options.photo ? rows : []);
     if (rows.length === 0) {
       showMessage(options && options.empty ? options.empty : "No products match the filters.", "empty");
       setState("empty");
@@ -178,8 +195,9 @@
     form.append("in_stock_only", el.soldOut.checked ? "false" : "true");
     const price = maxPrice();
     if (price !== null) form.append("max_price", price);
-    const key = ["photo", photos, el.category.value, el.soldOut.checked, price].join("|");
-    return { key: key, url: "/search", init: { method: "POST", body: form }, options: {} };
+    if (crop) form.append("crop", crop.join(","));
+    const key = ["photo", photos, el.category.value, el.soldOut.checked, price, crop ? crop.join(",") : ""].join("|");
+    return { key: key, url: "/search", init: { method: "POST", body: form }, options: { photo: true } };
   }
 
   function productQuery(product, kind) {
@@ -206,7 +224,7 @@
 
   function searchPhoto(file) {
     const q = photoQuery(file);
-    setStatus("Results for photo " + file.name);
+    setStatus("Results for " + (crop ? "the box drawn on photo " : "photo ") + file.name);
     showCurrent(null);
     return run(q.key, q.url, q.init, q.options);
   }
@@ -214,6 +232,7 @@
   function searchProduct(product, kind, focus) {
     const q = productQuery(product, kind);
     view = { kind: kind, product: product };
+    showMatches([]); // the outlines answered the photo, not this product
     showCurrent(product);
     setStatus((kind === "cheaper" ? "Cheaper than " : "Similar to ") + product.sku);
     return run(q.key, q.url, q.init, { ...q.options, focus: focus });
@@ -248,6 +267,19 @@
     const frame = node("span", "frame");
     frame.appendChild(picture(row.image, title));
     if (!row.in_stock) frame.appendChild(node("span", "badge", "sold out"));
+    button.dataset.match = row.match || "";
+    if (row.match === "exact") {
+      // Local features proved that the photo shows this very product.
+      const points = row.inliers === null || row.inliers === undefined ? "" : String(row.inliers);
+      const badge = node("span", "badge exact", "exact match");
+      badge.setAttribute("role", "img");
+      badge.setAttribute("aria-label", "exact match" + (points ? ", " + points + " matching points" : ""));
+      badge.title = "Exact match: this very product is in your photo" +
+        (points ? " (" + points + " points of its photo found in yours)" : "") +
+        (row.box ? "; outlined on your photo" : "");
+      badge.dataset.inliers = points;
+      frame.appendChild(badge);
+    }
     button.appendChild(frame);
 
     const body = node("span", "body");
@@ -269,6 +301,18 @@
     button.addEventListener("click", () => {
       searchProduct(row, el.cheaper.checked ? "cheaper" : "similar", true);
     });
+    if (row.match === "exact" && row.box) {
+      // Pointing at the tile (or focusing it) picks out its outline on the photo.
+      const highlight = (on) => {
+        for (const outline of el.matches.children) {
+          if (outline.dataset.sku === row.sku) outline.classList.toggle("active", on);
+        }
+      };
+      button.addEventListener("mouseenter", () => highlight(true));
+      button.addEventListener("mouseleave", () => highlight(false));
+      button.addEventListener("focus", () => highlight(true));
+      button.addEventListener("blur", () => highlight(false));
+    }
     item.appendChild(button);
     return item;
   }
@@ -312,8 +356,14 @@
     previewUrl = URL.createObjectURL(file);
     el.preview.src = previewUrl;
     el.preview.alt = "The photo searched: " + file.name;
-    el.preview.hidden = false;
+    el.photo.hidden = false;
     el.drop.classList.add("has-photo");
+    el.dropText.replaceChildren(node("strong", null, "Drop another photo"), " or press to choose one");
+    drawing = null;
+    crop = null;
+    showCrop();
+    showMatches([]);
+    photoFile = file;
     view = { kind: "photo", file: file };
     photos += 1;
     searchPhoto(file);
@@ -321,25 +371,146 @@
 
   el.preview.addEventListener("error", () => {
     // Not an image the browser can show (the service will say why it cannot search it either).
-    el.preview.hidden = true;
+    el.photo.hidden = true;
     el.drop.classList.remove("has-photo");
   });
+  el.preview.addEventListener("load", () => showMatches(matched));
+
+  // --- the box drawn on the photo ----------------------------------------------------------------------------
+  // Dragging across the photo (mouse, pen or finger) draws a box; the photo is then searched within it. The box is
+  // kept in the photo's own pixels (naturalWidth x naturalHeight, what the service decodes) and shown in
+  // percentages, so it stays in place whatever size the photo is shown at.
+
+  const MIN_BOX = 6; // shown pixels: a smaller drag is a click, not a box
+
+  function percent(value, whole) {
+    return (Math.min(Math.max(value / whole, 0), 1) * 100).toFixed(3) + "%";
+  }
+
+  // Places an overlay over [left, top, right, bottom] in the photo's pixels.
+  function place(overlay, box) {
+    const w = el.preview.naturalWidth;
+    const h = el.preview.naturalHeight;
+    overlay.style.left = percent(box[0], w);
+    overlay.style.top = percent(box[1], h);
+    overlay.style.width = percent(Math.min(box[2], w) - Math.max(box[0], 0), w);
+    overlay.style.height = percent(Math.min(box[3], h) - Math.max(box[1], 0), h);
+  }
+
+  function showCrop() {
+    const box = drawing ? fractionsToPixels(drawing) : crop;
+    el.cropBox.hidden = !box;
+    if (box) place(el.cropBox, box);
+    el.wholePhoto.setAttribute("aria-disabled", crop ? "false" : "true");
+    el.cropHelp.textContent = crop
+      ? "Searching the box you drew (" + (crop[2] - crop[0]) + " \u00d7 " + (crop[3] - crop[1]) +
+        " pixels). Drag again to change it."
+      : "Drag across the photo to search only part of it.";
+  }
+
+  // A drag's corners (fractions of the shown photo) as a box in the photo's pixels, whole pixels that hold it.
+  function fractionsToPixels(d) {
+    const w = el.preview.naturalWidth;
+    const h = el.preview.naturalHeight;
+    const left = Math.floor(Math.min(d.x0, d.x1) * w);
+    const top = Math.floor(Math.min(d.y0, d.y1) * h);
+    const right = Math.max(left + 1, Math.min(w, Math.ceil(Math.max(d.x0, d.x1) * w)));
+    const bottom = Math.max(top + 1, Math.min(h, Math.ceil(Math.max(d.y0, d.y1) * h)));
+    return [left, top, right, bottom];
+  }
+
+  // A new box (or none): the photo is searched again within it, even when similar products were shown.
+  function setCrop(box) {
+    crop = box;
+    showCrop();
+    if (!photoFile) return;
+    view = { kind: "photo", file: photoFile };
+    rerun(); // nothing when exactly this is being or was just asked
+  }
+
+  function pointAt(event) {
+    const rect = el.preview.getBoundingClientRect();
+    return {
+      x: Math.min(Math.max((event.clientX - rect.left) / rect.width, 0), 1),
+      y: Math.min(Math.max((event.clientY - rect.top) / rect.height, 0), 1),
+    };
+  }
+
+  el.stage.addEventListener("pointerdown", (event) => {
+    if (event.button !== 0 || !el.preview.naturalWidth || !el.preview.clientWidth) return;
+    event.preventDefault(); // no image drag, no text selection
+    const p = pointAt(event);
+    drawing = { pointer: event.pointerId, x0: p.x, y0: p.y, x1: p.x, y1: p.y };
+    el.stage.setPointerCapture(event.pointerId);
+    el.photo.classList.add("drawing");
+  });
+  el.stage.addEventListener("pointermove", (event) => {
+    if (!drawing || event.pointerId !== drawing.pointer) return;
+    const p = pointAt(event);
+    drawing.x1 = p.x;
+    drawing.y1 = p.y;
+    showCrop();
+  });
+  function endDrag(event, keep) {
+    if (!drawing || event.pointerId !== drawing.pointer) return;
+    const d = drawing;
+    drawing = null;
+    el.photo.classList.remove("drawing");
+    if (el.stage.hasPointerCapture(event.pointerId)) el.stage.releasePointerCapture(event.pointerId);
+    const big =
+      Math.abs(d.x1 - d.x0) * el.preview.clientWidth >= MIN_BOX &&
+      Math.abs(d.y1 - d.y0) * el.preview.clientHeight >= MIN_BOX;
+    if (keep && big) {
+      setCrop(fractionsToPixels(d));
+    } else {
+      showCrop(); // a click or a cancelled drag leaves the box as it was
+    }
+  }
+  el.stage.addEventListener("pointerup", (event) => endDrag(event, true));
+  el.stage.addEventListener("pointercancel", (event) => endDrag(event, false));
+
+  el.wholePhoto.addEventListener("click", () => {
+    if (crop) setCrop(null);
+  });
+  // Escape anywhere on the photo (the button included) also goes back to the whole photo.
+  el.photo.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && crop) {
+      event.preventDefault();
+      setCrop(null);
+    }
+  });
+
+  // The exact matches of a photo search that say where they are: outlined on the photo, named as in the tiles.
+  function showMatches(rows) {
+    matched = rows.filter((r) => r.match === "exact" && Array.isArray(r.box) && r.box.length === 4);
+    el.matches.replaceChildren();
+    if (!el.preview.naturalWidth) return; // not shown yet: drawn when it loads
+    for (const row of matched) {
+      const outline = node("div", "match-box");
+      outline.dataset.sku = row.sku;
+      place(outline, row.box);
+      outline.classList.toggle("at-top", row.box[1] < el.preview.naturalHeight * 0.1); // no room for the name above
+      outline.appendChild(node("span", "match-label", row.name || row.sku));
+      el.matches.appendChild(outline);
+    }
+  }
 
   el.file.addEventListener("change", () => {
     usePhoto(el.file.files && el.file.files[0]);
   });
 
+  // The whole photo section takes a dropped photo (the shown photo too), the drop zone shows it.
   ["dragenter", "dragover"].forEach((type) => {
-    el.drop.addEventListener(type, (event) => {
+    el.query.addEventListener(type, (event) => {
       event.preventDefault();
       event.dataTransfer.dropEffect = "copy";
       el.drop.classList.add("over");
     });
   });
   ["dragleave", "dragend"].forEach((type) => {
-    el.drop.addEventListener(type, () => el.drop.classList.remove("over"));
+    el.query.addEventListener(type, () => el.drop.classList.remove("over"));
   });
-  el.drop.addEventListener("drop", (event) => {
+  el.query.addEventListener("drop", (event) => {
     event.preventDefault();
     el.drop.classList.remove("over");
     const files = event.dataTransfer && event.dataTransfer.files;
