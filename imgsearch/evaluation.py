@@ -25,6 +25,7 @@ searched with, and the tuned scores are comparable with the untuned ones measure
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,7 +33,7 @@ import secrets
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -238,6 +239,33 @@ def evaluate(
     if not any(isinstance(e, CatalogueEntry) for e in entries):
         raise ManifestError(f"{root}: no labelled images found (expected {root}/<label>/<image>)")
     say = progress or (lambda _message: None)
+    with throwaway_database(server_url, say) as engine:
+        say(f"ingesting {root}")
+        report = ingest(engine, entries, featurizer, commit_every=512)
+        say(f"searching ({report.added} images)")
+        started = time.perf_counter()
+        evaluation = _measure(engine, k)
+        evaluation.search_seconds = time.perf_counter() - started
+        if folds:
+            say(f"tuned search spaces, {folds}-fold cross-validation")
+            evaluation.tuned = tuned_scores(engine, k, folds, progress=say)
+            evaluation.folds = folds
+    evaluation.dataset = str(root)
+    evaluation.ingest_failures = report.failures
+    evaluation.ingest_seconds = report.seconds
+    evaluation.preprocessing_version = featurizer.space.preprocessing_version
+    evaluation.model_name = featurizer.space.model_name
+    return evaluation
+
+
+@contextlib.contextmanager
+def throwaway_database(server_url: str, say: Callable[[str], None]) -> Iterator[sa.Engine]:
+    """A new, migrated database ``imgsearch_eval_<random>`` on the server of ``server_url``, dropped afterwards
+    whatever happens (an evaluation never touches the user's catalogue).
+
+    Raises:
+        DatabaseUnavailableError: the server refuses to create it.
+    """
     admin = db.create_engine(server_url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
     name = DATABASE_PREFIX + secrets.token_hex(6)
     try:
@@ -247,27 +275,12 @@ def evaluate(
         try:
             say(f"throwaway database {name}: migrating")
             schema.upgrade(engine)
-            say(f"ingesting {root}")
-            report = ingest(engine, entries, featurizer, commit_every=512)
-            say(f"searching ({report.added} images)")
-            started = time.perf_counter()
-            evaluation = _measure(engine, k)
-            evaluation.search_seconds = time.perf_counter() - started
-            if folds:
-                say(f"tuned search spaces, {folds}-fold cross-validation")
-                evaluation.tuned = tuned_scores(engine, k, folds, progress=say)
-                evaluation.folds = folds
+            yield engine
         finally:
             engine.dispose()
             _drop_database(admin, name)
     finally:
         admin.dispose()
-    evaluation.dataset = str(root)
-    evaluation.ingest_failures = report.failures
-    evaluation.ingest_seconds = report.seconds
-    evaluation.preprocessing_version = featurizer.space.preprocessing_version
-    evaluation.model_name = featurizer.space.model_name
-    return evaluation
 
 
 def _create_database(admin: sa.Engine, name: str) -> None:

@@ -251,6 +251,48 @@ def _references(row: dict[str, str], base: Path) -> list[str]:
 
 
 @dataclass(frozen=True)
+class LabelledQuery:
+    """One shopper's photo of an evaluation (``imgsearch eval --queries``): the photo, the SKU of the catalogue
+    product it shows, and an optional kind for reporting by group (e.g. ``printed``, ``packaged``)."""
+
+    image: str
+    sku: str
+    kind: str
+    where: str
+
+
+#: Columns of a street-to-shop query file: ``image`` (a path relative to the file's folder, or absolute) and
+#: ``sku`` (the product the photo shows) are required; ``kind`` is optional.
+QUERY_COLUMNS = ("image", "sku", "kind")
+
+
+def read_queries(path: Path | str) -> Iterator[LabelledQuery | Failure]:
+    """Labelled query photos from a CSV file with the columns of :data:`QUERY_COLUMNS`; unusable rows are
+    failures naming their line, the others go on.
+
+    Raises:
+        ManifestError: the file cannot be read at all or lacks a required column.
+    """
+    path = Path(path)
+    header = _csv_header(path)
+    missing = [c for c in ("image", "sku") if c not in header]
+    if missing:
+        raise ManifestError(f"{path}: missing required column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+    base = path.resolve().parent
+    for row in _csv_rows(path, header):
+        if isinstance(row, Failure):
+            yield row
+            continue
+        image, sku, kind = (row.fields.get(c, "").strip() for c in QUERY_COLUMNS)
+        if not sku or not image:
+            yield Failure(sku_label(sku) or None, row.where, "a query needs an image and the sku it shows")
+        elif "\x00" in sku + image + kind:
+            yield Failure(None, row.where, "a field holds a NUL character")
+        else:
+            yield LabelledQuery(image if is_url(image) else str(base / image), sku, kind or "all", row.where)
+
+
+@dataclass(frozen=True)
 class _CsvRow:
     """One data row of a CSV file: its fields by lower-case column name, and where it is (``file:line``)."""
 
