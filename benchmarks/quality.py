@@ -15,6 +15,14 @@ Two steps:
            :mod:`imgsearch.evaluation`. A cached ``<input>-flip`` adds flip averaging, and ``--sum a+b``
            multi-scale descriptors (the sum of each input's normalised descriptor).
 
+``global`` scores every cached input x pooling x post-processing on the labelled sets (leave-one-out P@k) and
+           on street-to-shop sets (``embed`` of a folder with ``catalogue.csv`` and ``queries.csv``, cached as
+           ``streetshop-<name>``): R@1, R@10 and MRR of each query's product per query kind, without and with
+           the photos of a distractor set (Myntra) added to the catalogue. Inputs ``<filter>-keep-<side>`` keep
+           the aspect ratio (longer side ``side``); their maps are cached in buckets of one shape.
+``speed-sizes`` times each input variant (ms per single photo, batched photos/s, bfloat16) in one run with the
+           library's default pipeline; results for the report: benchmarks/results/global-descriptor.md.
+
 The database path (HNSW index) is checked separately with ``imgsearch eval``; see docs/quality.md.
 
     python benchmarks/quality.py embed ../shared/datasets/myntra-fashion-products nearest-squash-224 bicubic-pad-224
@@ -39,6 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from imgsearch.embedding import regional_max_pool  # noqa: E402
 from imgsearch.images import decode_rgb8  # noqa: E402
 from imgsearch.ingest import CatalogueEntry, scan_folder  # noqa: E402
 
@@ -48,7 +57,8 @@ WEIGHTS = os.environ.get("IMGSEARCH_VGG16_WEIGHTS", str(REPO.parent / "shared" /
 
 @dataclass(frozen=True)
 class InputVariant:
-    """How a photo becomes the network's input: ``<filter>-<fit>-<side>[-flip]``."""
+    """How a photo becomes the network's input: ``<filter>-<fit>-<side>[-flip]``; ``fit`` ``squash`` or ``pad``
+    (a ``side`` square) or ``keep`` (aspect ratio kept, longer side ``side``)."""
 
     resample: str
     fit: str
@@ -61,8 +71,8 @@ class InputVariant:
         flip = parts[-1] == "flip"
         if flip:
             parts = parts[:-1]
-        if len(parts) != 3 or parts[1] not in ("squash", "pad"):
-            raise SystemExit(f"bad variant {name!r}: expected <filter>-<squash|pad>-<side>[-flip]")
+        if len(parts) != 3 or parts[1] not in ("squash", "pad", "keep"):
+            raise SystemExit(f"bad variant {name!r}: expected <filter>-<squash|pad|keep>-<side>[-flip]")
         return cls(parts[0], parts[1], int(parts[2]), flip)
 
     @property
@@ -77,11 +87,11 @@ def log(message: str) -> None:
 def labelled_files(root: Path) -> tuple[list[Path], list[str]]:
     """Images and labels of a ``root/<label>/<image>`` tree, in :func:`scan_folder` order."""
     entries = [e for e in scan_folder(root) if isinstance(e, CatalogueEntry)]
-    return [e.image for e in entries], [e.category for e in entries]
+    return [Path(e.images[0]) for e in entries], [e.category for e in entries]
 
 
 def decoder(variant: InputVariant) -> Callable[[Path], np.ndarray]:
-    """The decoding function of the library for ``variant`` (uint8 RGB, square)."""
+    """The decoding function of the library for ``variant`` (uint8 RGB; square unless ``keep``)."""
     import inspect
 
     params = inspect.signature(decode_rgb8).parameters
@@ -100,8 +110,11 @@ def decoder(variant: InputVariant) -> Callable[[Path], np.ndarray]:
     return decode
 
 
-def conv_maps_model(weights: str, precision: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
-    """VGG16 (the library's network and weights) up to ``block5_conv3``, any input size."""
+def conv_maps_model(
+    weights: str, precision: str = "float32", static: bool = False
+) -> Callable[[np.ndarray], np.ndarray]:
+    """VGG16 (the library's network and weights) up to ``block5_conv3``, any input size: one graph with an input
+    signature of ``(None, None, None, 3)``, or (``static``) one graph per input height and width."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
@@ -113,46 +126,155 @@ def conv_maps_model(weights: str, precision: str = "float32") -> Callable[[np.nd
     model = keras.Model(base.input, base.get_layer("block5_conv3").output)
     preprocess = keras.applications.vgg16.preprocess_input
 
-    @tf.function(input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
-    def forward(images: tf.Tensor) -> tf.Tensor:
+    def maps(images: tf.Tensor) -> tf.Tensor:
         return tf.cast(model(preprocess(images), training=False), tf.float32)
 
-    return lambda batch: forward(batch.astype(np.float32)).numpy()
+    if not static:
+        forward = tf.function(maps, input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
+        return lambda batch: forward(batch.astype(np.float32)).numpy()
+    graphs: dict[tuple[int, int], Callable[[tf.Tensor], tf.Tensor]] = {}
+
+    def forward_static(batch: np.ndarray) -> np.ndarray:
+        shape = (batch.shape[1], batch.shape[2])
+        if shape not in graphs:
+            graphs[shape] = tf.function(maps, input_signature=[tf.TensorSpec((None, *shape, 3), tf.float32)])
+        return graphs[shape](batch.astype(np.float32)).numpy()
+
+    return forward_static
+
+
+def collection(root: Path) -> tuple[str, list[Path], dict[str, list[str]]]:
+    """Cache name, images and metadata of ``root``: a labelled folder tree (``labels``), or a street-to-shop
+    set with ``catalogue.csv`` (sku,...,image) and ``queries.csv`` (image,sku,kind), cached as
+    ``streetshop-<name>`` with the catalogue photos first, then the queries (``labels`` = SKUs, ``roles``,
+    ``kinds``)."""
+    if not (root / "catalogue.csv").exists():
+        files, labels = labelled_files(root)
+        return root.name, files, {"labels": labels}
+    import csv
+
+    meta: dict[str, list[str]] = {"labels": [], "roles": [], "kinds": []}
+    files = []
+    for role, manifest in (("catalogue", "catalogue.csv"), ("query", "queries.csv")):
+        with (root / manifest).open(newline="") as f:
+            for row in csv.DictReader(f):
+                images = [row.get("image") or "", *(row.get("images") or "").split("|")]
+                for image in filter(None, (i.strip() for i in images)):
+                    files.append(root / image)
+                    meta["labels"].append(row["sku"])
+                    meta["roles"].append(role)
+                    meta["kinds"].append(row.get("kind", "") if role == "query" else "")
+    return f"streetshop-{root.name}", files, meta
 
 
 def embed(root: Path, variants: Sequence[str], batch_size: int = 32, precision: str = "float32") -> None:
-    """Cache ``block5_conv3`` maps of every image of ``root`` for each input variant (skips cached ones).
+    """Cache ``block5_conv3`` maps of every image of ``root`` (:func:`collection`) for each input variant (skips
+    cached ones). Square inputs are one ``.npy``; ``keep`` inputs differ in shape, so their images are run in
+    buckets of one shape and saved as ``.npz`` (``maps<k>`` with the images' positions in ``index<k>``). Maps
+    of the same files already cached for the same variant in another cache folder (a street-to-shop set whose
+    catalogue is a labelled set) are reused, not computed again.
 
     bfloat16 runs are cached as ``<variant>@bf16``: several times faster on this CPU, and scored apart.
     """
-    files, labels = labelled_files(root)
-    out_dir = CACHE / root.name
+    name, files, meta = collection(root)
+    out_dir = CACHE / name
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "labels.json").write_text(json.dumps({"files": [str(f) for f in files], "labels": labels}))
+    (out_dir / "labels.json").write_text(json.dumps({"files": [str(f) for f in files], **meta}))
     forward = None
-    for name in variants:
-        variant = InputVariant.parse(name)
+    for variant_name in variants:
+        variant = InputVariant.parse(variant_name)
         stem = variant.name + ("@bf16" if precision == "bfloat16" else "")
-        target = out_dir / f"{stem}.npy"
-        if target.exists():
-            log(f"{root.name} {stem}: cached")
+        if (out_dir / f"{stem}.npy").exists() or (out_dir / f"{stem}.npz").exists():
+            log(f"{name} {stem}: cached")
             continue
         forward = forward or conv_maps_model(WEIGHTS, precision)
         started = time.perf_counter()
+        maps: list[np.ndarray | None] = [None] * len(files)
+        reused = _cached_elsewhere(out_dir, stem, [str(f) for f in files])
+        todo = [i for i, f in enumerate(files) if str(f) not in reused]
+        for i, f in enumerate(files):
+            maps[i] = reused.get(str(f))
         decode = decoder(variant)
         with ThreadPoolExecutor(max_workers=2) as pool:
-            images = np.stack(list(pool.map(decode, files)))
+            images = dict(zip(todo, pool.map(decode, [files[i] for i in todo]), strict=True))
         if variant.flip:
-            images = images[:, :, ::-1, :]
+            images = {i: image[:, ::-1, :] for i, image in images.items()}
         decoded = time.perf_counter() - started
-        maps = []
-        for start in range(0, len(images), batch_size):
-            maps.append(forward(images[start : start + batch_size]).astype(np.float16))
+        shapes: dict[tuple[int, ...], list[int]] = {}
+        for i, image in images.items():
+            shapes.setdefault(image.shape, []).append(i)
+        for index in shapes.values():
+            for start in range(0, len(index), batch_size):
+                chunk = index[start : start + batch_size]
+                for i, row in zip(chunk, forward(np.stack([images[i] for i in chunk])), strict=True):
+                    maps[i] = row.astype(np.float16)
         seconds = time.perf_counter() - started
-        np.save(target, np.concatenate(maps))
-        timing = {"images": len(files), "decode_seconds": decoded, "total_seconds": seconds}
+        buckets: dict[tuple[int, ...], list[int]] = {}
+        for i, row in enumerate(maps):
+            buckets.setdefault(row.shape, []).append(i)  # type: ignore[union-attr]
+        if variant.fit == "keep":
+            saved: dict[str, np.ndarray] = {}
+            for k, index in enumerate(buckets.values()):
+                saved[f"maps{k}"], saved[f"index{k}"] = np.stack([maps[i] for i in index]), np.asarray(index)
+            np.savez(out_dir / f"{stem}.npz", **saved)
+        else:
+            np.save(out_dir / f"{stem}.npy", np.stack(maps))  # type: ignore[arg-type]
+        timing = {
+            "images": len(files),
+            "computed": len(todo),
+            "shapes": len(shapes),
+            "decode_seconds": decoded,
+            "total_seconds": seconds,
+        }
         (out_dir / f"{stem}.timing.json").write_text(json.dumps(timing))
-        log(f"{root.name} {stem}: {len(files)} images in {seconds:.0f} s ({len(files) / seconds:.1f}/s)")
+        rate = len(todo) / seconds
+        log(
+            f"{name} {stem}: {len(todo)} of {len(files)} images run, {len(shapes)} shapes, "
+            f"{seconds:.0f} s ({rate:.1f}/s)"
+        )
+
+
+def _cached_elsewhere(out_dir: Path, stem: str, files: Sequence[str]) -> dict[str, np.ndarray]:
+    """Maps of ``files`` that other cache folders hold for the input ``stem``, by file."""
+    wanted = set(files)
+    found: dict[str, np.ndarray] = {}
+    for folder in sorted(CACHE.iterdir()):
+        if folder == out_dir or not (folder / "labels.json").exists() or stem not in cached_inputs(folder):
+            continue
+        other = json.loads((folder / "labels.json").read_text())["files"]
+        if wanted.isdisjoint(other):
+            continue
+        for index, maps in load_maps(folder, stem):
+            for i, row in zip(index, maps, strict=True):
+                if other[i] in wanted:
+                    found.setdefault(other[i], row)
+    return found
+
+
+def cached_inputs(folder: Path) -> list[str]:
+    """Names of the input variants cached in ``folder``."""
+    return sorted({p.stem for p in folder.glob("*.np[yz]")})
+
+
+def load_maps(folder: Path, stem: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cached maps of one input as ``(positions, maps)`` buckets of one shape each."""
+    if (folder / f"{stem}.npy").exists():
+        maps = np.load(folder / f"{stem}.npy")
+        return [(np.arange(len(maps)), maps)]
+    with np.load(folder / f"{stem}.npz") as saved:
+        return [(saved[f"index{k}"], saved[f"maps{k}"]) for k in range(len(saved.files) // 2)]
+
+
+def pool_cached(
+    buckets: list[tuple[np.ndarray, np.ndarray]], pool: Callable[[np.ndarray], np.ndarray], chunk: int = 256
+) -> np.ndarray:
+    """``pool`` applied to every bucket of :func:`load_maps` in float32 chunks; rows in image order."""
+    count = sum(len(index) for index, _ in buckets)
+    out = np.zeros((count, buckets[0][1].shape[-1]), np.float32)
+    for index, maps in buckets:
+        for start in range(0, len(index), chunk):
+            out[index[start : start + chunk]] = pool(maps[start : start + chunk].astype(np.float32))
+    return out
 
 
 # --- pooling, post-processing and exact-cosine metrics ------------------------------------------------------
@@ -221,6 +343,8 @@ POOLINGS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "gem3(pool5)": lambda m: _gem(_max_pool_2x2(m), 3.0),
     "gem3(conv3)": lambda m: _gem(m, 3.0),
     "rmac(conv3)": _rmac,
+    # R-MAC's own regions (the whole map, then 3 levels of squares, more of them along the longer side).
+    "rmac3(conv3)": regional_max_pool,
     "crow(conv3)": _crow,
     "sw(conv3)": lambda m: _crow(m, spatial_only=True),
     "centre(conv3)": _centre_prior,
@@ -304,27 +428,27 @@ def table(
     for dataset in datasets:
         folder = CACHE / dataset
         labels = json.loads((folder / "labels.json").read_text())["labels"]
-        stems = (p.stem for p in folder.glob("*.npy"))
+        stems = cached_inputs(folder)
         inputs = sorted(stem for stem in stems if "-flip" not in stem and _wanted(stem, inputs_wanted))
         for name in [*inputs, *(sums or [])]:
             parts = name.split("+")
-            all_maps = [np.load(folder / f"{part}.npy").astype(np.float32) for part in parts]
+            all_maps = [load_maps(folder, part) for part in parts]
             base, _, tag = name.partition("@")
-            flipped_path = folder / (f"{base}-flip" + (f"@{tag}" if tag else "") + ".npy")
+            flipped_stem = f"{base}-flip" + (f"@{tag}" if tag else "")
             flipped = None
-            if len(parts) == 1 and flipped_path.exists():
-                flipped = np.load(flipped_path).astype(np.float32)
+            if len(parts) == 1 and flipped_stem in stems:
+                flipped = load_maps(folder, flipped_stem)
             for pooling, pool in POOLINGS.items():
                 if not _wanted(pooling, poolings_wanted):
                     continue
                 if len(all_maps) == 1:
-                    pooled = {"": pool(all_maps[0])}
+                    pooled = {"": pool_cached(all_maps[0], pool)}
                 else:
                     # Multi-scale: the sum of each input's L2-normalised descriptor.
-                    pooled = {"": sum(_l2(pool(maps)) for maps in all_maps)}
+                    pooled = {"": sum(_l2(pool_cached(maps, pool)) for maps in all_maps)}
                 if flipped is not None:
                     # Average of the photo's and its mirror image's descriptors.
-                    pooled["+flip"] = _l2(pooled[""]) + _l2(pool(flipped))
+                    pooled["+flip"] = _l2(pooled[""]) + _l2(pool_cached(flipped, pool))
                 for suffix, descriptors in pooled.items():
                     for post_name, post in POSTS.items():
                         if not _wanted(post_name, posts_wanted):
@@ -429,6 +553,294 @@ def dba_check(datasets: Sequence[str], input_name: str = "nearest-squash-224@bf1
             )
 
 
+# --- street-to-shop: a shopper's photo against the catalogue's photos ---------------------------------------
+
+
+def _whitening(shrink: float = 0.0, power: float = 1.0) -> Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """Square root, then PCA-whitening (:func:`_pca_whiten`'s ``shrink`` and ``power``) learnt from the vectors
+    given to the returned function, which returns the transformation for any vectors (e.g. queries)."""
+
+    def fit(catalogue: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        x = _sqrt(catalogue)
+        mean = x.mean(axis=0)
+        eigval, eigvec = np.linalg.eigh(np.cov(x - mean, rowvar=False))
+        eigval = np.maximum(eigval, eigval.max() * 1e-6) + shrink * eigval.mean()
+        projection = eigvec / np.power(eigval, power / 2)
+        return lambda y: _l2((_sqrt(y) - mean) @ projection)
+
+    return fit
+
+
+#: Post-processings as learn-then-apply steps: learnt from catalogue photos only, applied to the catalogue and
+#: to the queries alike (the first two learn nothing).
+FITTED_POSTS: dict[str, Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
+    "l2": lambda _: _l2,
+    "sqrt": lambda _: _sqrt,
+    "sqrt+pcaw^0.5": _whitening(power=0.5),
+    "sqrt+pcaw-shrink": _whitening(shrink=1.0),
+}
+
+
+def product_ranks(
+    queries: np.ndarray, query_skus: Sequence[str], catalogue: np.ndarray, catalogue_skus: Sequence[str]
+) -> np.ndarray:
+    """Rank (1 = first) of each query's own product among the catalogue's products by exact cosine, a product
+    scored by its closest photo (as the search does); 0 when the product has no photo in the catalogue."""
+    products, inverse = np.unique(np.asarray(catalogue_skus), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.searchsorted(inverse[order], np.arange(len(products)))
+    similarity = _l2(queries.astype(np.float64)) @ _l2(catalogue.astype(np.float64))[order].T
+    best = np.maximum.reduceat(similarity, starts, axis=1)
+    where = {sku: i for i, sku in enumerate(products)}
+    ranks = np.zeros(len(queries), int)
+    for q, sku in enumerate(query_skus):
+        if sku in where:
+            ranks[q] = 1 + int((best[q] > best[q, where[sku]]).sum())
+    return ranks
+
+
+def rank_metrics(ranks: np.ndarray) -> dict[str, float]:
+    """R@1, R@10 and MRR of product ranks (queries whose product is missing are left out)."""
+    found = ranks[ranks > 0]
+    if not len(found):
+        return {"n": 0, "r1": float("nan"), "r10": float("nan"), "mrr": float("nan")}
+    return {
+        "n": len(found),
+        "r1": float(np.mean(found <= 1)),
+        "r10": float(np.mean(found <= 10)),
+        "mrr": float(np.mean(1.0 / found)),
+    }
+
+
+def street_scores(
+    descriptors: np.ndarray,
+    meta: dict[str, list[str]],
+    post: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]],
+    distractors: np.ndarray | None = None,
+) -> dict[str, dict[str, float]]:
+    """Metrics per query kind (and ``all``) of one street-to-shop set, its catalogue optionally enlarged by
+    ``distractors`` (photos of no product of the set); the post-processing is learnt from the catalogue."""
+    roles = np.asarray(meta["roles"])
+    skus = np.asarray(meta["labels"])
+    kinds = np.asarray(meta["kinds"])[roles == "query"]
+    catalogue, catalogue_skus = descriptors[roles == "catalogue"], list(skus[roles == "catalogue"])
+    if distractors is not None:
+        catalogue = np.concatenate([catalogue, distractors])
+        catalogue_skus += [f"\0distractor-{i}" for i in range(len(distractors))]
+    transform = post(catalogue)
+    ranks = product_ranks(
+        transform(descriptors[roles == "query"]), skus[roles == "query"], transform(catalogue), catalogue_skus
+    )
+    scores = {"all": rank_metrics(ranks)}
+    for kind in sorted(set(kinds)):
+        scores[kind] = rank_metrics(ranks[kinds == kind])
+    return scores
+
+
+def global_report(
+    datasets: Sequence[str],
+    street: Sequence[str],
+    distractors: str | None,
+    inputs_wanted: Sequence[str] | None,
+    poolings_wanted: Sequence[str] | None,
+    posts_wanted: Sequence[str] | None,
+    out: Path | None,
+    markdown_out: Path | None,
+    speed_file: Path | None,
+) -> None:
+    """Every cached input x pooling x post-processing on the labelled sets (leave-one-out P@k) and the
+    street-to-shop sets (R@1, R@10, MRR per query kind, without and with the distractor set's photos added to
+    the catalogue); an input not cached for a set leaves its cells empty. Prints (and writes) Markdown."""
+    from imgsearch.evaluation import score_rankings
+
+    names = [*datasets, *street, *([distractors] if distractors else [])]
+    metas = {name: json.loads((CACHE / name / "labels.json").read_text()) for name in dict.fromkeys(names)}
+    cached = sorted({i for name in metas for i in cached_inputs(CACHE / name)})
+    inputs = [i for i in cached if "-flip" not in i and _wanted(i, inputs_wanted)]
+    results: list[dict[str, object]] = []
+    for input_name in inputs:
+        maps = {
+            name: load_maps(CACHE / name, input_name) for name in metas if input_name in cached_inputs(CACHE / name)
+        }
+        for pooling, pool in POOLINGS.items():
+            if not _wanted(pooling, poolings_wanted):
+                continue
+            pooled = {name: pool_cached(buckets, pool) for name, buckets in maps.items()}
+            for post_name, post in FITTED_POSTS.items():
+                if not _wanted(post_name, posts_wanted):
+                    continue
+                row: dict[str, object] = {"input": input_name, "pooling": pooling, "post": post_name}
+                for name in datasets:
+                    if name in pooled:
+                        labels = metas[name]["labels"]
+                        scores = score_rankings(labels, rankings(post(pooled[name])(pooled[name]), labels), 10)
+                        row[name] = {
+                            "p1_micro": scores.precision_micro[1],
+                            "p5_micro": scores.precision_micro[5],
+                            "p5_macro": scores.precision_macro[5],
+                        }
+                for name in street:
+                    if name in pooled:
+                        extra = pooled.get(distractors) if distractors else None
+                        if extra is not None:
+                            # A distractor that is one of the set's own catalogue photos would be a duplicate.
+                            own = {
+                                f
+                                for f, r in zip(metas[name]["files"], metas[name]["roles"], strict=True)
+                                if r == "catalogue"
+                            }
+                            extra = extra[[f not in own for f in metas[distractors]["files"]]]
+                        row[name] = {"plain": street_scores(pooled[name], metas[name], post)}
+                        if extra is not None:
+                            row[name]["distractors"] = street_scores(pooled[name], metas[name], post, extra)
+                results.append(row)
+                log(f"{input_name} {pooling} {post_name}: {json.dumps(row, default=str)[:300]}")
+    speeds = json.loads(speed_file.read_text()) if speed_file and speed_file.exists() else None
+    text = report_markdown(results, datasets, street, speeds)
+    if out:
+        out.write_text(json.dumps({"results": results, "speed": speeds}, indent=1))
+    if markdown_out:
+        markdown_out.write_text(text)
+    print(text)
+
+
+def report_markdown(
+    results: Sequence[dict[str, object]],
+    datasets: Sequence[str],
+    street: Sequence[str],
+    speeds: dict[str, object] | None,
+) -> str:
+    """The catalogue table (P@5 of the labelled sets, ms per photo), then one table per street-to-shop set."""
+
+    def cell(value: object) -> str:
+        return f"{value:.3f}" if isinstance(value, float) and value == value else "-"
+
+    def ms(input_name: str) -> str:
+        entry = ((speeds or {}).get("inputs") or {}).get(input_name.partition("@")[0])  # type: ignore[union-attr]
+        return f"{entry['single_ms']:.0f} / {entry['batch_per_s']:.1f}" if entry else "-"
+
+    def name(r: dict[str, object]) -> str:
+        return f"{r['input']} · {r['pooling']} · {r['post']}"
+
+    lines = ["| variant | " + " | ".join(f"{d}: P@5 M | P@5 µ | P@1 µ" for d in datasets) + " | ms/photo, photos/s |"]
+    lines.append("|---|" + "---|" * (3 * len(datasets) + 1))
+    for r in results:
+        cells = [name(r)]
+        for d in datasets:
+            s = r.get(d) or {}
+            cells += [cell(s.get(k)) for k in ("p5_macro", "p5_micro", "p1_micro")]  # type: ignore[union-attr]
+        lines.append("| " + " | ".join([*cells, ms(str(r["input"]))]) + " |")
+    for set_name in street:
+        kinds = sorted(
+            {k for r in results for k in ((r.get(set_name) or {}).get("plain") or {})},  # type: ignore[union-attr]
+            key=lambda k: (k != "all", k),
+        )
+        if not kinds:
+            continue
+        first = next(r[set_name] for r in results if r.get(set_name))
+        counts = ", ".join(f"{k} {first['plain'][k]['n']}" for k in kinds)  # type: ignore[index]
+        lines += ["", f"**{set_name}** (queries: {counts}); R@1 / R@10 / MRR, catalogue alone | + distractors", ""]
+        lines.append("| variant | " + " | ".join(f"{k} | {k} +D" for k in kinds) + " |")
+        lines.append("|---|" + "---|" * (2 * len(kinds)))
+        for r in results:
+            s = r.get(set_name)
+            if not s:
+                continue
+            cells = [name(r)]
+            for k in kinds:
+                for condition in ("plain", "distractors"):
+                    m = (s.get(condition) or {}).get(k)  # type: ignore[union-attr]
+                    cells.append(" / ".join(cell(m[x]) for x in ("r1", "r10", "mrr")) if m else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def speed_sizes(
+    root: Path, variants: Sequence[str], limit: int, rounds: int, out: Path | None, static: bool = False
+) -> None:
+    """Cost of each input variant in bfloat16 on this machine, in one run with the library's default pipeline
+    (and its ``rmac`` pipeline when it has one): milliseconds per single photo (batch 1, warm; network +
+    R-MAC pooling on decoded pixels; the library pipelines from the file, decoding included) and photos/s in
+    batches of ``limit`` photos of one shape. The machine may be shared, so everything is interleaved at the
+    finest grain (each photo goes through every variant in turn, each batch likewise) and each photo's time is
+    its fastest of ``rounds``: the median over photos of that minimum is reported, and the best batch rate.
+    ``static`` also times one graph per input shape (``static:<variant>``) against the one graph of variable
+    shape."""
+    from imgsearch import embedding
+
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
+    load_before = os.getloadavg()
+    files, _ = labelled_files(root)
+    files = files[:limit]
+    forwards = {"": conv_maps_model(WEIGHTS, "bfloat16")}
+    if static:
+        forwards["static:"] = conv_maps_model(WEIGHTS, "bfloat16", static=True)
+    pixels = {name: [decoder(InputVariant.parse(name))(f) for f in files] for name in variants}
+    featurizers = {
+        name: embedding.Featurizer(weights=WEIGHTS, precision="bfloat16", pipeline=name)
+        for name in ("default", "rmac")
+        if name in embedding.PIPELINES
+    }
+    singles: dict[str, Callable[[int], None]] = {}
+    batches: dict[str, Callable[[], None]] = {}
+    for name in variants:
+        for graph, forward in forwards.items():
+
+            def one(i: int, forward: Callable[[np.ndarray], np.ndarray] = forward, name: str = name) -> None:
+                _sqrt(regional_max_pool(forward(pixels[name][i][np.newaxis])))
+
+            def many(forward: Callable[[np.ndarray], np.ndarray] = forward, name: str = name) -> None:
+                buckets: dict[tuple[int, ...], list[np.ndarray]] = {}
+                for image in pixels[name]:
+                    buckets.setdefault(image.shape, []).append(image)
+                for images in buckets.values():
+                    _sqrt(regional_max_pool(forward(np.stack(images))))
+
+            singles[graph + name], batches[graph + name] = one, many
+    for name, featurizer in featurizers.items():
+
+        def lib_one(i: int, featurizer: embedding.Featurizer = featurizer) -> None:
+            featurizer.embed_image(files[i])
+
+        def lib_many(featurizer: embedding.Featurizer = featurizer) -> None:
+            for _ in featurizer.embed_files(files, batch_size=len(files)):
+                pass
+
+        singles[f"library:{name}"], batches[f"library:{name}"] = lib_one, lib_many
+    for run in singles.values():  # warm: trace, and let oneDNN prepare every shape
+        for i in range(len(files)):
+            run(i)
+    fastest = {name: np.full(len(files), np.inf) for name in singles}
+    rates: dict[str, list[float]] = {name: [] for name in batches}
+    for round_ in range(rounds):
+        for i in range(len(files)):
+            for name, run in singles.items():
+                started = time.perf_counter()
+                run(i)
+                fastest[name][i] = min(fastest[name][i], time.perf_counter() - started)
+        for name, run_batch in batches.items():
+            started = time.perf_counter()
+            run_batch()
+            rates[name].append(len(files) / (time.perf_counter() - started))
+        log(f"round {round_ + 1}: " + ", ".join(f"{n} {np.median(t) * 1000:.0f} ms" for n, t in fastest.items()))
+    result = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "photos": len(files),
+        "rounds": rounds,
+        "inputs": {
+            name: {"single_ms": float(np.median(fastest[name])) * 1000, "batch_per_s": max(rates[name])}
+            for name in singles
+        },
+    }
+    if out:
+        out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -444,6 +856,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     p_table.add_argument("--sum", action="append", help="also score inputs a+b (summed descriptors; repeatable)")
     p_dba = sub.add_parser("dba", help="mirror-image and photo-query checks of database-side augmentation")
     p_dba.add_argument("--dataset", action="append", required=True, help="cache folder name (repeatable)")
+    p_report = sub.add_parser("global", help="catalogue and street-to-shop scores of every cached variant")
+    p_report.add_argument("--dataset", action="append", required=True, help="labelled cache folder (repeatable)")
+    p_report.add_argument("--street", action="append", default=[], help="streetshop-<set> cache folder (repeatable)")
+    p_report.add_argument("--distractors", help="cache folder whose photos are added to each street catalogue")
+    for option in ("input", "pooling", "post"):
+        p_report.add_argument(f"--{option}", action="append", help=f"only {option}s matching this pattern (repeatable)")
+    p_report.add_argument("--out", type=Path, help="every row as JSON")
+    p_report.add_argument("--markdown", type=Path, help="the tables as Markdown")
+    p_report.add_argument("--speed", type=Path, help="JSON written by speed-sizes, for the cost column")
+    p_sizes = sub.add_parser("speed-sizes", help="ms per photo and photos/s of input variants (bfloat16)")
+    p_sizes.add_argument("root", type=Path)
+    p_sizes.add_argument("variants", nargs="+")
+    p_sizes.add_argument("--limit", type=int, default=64)
+    p_sizes.add_argument("--rounds", type=int, default=2)
+    p_sizes.add_argument("--out", type=Path)
+    p_sizes.add_argument("--static", action="store_true", help="also time one graph per input shape")
     p_speed = sub.add_parser("speed", help="images/s of the notebook vs the default pipeline")
     p_speed.add_argument("root", type=Path)
     p_speed.add_argument("--limit", type=int, default=256)
@@ -455,6 +883,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         dba_check(args.dataset)
     elif args.command == "speed":
         speed(args.root, args.limit, args.rounds)
+    elif args.command == "speed-sizes":
+        speed_sizes(args.root, args.variants, args.limit, args.rounds, args.out, args.static)
+    elif args.command == "global":
+        global_report(
+            args.dataset,
+            args.street,
+            args.distractors,
+            args.input,
+            args.pooling,
+            args.post,
+            args.out,
+            args.markdown,
+            args.speed,
+        )
     else:
         table(args.dataset, args.out, args.input, args.pooling, args.post, args.sum)
 

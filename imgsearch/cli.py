@@ -1366,10 +1366,11 @@ def run() -> None:
 @click.option("-k", type=click.IntRange(1, 100), default=10, show_default=True, help="Evaluation depth.")
 @click.option(
     "--pipeline",
-    type=click.Choice(["default", "notebook"]),
+    type=click.Choice(["default", "notebook", "rmac"]),
     default="default",
     show_default=True,
-    help="How photos become vectors: imgsearch's default, or the original notebooks' (the baseline).",
+    help="How photos become vectors: imgsearch's default, the original notebooks' (the baseline), or R-MAC at "
+    "320 px with the aspect ratio kept (better on shoppers' photos: docs/quality.md).",
 )
 @click.option(
     "--tuned",
