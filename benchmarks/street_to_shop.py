@@ -47,21 +47,30 @@ from imgsearch.ingest import ingest
 #: Sets whose catalogues make the shared catalogue, and the query files searched in it.
 CATALOGUE_SETS = ("covers", "groceries")
 QUERY_SETS = ("covers", "groceries", "groceries-val", "synthetic-covers", "synthetic-groceries")
+#: Query files searched again with the Myntra photos in the catalogue as distractors.
+HELD_SETS = ("covers", "groceries", "synthetic-fashion")
 
 
-def quality(url: str, featurizer: Featurizer, sets: Path, myntra: Path | None, candidates: int) -> list[dict[str, Any]]:
+def quality(
+    url: str, featurizer: Featurizer, sets: Path, myntra: Path | None, candidates: int, limit: int | None
+) -> list[dict[str, Any]]:
     """Every query set against the shared catalogue, then with the Myntra photos as distractors."""
     catalogues: list[Path | str] = [sets / s / "catalogue.csv" for s in CATALOGUE_SETS]
     queries = [sets / s / "queries.csv" for s in QUERY_SETS if (sets / s / "queries.csv").exists()]
-    runs = [("shops' own catalogues", catalogues, queries)]
+    runs = [("covers + groceries", catalogues, queries)]
     if myntra is not None:
-        fashion = [sets / "synthetic-fashion" / "queries.csv"] if (sets / "synthetic-fashion").exists() else []
-        runs.append(("+ 2,524 Myntra fashion products", [*catalogues, myntra], [*queries, *fashion]))
+        # The real phone photos again, and the fashion photos made from the Myntra catalogue itself.
+        held = [sets / s / "queries.csv" for s in HELD_SETS if (sets / s / "queries.csv").exists()]
+        # The Myntra photos as synthetic-fashion's manifest lists them (its queries name those SKUs), else the tree.
+        fashion = sets / "synthetic-fashion" / "catalogue.csv"
+        runs.append(("+ 2,524 Myntra fashion products", [*catalogues, fashion if fashion.exists() else myntra], held))
     out = []
     for label, cats, files in runs:
         log(f"quality: {label}")
-        reports = street_to_shop.evaluate_queries(url, cats, files, featurizer, candidates=candidates, progress=log)
-        out += [{"catalogue": label, "load": load_average(), **r.as_dict()} for r in reports]
+        reports = street_to_shop.evaluate_queries(
+            url, cats, files, featurizer, candidates=candidates, limit=limit, progress=log
+        )
+        out += [{**r.as_dict(), "catalogue": label, "load": load_average()} for r in reports]
     return out
 
 
@@ -123,7 +132,9 @@ def markdown(result: dict[str, Any]) -> str:
         "# Shoppers' photos: quality on every set, and the cost of verification",
         "",
         f"Commit {result['commit']}, {m.get('cpu', '')}, {m.get('cores', '')} cores, precision {result['precision']}; "
-        f"{result['candidates']} candidates verified per photo. Produced by `benchmarks/street_to_shop.py`.",
+        f"{result['candidates']} candidates verified per photo"
+        + (f"; at most {result['limit']} photos per query file (a seeded sample)" if result.get("limit") else "")
+        + ". Produced by `benchmarks/street_to_shop.py`.",
         "",
         "## Quality",
         "",
@@ -182,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--myntra", type=Path, default=None, help="the Myntra folder tree, as distractors")
     parser.add_argument("--candidates", type=int, default=query.VERIFY_CANDIDATES)
     parser.add_argument("--photos", type=int, default=100, help="query photos per set for the latency")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many photos per query file (seeded)")
     parser.add_argument("--skip", choices=("quality", "cost"), action="append", default=[])
     parser.add_argument("--home", type=Path, default=Path("/tmp/imgsearch-bench-street"), help="throwaway server")
     parser.add_argument("--name", default="street-to-shop")
@@ -197,10 +209,11 @@ def main(argv: list[str] | None = None) -> None:
             "commit": git_commit(),
             "precision": featurizer.precision,
             "candidates": args.candidates,
+            "limit": args.limit,
             "extractor": local_features.EXTRACTOR,
         }
         if "quality" not in args.skip:
-            result["quality"] = quality(url, featurizer, args.sets, args.myntra, args.candidates)
+            result["quality"] = quality(url, featurizer, args.sets, args.myntra, args.candidates, args.limit)
         if "cost" not in args.skip:
             result["cost"] = cost(url, featurizer, args.sets, args.myntra, args.photos)
     finally:

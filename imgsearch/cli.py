@@ -1362,6 +1362,11 @@ def run() -> None:
     show_default=True,
     help="With --queries: products verified with local features per photo.",
 )
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="With --queries: at most this many photos of each query file, drawn at random (the same every run).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("-k", type=click.IntRange(1, 100), default=10, show_default=True, help="Evaluation depth.")
 @click.option(
@@ -1388,6 +1393,7 @@ def eval_command(
     queries: tuple[Path, ...],
     distractors: tuple[Path, ...],
     candidates: int,
+    limit: int | None,
     as_json: bool,
     k: int,
     pipeline: str,
@@ -1432,7 +1438,14 @@ def eval_command(
         if folds:
             _fail("--tuned measures catalogue-to-catalogue search: run it without --queries")
         reports = street_to_shop.evaluate_queries(
-            url, [folder, *distractors], queries, featurizer, k=k, candidates=candidates, progress=progress
+            url,
+            [folder, *distractors],
+            queries,
+            featurizer,
+            k=k,
+            candidates=candidates,
+            limit=limit,
+            progress=progress,
         )
         for failure in {(f.source, f.reason): f for r in reports for f in r.failures}.values():
             click.echo(f"failed: {failure.source}: {failure.reason}", err=True)

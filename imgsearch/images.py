@@ -106,7 +106,8 @@ def describe_source(source: object) -> str:
     if isinstance(source, str | os.PathLike):
         return os.fspath(source)
     if isinstance(source, bytes | bytearray | memoryview):
-        return "<image bytes>"
+        name = getattr(source, "name", None)
+        return name if isinstance(name, str) else "<image bytes>"
     name = getattr(source, "name", None)
     return name if isinstance(name, str) else "<image stream>"
 
@@ -188,9 +189,15 @@ def decode_within(source: ImageSource, max_side: int, *, crop: Crop | None = Non
         return _to_rgb_array(im)
 
 
+class NamedBytes(bytes):
+    """A photo's encoded bytes that remember what they were read from, for error messages."""
+
+    name: str
+
+
 def read_source(source: ImageSource) -> str | os.PathLike[str] | bytes:
-    """A source that can be decoded several times: a path as it is, a stream read once into bytes (at most
-    :data:`MAX_FILE_BYTES`).
+    """A source that can be decoded several times, from several threads at once: a path as it is, a stream read
+    once into bytes (at most :data:`MAX_FILE_BYTES`; errors still name the stream).
 
     Raises:
         ImageError: the stream cannot be read, is empty or is too large.
@@ -199,7 +206,9 @@ def read_source(source: ImageSource) -> str | os.PathLike[str] | bytes:
         return source
     label = describe_source(source)
     with _open_source(source, label) as stream:
-        return stream.read()
+        data = NamedBytes(stream.read())
+    data.name = label
+    return data
 
 
 def photo_size(source: ImageSource) -> tuple[int, int]:

@@ -16,6 +16,7 @@ Every figure is also given per ``kind`` (e.g. printed, packaged, produce), so th
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections import defaultdict
@@ -132,10 +133,12 @@ def evaluate_queries(
     *,
     k: int = 10,
     candidates: int = query.VERIFY_CANDIDATES,
+    limit: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[StreetToShop]:
     """Ingest the catalogues (several: the products sought and distractors) into one throwaway database and
-    search every labelled query photo of each query file; one report per file (see the module's docstring).
+    search every labelled query photo of each query file (at most ``limit`` of each, drawn at random with a
+    fixed seed, so that runs compare); one report per file (see the module's docstring).
 
     Raises:
         ManifestError: a catalogue or a query file has nothing usable, or cannot be read.
@@ -147,6 +150,8 @@ def evaluate_queries(
         entries += catalogue_entries(source)
     known = {e.sku for e in entries if isinstance(e, CatalogueEntry)}
     labelled = [read_labelled(path, known) for path in queries_files]
+    if limit is not None:
+        labelled = [(_sample(queries, limit), failures) for queries, failures in labelled]
     reports = []
     with throwaway_database(server_url, say) as engine:
         say(f"ingesting {', '.join(map(str, catalogues))}")
@@ -225,6 +230,13 @@ def measure(
         seconds_per_query=times,
         ingest_seconds=0.0,
     )
+
+
+def _sample(queries: list[LabelledQuery], limit: int) -> list[LabelledQuery]:
+    if len(queries) <= limit:
+        return queries
+    chosen = sorted(random.Random(0).sample(range(len(queries)), limit))
+    return [queries[i] for i in chosen]
 
 
 def _rank(results: Sequence[query.SearchResult], sku: str) -> int | None:

@@ -151,9 +151,10 @@ def test_table_fits_80_columns(cli: Invoke, ranking: list[dict[str, Any]]) -> No
     lines = cli("search", str(PHOTO), "-k", "12", "--include-out-of-stock").stdout.splitlines()
     assert len(lines) == 2 + 12
     assert all(len(line) <= 80 for line in lines), lines
-    assert lines[0].split() == ["#", "sku", "name", "category", "price", "stock", "distance", "image"]
+    # A search by photo says which result is the photographed product itself: the photo is in the catalogue.
+    assert lines[0].split() == ["#", "sku", "name", "category", "price", "stock", "distance", "match", "image"]
     first = lines[2].split()
-    assert first[:2] == ["1", PHOTO_SKU] and "0.0000" in first
+    assert first[:2] == ["1", PHOTO_SKU] and "0.0000" in first and "exact" in first
     for line, sku in zip(lines[2:], skus(ranking)[:12], strict=True):
         cell = line.split()[1]  # SKUs may be cut short to fit, never changed
         assert cell == sku or (cell.endswith("…") and sku.startswith(cell[:-1]))
