@@ -123,18 +123,21 @@ WORD_CANDIDATES = 25
 
 
 def _run(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact: bool = False) -> list[SearchResult]:
-    return [
-        SearchResult(
-            sku=r.sku,
-            name=r.name,
-            category=r.category,
-            price=r.price,
-            in_stock=r.in_stock,
-            image=r.image,
-            distance=float(r.distance),
-        )
-        for r in _rows(bind, statement, params, exact)
-    ]
+    return [_result(r) for r in _rows(bind, statement, params, exact)]
+
+
+def _result(row: sa.Row, **verification: object) -> SearchResult:
+    """A result from a row of any search function (they share the columns), with what verification found."""
+    return SearchResult(
+        sku=row.sku,
+        name=row.name,
+        category=row.category,
+        price=row.price,
+        in_stock=row.in_stock,
+        image=row.image,
+        distance=float(row.distance),
+        **verification,  # type: ignore[arg-type]
+    )
 
 
 def _rows(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact: bool = False) -> list[sa.Row]:
@@ -430,20 +433,7 @@ def verified_ranking(
         box = None
         if check.exact and check.box is not None:
             box = local_features.in_original(check.box, query, size or (0, 0), crop)
-        results.append(
-            SearchResult(
-                sku=r.sku,
-                name=r.name,
-                category=r.category,
-                price=r.price,
-                in_stock=r.in_stock,
-                image=r.image,
-                distance=float(r.distance),
-                match="exact" if check.exact else "similar",
-                inliers=check.inliers,
-                box=box,
-            )
-        )
+        results.append(_result(r, match="exact" if check.exact else "similar", inliers=check.inliers, box=box))
     return results
 
 
