@@ -332,7 +332,15 @@ def assign_and_store(
     vocabulary = vocabulary or load_vocabulary(conn)
     if vocabulary is None or not len(image_ids):
         return 0
-    return _store(conn, vocabulary, image_ids, features)
+    try:
+        with conn.begin_nested():
+            return _store(conn, vocabulary, image_ids, features)
+    except sa.exc.IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "23503":
+            raise
+        # A build replaced the vocabulary meanwhile (its rows are gone): the photos get their words under the new
+        # one from the build's own catch-up, after its switch. The ingestion's batch itself is not at stake.
+        return 0
 
 
 def catch_up(bind: Bind, vocabulary: Vocabulary | None = None, batch: int = BATCH) -> int:
@@ -408,6 +416,10 @@ def _sample(bind: Bind, extractor: str, descriptors: int, seed: int, batch: int)
     return sample, len(chosen)
 
 
+#: The advisory lock one build at a time holds (two would learn twice and delete each other's vocabulary).
+_BUILD_LOCK = 0x696D6773_776F7264  # "imgs" "word"
+
+
 def build(
     bind: Engine,
     *,
@@ -426,6 +438,18 @@ def build(
     the switch gives them words under the new one (a photo whose ingestion commits in between is picked up by
     the next :func:`catch_up` or ingestion).
     """
+    with bind.connect() as lock:
+        lock.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _BUILD_LOCK})
+        try:
+            return _build(bind, coarse, fine, descriptors, extractor, seed, batch)
+        finally:
+            lock.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _BUILD_LOCK})
+            lock.commit()
+
+
+def _build(
+    bind: Engine, coarse: int, fine: int, descriptors: int, extractor: str, seed: int, batch: int
+) -> BuildResult | None:
     started = time.monotonic()
     sample, sample_photos = _sample(bind, extractor, descriptors, seed, batch)
     if not len(sample):
@@ -493,16 +517,26 @@ def maintain(bind: Engine, extractor: str = EXTRACTOR) -> BuildResult | None:
     """Learn a vocabulary when there is none yet (from :data:`MIN_PHOTOS` photos with features) or when the
     catalogue has grown :data:`REBUILD_GROWTH` times since the active one was learnt; else nothing. Ingestion
     calls it after its last batch, so a catalogue's vocabulary follows it without anyone running a command."""
-    with transaction(bind) as conn:
-        photos = conn.execute(
-            sa.text("SELECT count(*) FROM photo_features WHERE extractor = :e"), {"e": extractor}
-        ).scalar_one()
-        learnt_from = conn.execute(
-            sa.text("SELECT photos FROM visual_vocabularies WHERE active AND extractor = :e"), {"e": extractor}
-        ).scalar()
-    if photos < MIN_PHOTOS or (learnt_from is not None and photos < REBUILD_GROWTH * max(learnt_from, 1)):
-        return None
-    return build(bind, extractor=extractor)
+    with bind.connect() as lock:
+        # One build at a time; an ingestion that finds another running leaves it the work.
+        if not lock.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": _BUILD_LOCK}).scalar_one():
+            lock.commit()
+            return None
+        try:
+            with transaction(bind) as conn:
+                photos = conn.execute(
+                    sa.text("SELECT count(*) FROM photo_features WHERE extractor = :e"), {"e": extractor}
+                ).scalar_one()
+                learnt_from = conn.execute(
+                    sa.text("SELECT photos FROM visual_vocabularies WHERE active AND extractor = :e"),
+                    {"e": extractor},
+                ).scalar()
+            if photos < MIN_PHOTOS or (learnt_from is not None and photos < REBUILD_GROWTH * max(learnt_from, 1)):
+                return None
+            return _build(bind, COARSE, FINE, SAMPLE_DESCRIPTORS, extractor, 0, BATCH)
+        finally:
+            lock.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _BUILD_LOCK})
+            lock.commit()
 
 
 def word_candidates(

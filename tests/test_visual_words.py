@@ -290,3 +290,28 @@ def test_the_migration_down_and_up_keeps_the_catalogue(catalogue_engine: Engine)
     assert _count(catalogue_engine, "visual_vocabularies") == 0
     with catalogue_engine.connect() as conn:
         assert conn.execute(sa.text("SELECT to_regproc('imgsearch_word_candidates') IS NOT NULL")).scalar_one()
+
+
+def test_ingestion_during_a_rebuild_loses_no_photo_and_one_build_runs_at_a_time(
+    catalogue_engine: Engine, features: list[LocalFeatures]
+) -> None:
+    old = visual_words.load_vocabulary(catalogue_engine)
+    assert old is not None
+    assert visual_words.build(catalogue_engine) is not None  # the old vocabulary and its words are gone
+    with catalogue_engine.connect() as conn:
+        ids = conn.execute(sa.text("SELECT image_id FROM photo_features ORDER BY image_id LIMIT 2")).scalars().all()
+    # A writer still holding the replaced vocabulary: its words are dropped, its transaction and rows are not.
+    with catalogue_engine.begin() as conn:
+        assert visual_words.assign_and_store(conn, ids, features[:2], vocabulary=old) == 0
+        conn.execute(sa.text("UPDATE products SET name = 'kept' WHERE sku = 'P00'"))
+    with catalogue_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT name FROM products WHERE sku = 'P00'")).scalar_one() == "kept"
+    # While one build holds the lock, an ingestion's maintenance leaves the work to it instead of racing it.
+    with catalogue_engine.connect() as holder:
+        holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": visual_words._BUILD_LOCK})
+        with catalogue_engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM visual_vocabularies"))
+        assert visual_words.maintain(catalogue_engine) is None
+        holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": visual_words._BUILD_LOCK})
+        holder.commit()
+    assert visual_words.maintain(catalogue_engine) is not None  # free again: no vocabulary, so one is learnt
