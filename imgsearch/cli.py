@@ -18,7 +18,7 @@ from imgsearch import catalogue, db, embedded, indexes, output, query, roles
 from imgsearch import schema as imgsearch_schema
 from imgsearch.config import PRECISIONS, Settings
 from imgsearch.errors import DatabaseUnavailableError, ImgsearchError, InvalidQueryError, PermissionDeniedError
-from imgsearch.images import Crop
+from imgsearch.images import Crop, parse_crop
 from imgsearch.ingest import DEFAULT_MAX_PRUNE_SHARE, PRUNE_MODES, Failure, Progress
 
 if TYPE_CHECKING:
@@ -892,15 +892,9 @@ class _CropType(click.ParamType):
         if isinstance(value, tuple):
             return value  # type: ignore[return-value]
         try:
-            numbers = [float(v) for v in str(value).split(",")]
-        except ValueError:
-            self.fail(f"{value!r} is not four numbers LEFT,TOP,RIGHT,BOTTOM", param, ctx)
-        try:
-            crop = query.validate_crop(numbers)
+            return parse_crop(value)
         except InvalidQueryError as exc:
             self.fail(f"{value!r}: {exc}", param, ctx)
-        assert crop is not None
-        return crop
 
 
 class _PriceType(click.ParamType):

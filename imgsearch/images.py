@@ -18,7 +18,7 @@ import io
 import os
 import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -26,7 +26,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imgsearch.errors import ImageError
+from imgsearch.errors import ImageError, InvalidQueryError
 
 #: File extensions (lowercase, with the dot) that directory scans treat as images. Decoding itself never
 #: looks at the extension: the content decides.
@@ -222,16 +222,49 @@ def photo_size(source: ImageSource) -> tuple[int, int]:
         return width, height
 
 
+def validate_crop(crop: Sequence[float] | None) -> Crop | None:
+    """``crop`` as four finite numbers ``(left, top, right, bottom)`` with left < right and top < bottom.
+
+    Raises:
+        InvalidQueryError: anything else.
+    """
+    if crop is None:
+        return None
+    try:
+        values = tuple(float(v) for v in crop)
+    except (TypeError, ValueError):
+        raise InvalidQueryError("crop must be four numbers: left, top, right, bottom") from None
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise InvalidQueryError("crop must be four finite numbers: left, top, right, bottom")
+    left, top, right, bottom = values
+    if left < 0 or top < 0 or left >= right or top >= bottom:
+        raise InvalidQueryError("crop must have 0 <= left < right and 0 <= top < bottom (pixels of the photo)")
+    return left, top, right, bottom
+
+
+def parse_crop(text: str) -> Crop:
+    """A crop written ``left,top,right,bottom`` (a command-line option, a form field), checked.
+
+    Raises:
+        InvalidQueryError: not four numbers, or not a box.
+    """
+    try:
+        numbers = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        raise InvalidQueryError(f"{str(text)[:40]!r} is not four numbers left,top,right,bottom") from None
+    crop = validate_crop(numbers)
+    assert crop is not None
+    return crop
+
+
 def _cropped(im: Image.Image, crop: Crop, size: int, label: str) -> Image.Image:
     """The upright photo's ``crop`` box (see :data:`Crop`), decoded at a reduced scale when that keeps at least
     ``size`` pixels across the box."""
-    left, top, right, bottom = (float(v) for v in crop)
+    left, top, right, bottom = validate_crop(crop)  # type: ignore[misc]
     full_w, full_h = im.size
     with contextlib.suppress(Exception):
         if im.getexif().get(0x0112) in (5, 6, 7, 8):
             full_w, full_h = full_h, full_w
-    if not all(np.isfinite([left, top, right, bottom])) or left < 0 or top < 0 or left >= right or top >= bottom:
-        raise ImageError(f"{label}: crop box must be left,top,right,bottom with left < right and top < bottom")
     if right > full_w or bottom > full_h:
         raise ImageError(
             f"{label}: crop box {left:g},{top:g},{right:g},{bottom:g} lies outside the {full_w}x{full_h} photo"

@@ -327,11 +327,9 @@ def _records(
                     features[id(photo)] = local_features.features_of(photo.source())
             except ImageError as exc:
                 photo.error = str(exc)
-    for photo in to_embed:
-        photo.data = None  # the bytes of a download are not needed any more
     for entry in entries:
         for photo in batch.photos[entry.sku]:
-            photo.data = None
+            photo.data = None  # the bytes of a download are not needed any more
     records = []
     for entry in entries:
         images = []

@@ -31,7 +31,7 @@ from imgsearch.db import (
     translate_error,
 )
 from imgsearch.errors import DatabaseUnavailableError, InvalidQueryError
-from imgsearch.images import Crop, ImageSource, photo_size, read_source
+from imgsearch.images import Crop, ImageSource, photo_size, read_source, validate_crop
 from imgsearch.local_features import LocalFeatures
 from imgsearch.models import DIMENSION
 from imgsearch.validation import price_limit, unit_vector
@@ -78,9 +78,9 @@ def validate_vector(vector: Sequence[float] | np.ndarray) -> np.ndarray:
     return unit_vector(vector)
 
 
-def _validate_k(k: int) -> int:
+def _validate_k(k: int, name: str = "k") -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_K:
-        raise InvalidQueryError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+        raise InvalidQueryError(f"{name} must be an integer between 1 and {MAX_K}, got {k!r}")
     return int(k)
 
 
@@ -309,7 +309,7 @@ def search_image(
     from imgsearch.catalogue import check_space
 
     k, crop = _validate_k(k), validate_crop(crop)
-    _validate_candidates(candidates)
+    _validate_k(candidates, "candidates")
     check_space(bind, featurizer.space)
     source = read_source(image)
     if not verify:
@@ -369,7 +369,7 @@ def search_verified(
     query = validate_vector(vector)
     params = {
         "query": query,
-        "k": max(_validate_k(k), _validate_candidates(candidates)),
+        "k": max(_validate_k(k), _validate_k(candidates, "candidates")),
         "extractor": local_features.EXTRACTOR,
         "categories": _text_list(categories, "categories"),
         "in_stock_only": bool(in_stock_only),
@@ -435,29 +435,3 @@ def verified_ranking(
             box = local_features.in_original(check.box, query, size or (0, 0), crop)
         results.append(_result(r, match="exact" if check.exact else "similar", inliers=check.inliers, box=box))
     return results
-
-
-def _validate_candidates(candidates: int) -> int:
-    if isinstance(candidates, bool) or not isinstance(candidates, int | np.integer) or not 1 <= candidates <= MAX_K:
-        raise InvalidQueryError(f"candidates must be an integer between 1 and {MAX_K}, got {candidates!r}")
-    return int(candidates)
-
-
-def validate_crop(crop: Sequence[float] | None) -> Crop | None:
-    """``crop`` as four finite numbers ``(left, top, right, bottom)`` with left < right and top < bottom.
-
-    Raises:
-        InvalidQueryError: anything else.
-    """
-    if crop is None:
-        return None
-    try:
-        values = tuple(float(v) for v in crop)
-    except (TypeError, ValueError):
-        raise InvalidQueryError("crop must be four numbers: left, top, right, bottom") from None
-    if len(values) != 4 or not all(np.isfinite(values)):
-        raise InvalidQueryError("crop must be four finite numbers: left, top, right, bottom")
-    left, top, right, bottom = values
-    if left < 0 or top < 0 or left >= right or top >= bottom:
-        raise InvalidQueryError("crop must have 0 <= left < right and 0 <= top < bottom (pixels of the photo)")
-    return left, top, right, bottom

@@ -52,7 +52,7 @@ from imgsearch.errors import (
     SchemaError,
     UnknownSkuError,
 )
-from imgsearch.images import Crop, has_supported_extension, photo_size
+from imgsearch.images import Crop, has_supported_extension, parse_crop, photo_size
 from imgsearch.metrics import Metrics
 
 log = logging.getLogger("imgsearch.service")
@@ -447,13 +447,7 @@ def _named(data: bytes, name: str) -> io.BytesIO:
 
 def _crop(value: Any) -> Crop | None:
     """A form's ``crop`` field, ``left,top,right,bottom`` in pixels of the photo."""
-    if value in (None, ""):
-        return None
-    try:
-        numbers = [float(v) for v in str(value).split(",")]
-    except ValueError:
-        raise InvalidQueryError(f"crop must be four numbers left,top,right,bottom, got {str(value)[:40]!r}") from None
-    return query.validate_crop(numbers)
+    return None if value in (None, "") else parse_crop(value)
 
 
 def _flag(value: Any, name: str, default: bool) -> bool:
