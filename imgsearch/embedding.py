@@ -75,6 +75,8 @@ def resolve_precision(precision: str, cpuinfo: str | None = None) -> str:
 IMAGENET_WEIGHTS_ID = "d9a27cc1fc7f975ef8cff49180e794ccd7c4bc868ebb49740803b3bbaa8dbefd"
 
 KERAS_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+#: ``weights`` of a featurizer whose network is a deterministic stand-in (:class:`_FakeNetwork`), not VGG16.
+FAKE_WEIGHTS = "fake"
 _HOW_TO_FIX = (
     f"set IMGSEARCH_VGG16_WEIGHTS=/path/to/{KERAS_WEIGHTS_FILE} (or pass --weights), "
     "or use weights 'imagenet' and allow Keras to download them once (cached in ~/.keras/models)"
@@ -218,7 +220,9 @@ class Featurizer:
 
     Args:
         weights: ``"imagenet"`` for Keras' own download (cached in ``~/.keras/models``), or the path of a local
-            ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``-style file.
+            ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``-style file, or ``"fake"`` (:data:`FAKE_WEIGHTS`)
+            for a deterministic stand-in network without TensorFlow (tests, trying the tool; finds look-alikes
+            by colour and layout only).
         batch_size: images per forward pass in :meth:`embed_files` and :meth:`embed_arrays`.
         pipeline: a name of :data:`PIPELINES` (``"default"``, or ``"notebook"`` for the original notebooks'
             vectors) or a :class:`Pipeline`.
@@ -262,8 +266,15 @@ class Featurizer:
             (None, None, 3) if self._keeps_aspect else (size, size, 3)
         )
 
+        if weights == FAKE_WEIGHTS:
+            fake = _FakeNetwork()
+            self._forward: Any = fake
+            self._pools = True
+            self.space = EmbeddingSpace(pipeline.model_name, fake.weights_id, pipeline.version, DIMENSION)
+            return
+        # R-MAC's regions depend on the map's shape: the graph returns the maps, pooled in NumPy by _run.
+        self._pools = pipeline.pooling == "rmac"
         tf, keras = _import_tensorflow()
-        self._tf = tf
         self._model = _build_model(keras, weights, self.precision, self._input_shape, pipeline.layer)
         self.space = EmbeddingSpace(
             model_name=pipeline.model_name,
@@ -278,7 +289,6 @@ class Featurizer:
             # Under mixed_bfloat16 the model outputs bfloat16; pooling and vectors are always float32.
             maps = tf.cast(model(preprocess(images), training=False), tf.float32)
             if pipeline.pooling == "rmac":
-                # The regions depend on the map's shape: pooled in NumPy by _run (under a millisecond).
                 return maps
             if pipeline.pooling == "max":
                 features = tf.reduce_max(maps, axis=[1, 2])
@@ -449,13 +459,55 @@ class Featurizer:
         return out
 
     def _run(self, images: np.ndarray) -> np.ndarray:
-        output = self._forward(np.asarray(images, dtype=np.float32)).numpy()
-        if self.pipeline.pooling != "rmac":
-            return output
-        features = regional_max_pool(output, self.pipeline.rmac_levels)
-        if self.pipeline.power != 1.0:
-            features = np.power(np.maximum(features, 0.0), self.pipeline.power)
-        return (features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        output = np.asarray(self._forward(np.asarray(images, dtype=np.float32)))
+        return pool_maps(output, self.pipeline) if self._pools else output
+
+
+def pool_maps(maps: np.ndarray, pipeline: Pipeline) -> np.ndarray:
+    """Feature maps ``(N, h, w, 512)`` -> ``(N, 512)`` unit vectors, pooled as ``pipeline`` says (what the
+    graph does for the global poolings, in NumPy: R-MAC's regions depend on the map's shape)."""
+    maps = maps.astype(np.float32, copy=False)
+    if pipeline.pooling == "rmac":
+        features = regional_max_pool(maps, pipeline.rmac_levels)
+    elif pipeline.pooling == "max":
+        features = maps.max(axis=(1, 2))
+    elif pipeline.pooling == "gem":
+        p = pipeline.gem_p
+        features = np.power(np.power(np.maximum(maps, 1e-6), p).mean(axis=(1, 2)), 1.0 / p)
+    else:
+        features = maps.mean(axis=(1, 2))
+    if pipeline.power != 1.0:
+        features = np.power(np.maximum(features, 0.0), pipeline.power)
+    return (features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+class _FakeNetwork:
+    """A deterministic stand-in for VGG16 (``weights="fake"``): feature maps from a fixed random projection of
+    each 16x16-pixel cell's colour and its neighbours'. Photos that look alike get close vectors, so searches
+    behave like real ones, but nothing is learnt: for tests of everything around the network (database, CLI,
+    HTTP) without TensorFlow, and for trying the tool without the weights. Its vectors are their own
+    embedding space (its ``weights_id``), so a catalogue never mixes them with VGG16's."""
+
+    CELL = 16
+    VERSION = b"imgsearch-fake-network-1"
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(int.from_bytes(hashlib.sha256(self.VERSION).digest()[:8], "little"))
+        # A 3x3 neighbourhood of cells, 3 colours each: edges and colour layout, like a (very) shallow network.
+        self.weights = rng.normal(size=(27, DIMENSION)).astype(np.float32)
+        # Mostly negative biases: sparse activations, so that unrelated photos are far apart (mean cosine ~0.65).
+        self.bias = rng.normal(loc=-2.0, scale=0.5, size=DIMENSION).astype(np.float32)
+        self.weights_id = hashlib.sha256(self.VERSION + self.weights.tobytes() + self.bias.tobytes()).hexdigest()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        n, height, width, _ = images.shape
+        rows, cols = max(1, height // self.CELL), max(1, width // self.CELL)
+        cropped = images[:, : rows * self.CELL, : cols * self.CELL]
+        cells = cropped.reshape(n, rows, cropped.shape[1] // rows, cols, cropped.shape[2] // cols, 3)
+        cells = cells.mean(axis=(2, 4)) / 255.0 - 0.5
+        padded = np.pad(cells, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+        around = [padded[:, dy : dy + rows, dx : dx + cols] for dy in range(3) for dx in range(3)]
+        return np.maximum(np.concatenate(around, axis=3) @ self.weights + self.bias, 0.0)
 
 
 def _chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

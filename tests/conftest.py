@@ -1,4 +1,10 @@
-"""Shared fixtures: a real throwaway PostgreSQL + pgvector server, and the real VGG16 weights."""
+"""Shared fixtures: a real throwaway PostgreSQL + pgvector server, the real VGG16 weights, and the fake network.
+
+Tests about the model use ``weights_path`` or ``featurizer`` (the real VGG16 weights) and are marked ``model``
+by that alone; tests about the database, the CLI or HTTP use ``fake_weights`` / ``fake_featurizer`` (a
+deterministic stand-in network, no TensorFlow) or ``sample_vectors`` (real vectors, stored), and run in
+``pytest -m "not model"``.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,16 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_CATALOGUE = REPO / "examples" / "catalogue"
 SHARED_WEIGHTS = REPO.parent / "shared" / "models" / "vgg16_imagenet_notop.h5"
+#: Fixtures that load the real network: a test using any of them (directly or through another fixture) is a
+#: ``model`` test.
+MODEL_FIXTURES = frozenset({"weights_path", "featurizer"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs the real VGG16 weights ``model`` (from the fixtures it uses)."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
 
 
 @pytest.fixture(scope="session")
@@ -115,14 +131,33 @@ def featurizer(weights_path: str) -> Featurizer:
     return Featurizer(weights=weights_path)
 
 
-SAMPLE_PHOTOS = sorted(SAMPLE_CATALOGUE.glob("*/*.jpg"))
+@pytest.fixture(scope="session")
+def fake_weights() -> str:
+    """The ``weights`` value of the deterministic stand-in network (for the CLI's ``--weights``)."""
+    from imgsearch.embedding import FAKE_WEIGHTS
+
+    return FAKE_WEIGHTS
 
 
 @pytest.fixture(scope="session")
-def sample_vectors(featurizer: Featurizer) -> np.ndarray:
-    """The 120 sample photos (``SAMPLE_PHOTOS`` order) embedded once for the session, through the batch
-    pipeline: (120, 512)."""
-    results = list(featurizer.embed_files(SAMPLE_PHOTOS))
-    assert [result.path for result in results] == SAMPLE_PHOTOS
-    assert all(result.ok for result in results), [result.error for result in results if not result.ok]
-    return np.stack([result.vector for result in results])
+def fake_featurizer(fake_weights: str) -> Featurizer:
+    """A featurizer with the stand-in network: the real decoding, batching and local features, no TensorFlow."""
+    from imgsearch.embedding import Featurizer
+
+    return Featurizer(weights=fake_weights)
+
+
+SAMPLE_PHOTOS = sorted(SAMPLE_CATALOGUE.glob("*/*.jpg"))
+
+
+#: The sample photos' VGG16 vectors (default pipeline, float32), stored so that the many tests about the database
+#: get real vectors without loading the network; tests/test_embedding.py checks the model still makes them.
+SAMPLE_VECTORS = REPO / "tests" / "data" / "sample-vectors.npy"
+
+
+@pytest.fixture(scope="session")
+def sample_vectors() -> np.ndarray:
+    """The 120 sample photos' real VGG16 vectors (``SAMPLE_PHOTOS`` order): (120, 512)."""
+    vectors = np.load(SAMPLE_VECTORS)
+    assert vectors.shape == (len(SAMPLE_PHOTOS), 512)
+    return vectors

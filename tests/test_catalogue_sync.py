@@ -37,9 +37,9 @@ PHOTOS = {c: sorted((SAMPLE / c).glob("*.jpg")) for c in ("dress", "shoes", "hat
 
 
 @pytest.fixture
-def run(database_url: str, weights_path: str) -> Callable[..., Result]:
+def run(database_url: str, fake_weights: str) -> Callable[..., Result]:
     def invoke(*args: str, expect: int | None = 0) -> Result:
-        result = CliRunner().invoke(main, ["--database-url", database_url, "--weights", weights_path, *args])
+        result = CliRunner().invoke(main, ["--database-url", database_url, "--weights", fake_weights, *args])
         if expect is not None:
             assert result.exit_code == expect, result.output
         return result
@@ -328,7 +328,7 @@ def cdn() -> Iterator[str]:
     server.server_close()
 
 
-def test_photos_from_urls(engine: Engine, featurizer: Featurizer, cdn: str) -> None:
+def test_photos_from_urls(engine: Engine, fake_featurizer: Featurizer, cdn: str) -> None:
     entries = [
         ingest.CatalogueEntry("a", "skirt", (f"{cdn}/0.jpg", f"{cdn}/1.jpg")),
         ingest.CatalogueEntry("b", "skirt", (f"{cdn}/moved.jpg",)),  # redirected to 0.jpg
@@ -339,7 +339,7 @@ def test_photos_from_urls(engine: Engine, featurizer: Featurizer, cdn: str) -> N
         ingest.CatalogueEntry("g", "skirt", (f"{cdn}/huge.jpg",)),
     ]
     fetcher = Fetcher(timeout=0.5, retries=1, backoff=0.01, max_bytes=2_000_000)
-    report = ingest.ingest(engine, entries, featurizer, fetcher=fetcher)
+    report = ingest.ingest(engine, entries, fake_featurizer, fetcher=fetcher)
     failures = {(f.sku, f.source.rsplit("/", 1)[-1]): f.reason for f in report.failures}
     assert set(failures) == {
         ("c", "missing.jpg"),
@@ -358,12 +358,12 @@ def test_photos_from_urls(engine: Engine, featurizer: Featurizer, cdn: str) -> N
 
     # Again: the server answers 304 for every photo it has; nothing is downloaded or embedded.
     _Photos.downloads.clear()
-    again = ingest.ingest(engine, entries[:3], featurizer, fetcher=fetcher)
+    again = ingest.ingest(engine, entries[:3], fake_featurizer, fetcher=fetcher)
     assert (again.embedded, again.unchanged) == (0, 3) and _Photos.downloads == []
     assert sorted(_Photos.not_modified) == ["0.jpg", "0.jpg", "1.jpg", "2.jpg"]
     # A photo replaced on the server: downloaded and embedded again, the others not.
     _Photos.files["1.jpg"] = PHOTOS["hat"][0].read_bytes()
-    changed = ingest.ingest(engine, entries[:1], featurizer, fetcher=fetcher)
+    changed = ingest.ingest(engine, entries[:1], fake_featurizer, fetcher=fetcher)
     assert changed.embedded == 1 and _Photos.downloads == ["1.jpg"]
     fetcher.close()
 

@@ -92,12 +92,12 @@ def _eval_databases(engine: Engine) -> list[str]:
 
 
 def test_eval_command_end_to_end_leaves_nothing_behind(
-    tmp_path: Path, engine: Engine, database_url: str, weights_path: str
+    tmp_path: Path, engine: Engine, database_url: str, fake_weights: str
 ) -> None:
     folder = _labelled_sample(tmp_path / "labelled")
     before = _eval_databases(engine)
     result = CliRunner().invoke(
-        main, ["--database-url", database_url, "--weights", weights_path, "eval", str(folder), "--json", "-q"]
+        main, ["--database-url", database_url, "--weights", fake_weights, "eval", str(folder), "--json", "-q"]
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -121,16 +121,16 @@ def test_eval_command_end_to_end_leaves_nothing_behind(
     assert catalogue.stored_space(engine) is None
 
 
-def test_eval_table_output(tmp_path: Path, database_url: str, weights_path: str) -> None:
+def test_eval_table_output(tmp_path: Path, database_url: str, fake_weights: str) -> None:
     folder = _labelled_sample(tmp_path / "labelled", per_label=2)
-    result = CliRunner().invoke(main, ["--database-url", database_url, "--weights", weights_path, "eval", str(folder)])
+    result = CliRunner().invoke(main, ["--database-url", database_url, "--weights", fake_weights, "eval", str(folder)])
     assert result.exit_code == 0, result.output
     for text in ("precision@1", "precision@5", "precision@10", "mAP@10", "recall@10", "images: 6, labels: 3"):
         assert text in result.stdout
 
 
 def test_eval_refuses_a_server_where_it_cannot_create_a_database(
-    tmp_path: Path, database_url: str, featurizer: Featurizer
+    tmp_path: Path, database_url: str, fake_featurizer: Featurizer
 ) -> None:
     url = make_url(database_url)
     with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
@@ -140,31 +140,31 @@ def test_eval_refuses_a_server_where_it_cannot_create_a_database(
         folder = _labelled_sample(tmp_path / "labelled", per_label=1)
         limited = url.set(username="imgsearch_eval_nocreate").render_as_string(hide_password=False)
         with pytest.raises(DatabaseUnavailableError, match="cannot create the throwaway evaluation database"):
-            evaluation.evaluate(limited, folder, featurizer)
+            evaluation.evaluate(limited, folder, fake_featurizer)
     finally:
         with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
             conn.execute("DROP ROLE IF EXISTS imgsearch_eval_nocreate")
 
 
-def test_a_catalogue_of_the_notebook_pipeline_must_be_reingested(engine: Engine, featurizer: Featurizer) -> None:
+def test_a_catalogue_of_the_notebook_pipeline_must_be_reingested(engine: Engine, fake_featurizer: Featurizer) -> None:
     # Catalogues built before the default pipeline changed hold notebook vectors: they are refused with a
     # request to re-ingest instead of silently mixing two kinds of vectors.
     notebook = EmbeddingSpace(
         model_name=NOTEBOOK_PIPELINE.model_name,
-        weights_id=featurizer.space.weights_id,
+        weights_id=fake_featurizer.space.weights_id,
         preprocessing_version=NOTEBOOK_PIPELINE.version,
-        dimension=featurizer.space.dimension,
+        dimension=fake_featurizer.space.dimension,
     )
-    assert featurizer.space.preprocessing_version == PREPROCESSING_VERSION != notebook.preprocessing_version
+    assert fake_featurizer.space.preprocessing_version == PREPROCESSING_VERSION != notebook.preprocessing_version
     catalogue.ensure_space(engine, notebook)
     with pytest.raises(EmbeddingSpaceMismatchError, match=r"different embedding space.*re-ingest"):
-        catalogue.check_space(engine, featurizer.space)
+        catalogue.check_space(engine, fake_featurizer.space)
     with pytest.raises(EmbeddingSpaceMismatchError, match="preprocessing v1-exif-white"):
-        catalogue.ensure_space(engine, featurizer.space)
+        catalogue.ensure_space(engine, fake_featurizer.space)
 
 
 def test_a_killed_evaluations_database_is_dropped_by_the_next_one(
-    tmp_path: Path, database_url: str, featurizer: Featurizer
+    tmp_path: Path, database_url: str, fake_featurizer: Featurizer
 ) -> None:
     url = make_url(database_url)
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -178,7 +178,7 @@ def test_a_killed_evaluations_database_is_dropped_by_the_next_one(
             conn.execute(f'CREATE DATABASE "{name}"')
             conn.execute(f"COMMENT ON DATABASE \"{name}\" IS '{json.dumps(owner)}'")
     try:
-        evaluation.evaluate(database_url, _labelled_sample(tmp_path / "labelled", per_label=1), featurizer)
+        evaluation.evaluate(database_url, _labelled_sample(tmp_path / "labelled", per_label=1), fake_featurizer)
         with psycopg.connect(host=url.query["host"], user="postgres", dbname="postgres") as conn:
             left = {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'imgsearch_eval_%'")}
         assert left == {"imgsearch_eval_running"}  # the killed one's is gone; a running evaluation's is kept

@@ -17,9 +17,9 @@ from tests import hostile
 
 
 @pytest.fixture
-def run(database_url: str, weights_path: str):
+def run(database_url: str, fake_weights: str):
     def invoke(*args: str) -> Result:
-        return CliRunner().invoke(main, ["--database-url", database_url, "--weights", weights_path, *args])
+        return CliRunner().invoke(main, ["--database-url", database_url, "--weights", fake_weights, *args])
 
     return invoke
 

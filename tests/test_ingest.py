@@ -30,11 +30,11 @@ Invoke = Callable[..., Result]
 
 
 @pytest.fixture
-def invoke(database_url: str, weights_path: str) -> Invoke:
+def invoke(database_url: str, fake_weights: str) -> Invoke:
     """Run the CLI in-process against the test's fresh database."""
 
     def run(*args: str, expect: int | None = 0) -> Result:
-        result = CliRunner().invoke(main, ["--database-url", database_url, "--weights", weights_path, *args])
+        result = CliRunner().invoke(main, ["--database-url", database_url, "--weights", fake_weights, *args])
         if expect is not None:
             assert result.exit_code == expect, result.output
         return result
@@ -212,7 +212,9 @@ def test_unusable_manifest_is_one_clear_error(invoke: Invoke, tmp_path: Path) ->
     assert "Traceback" not in result.output
 
 
-def test_interrupted_ingest_resumes_without_reembedding(engine: Engine, featurizer: Featurizer, tmp_path: Path) -> None:
+def test_interrupted_ingest_resumes_without_reembedding(
+    engine: Engine, fake_featurizer: Featurizer, tmp_path: Path
+) -> None:
     folder = _copy_sample(tmp_path / "c", per_category=4, categories=("dress", "shoes", "hat"))
     batches = []
 
@@ -222,10 +224,10 @@ def test_interrupted_ingest_resumes_without_reembedding(engine: Engine, featuriz
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ingest.ingest(engine, ingest.scan_folder(folder), featurizer, commit_every=4, progress=stop_after_two)
+        ingest.ingest(engine, ingest.scan_folder(folder), fake_featurizer, commit_every=4, progress=stop_after_two)
     assert catalogue.stats(engine).products == 8  # two committed batches survive
 
-    report = ingest.ingest(engine, ingest.scan_folder(folder), featurizer, commit_every=4)
+    report = ingest.ingest(engine, ingest.scan_folder(folder), fake_featurizer, commit_every=4)
     assert (report.added, report.unchanged, report.embedded, report.failed) == (4, 8, 4, 0)
 
 
@@ -299,7 +301,7 @@ def test_python_cli_entry_point_matches_installed_command() -> None:
     assert via_script.stdout == via_command.stdout and "Usage: imgsearch" in via_script.stdout
 
 
-def test_no_database_and_no_schema_are_one_line_errors(weights_path: str, make_database: Callable[..., str]) -> None:
+def test_no_database_and_no_schema_are_one_line_errors(make_database: Callable[..., str]) -> None:
     runner = CliRunner()
     unreachable = runner.invoke(main, ["--database-url", "postgresql://nobody@127.0.0.1:1/none", "stats"])
     assert unreachable.exit_code == 1 and "cannot connect to the database" in unreachable.stderr

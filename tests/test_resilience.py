@@ -69,11 +69,11 @@ def assert_same_catalogue(got: dict[str, tuple], want: dict[str, tuple]) -> None
 
 @pytest.fixture(scope="module")
 def clean_run(
-    folder: Path, make_database: Callable[..., str], migrated_template: str, featurizer: Featurizer
+    folder: Path, make_database: Callable[..., str], migrated_template: str, fake_featurizer: Featurizer
 ) -> dict[str, tuple]:
     """The catalogue an uninterrupted ingest of ``folder`` makes."""
     engine = db.create_engine(make_database(template=migrated_template))
-    report = ingest.ingest(engine, ingest.scan_folder(folder), featurizer)
+    report = ingest.ingest(engine, ingest.scan_folder(folder), fake_featurizer)
     assert report.added == len(CATEGORIES) * PER_CATEGORY and not report.failures
     result = snapshot(engine)
     engine.dispose()
@@ -144,9 +144,9 @@ def test_an_interrupted_ingest_resumes_to_the_clean_result(
     clean_run: dict[str, tuple],
     engine: Engine,
     database_url: str,
-    weights_path: str,
+    fake_weights: str,
 ) -> None:
-    process = _ingest_process(["--database-url", database_url, "--weights", weights_path], folder)
+    process = _ingest_process(["--database-url", database_url, "--weights", fake_weights], folder)
     if after == 0:
         _wait_until(lambda: _sessions(engine) > 0, process)
     else:
@@ -162,7 +162,7 @@ def test_an_interrupted_ingest_resumes_to_the_clean_result(
     assert committed < len(clean_run)
 
     rerun = CliRunner().invoke(
-        main, ["--database-url", database_url, "--weights", weights_path, "ingest", "--quiet", str(folder)]
+        main, ["--database-url", database_url, "--weights", fake_weights, "ingest", "--quiet", str(folder)]
     )
     assert rerun.exit_code == 0, rerun.output
     assert f"added {len(clean_run) - committed}," in rerun.stdout  # resumed: only what was missing
@@ -183,11 +183,11 @@ def own_server(tmp_path: Path) -> Iterator[tuple[Path, Engine]]:
 
 
 def test_the_database_stopped_mid_ingest_is_one_line_then_a_rerun_completes(
-    own_server: tuple[Path, Engine], folder: Path, clean_run: dict[str, tuple], weights_path: str
+    own_server: tuple[Path, Engine], folder: Path, clean_run: dict[str, tuple], fake_weights: str
 ) -> None:
     home, admin = own_server
     process = _ingest_process(
-        ["--home", str(home), "--weights", weights_path], folder, env={"IMGSEARCH_RECONNECT_SECONDS": "2"}
+        ["--home", str(home), "--weights", fake_weights], folder, env={"IMGSEARCH_RECONNECT_SECONDS": "2"}
     )
     _wait_until(lambda: _count(admin) >= 4, process)
     embedded.stop(home)
@@ -198,16 +198,16 @@ def test_the_database_stopped_mid_ingest_is_one_line_then_a_rerun_completes(
     assert len(stderr.splitlines()) == 1, stderr
 
     embedded.start(home)
-    rerun = CliRunner().invoke(main, ["--home", str(home), "--weights", weights_path, "ingest", "--quiet", str(folder)])
+    rerun = CliRunner().invoke(main, ["--home", str(home), "--weights", fake_weights, "ingest", "--quiet", str(folder)])
     assert rerun.exit_code == 0, rerun.output
     assert_same_catalogue(snapshot(admin), clean_run)
 
 
 def test_a_database_restart_during_an_ingest_is_ridden_out(
-    own_server: tuple[Path, Engine], folder: Path, clean_run: dict[str, tuple], weights_path: str
+    own_server: tuple[Path, Engine], folder: Path, clean_run: dict[str, tuple], fake_weights: str
 ) -> None:
     home, admin = own_server
-    process = _ingest_process(["--home", str(home), "--weights", weights_path], folder)
+    process = _ingest_process(["--home", str(home), "--weights", fake_weights], folder)
     _wait_until(lambda: _count(admin) >= 4, process)
     embedded.stop(home)
     time.sleep(1)
@@ -222,10 +222,16 @@ def test_a_database_restart_during_an_ingest_is_ridden_out(
 PHOTOS = sorted(SAMPLE.glob("*/*.jpg"))
 
 
+@pytest.fixture(scope="module")
+def photo_vectors(fake_featurizer: Featurizer) -> np.ndarray:
+    """The sample photos' vectors as the test's featurizer makes them."""
+    return np.stack([r.vector for r in fake_featurizer.embed_files(PHOTOS)])
+
+
 @pytest.fixture
-def stored(engine: Engine, sample_vectors: np.ndarray, featurizer: Featurizer) -> list[ingest.CatalogueEntry]:
-    """The 120 sample photos as a stored catalogue (their real vectors), and entries to ingest them again."""
-    catalogue.ensure_space(engine, featurizer.space)
+def stored(engine: Engine, photo_vectors: np.ndarray, fake_featurizer: Featurizer) -> list[ingest.CatalogueEntry]:
+    """The 120 sample photos as a stored catalogue (their vectors), and entries to ingest them again."""
+    catalogue.ensure_space(engine, fake_featurizer.space)
     entries = [
         ingest.CatalogueEntry(sku=f"p{i:03d}", category=p.parent.name, images=(str(p),), name="v0")
         for i, p in enumerate(PHOTOS)
@@ -241,14 +247,14 @@ def stored(engine: Engine, sample_vectors: np.ndarray, featurizer: Featurizer) -
                 image=e.images[0],
                 image_sha256=file_sha256(e.images[0]),
             )
-            for e, v in zip(entries, sample_vectors, strict=True)
+            for e, v in zip(entries, photo_vectors, strict=True)
         ],
     )
     return entries
 
 
 def test_opposite_ingests_stock_syncs_and_searches_at_once(
-    engine: Engine, stored: list[ingest.CatalogueEntry], featurizer: Featurizer, sample_vectors: np.ndarray
+    engine: Engine, stored: list[ingest.CatalogueEntry], fake_featurizer: Featurizer, photo_vectors: np.ndarray
 ) -> None:
     errors: list[BaseException] = []
     searches = [0]
@@ -268,7 +274,7 @@ def test_opposite_ingests_stock_syncs_and_searches_at_once(
         # Metadata-only ingests of the same products, in opposite orders, each one transaction (no new images).
         for round_ in range(6):
             entries = [replace(e, name=f"{tag}{round_}") for e in order]
-            report = ingest.ingest(engine, entries, featurizer, commit_every=len(entries))
+            report = ingest.ingest(engine, entries, fake_featurizer, commit_every=len(entries))
             assert report.failures == [] and report.embedded == 0
 
     def stock_rounds() -> None:
@@ -280,7 +286,7 @@ def test_opposite_ingests_stock_syncs_and_searches_at_once(
     def search_loop(seed: int) -> None:
         rng = np.random.default_rng(seed)
         while not stop.is_set():
-            results = query.search(engine, sample_vectors[rng.integers(len(sample_vectors))], 10, in_stock_only=True)
+            results = query.search(engine, photo_vectors[rng.integers(len(photo_vectors))], 10, in_stock_only=True)
             assert all(np.isfinite(r.distance) for r in results)  # never a product without its vector
             searches[0] += 1
 
@@ -305,7 +311,7 @@ def test_opposite_ingests_stock_syncs_and_searches_at_once(
 
 
 def test_products_removed_during_an_ingest_are_embedded_again(
-    engine: Engine, stored: list[ingest.CatalogueEntry], featurizer: Featurizer, sample_vectors: np.ndarray
+    engine: Engine, stored: list[ingest.CatalogueEntry], fake_featurizer: Featurizer, photo_vectors: np.ndarray
 ) -> None:
     # Between the ingest reading the stored image hashes (so it plans a metadata-only update) and writing,
     # someone removes some of those products. Before, the run aborted ("a new product needs an image
@@ -313,10 +319,10 @@ def test_products_removed_during_an_ingest_are_embedded_again(
     victims = [e.sku for e in stored[::10]]
 
     class RemovingFeaturizer:
-        """The real featurizer; the first time the ingest asks it for vectors, the victims are removed."""
+        """The featurizer; the first time the ingest asks it for vectors, the victims are removed."""
 
-        space = featurizer.space
-        pipeline = featurizer.pipeline
+        space = fake_featurizer.space
+        pipeline = fake_featurizer.pipeline
 
         def __init__(self) -> None:
             self.removed = False
@@ -325,7 +331,7 @@ def test_products_removed_during_an_ingest_are_embedded_again(
             if not self.removed:
                 self.removed = True
                 assert catalogue.remove(engine, victims) == len(victims)
-            return featurizer.embed_files(paths, **options)
+            return fake_featurizer.embed_files(paths, **options)
 
     entries = [replace(e, name="v1") for e in stored]
     report = ingest.ingest(engine, entries, RemovingFeaturizer(), commit_every=len(entries))  # type: ignore[arg-type]
@@ -335,11 +341,11 @@ def test_products_removed_during_an_ingest_are_embedded_again(
     assert sorted(final) == sorted(e.sku for e in stored) and {row[0][0] for row in final.values()} == {"v1"}
     for sku in victims:
         i = int(sku[1:])
-        assert np.allclose(final[sku][-1][0], sample_vectors[i], atol=1e-5)
+        assert np.allclose(final[sku][-1][0], photo_vectors[i], atol=1e-5)
 
 
 def test_rows_the_database_refuses_are_reported_and_the_rest_stored(
-    engine: Engine, folder: Path, featurizer: Featurizer
+    engine: Engine, folder: Path, fake_featurizer: Featurizer
 ) -> None:
     # A rule the Python checks do not know (a shop's own constraint, or a later revision's): the database is
     # the last line, and a row it refuses must cost only that row, in any batch, on every run.
@@ -351,7 +357,7 @@ def test_rows_the_database_refuses_are_reported_and_the_rest_stored(
     ]
     refused = {e.sku for e in entries if e.name == "refuse me"}
     for _ in range(2):  # and again: the bad rows fail the same way, the good ones are unchanged
-        report = ingest.ingest(engine, entries, featurizer, commit_every=8)
+        report = ingest.ingest(engine, entries, fake_featurizer, commit_every=8)
         assert {f.sku for f in report.failures} == refused
         assert all("the database refused a product (rule shop_rule)" in f.reason for f in report.failures)
         assert sorted(snapshot(engine)) == sorted(e.sku for e in entries if e.sku not in refused)

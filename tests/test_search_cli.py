@@ -58,23 +58,23 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def catalogue_url(make_database: Callable[..., str], migrated_template: str, weights_path: str, shop: Path) -> str:
+def catalogue_url(make_database: Callable[..., str], migrated_template: str, fake_weights: str, shop: Path) -> str:
     """A database holding the sample manifest's 120 products."""
     url = make_database(template=migrated_template)
     # Categories of 12 products are worth an index in this test: ingest keeps them (each is 10% of the catalogue).
     args = ("ingest", "--quiet", "--manifest", str(shop / MANIFEST.name))
-    result = _run(url, weights_path, args, 0, None, IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS="12")
+    result = _run(url, fake_weights, args, 0, None, IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS="12")
     assert "added 120," in result.stdout and "failed 0" in result.stdout
     assert result.stdout.count("indexed ") == 10
     return url
 
 
 @pytest.fixture(scope="module")
-def cli(catalogue_url: str, weights_path: str) -> Invoke:
+def cli(catalogue_url: str, fake_weights: str) -> Invoke:
     """Run the CLI in-process against the module's catalogue."""
 
     def invoke(*args: str, expect: int | None = 0, input: bytes | None = None) -> Result:
-        return _run(catalogue_url, weights_path, args, expect, input)
+        return _run(catalogue_url, fake_weights, args, expect, input)
 
     return invoke
 
@@ -486,7 +486,7 @@ def test_unwritable_sheet(cli: Invoke, tmp_path: Path) -> None:
     assert_one_line_error(cli("search", str(PHOTO), "--sheet", str(target), expect=None), 1, str(target))
 
 
-def test_empty_catalogue(database_url: str, weights_path: str) -> None:
+def test_empty_catalogue(database_url: str, fake_weights: str) -> None:
     for args in (
         ("search", str(PHOTO)),
         ("search", str(PHOTO), "--format", "json"),
@@ -494,14 +494,14 @@ def test_empty_catalogue(database_url: str, weights_path: str) -> None:
         ("similar", PHOTO_SKU),
         ("cheaper", PHOTO_SKU, "--format", "json"),
     ):
-        result = _run(database_url, weights_path, args, None, None)
+        result = _run(database_url, fake_weights, args, None, None)
         assert_one_line_error(result, 1, "the catalogue is empty", "imgsearch ingest")
 
 
-def test_no_database(weights_path: str) -> None:
+def test_no_database(fake_weights: str) -> None:
     url = "postgresql://nobody@127.0.0.1:1/imgsearch"
     for args in (("search", str(PHOTO)), ("cheaper", PHOTO_SKU)):
-        assert_one_line_error(_run(url, weights_path, args, None, None), 1, "cannot connect to the database")
+        assert_one_line_error(_run(url, fake_weights, args, None, None), 1, "cannot connect to the database")
 
 
 def test_every_search_command_has_help_with_an_example() -> None:

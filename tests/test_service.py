@@ -86,13 +86,13 @@ def _catalogue(make_database: Callable[..., str], migrated_template: str, weight
 
 
 @pytest.fixture(scope="module")
-def catalogue_url(make_database: Callable[..., str], migrated_template: str, weights_path: str) -> str:
-    return _catalogue(make_database, migrated_template, weights_path)
+def catalogue_url(make_database: Callable[..., str], migrated_template: str, fake_weights: str) -> str:
+    return _catalogue(make_database, migrated_template, fake_weights)
 
 
 @pytest.fixture(scope="module")
-def service(catalogue_url: str, weights_path: str) -> Iterator[Service]:
-    running = Service(catalogue_url, weights_path, "--image-root", str(EXAMPLES))
+def service(catalogue_url: str, fake_weights: str) -> Iterator[Service]:
+    running = Service(catalogue_url, fake_weights, "--image-root", str(EXAMPLES))
     yield running
     running.close()
 
@@ -109,7 +109,7 @@ def _error(response: httpx.Response, status: int) -> str:
     return body["error"]
 
 
-def test_search_by_photo_gives_the_clis_json(service: Service, catalogue_url: str, weights_path: str) -> None:
+def test_search_by_photo_gives_the_clis_json(service: Service, catalogue_url: str, fake_weights: str) -> None:
     response = service.client.post("/search", files=_photo(), data={"k": "5"})
     assert response.status_code == 200
     rows = response.json()
@@ -121,7 +121,7 @@ def test_search_by_photo_gives_the_clis_json(service: Service, catalogue_url: st
             "--database-url",
             catalogue_url,
             "--weights",
-            weights_path,
+            fake_weights,
             "search",
             str(PHOTO),
             "-k",
@@ -140,10 +140,10 @@ def test_filters_repeatable_categories_and_prices(service: Service) -> None:
     assert all(r["price"] <= 50 for r in rows) and not all(r["in_stock"] for r in rows)
 
 
-def test_embed_then_search_by_vector(service: Service, featurizer: Featurizer) -> None:
+def test_embed_then_search_by_vector(service: Service, fake_featurizer: Featurizer) -> None:
     embedded = service.client.post("/embed", files=_photo()).json()
-    assert embedded["dimension"] == 512 and embedded["preprocessing"] == featurizer.space.preprocessing_version
-    assert np.allclose(embedded["vector"], featurizer.embed_image(PHOTO), atol=1e-4)
+    assert embedded["dimension"] == 512 and embedded["preprocessing"] == fake_featurizer.space.preprocessing_version
+    assert np.allclose(embedded["vector"], fake_featurizer.embed_image(PHOTO), atol=1e-4)
     by_vector = service.client.post("/search", json={"vector": embedded["vector"], "k": 5, "category": "shoes"})
     by_photo = service.client.post("/search", files=_photo(), data={"k": "5", "category": "shoes"})
     assert [r["sku"] for r in by_vector.json()] == [r["sku"] for r in by_photo.json()]
@@ -228,9 +228,9 @@ def test_the_page_and_its_files(service: Service) -> None:
 
 
 @pytest.fixture(scope="module")
-def tight(catalogue_url: str, weights_path: str) -> Iterator[Service]:
+def tight(catalogue_url: str, fake_weights: str) -> Iterator[Service]:
     """A service with a tiny upload limit and a model queue of one."""
-    running = Service(catalogue_url, weights_path, "--max-upload-mb", "0.05", "--queue", "1", "--timeout", "20")
+    running = Service(catalogue_url, fake_weights, "--max-upload-mb", "0.05", "--queue", "1", "--timeout", "20")
     yield running
     running.close()
 
@@ -257,7 +257,7 @@ def test_upload_limit_and_model_queue(tight: Service) -> None:
     assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses  # the rest is told to come back
 
 
-def test_a_reader_role_is_enough(catalogue_url: str, weights_path: str) -> None:
+def test_a_reader_role_is_enough(catalogue_url: str, fake_weights: str) -> None:
     admin = db.create_engine(catalogue_url)
     role = f"web_{uuid.uuid4().hex[:8]}"
     roles.grant_reader(admin, role)
@@ -265,7 +265,7 @@ def test_a_reader_role_is_enough(catalogue_url: str, weights_path: str) -> None:
         conn.execute(sa.text(f'ALTER ROLE "{role}" LOGIN'))
     admin.dispose()
     reader_url = make_url(catalogue_url).set(username=role).render_as_string(hide_password=False)
-    running = Service(reader_url, weights_path)
+    running = Service(reader_url, fake_weights)
     try:
         assert running.client.get("/healthz").json()["status"] == "ok"
         assert len(running.client.post("/search", files=_photo(), data={"k": "3"}).json()) == 3
@@ -274,9 +274,9 @@ def test_a_reader_role_is_enough(catalogue_url: str, weights_path: str) -> None:
 
 
 def test_an_unmigrated_or_unreachable_database_is_503(
-    make_database: Callable[..., str], weights_path: str, tmp_path: Path
+    make_database: Callable[..., str], fake_weights: str, tmp_path: Path
 ) -> None:
-    running = Service(make_database(), weights_path)  # a database without the imgsearch schema
+    running = Service(make_database(), fake_weights)  # a database without the imgsearch schema
     try:
         health = running.client.get("/healthz")
         assert health.status_code == 503 and health.json()["status"] == "unavailable"
