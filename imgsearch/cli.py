@@ -16,15 +16,14 @@ import click
 
 from imgsearch import catalogue, db, embedded, indexes, output, query, roles
 from imgsearch import schema as imgsearch_schema
+from imgsearch.api import Catalogue, PruneRefusedError
 from imgsearch.config import PRECISIONS, Settings
-from imgsearch.errors import DatabaseUnavailableError, ImgsearchError, InvalidQueryError, PermissionDeniedError
+from imgsearch.errors import DatabaseUnavailableError, ImgsearchError, InvalidQueryError
 from imgsearch.images import Crop, parse_crop
 from imgsearch.ingest import DEFAULT_MAX_PRUNE_SHARE, PRUNE_MODES, Failure, Progress
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
-
-    from imgsearch.embedding import Featurizer
 
 
 class _Group(click.Group):
@@ -66,37 +65,25 @@ def _handle_sigterm() -> None:
 
 @dataclass
 class App:
-    """Per-invocation state: settings, and the engine and featurizer, created only when a command needs them."""
+    """Per-invocation state: settings, and the catalogue handle (engines and network made when a command needs
+    them)."""
 
     settings: Settings
-    _engines: dict[str, Engine] = field(default_factory=dict, repr=False)
-    _featurizer: Featurizer | None = field(default=None, repr=False)
+    _catalogue: Catalogue | None = field(default=None, repr=False)
+
+    @property
+    def catalogue(self) -> Catalogue:
+        """The library's handle on the configured catalogue: every command below is a thin face of it."""
+        if self._catalogue is None:
+            self._catalogue = Catalogue(settings=self.settings)
+        return self._catalogue
 
     def engine(self, *, schema: bool = True, access: str = "writer") -> Engine:
-        """The catalogue's engine; by default checks the schema is migrated.
+        """The catalogue's engine for the database commands; by default checks the schema is migrated.
 
         ``access`` is the embedded server's role: ``admin`` for schema changes, grants and index DDL only.
         """
-        if access not in self._engines:
-            self._engines[access] = db.connect(self.settings, access)
-        engine = self._engines[access]
-        if schema:
-            imgsearch_schema.require_schema(engine)
-        return engine
-
-    def featurizer(self) -> Featurizer:
-        """The VGG16 featurizer (loads TensorFlow and the weights on first use)."""
-        if self._featurizer is None:
-            self._featurizer = _featurizer(self.settings.weights, self.settings.batch_size, self.settings.precision)
-        return self._featurizer
-
-
-@functools.cache
-def _featurizer(weights: str, batch_size: int, precision: str) -> Featurizer:
-    # Cached per process: a program that invokes the CLI in-process (tests, notebooks) loads the network once.
-    from imgsearch.embedding import Featurizer
-
-    return Featurizer(weights=weights, batch_size=batch_size, precision=precision)
+        return self.catalogue.engine(access, schema=schema)
 
 
 pass_app = click.make_pass_decorator(App)
@@ -412,17 +399,13 @@ def index_create(app: App, categories: tuple[str, ...], min_products: int | None
     """
     if bool(categories) == (min_products is not None):
         _fail("give CATEGORIES or --min-products (not both)")
-    engine = app.engine(access="admin")
+    built = app.catalogue.create_indexes(categories, min_products=min_products, on_created=_report_index)
+    if min_products is not None and not built:
+        click.echo(f"nothing to do: every category of {min_products} or more products has its index")
 
-    def report(index: indexes.CategoryIndex) -> None:
-        click.echo(f"indexed {index.category} ({index.products} products, {output.format_size(index.size_bytes)})")
 
-    if min_products is not None:
-        built = indexes.index_large_categories(engine, min_products, on_created=report)
-        if not built:
-            click.echo(f"nothing to do: every category of {min_products} or more products has its index")
-        return
-    indexes.create_category_indexes(engine, categories, on_created=report)
+def _report_index(index: indexes.CategoryIndex) -> None:
+    click.echo(f"indexed {index.category} ({index.products} products, {output.format_size(index.size_bytes)})")
 
 
 @index_group.command("auto")
@@ -447,20 +430,9 @@ def index_auto(app: App, min_products: int | None, max_share: float) -> None:
     threshold = min_products or app.settings.category_index_min_products or None
     if threshold is None:
         _fail("IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS is 0 (automatic category indexes are off): give --min-products")
-    built = _maintain_category_indexes(app, threshold, max_share)
+    built = app.catalogue.maintain_indexes(threshold, max_share=max_share, on_created=_report_index)
     if not built:
         click.echo(f"nothing to build: every category of {threshold} or more products has its index")
-
-
-def _maintain_category_indexes(
-    app: App, min_products: int, max_share: float = indexes.AUTO_INDEX_MAX_SHARE
-) -> list[indexes.CategoryIndex]:
-    def report(index: indexes.CategoryIndex) -> None:
-        click.echo(f"indexed {index.category} ({index.products} products, {output.format_size(index.size_bytes)})")
-
-    return indexes.maintain_category_indexes(
-        app.engine(access="admin"), min_products=min_products, max_share=max_share, on_created=report
-    )
 
 
 @index_group.command("words")
@@ -477,9 +449,7 @@ def index_words(app: App) -> None:
     Example:
       imgsearch index words
     """
-    from imgsearch import visual_words
-
-    built = visual_words.build(app.engine(access="writer"))
+    built = app.catalogue.build_visual_words()
     if built is None:
         _fail("no photo has local features yet: ingest the catalogue first")
     assert built is not None
@@ -494,7 +464,7 @@ def index_words(app: App) -> None:
 @pass_app
 def index_list(app: App, fmt: str) -> None:
     """List the category indexes: category, products, size."""
-    click.echo(output.format_category_indexes(indexes.list_category_indexes(app.engine()), fmt))
+    click.echo(output.format_category_indexes(app.catalogue.list_indexes(), fmt))
 
 
 @index_group.command("drop")
@@ -503,13 +473,7 @@ def index_list(app: App, fmt: str) -> None:
 @pass_app
 def index_drop(app: App, categories: tuple[str, ...], missing_ok: bool) -> None:
     """Drop category indexes (searches in those categories go back to the catalogue-wide index)."""
-    engine = app.engine(access="admin")
-    if not missing_ok:
-        known = {i.category for i in indexes.list_category_indexes(engine)}
-        unknown = [c for c in categories if c not in known]
-        if unknown:
-            _fail(f"no category index for {', '.join(repr(c) for c in unknown)}; nothing dropped")
-    dropped = sum(indexes.drop_category_index(engine, c, missing_ok=True) for c in categories)
+    dropped = app.catalogue.drop_indexes(categories, missing_ok=missing_ok)
     click.echo(f"dropped {dropped} category index{'es' if dropped != 1 else ''}")
 
 
@@ -644,8 +608,6 @@ def ingest(
       imgsearch ingest --manifest feed.csv --prune=sold-out   # missing products are marked sold out
       imgsearch ingest examples/catalogue --ray               # the network runs on Ray (local here)
     """
-    from imgsearch import ingest as ingestion
-
     if (folder is None) == (manifest is None):
         _fail("give either a FOLDER or --manifest CSV (not both)")
     if force and prune is None:
@@ -653,43 +615,28 @@ def ingest(
     if errors_path is not None:
         _check_writable(errors_path)
     warn = lambda message: click.echo(f"warning: {message}", err=True)  # noqa: E731
-
-    def source(warn: Any = None) -> Any:
-        return ingestion.read_manifest(manifest, warn=warn) if manifest is not None else ingestion.scan_folder(folder)
-
-    # A first pass counts the products (for the progress display) and collects the feed's SKUs (for --prune).
-    feed_skus: set[str] = set()
-    total = 0
-    for item in source():
-        total += isinstance(item, ingestion.CatalogueEntry)
-        if item.sku:
-            feed_skus.add(item.sku)
-    engine = app.engine()
-    if prune is not None:
-        plan = ingestion.prune(engine, feed_skus, prune, max_share=max_prune_share, force=force, dry_run=True)
-        if plan.refused:
-            _fail(f"{plan.refused}: nothing was changed (--force to prune anyway)")
-    embedder = None
-    if ray_address is not None:
-        from imgsearch.distributed import RayEmbedder
-
-        address = None if ray_address == "local" else ray_address
-        embedder = RayEmbedder(app.featurizer(), address=address, concurrency=ray_concurrency)
     progress = _ProgressLine(enabled=not quiet)
+    source = manifest if manifest is not None else folder
+    assert source is not None
     try:
-        report = ingestion.ingest(
-            engine,
-            source(warn),
-            app.featurizer(),
-            total=total,
-            commit_every=commit_every,
-            progress=progress,
+        report = app.catalogue.ingest(
+            source,
+            prune=prune,
             prune_images=prune_images,
-            image_root=image_root or app.settings.image_root,
-            embedder=embedder,
+            max_prune_share=max_prune_share,
+            force=force,
+            commit_every=commit_every,
+            image_root=image_root,
+            progress=progress,
+            warn=warn,
+            ray=ray_address,
+            ray_concurrency=ray_concurrency,
+            index=not no_index,
+            on_index=lambda index: (progress.close(), _report_index(index)),
         )
-        if prune is not None:
-            report.pruned = ingestion.prune(engine, feed_skus, prune, max_share=max_prune_share, force=force)
+    except PruneRefusedError as exc:
+        progress.close()
+        _fail(f"{exc} (--force to prune anyway)")
     except KeyboardInterrupt as exc:
         progress.close()
         click.echo("interrupted: batches already committed are kept; run the same command again to resume", err=True)
@@ -703,15 +650,6 @@ def ingest(
     progress.close()
     _report_failures(report.failures, errors_path)
     click.echo(output.format_ingest_summary(report))
-    if not no_index and app.settings.category_index_min_products:
-        try:
-            _maintain_category_indexes(app, app.settings.category_index_min_products)
-        except PermissionDeniedError:
-            click.echo(
-                "warning: category indexes not maintained: this role may not create indexes "
-                "(run imgsearch index auto as the schema's owner, or ingest with --no-index)",
-                err=True,
-            )
     if report.pruned is not None and report.pruned.refused:
         _fail(f"{report.pruned.refused}: nothing was pruned (--force to prune anyway)")
     if report.failed:
@@ -772,24 +710,18 @@ def stock(
     if csv_path is None:
         if not skus or in_stock is None:
             _fail("give SKUs and --in or --out (or --csv FILE)")
-        changed = catalogue.set_stock(app.engine(), dict.fromkeys(skus, in_stock))
+        changed = app.catalogue.set_stock(dict.fromkeys(skus, in_stock))
         click.echo(_stock_summary(changed, len(skus)))
         return
     if skus or in_stock is not None:
         _fail("use either --csv or SKUs with --in/--out")
-    from imgsearch.ingest import read_stock_csv
-
     if errors_path is not None:
         _check_writable(errors_path)
-    updates = read_stock_csv(csv_path)
-    engine = app.engine()
-    given = {**dict.fromkeys(updates.stock), **dict.fromkeys(updates.prices)}
-    unknown = set(catalogue.missing_skus(engine, given))
-    changed = catalogue.update_offers(engine, stock=updates.stock, prices=updates.prices, missing_ok=True)
-    failures = [*updates.failures, *(Failure(sku, str(csv_path), "unknown SKU") for sku in given if sku in unknown)]
-    _report_failures(failures, errors_path)
-    click.echo(_stock_summary(changed, len(given) - len(unknown)) + (f", {len(failures)} failed" if failures else ""))
-    if failures:
+    report = app.catalogue.apply_stock_file(csv_path)
+    _report_failures(report.failures, errors_path)
+    summary = _stock_summary(report.changed, report.given - report.unknown)
+    click.echo(summary + (f", {len(report.failures)} failed" if report.failures else ""))
+    if report.failures:
         sys.exit(1)
 
 
@@ -808,7 +740,7 @@ def remove(app: App, skus: tuple[str, ...], missing_ok: bool) -> None:
     Example:
       imgsearch remove shoes/123 shoes/456
     """
-    removed = catalogue.remove(app.engine(), skus, missing_ok=missing_ok)
+    removed = app.catalogue.remove(skus, missing_ok=missing_ok)
     click.echo(f"removed {removed} product{'s' if removed != 1 else ''}")
 
 
@@ -822,10 +754,7 @@ def stats(app: App, fmt: str) -> None:
     Example:
       imgsearch stats --format json
     """
-    from imgsearch import tuning
-
-    engine = app.engine()
-    click.echo(output.format_stats(catalogue.stats(engine), tuning.status(engine), fmt))
+    click.echo(output.format_stats(app.catalogue.stats(), app.catalogue.tuning_status(), fmt))
 
 
 @main.command()
@@ -855,9 +784,8 @@ def tune(app: App, drop: bool, sample: int, seed: int, quiet: bool) -> None:
     """
     from imgsearch import tuning
 
-    engine = app.engine(access="admin")
     if drop:
-        retired = tuning.drop(engine)
+        retired = app.catalogue.untune()
         click.echo("searches use the raw VGG16 space" + (f" (tuned space #{retired.id} retired)" if retired else ""))
         return
     started = time.monotonic()
@@ -872,7 +800,7 @@ def tune(app: App, drop: bool, sample: int, seed: int, quiet: bool) -> None:
             line.close()
             click.echo({"learn": "learning", "index": "indexing", "activate": "activating"}[p.step] + "...", err=True)
 
-    space = tuning.tune(engine, sample=sample, seed=seed, progress=progress)
+    space = app.catalogue.tune(sample=sample, seed=seed, progress=progress)
     line.close()
     click.echo(
         f"tuned space #{space.id} active: learnt from {space.products} products ({space.photos} photos) in "
@@ -1010,8 +938,8 @@ def _search_options(func: Any) -> Any:
     return wrapper
 
 
-def _require_products(engine: Engine) -> None:
-    if catalogue.is_empty(engine):
+def _require_products(shop: Catalogue) -> None:
+    if shop.is_empty():
         _fail("the catalogue is empty: load products with `imgsearch ingest` first")
 
 
@@ -1023,7 +951,7 @@ def _roots(out: _Output) -> list[Path]:
 
 
 def _emit(
-    engine: Engine,
+    shop: Catalogue,
     results: list[query.SearchResult],
     out: _Output,
     *,
@@ -1032,7 +960,7 @@ def _emit(
 ) -> None:
     if not results:
         # An empty catalogue is a mistake to report; no match for the filters is an answer (an empty list).
-        _require_products(engine)
+        _require_products(shop)
     notes = []
     # The pictures are written before anything is printed, so a failed write leaves no half-reported run.
     if out.sheet is not None:
@@ -1085,18 +1013,18 @@ def _named_bytes(data: bytes, name: str) -> Any:
     return stream
 
 
-def _by_sku(engine: Engine, run: Any) -> list[query.SearchResult]:
+def _by_sku(shop: Catalogue, run: Any) -> list[query.SearchResult]:
     from imgsearch.errors import UnknownSkuError
 
     try:
         return run()
     except UnknownSkuError:
-        _require_products(engine)  # "unknown SKU" would hide the real problem: there is nothing at all
+        _require_products(shop)  # "unknown SKU" would hide the real problem: there is nothing at all
         raise
 
 
-def _stored_image(engine: Engine, sku: str) -> str | None:
-    product = catalogue.get_product(engine, sku)
+def _stored_image(shop: Catalogue, sku: str) -> str | None:
+    product = shop.get(sku)
     return product.image if product else None
 
 
@@ -1131,17 +1059,10 @@ def search(app: App, image: str, crop: Crop | None, no_verify: bool, filters: _F
       imgsearch search photo.jpg --category shoes --max-price 50 --no-verify
       cat photo.jpg | imgsearch search - --sheet results.png
     """
-    from imgsearch.images import decode_within, read_source
-
     source, picture, label = _read_query(image)
-    engine = app.engine(access="reader")
-    # Read once and decoded before the network is loaded, so a bad photo (or crop) fails in milliseconds.
-    source = read_source(source)
-    decode_within(source, 64, crop=crop)
-    results = query.search_image(
-        engine, app.featurizer(), source, k, crop=crop, verify=not no_verify, **filters.query_args()
-    )
-    _emit(engine, results, out, query_image=picture, query_label=label)
+    shop = app.catalogue
+    results = shop.search_image(source, k, crop=crop, verify=not no_verify, **filters.query_args())
+    _emit(shop, results, out, query_image=picture, query_label=label)
 
 
 @main.command()
@@ -1159,14 +1080,14 @@ def similar(app: App, sku: str, cheaper: bool, filters: _Filters, k: int, out: _
       imgsearch similar shoes-24535295 --category shoes --include-out-of-stock
       imgsearch similar shoes-24535295 --cheaper --sheet cheaper.png
     """
-    engine = app.engine(access="reader")
+    shop = app.catalogue
     if cheaper:
         if filters.given:
             _fail("--cheaper already means same category, in stock and cheaper: drop the other filters")
-        results = _by_sku(engine, lambda: query.cheaper_alternatives(engine, sku, k))
+        results = _by_sku(shop, lambda: shop.cheaper(sku, k))
     else:
-        results = _by_sku(engine, lambda: query.similar_to_sku(engine, sku, k, **filters.query_args()))
-    _emit(engine, results, out, query_image=_stored_image(engine, sku) if out.sheet else None, query_label=sku)
+        results = _by_sku(shop, lambda: shop.similar(sku, k, **filters.query_args()))
+    _emit(shop, results, out, query_image=_stored_image(shop, sku) if out.sheet else None, query_label=sku)
 
 
 @main.command()
@@ -1182,9 +1103,9 @@ def cheaper(app: App, sku: str, any_category: bool, k: int, out: _Output) -> Non
       imgsearch cheaper dress-19e4de0d -k 3
       imgsearch cheaper dress-19e4de0d --sheet cheaper.png --image-root examples
     """
-    engine = app.engine(access="reader")
-    results = _by_sku(engine, lambda: query.cheaper_alternatives(engine, sku, k, same_category=not any_category))
-    _emit(engine, results, out, query_image=_stored_image(engine, sku) if out.sheet else None, query_label=sku)
+    shop = app.catalogue
+    results = _by_sku(shop, lambda: shop.cheaper(sku, k, same_category=not any_category))
+    _emit(shop, results, out, query_image=_stored_image(shop, sku) if out.sheet else None, query_label=sku)
 
 
 @main.command()
@@ -1234,13 +1155,9 @@ def duplicates(
       imgsearch duplicates --category shoes --min-price-gap 10 --sheet duplicates.png
       imgsearch duplicates --format csv > duplicates.csv
     """
-    from imgsearch import duplicates as near
-
-    engine = app.engine(access="reader")
-    groups = near.find_duplicate_groups(
-        engine,
-        near.DEFAULT_MAX_DISTANCE if max_distance is None else max_distance,
-        max_colour_distance=near.DEFAULT_MAX_COLOUR_DISTANCE if max_colour_distance is None else max_colour_distance,
+    groups = app.catalogue.duplicates(
+        max_distance,
+        max_colour_distance=max_colour_distance,
         categories=list(categories) or None,
         min_price_gap=min_price_gap,
     )
@@ -1416,30 +1333,19 @@ def eval_command(
       imgsearch eval ../shared/datasets/myntra-fashion-products --pipeline notebook
       imgsearch eval catalogue.csv --queries photos.csv --distractors ../shared/datasets/myntra-fashion-products
     """
-    from imgsearch import evaluation
     from imgsearch.embedding import Featurizer
 
-    if pipeline == "default":
-        featurizer = app.featurizer()
-    else:
+    shop = app.catalogue
+    if pipeline != "default":
         s = app.settings
         featurizer = Featurizer(weights=s.weights, batch_size=s.batch_size, precision=s.precision, pipeline=pipeline)
-    url = db.resolve_url(app.settings, "admin")
+        shop = Catalogue(settings=s, featurizer=featurizer)
     progress = None if quiet else (lambda message: click.echo(message, err=True))
     if queries:
-        from imgsearch import street_to_shop
-
         if folds:
             _fail("--tuned measures catalogue-to-catalogue search: run it without --queries")
-        reports = street_to_shop.evaluate_queries(
-            url,
-            [folder, *distractors],
-            queries,
-            featurizer,
-            k=k,
-            candidates=candidates,
-            limit=limit,
-            progress=progress,
+        reports = shop.evaluate_queries(
+            [folder, *distractors], queries, k=k, candidates=candidates, limit=limit, progress=progress
         )
         for failure in {(f.source, f.reason): f for r in reports for f in r.failures}.values():
             click.echo(f"failed: {failure.source}: {failure.reason}", err=True)
@@ -1449,7 +1355,7 @@ def eval_command(
         _fail("--distractors goes with --queries")
     if not folder.is_dir():
         _fail(f"{folder} is not a folder: a labelled folder tree FOLDER/<label>/<image> (or use --queries)")
-    result = evaluation.evaluate(url, folder, featurizer, k=k, folds=folds or 0, progress=progress)
+    result = shop.evaluate(folder, k=k, folds=folds or 0, progress=progress)
     for failure in result.ingest_failures:
         click.echo(f"failed: {failure.source}: {failure.reason}", err=True)
     click.echo(output.format_evaluation(result, "json" if as_json else "table"))

@@ -15,7 +15,6 @@ ever answers a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import io
 import json
@@ -38,8 +37,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imgsearch import __version__, catalogue, db, local_features, output, query
+from imgsearch import __version__, catalogue, db, output, query
 from imgsearch import schema as imgsearch_schema
+from imgsearch.api import Catalogue
 from imgsearch.config import Settings, env_float
 from imgsearch.errors import (
     BusyError,
@@ -52,7 +52,7 @@ from imgsearch.errors import (
     SchemaError,
     UnknownSkuError,
 )
-from imgsearch.images import Crop, has_supported_extension, parse_crop, photo_size
+from imgsearch.images import Crop, has_supported_extension, parse_crop
 from imgsearch.metrics import Metrics
 
 log = logging.getLogger("imgsearch.service")
@@ -110,10 +110,24 @@ class ModelGate:
         self._count = threading.Lock()
         self._waiting = 0
 
+    @property
+    def space(self) -> Any:
+        """The network's embedding space (a gate stands in for the featurizer: :class:`imgsearch.Catalogue`)."""
+        return self.featurizer.space
+
+    @property
+    def pipeline(self) -> Any:
+        """The network's pipeline."""
+        return self.featurizer.pipeline
+
     def embed(self, data: bytes, name: str = "upload", crop: Crop | None = None) -> np.ndarray:
+        """The vector of an uploaded photo: :meth:`embed_image`."""
+        return self.embed_image(_named(data, name), crop)
+
+    def embed_image(self, source: Any, crop: Crop | None = None) -> np.ndarray:
         """The photo's vector (of its ``crop`` box, if given). Raises ImageError (bad photo or crop) or BusyError
         (queue full or waited too long)."""
-        pixels = self.featurizer.pipeline.preprocessing.decode(_named(data, name), crop=crop)
+        pixels = self.featurizer.pipeline.preprocessing.decode(source, crop=crop)
         with self._count:
             if self._waiting >= self.queue:
                 raise BusyError(f"the service is busy ({self._waiting} photos waiting for the model); try again")
@@ -214,6 +228,8 @@ def create_app(
             state["featurizer"] = await run_in_threadpool(Featurizer.from_settings, settings)
         await run_in_threadpool(state["featurizer"].warm_up)
         state["gate"] = ModelGate(state["featurizer"], limits.model_queue, limits.request_timeout)
+        # The library's handle, searching through the engine above and the network behind the gate.
+        state["catalogue"] = Catalogue(state["engine"], settings=settings, featurizer=state["gate"])
         yield
         state["engine"].dispose()
 
@@ -262,6 +278,9 @@ def create_app(
     def engine() -> Any:
         return state["engine"]
 
+    def shop() -> Catalogue:
+        return state["catalogue"]
+
     async def upload(request: Request) -> tuple[bytes, str, Any]:
         """The photo of a multipart request (field ``image``) and the form."""
         try:
@@ -283,8 +302,7 @@ def create_app(
         return await run_in_threadpool(state["gate"].embed, data, name, crop)
 
     async def search_photo(data: bytes, name: str, form: Any) -> list[query.SearchResult]:
-        """A verified photo search (query.search_image's steps, with the network behind the gate): the local
-        features are computed in another thread while the photo waits for and goes through the network."""
+        """A photo search (Catalogue.search_image, the network behind the gate)."""
         options = _filters(
             k=form.get("k"),
             categories=form.getlist("category"),
@@ -293,19 +311,8 @@ def create_app(
         )
         crop = _crop(form.get("crop"))
         verify = _flag(form.get("verify"), "verify", default=True)
-        if not verify:
-            return await run_in_threadpool(query.search, engine(), await embed(data, name, crop), **options)
-        features = asyncio.ensure_future(
-            run_in_threadpool(local_features.features_of, _named(data, name), local_features.QUERY_KEYPOINTS, crop)
-        )
-        try:
-            vector = await embed(data, name, crop)
-        finally:
-            query_features = await features
-        size = None if crop is not None else await run_in_threadpool(photo_size, _named(data, name))
-        return await run_in_threadpool(
-            functools.partial(query.search_verified, engine(), vector, query_features, size=size, crop=crop, **options)
-        )
+        search = functools.partial(shop().search_image, _named(data, name), crop=crop, verify=verify, **options)
+        return await run_in_threadpool(search)
 
     @app.post(
         "/search",
@@ -335,7 +342,7 @@ def create_app(
             vector = body["vector"]
         else:
             return _error(415, "send multipart/form-data with a photo in 'image', or application/json with 'vector'")
-        results = await run_in_threadpool(query.search, engine(), vector, **options)
+        results = await run_in_threadpool(shop().search, vector, **options)
         return JSONResponse(output.result_dicts(results))
 
     @app.get("/products/{sku:path}/similar", summary="Products that look like a catalogue product.", responses=_ERRORS)
@@ -346,9 +353,7 @@ def create_app(
         in_stock_only: bool = True,
         max_price: float | None = None,
     ) -> JSONResponse:
-        results = query.similar_to_sku(
-            engine(), sku, k, categories=category, in_stock_only=in_stock_only, max_price=max_price
-        )
+        results = shop().similar(sku, k, categories=category, in_stock_only=in_stock_only, max_price=max_price)
         return JSONResponse(output.result_dicts(results))
 
     @app.get(
@@ -359,7 +364,7 @@ def create_app(
     def cheaper(
         sku: str, k: Annotated[int, Query(ge=1, le=query.MAX_K)] = 8, any_category: bool = False
     ) -> JSONResponse:
-        results = query.cheaper_alternatives(engine(), sku, k, same_category=not any_category)
+        results = shop().cheaper(sku, k, same_category=not any_category)
         return JSONResponse(output.result_dicts(results))
 
     @app.post(
@@ -409,7 +414,7 @@ def create_app(
     def categories() -> JSONResponse:
         cached_at, cached = state["categories"]
         if time.monotonic() - cached_at > 60:
-            cached = [{"category": c, "products": n} for c, (n, _) in catalogue.stats(engine()).by_category.items()]
+            cached = [{"category": c, "products": n} for c, (n, _) in shop().stats().by_category.items()]
             state["categories"] = (time.monotonic(), cached)
         return JSONResponse(cached)
 
