@@ -20,7 +20,7 @@ from imgsearch.colour import COLOUR_BINS
 from imgsearch.db import run_transaction, transaction
 from imgsearch.errors import EmbeddingSpaceMismatchError, InvalidProductError, InvalidQueryError, UnknownSkuError
 from imgsearch.local_features import EXTRACTOR, LocalFeatures
-from imgsearch.models import DIMENSION, IMAGE_MAX_LENGTH
+from imgsearch.tables import DIMENSION, IMAGE_MAX_LENGTH
 from imgsearch.validation import check_product_fields, check_text, unit_vector
 
 Bind = Engine | Connection

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from imgsearch import catalogue, db, embedded, indexes, output, query, roles
+from imgsearch import catalogue, db, embedded_server, indexes, output, query, roles, urls
 from imgsearch import schema as imgsearch_schema
 from imgsearch.api import Catalogue, PruneRefusedError
 from imgsearch.config import PRECISIONS, Settings
@@ -148,7 +148,7 @@ def _url_options(func: Any = None, *, default_access: str = "writer") -> Any:
     func = click.option("--show-password", is_flag=True, help="Print the password instead of ***.")(func)
     func = click.option(
         "--access",
-        type=click.Choice(list(embedded.ACCESS_ROLES)),
+        type=click.Choice(list(embedded_server.ACCESS_ROLES)),
         default=default_access,
         show_default=True,
         help="The embedded server's role: reader (search only), writer (products), admin (superuser).",
@@ -160,8 +160,8 @@ def _url_options(func: Any = None, *, default_access: str = "writer") -> Any:
 
 def _format_url(url: str, sqlalchemy_form: bool, show_password: bool) -> str:
     if sqlalchemy_form:
-        return db.sqlalchemy_url(url, show_password=show_password)
-    return db.libpq_url(url, show_password=show_password)
+        return urls.sqlalchemy_url(url, show_password=show_password)
+    return urls.libpq_url(url, show_password=show_password)
 
 
 @db_group.command("start")
@@ -172,7 +172,7 @@ def db_start(app: App, sqlalchemy_form: bool, show_password: bool, access: str) 
 
     The URL is libpq's form, for psql and any backend: psql "$(imgsearch db start)".
     """
-    url = embedded.url_for(embedded.start(app.settings.home), access)
+    url = embedded_server.url_for(embedded_server.start(app.settings.home), access)
     click.echo(_format_url(url, sqlalchemy_form, show_password))
 
 
@@ -180,7 +180,7 @@ def db_start(app: App, sqlalchemy_form: bool, show_password: bool, access: str) 
 @pass_app
 def db_stop(app: App) -> None:
     """Stop the embedded PostgreSQL."""
-    stopped = embedded.stop(app.settings.home)
+    stopped = embedded_server.stop(app.settings.home)
     click.echo("stopped" if stopped else "not running")
 
 
@@ -204,7 +204,7 @@ def replica_start(app: App, sqlalchemy_form: bool, show_password: bool, access: 
     It follows every write to the server within moments, the vector and category indexes included, and refuses
     writes. Searches go to it when IMGSEARCH_READ_URL (or --read-url) is its URL.
     """
-    url = embedded.url_for(embedded.start_replica(app.settings.home), access)
+    url = embedded_server.url_for(embedded_server.start_replica(app.settings.home), access)
     click.echo(_format_url(url, sqlalchemy_form, show_password))
 
 
@@ -212,19 +212,19 @@ def replica_start(app: App, sqlalchemy_form: bool, show_password: bool, access: 
 @pass_app
 def replica_stop(app: App) -> None:
     """Stop the replica (its copy is kept and catches up when started again)."""
-    click.echo("stopped" if embedded.stop_replica(app.settings.home) else "not running")
+    click.echo("stopped" if embedded_server.stop_replica(app.settings.home) else "not running")
 
 
 @replica_group.command("status")
 @pass_app
 def replica_status(app: App) -> None:
     """Say whether the replica runs, and how far behind the server it is."""
-    state = embedded.replica_status(app.settings.home)
+    state = embedded_server.replica_status(app.settings.home)
     server = state.server
     click.echo(f"replica: {f'running (pid {server.pid})' if server.running else 'stopped'}")
     click.echo(f"data directory: {server.data_dir}")
     if server.url:
-        click.echo(f"url: {db.libpq_url(embedded.url_for(server.url, 'reader'))}")
+        click.echo(f"url: {urls.libpq_url(embedded_server.url_for(server.url, 'reader'))}")
     if state.lag_bytes is not None:
         behind = max(state.lag_bytes, 0)
         click.echo(f"replayed: {state.replayed_lsn} (server at {state.primary_lsn}, {behind} bytes behind)")
@@ -235,10 +235,10 @@ def replica_status(app: App) -> None:
 @pass_app
 def replica_url(app: App, sqlalchemy_form: bool, show_password: bool, access: str) -> None:
     """Print the running replica's URL (the reader role by default: searches need no more)."""
-    server = embedded.replica_status(app.settings.home).server
+    server = embedded_server.replica_status(app.settings.home).server
     if not server.running or server.url is None:
         _fail("the replica is not running: imgsearch db replica start")
-    click.echo(_format_url(embedded.url_for(server.url, access), sqlalchemy_form, show_password))
+    click.echo(_format_url(embedded_server.url_for(server.url, access), sqlalchemy_form, show_password))
 
 
 def _revision_line(engine: Engine) -> str:
@@ -253,14 +253,14 @@ def db_status(app: App) -> None:
     """Say whether the embedded server runs, where its data is, and the schema revision."""
     if app.settings.database_url:
         engine = app.engine(schema=False, access="admin")
-        click.echo(f"external database: {db.libpq_url(app.settings.database_url)}")
+        click.echo(f"external database: {urls.libpq_url(app.settings.database_url)}")
         click.echo(_revision_line(engine))
         return
-    status = embedded.status(app.settings.home)
+    status = embedded_server.status(app.settings.home)
     click.echo(f"embedded server: {f'running (pid {status.pid})' if status.running else 'stopped'}")
     click.echo(f"data directory: {status.data_dir}")
     if status.url:
-        click.echo(f"url: {db.libpq_url(status.url)}")
+        click.echo(f"url: {urls.libpq_url(status.url)}")
         engine = db.create_engine(status.url, schema=app.settings.schema)
         click.echo(_revision_line(engine))
         engine.dispose()

@@ -1,13 +1,13 @@
-"""Connecting to the catalogue database: URLs, engines that work inside imgsearch's schema, error translation."""
+"""Connecting to the catalogue database: engines that work inside imgsearch's schema, transactions and their
+retries, and the translation of database errors into the library's. URLs are in :mod:`imgsearch.urls`, the
+embedded server in :mod:`imgsearch.embedded_server`."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import numpy as np
 import psycopg
@@ -15,14 +15,13 @@ import sqlalchemy as sa
 from pgvector import Vector
 from pgvector.psycopg.vector import VectorBinaryDumper
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from imgsearch import embedded
+from imgsearch import embedded_server
 from imgsearch.config import DEFAULT_SCHEMA, Settings, check_schema_name, env_float
 from imgsearch.errors import (
     BusyError,
-    ConfigurationError,
     DatabaseUnavailableError,
     ImgsearchError,
     InvalidQueryError,
@@ -31,6 +30,7 @@ from imgsearch.errors import (
     SchemaError,
     UnknownSkuError,
 )
+from imgsearch.urls import libpq_url, mask_password, normalise_url
 
 #: The execution option under which an engine carries the schema it works in.
 SCHEMA_OPTION = "imgsearch_schema"
@@ -40,12 +40,11 @@ SCHEMA_OPTION = "imgsearch_schema"
 _SEARCH_PATH = (
     "SELECT set_config('search_path', concat_ws(', ', quote_ident(%s), ("
     "SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
-    "WHERE e.extname = 'vector'), current_setting('search_path')), false)"
+    "WHERE e.extname = 'vector'), current_setting('search_path')), false), ("
+    # ...and, in the same round trip, the vector type's OID, for its binary form (binary_vector).
+    "SELECT t.oid FROM pg_type t JOIN pg_extension e ON e.extnamespace = t.typnamespace "
+    "WHERE e.extname = 'vector' AND t.typname = 'vector')"
 )
-
-# user:password@ after the scheme; greedy up to the last "@", so that a malformed URL with an unescaped "@" in
-# its password is masked whole.
-_PASSWORD_IN_URL = re.compile(r"(?P<head>://[^:/@\s]*:)(?P<password>\S*)(?P<tail>@)")
 
 
 def resolve_url(settings: Settings, access: str = "writer") -> str:
@@ -60,54 +59,7 @@ def resolve_url(settings: Settings, access: str = "writer") -> str:
         return settings.read_url
     if settings.database_url:
         return settings.database_url
-    return embedded.url_for(embedded.start(settings.home), access)
-
-
-def mask_password(text: str) -> str:
-    """``text`` with the password of any URL in it replaced by ``***`` (for messages and listings)."""
-    return _PASSWORD_IN_URL.sub(r"\g<head>***\g<tail>", text)
-
-
-def normalise_url(url: str) -> str:
-    """Accept libpq-style ``postgresql://`` URLs and point SQLAlchemy at psycopg 3."""
-    try:
-        parsed = make_url(url)
-        port = parsed.port
-    except (ArgumentError, ValueError) as exc:
-        raise ConfigurationError(f"invalid database URL {mask_password(url)!r}: {mask_password(str(exc))}") from None
-    if parsed.get_backend_name() not in ("postgresql", "postgres"):
-        raise ConfigurationError(f"imgsearch needs PostgreSQL with pgvector, not {parsed.get_backend_name()!r}")
-    if port is not None and not 0 < port < 65536:
-        raise ConfigurationError(f"invalid database URL {mask_password(url)!r}: port {port} is out of range")
-    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-
-
-def libpq_url(url: str, *, show_password: bool = False) -> str:
-    """``url`` as libpq writes it (for psql and non-Python backends): no driver name, socket paths unescaped.
-
-    The password is shown as ``***`` unless ``show_password``.
-    """
-    parsed = make_url(normalise_url(url))
-    auth = ""
-    if parsed.username:
-        auth = quote(parsed.username, safe="")
-        if parsed.password:
-            auth += ":" + (quote(str(parsed.password), safe="") if show_password else "***")
-        auth += "@"
-    location = parsed.host or ""
-    if parsed.port:
-        location += f":{parsed.port}"
-    query = "&".join(
-        f"{key}={value}"
-        for key, values in parsed.query.items()
-        for value in ([values] if isinstance(values, str) else values)
-    )
-    return f"postgresql://{auth}{location}/{parsed.database or ''}" + (f"?{query}" if query else "")
-
-
-def sqlalchemy_url(url: str, *, show_password: bool = False) -> str:
-    """``url`` in SQLAlchemy's form (``postgresql+psycopg://``), the password masked unless ``show_password``."""
-    return make_url(normalise_url(url)).render_as_string(hide_password=not show_password)
+    return embedded_server.url_for(embedded_server.start(settings.home), access)
 
 
 def create_engine(url: str, schema: str = DEFAULT_SCHEMA, **kwargs: Any) -> Engine:
@@ -119,11 +71,14 @@ def create_engine(url: str, schema: str = DEFAULT_SCHEMA, **kwargs: Any) -> Engi
     engine = sa.create_engine(normalise_url(url), execution_options=options, **kwargs)
 
     @event.listens_for(engine, "connect")
-    def _enter_schema(dbapi_connection: Any, _record: Any) -> None:
+    def _enter_schema(dbapi_connection: Any, record: Any) -> None:
         # Once per physical connection. Committed, or the pool's rollback would undo it.
         with dbapi_connection.cursor() as cur:
             cur.execute(_SEARCH_PATH, (schema,))
+            row = cur.fetchone()
         dbapi_connection.commit()
+        if row is not None and row[1] is not None:  # no vector extension yet: binary_vector looks again later
+            _register_vector(dbapi_connection, record, row[1])
 
     return engine
 
@@ -142,8 +97,8 @@ def binary_vector(conn: Connection, vector: np.ndarray) -> Vector:
 
     SQLAlchemy's pgvector type sends vectors as text: formatting and parsing 512 numbers costs about half a
     millisecond a search. The binary dumper is registered on the driver connection for pgvector's own Vector
-    class only (other NumPy parameters are untouched), once per physical connection (its type lookup is cached
-    in the pool's per-connection info).
+    class only (other NumPy parameters are untouched) when the engine connects (the type's OID comes with the
+    search path, in the same round trip); a connection made before the extension existed registers it here.
     """
     record = conn.connection
     if _VECTOR_OID not in record.info:
@@ -153,9 +108,14 @@ def binary_vector(conn: Connection, vector: np.ndarray) -> Vector:
             raise SchemaError("the vector extension is not installed in this database: run imgsearch db upgrade")
         raw = record.driver_connection
         assert raw is not None
-        raw.adapters.register_dumper(Vector, type("VectorOidBinaryDumper", (VectorBinaryDumper,), {"oid": oid}))
-        record.info[_VECTOR_OID] = oid
+        _register_vector(raw, record, oid)
     return Vector(vector)
+
+
+def _register_vector(driver: psycopg.Connection[Any], record: Any, oid: int) -> None:
+    """Send pgvector's Vector in binary on this connection (once: registered when the connection is made)."""
+    driver.adapters.register_dumper(Vector, type("VectorOidBinaryDumper", (VectorBinaryDumper,), {"oid": oid}))
+    record.info[_VECTOR_OID] = oid
 
 
 #: Key of the vector type's OID in a pooled connection's info (set once :func:`binary_vector` registered it).

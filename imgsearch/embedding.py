@@ -44,11 +44,11 @@ from imgsearch.images import (
     Preprocessing,
 )
 from imgsearch.local_features import LocalFeatures
+from imgsearch.tables import DIMENSION
 
 if TYPE_CHECKING:
     from imgsearch.config import Settings
 
-DIMENSION = 512
 #: What a decoding thread hands the network: the pixels, the colour signature and the local features (if asked).
 _Prepared = tuple[np.ndarray, "np.ndarray | None", "LocalFeatures | None"]
 #: CPU features with native bfloat16 arithmetic (x86: AVX512-BF16, AMX-BF16; Arm: BF16), as /proc/cpuinfo

@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from imgsearch import catalogue, db, query, schema, tuning
+from imgsearch import catalogue, db, query, schema, tuning, urls
 from imgsearch.errors import DatabaseUnavailableError, ManifestError, TuningError
 from imgsearch.ingest import CatalogueEntry, Failure, ingest, scan_folder
 
@@ -270,7 +270,7 @@ def throwaway_database(server_url: str, say: Callable[[str], None]) -> Iterator[
     name = DATABASE_PREFIX + secrets.token_hex(6)
     try:
         _create_database(admin, name)
-        url = make_url(db.normalise_url(server_url)).set(database=name).render_as_string(hide_password=False)
+        url = make_url(urls.normalise_url(server_url)).set(database=name).render_as_string(hide_password=False)
         engine = db.create_engine(url, poolclass=sa.pool.NullPool)
         try:
             say(f"throwaway database {name}: migrating")

@@ -33,7 +33,7 @@ from imgsearch.db import (
 from imgsearch.errors import DatabaseUnavailableError, InvalidQueryError
 from imgsearch.images import Crop, ImageSource, photo_size, read_source, validate_crop
 from imgsearch.local_features import LocalFeatures
-from imgsearch.models import DIMENSION
+from imgsearch.tables import DIMENSION
 from imgsearch.validation import price_limit, unit_vector
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from psycopg import sql as pgsql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from imgsearch import embedded, sql
+from imgsearch import embedded_server, sql
 from imgsearch.db import schema_of, translate_error
 from imgsearch.errors import ConfigurationError, SchemaError
 
@@ -104,16 +104,16 @@ def revoke_reader(engine: Engine, role: str) -> GrantResult:
 
 
 def grant_embedded_roles(conn: Connection, schema: str) -> None:
-    """Give the embedded server's own roles (:data:`imgsearch.embedded.WRITER_ROLE`, ``READER_ROLE``) their
+    """Give the embedded server's own roles (:data:`imgsearch.embedded_server.WRITER_ROLE`, ``READER_ROLE``) their
     privileges in ``schema``, inside ``conn``'s transaction. Called after every migration; on any other server
     those roles do not exist (they carry imgsearch's comment) and nothing happens."""
     found = conn.execute(
         sa.text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:r) AND shobj_description(oid, 'pg_authid') = :c"),
-        {"r": [embedded.WRITER_ROLE, embedded.READER_ROLE], "c": embedded.ROLE_COMMENT},
+        {"r": [embedded_server.WRITER_ROLE, embedded_server.READER_ROLE], "c": embedded_server.ROLE_COMMENT},
     ).scalars()
     raw = conn.connection.driver_connection
     assert raw is not None
     version = conn.execute(sa.text("SELECT current_setting('server_version_num')::integer")).scalar_one()
     for role in found:
-        templates = _WRITER_GRANTS if role == embedded.WRITER_ROLE else _READER_GRANTS
+        templates = _WRITER_GRANTS if role == embedded_server.WRITER_ROLE else _READER_GRANTS
         _apply(raw, role, schema, templates, version)

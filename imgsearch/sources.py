@@ -27,7 +27,7 @@ from typing import TextIO
 from imgsearch.errors import InvalidProductError, ManifestError
 from imgsearch.fetch import is_url
 from imgsearch.images import has_supported_extension
-from imgsearch.models import SKU_MAX_LENGTH
+from imgsearch.tables import SKU_MAX_LENGTH
 from imgsearch.validation import check_product_fields, check_text, parse_bool, parse_price
 
 MANIFEST_COLUMNS = ("sku", "name", "category", "price", "in_stock", "image", "images")

@@ -35,8 +35,8 @@ from imgsearch import projection, sql
 from imgsearch.catalogue import Bind
 from imgsearch.db import schema_of, transaction, translate_error
 from imgsearch.errors import BusyError, TuningError
-from imgsearch.models import DIMENSION
 from imgsearch.schema import LOCK_RETRY_WAITS, LOCK_TIMEOUT
+from imgsearch.tables import DIMENSION
 
 #: Products a map is learnt from by default: beyond this the statistics it needs no longer change, and
 #: learning stays a matter of seconds at any catalogue size.

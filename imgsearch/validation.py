@@ -2,7 +2,7 @@
 sees it, so that a bad value is one precise error about that value, never a database traceback or a silent
 change of meaning.
 
-The limits mirror the schema (:mod:`imgsearch.models`); the database enforces them too, as a last line.
+The limits mirror the schema (:mod:`imgsearch.tables`); the database enforces them too, as a last line.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 import numpy as np
 
 from imgsearch.errors import InvalidProductError, InvalidQueryError
-from imgsearch.models import (
+from imgsearch.tables import (
     CATEGORY_MAX_LENGTH,
     DIMENSION,
     IMAGE_MAX_LENGTH,

@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 
 from imgsearch import db, roles, schema
 from imgsearch.config import Settings
-from imgsearch.models import Base
+from imgsearch.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from imgsearch import db, embedded, schema
+from imgsearch import db, embedded_server, schema
 
 if TYPE_CHECKING:
     from imgsearch.embedding import Featurizer
@@ -45,16 +45,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pg_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """An embedded server of its own for the test session, stopped and deleted afterwards."""
     home = tmp_path_factory.mktemp("imgsearch-home")
-    embedded.start(home)
+    embedded_server.start(home)
     yield home
-    embedded.stop(home)
+    embedded_server.stop(home)
     shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def server_url(pg_home: Path) -> str:
     """URL of the session server's ``imgsearch`` database."""
-    status = embedded.status(pg_home)
+    status = embedded_server.status(pg_home)
     assert status.running and status.url
     return status.url
 

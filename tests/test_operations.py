@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
-from imgsearch import catalogue, db, embedded, indexes, query, schema
+from imgsearch import catalogue, db, embedded_server, indexes, query, schema, urls
 from imgsearch.catalogue import ProductRecord
 from imgsearch.cli import main
 from imgsearch.errors import ConfigurationError, DatabaseUnavailableError
@@ -79,7 +79,13 @@ def test_backup_and_restore_of_the_schema(engine: Engine, make_database: Callabl
     dump = tmp_path / "imgsearch.dump"
     # As docs/operations.md says: the imgsearch schema alone, in pg_dump's custom format.
     subprocess.run(
-        [embedded.binary("pg_dump"), "--format=custom", "--schema=imgsearch", f"--file={dump}", db.libpq_url(source)],
+        [
+            embedded_server.binary("pg_dump"),
+            "--format=custom",
+            "--schema=imgsearch",
+            f"--file={dump}",
+            urls.libpq_url(source),
+        ],
         check=True,
         capture_output=True,
     )
@@ -87,7 +93,7 @@ def test_backup_and_restore_of_the_schema(engine: Engine, make_database: Callabl
     with db.create_engine(target).begin() as conn:  # the extension lives outside the schema: install it first
         conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS vector"))
     restore = subprocess.run(
-        [embedded.binary("pg_restore"), "--exit-on-error", f"--dbname={db.libpq_url(target)}", str(dump)],
+        [embedded_server.binary("pg_restore"), "--exit-on-error", f"--dbname={urls.libpq_url(target)}", str(dump)],
         capture_output=True,
         text=True,
     )

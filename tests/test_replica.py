@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from imgsearch import catalogue, db, embedded, indexes, query, schema
+from imgsearch import catalogue, db, embedded_server, indexes, query, schema
 from imgsearch.catalogue import ProductRecord
 from imgsearch.cli import main
 from imgsearch.config import Settings
@@ -22,8 +22,8 @@ from tests.vectors import PHOTO_CLASSES
 def home(tmp_path: Path) -> Iterator[Path]:
     home = tmp_path / "home"
     yield home
-    embedded.stop_replica(home)
-    embedded.stop(home)
+    embedded_server.stop_replica(home)
+    embedded_server.stop(home)
 
 
 def _cli(home: Path, *args: str, expect: int = 0) -> tuple[str, str]:
@@ -35,7 +35,7 @@ def _cli(home: Path, *args: str, expect: int = 0) -> tuple[str, str]:
 def _caught_up(home: Path) -> None:
     # The replica has replayed everything the server had written when this was called.
     deadline = time.monotonic() + 30
-    while (state := embedded.replica_status(home)).lag_bytes is None or state.lag_bytes > 0:
+    while (state := embedded_server.replica_status(home)).lag_bytes is None or state.lag_bytes > 0:
         assert time.monotonic() < deadline, state
         time.sleep(0.1)
 
@@ -72,7 +72,7 @@ def test_the_replica_answers_the_servers_searches_and_refuses_writes(home: Path,
     assert catalogue.get_product(replica, "p002") is None
 
     # Writes through its URL are refused in one line, whatever the role.
-    writer_on_replica = embedded.url_for(replica_url.strip(), "writer")
+    writer_on_replica = embedded_server.url_for(replica_url.strip(), "writer")
     _, err = _cli(home, "--database-url", writer_on_replica, "stock", "--out", "p003", expect=1)
     assert err.count("\n") == 1 and "read-only replica" in err
     assert "stopped" not in _cli(home, "db", "replica", "status")[0]

@@ -22,12 +22,12 @@ from click.testing import CliRunner
 from pgvector.sqlalchemy import Vector
 from sqlalchemy.engine import Engine
 
-from imgsearch import catalogue, db, embedded, ingest, query, schema
+from imgsearch import catalogue, db, embedded_server, ingest, query, schema
 from imgsearch.catalogue import ProductRecord
 from imgsearch.cli import main
 from imgsearch.embedding import Featurizer
 from imgsearch.images import file_sha256
-from imgsearch.models import Base
+from imgsearch.tables import Base
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "catalogue"
 CATEGORIES = ("dress", "shoes", "hat")
@@ -174,12 +174,12 @@ def test_an_interrupted_ingest_resumes_to_the_clean_result(
 def own_server(tmp_path: Path) -> Iterator[tuple[Path, Engine]]:
     """An embedded server of the test's own, to stop and start."""
     home = tmp_path / "home"
-    url = embedded.start(home)
+    url = embedded_server.start(home)
     admin = db.create_engine(url, poolclass=sa.pool.NullPool)
     schema.upgrade(admin)
     yield home, admin
     admin.dispose()
-    embedded.stop(home)
+    embedded_server.stop(home)
 
 
 def test_the_database_stopped_mid_ingest_is_one_line_then_a_rerun_completes(
@@ -190,14 +190,14 @@ def test_the_database_stopped_mid_ingest_is_one_line_then_a_rerun_completes(
         ["--home", str(home), "--weights", fake_weights], folder, env={"IMGSEARCH_RECONNECT_SECONDS": "2"}
     )
     _wait_until(lambda: _count(admin) >= 4, process)
-    embedded.stop(home)
+    embedded_server.stop(home)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1, stderr
     assert stderr.startswith("Error: lost the connection to the database or cannot reach it"), stderr
     assert stderr.rstrip().endswith("run the same command again when the database is back"), stderr
     assert len(stderr.splitlines()) == 1, stderr
 
-    embedded.start(home)
+    embedded_server.start(home)
     rerun = CliRunner().invoke(main, ["--home", str(home), "--weights", fake_weights, "ingest", "--quiet", str(folder)])
     assert rerun.exit_code == 0, rerun.output
     assert_same_catalogue(snapshot(admin), clean_run)
@@ -209,9 +209,9 @@ def test_a_database_restart_during_an_ingest_is_ridden_out(
     home, admin = own_server
     process = _ingest_process(["--home", str(home), "--weights", fake_weights], folder)
     _wait_until(lambda: _count(admin) >= 4, process)
-    embedded.stop(home)
+    embedded_server.stop(home)
     time.sleep(1)
-    embedded.start(home)
+    embedded_server.start(home)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
     assert_same_catalogue(snapshot(admin), clean_run)

