@@ -197,24 +197,24 @@ def build_photo_index(conn: Any) -> None:
 
 def start_server(home: Path, extra_config: str = BENCH_SERVER_CONFIG) -> str:
     """Start an embedded server in a throwaway ``home`` with the benchmark settings; return its URL."""
-    from imgsearch import embedded
+    from imgsearch import embedded_server
 
     home = Path(home)
-    conf = embedded.data_dir(home) / "imgsearch.conf"
+    conf = embedded_server.data_dir(home) / "imgsearch.conf"
     if not conf.exists():
         # First start writes the default imgsearch.conf; add the benchmark settings and restart.
-        embedded.start(home)
-        embedded.stop(home)
+        embedded_server.start(home)
+        embedded_server.stop(home)
         with conf.open("a") as fh:
             fh.write(extra_config)
-    return embedded.start(home)
+    return embedded_server.start(home)
 
 
 def stop_server(home: Path) -> None:
     """Stop the benchmark's embedded server."""
-    from imgsearch import embedded
+    from imgsearch import embedded_server
 
-    embedded.stop(Path(home))
+    embedded_server.stop(Path(home))
 
 
 def write_results(name: str, result: dict[str, Any], markdown: str) -> tuple[Path, Path]:

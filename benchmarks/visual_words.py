@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> None:
     """Two catalogues: covers + groceries, then with the Myntra photos added; learn, index and measure each."""
     import sqlalchemy as sa
 
-    from imgsearch import db, embedded, schema, visual_words
+    from imgsearch import db, embedded_server, schema, visual_words
 
     for name in LISTS:
         cached_features(name)
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> None:
         "catalogues": {},
     }
     try:
-        engine = db.create_engine(embedded.start(home))
+        engine = db.create_engine(embedded_server.start(home))
         schema.upgrade(engine)
         photos = 0
         for label, names in (
@@ -260,7 +260,7 @@ def run(args: argparse.Namespace) -> None:
             log(f"{label}: {measured['recall']}")
         engine.dispose()
     finally:
-        embedded.stop(home)
+        embedded_server.stop(home)
         shutil.rmtree(home, ignore_errors=True)
     result["load_at_end"] = load_average()
     write_results("visual-words", result, _markdown(result))
