@@ -3,12 +3,14 @@ schema, a database migrated by a newer imgsearch, concurrent upgrades, and funct
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,10 +91,25 @@ def test_head_functions_equal_the_packaged_sql(engine: Engine) -> None:
 
 
 def test_released_sql_folders_are_frozen() -> None:
-    # A released revision's SQL is never edited (docs/operations.md, "Changing the schema").
+    # A released revision's SQL is never edited (docs/operations.md, "Changing the schema"): every pinned copy is
+    # there, unchanged.
     assert sql.revisions()[0] == "0003"
     assert {"imgsearch_similar", "imgsearch_cheaper", "adopt_public_catalogue"} <= set(sql.objects("0003"))
     assert sql.version_before("0003", "imgsearch_similar") is None
+    root = Path(sql.__file__).parent
+    pinned = sql.released()
+    assert {r for path in pinned for r in [path.split("/")[0]]} == set(sql.revisions())
+    changed = [p for p, digest in pinned.items() if hashlib.sha256((root / p).read_bytes()).hexdigest() != digest]
+    assert changed == [], f"released SQL copies were edited: {changed} (change functions/ and add a revision)"
+
+
+def test_every_function_has_one_source_file() -> None:
+    # functions/<name>.sql is each function's text at head (test_head_functions_equal_the_packaged_sql checks it
+    # against a migrated database); the revisions' folders hold frozen release copies of the same functions.
+    functions = sql.current_functions()
+    released = {n for r in sql.revisions() for n in sql.objects(r) if n.startswith("imgsearch_")}
+    assert released <= set(functions) and "upgrade_photo_features" not in functions
+    assert sql.current("imgsearch_similar") == functions["imgsearch_similar"]
 
 
 def test_a_shops_own_database_keeps_its_tables_and_migrations(make_database: Callable[..., str]) -> None:

@@ -1,10 +1,15 @@
 """The SQL imgsearch installs in PostgreSQL, as ``.sql`` files that the migrations, the tests and the benchmarks read.
 
-Every migration revision that creates or changes SQL objects (functions, mostly) has a folder named after it
-(``0003/``) with one file per object, named after the object. A folder is frozen once its revision is released:
-changing an object means a new revision whose folder holds the object's new version, and whose downgrade puts
-back the previous one (Alembic's "replaceable objects" pattern). So a database migrated long ago still receives
-every later change, and :func:`current` is exactly what a database at the newest revision holds.
+``functions/<name>.sql`` is the single source of each ``imgsearch_*`` function: what a database at the newest
+revision holds, and the file whose ``git log`` is the function's history. To change a function, edit it there
+and add a migration revision that installs it (``install(conn, revision, [name])`` reads it from ``functions/``
+while the revision's folder has no copy of it).
+
+Every released revision that created or changed SQL objects has a folder named after it (``0003/``) with one file
+per object as that revision installed it: frozen release copies (like pgvector's ``vector--A--B.sql`` beside its
+``vector.sql``), which downgrades put back (Alembic's "replaceable objects" pattern), so that a database migrated
+long ago still receives every later change. At release, a revision's copies are written into its folder and
+pinned in ``released.sha256``; a test fails if a pinned copy ever changes.
 
 Other files (``commands/``) are statements that administration runs against the current schema, such as the
 grants of the reader and writer roles.
@@ -41,15 +46,25 @@ def objects(revision: str) -> tuple[str, ...]:
 
 
 def load(revision: str, name: str) -> str:
-    """The text of object ``name`` as revision ``revision`` installs it.
+    """The text of object ``name`` as revision ``revision`` installs it: its frozen copy, or, for a revision not
+    released yet (no copy in its folder), the function's current text from ``functions/``.
 
     Raises:
         FileNotFoundError: that revision has no version of ``name``.
     """
     path = _root() / revision / f"{name}.sql"
-    if not path.is_file():
-        raise FileNotFoundError(f"no SQL file {revision}/{name}.sql in imgsearch.sql")
-    return path.read_text(encoding="utf-8")
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    if f"{revision}/{name}.sql" not in released() and (_root() / "functions" / f"{name}.sql").is_file():
+        return (_root() / "functions" / f"{name}.sql").read_text(encoding="utf-8")
+    raise FileNotFoundError(f"no SQL file {revision}/{name}.sql in imgsearch.sql")
+
+
+@cache
+def released() -> dict[str, str]:
+    """The pinned release copies: ``"<revision>/<name>.sql"`` -> SHA-256 of its text (``released.sha256``)."""
+    lines = (_root() / "released.sha256").read_text(encoding="utf-8").splitlines()
+    return {path: digest for digest, path in (line.split() for line in lines if line.strip())}
 
 
 def version_before(revision: str, name: str) -> str | None:
@@ -59,7 +74,11 @@ def version_before(revision: str, name: str) -> str | None:
 
 
 def current(name: str) -> str:
-    """The newest version of object ``name``: what a database at the head revision holds."""
+    """The newest version of object ``name``: what a database at the head revision holds (``functions/`` for
+    functions, the newest revision's copy for other objects)."""
+    path = _root() / "functions" / f"{name}.sql"
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
     for revision in reversed(revisions()):
         if name in objects(revision):
             return load(revision, name)
@@ -67,8 +86,9 @@ def current(name: str) -> str:
 
 
 def current_functions() -> dict[str, str]:
-    """Every ``imgsearch_*`` function's newest version, by name."""
-    names = {n for r in revisions() for n in objects(r) if n.startswith("imgsearch_")}
+    """Every ``imgsearch_*`` function's newest version, by name (the files of ``functions/``)."""
+    folder = _root() / "functions"
+    names = {f.name.removesuffix(".sql") for f in folder.iterdir() if f.name.endswith(".sql")}
     return {name: current(name) for name in sorted(names)}
 
 
