@@ -667,8 +667,9 @@ def remove(bind: Bind, skus: Iterable[str], *, missing_ok: bool = False) -> int:
 
 
 @dataclass(frozen=True)
-class Product:
-    """A stored product without its vectors. ``image`` is its main photo (the first), ``images`` all of them."""
+class Listing:
+    """A product as every answer shows it (searches, duplicate groups, look-ups): one definition of these fields.
+    ``image`` is the photo that matters for the answer (the closest to the query; the main photo of a look-up)."""
 
     sku: str
     name: str | None
@@ -676,6 +677,12 @@ class Product:
     price: Decimal | None
     in_stock: bool
     image: str | None
+
+
+@dataclass(frozen=True)
+class Product(Listing):
+    """A stored product without its vectors. ``image`` is its main photo (the first), ``images`` all of them."""
+
     image_sha256: str | None
     images: tuple[str, ...] = ()
 

@@ -23,7 +23,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
-from imgsearch.catalogue import Bind
+from imgsearch.catalogue import Bind, Listing
 from imgsearch.db import transaction, translate_error
 from imgsearch.errors import InvalidQueryError
 from imgsearch.validation import price_limit
@@ -49,18 +49,6 @@ class DuplicatePair:
     colour_distance: float | None
     image_a: str | None
     image_b: str | None
-
-
-@dataclass(frozen=True)
-class Listing:
-    """A product in a group of near-duplicates, and the photo that tied it to the group."""
-
-    sku: str
-    name: str | None
-    category: str
-    price: Decimal | None
-    in_stock: bool
-    image: str | None
 
 
 @dataclass(frozen=True)

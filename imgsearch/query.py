@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch import local_features, visual_words
+from imgsearch.catalogue import Listing, check_space
 from imgsearch.db import (
     RETRY_WAITS,
     RETRYABLE_SQLSTATES,
@@ -46,7 +47,7 @@ Price = Decimal | float | int | str
 
 
 @dataclass(frozen=True)
-class SearchResult:
+class SearchResult(Listing):
     """One product returned by a search, best first.
 
     ``distance`` is the cosine distance (0 = same direction, 2 = opposite); smaller is closer.
@@ -57,12 +58,6 @@ class SearchResult:
     ``"similar"`` for a visual neighbour. Searches that verify nothing leave the three as ``None``.
     """
 
-    sku: str
-    name: str | None
-    category: str
-    price: Decimal | None
-    in_stock: bool
-    image: str | None
     distance: float
     match: str | None = None
     inliers: int | None = None
@@ -306,8 +301,6 @@ def search_image(
         ImageError: the photo cannot be read, or ``crop`` lies outside it.
         InvalidQueryError: bad k, price, crop or candidates.
     """
-    from imgsearch.catalogue import check_space
-
     k, crop = _validate_k(k), validate_crop(crop)
     _validate_k(candidates, "candidates")
     check_space(bind, featurizer.space)
