@@ -23,11 +23,13 @@ from imgsearch.config import DEFAULT_SCHEMA, Settings, check_schema_name, env_fl
 from imgsearch.errors import (
     BusyError,
     DatabaseUnavailableError,
+    EmbeddingSpaceMismatchError,
     ImgsearchError,
     InvalidQueryError,
     PermissionDeniedError,
     ReadOnlyDatabaseError,
     SchemaError,
+    StaleVocabularyError,
     UnknownSkuError,
 )
 from imgsearch.urls import libpq_url, mask_password, normalise_url
@@ -274,6 +276,10 @@ def translate_error(exc: DBAPIError, not_found: type[ImgsearchError] = UnknownSk
         )
     if sqlstate == "42501":
         return PermissionDeniedError(f"the database role may not do this: {message}")
+    if sqlstate == "IS001":
+        return EmbeddingSpaceMismatchError(message)
+    if sqlstate == "55000" and "visual vocabulary" in message and "no longer the active one" in message:
+        return StaleVocabularyError(message)
     if sqlstate == "55000" and primary_message(exc).startswith("imgsearch: "):
         # A migration's own refusal ("... products have several photos ..."): the schema cannot go there.
         return SchemaError(message)

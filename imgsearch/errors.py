@@ -77,3 +77,7 @@ class BusyError(ImgsearchError):
 
 class TuningError(ImgsearchError):
     """The catalogue cannot be tuned as asked (too little to learn from, bad parameters)."""
+
+
+class StaleVocabularyError(ImgsearchError):
+    """The visual vocabulary a photo's words were assigned with has just been replaced: assign them again."""

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch import local_features, visual_words
-from imgsearch.catalogue import Listing, check_space
+from imgsearch.catalogue import Listing, SpaceLike, check_space
 from imgsearch.db import (
     RETRY_WAITS,
     RETRYABLE_SQLSTATES,
@@ -31,7 +31,7 @@ from imgsearch.db import (
     transaction,
     translate_error,
 )
-from imgsearch.errors import DatabaseUnavailableError, InvalidQueryError
+from imgsearch.errors import DatabaseUnavailableError, InvalidQueryError, StaleVocabularyError
 from imgsearch.images import Crop, ImageSource, photo_size, read_source, validate_crop
 from imgsearch.local_features import LocalFeatures
 from imgsearch.tables import DIMENSION
@@ -108,6 +108,11 @@ _VERIFICATION_CANDIDATES = sa.text(
     "SELECT * FROM imgsearch_verification_candidates(CAST(:query AS vector), :k, :extractor, "
     "CAST(:categories AS text[]), :in_stock_only, CAST(:max_price AS numeric), CAST(:exclude AS text[]))"
 )
+_PHOTO_CANDIDATES = sa.text(
+    "SELECT * FROM imgsearch_photo_candidates(CAST(:query AS vector), :k, :extractor, CAST(:words AS integer[]), "
+    ":word_n, :vocabulary, :model, :weights_id, :preprocessing, CAST(:categories AS text[]), :in_stock_only, "
+    "CAST(:max_price AS numeric), CAST(:exclude AS text[]))"
+)
 #: Products a verified photo search checks with local features: the global search's top ones. Enough to hold
 #: the photographed product for most shopper photos (docs/quality.md), few enough to verify in ~0.1 s.
 VERIFY_CANDIDATES = 50
@@ -180,7 +185,7 @@ def _execute(bind: Bind, statement: sa.TextClause, params: dict[str, object], ex
 
 
 def _bound(conn: Connection, statement: sa.TextClause, params: dict[str, object]) -> dict[str, object]:
-    if statement is _SIMILAR or statement is _VERIFICATION_CANDIDATES:
+    if statement is _SIMILAR or statement is _VERIFICATION_CANDIDATES or statement is _PHOTO_CANDIDATES:
         return {**params, "query": binary_vector(conn, params["query"])}
     return params
 
@@ -303,9 +308,9 @@ def search_image(
     """
     k, crop = _validate_k(k), validate_crop(crop)
     _validate_k(candidates, "candidates")
-    check_space(bind, featurizer.space)
     source = read_source(image)
     if not verify:
+        check_space(bind, featurizer.space)
         vector = featurizer.embed_image(source, crop=crop)
         return search(
             bind,
@@ -333,6 +338,7 @@ def search_image(
         candidates=candidates,
         size=photo_size(source) if crop is None else None,
         crop=crop,
+        space=featurizer.space,
     )
 
 
@@ -349,43 +355,46 @@ def search_verified(
     candidates: int = VERIFY_CANDIDATES,
     size: tuple[int, int] | None = None,
     crop: Crop | None = None,
+    space: SpaceLike | None = None,
 ) -> list[SearchResult]:
     """The search of :func:`search_image` from a photo's vector and local features already computed (a service
-    that embeds photos its own way): one round trip for the candidates, then verification.
+    that embeds photos its own way): one round trip for both candidate sources (``imgsearch_photo_candidates``),
+    then verification.
 
     ``size`` (the photo's width and height) or ``crop`` (the box the features were computed on) place the
-    matched ``box`` in the photo's pixels.
+    matched ``box`` in the photo's pixels. ``space``, the vector's embedding space, is checked against the
+    catalogue's in the same round trip.
 
     Raises:
         InvalidQueryError: bad vector, k, price or candidates.
+        EmbeddingSpaceMismatchError: ``space`` is not the catalogue's.
     """
     query = validate_vector(vector)
-    params = {
+    params: dict[str, object] = {
         "query": query,
         "k": max(_validate_k(k), _validate_k(candidates, "candidates")),
         "extractor": local_features.EXTRACTOR,
+        "word_n": WORD_CANDIDATES,
+        "model": space.model_name if space is not None else None,
+        "weights_id": space.weights_id if space is not None else None,
+        "preprocessing": space.preprocessing_version if space is not None else None,
         "categories": _text_list(categories, "categories"),
         "in_stock_only": bool(in_stock_only),
         "max_price": price_limit(max_price, "max_price"),
         "exclude": _text_list(exclude_skus, "exclude_skus"),
     }
-    rows = _rows(bind, _VERIFICATION_CANDIDATES, params)
-    # The products sharing the most visual words with the photo, those the global ranking has not proposed.
-    proposed = sorted({r.sku for r in rows})
-    try:
-        by_words = visual_words.word_candidates(
-            bind,
-            features,
-            WORD_CANDIDATES,
-            categories=params["categories"],  # type: ignore[arg-type]
-            in_stock_only=params["in_stock_only"],  # type: ignore[arg-type]
-            max_price=params["max_price"],
-            exclude_skus=[*(params["exclude"] or []), *proposed],  # type: ignore[misc]
-            vector=query,
-        )
-    except DBAPIError as exc:
-        raise translate_error(exc) from None
-    return verified_ranking(rows, features, k, size=size, crop=validate_crop(crop), word_rows=by_words)
+    for attempt in range(2):
+        # The photo's visual words under the vocabulary last seen active; the database refuses a replaced one.
+        params["vocabulary"], params["words"] = visual_words.photo_words(bind, features, refresh=attempt > 0)
+        try:
+            rows = _rows(bind, _PHOTO_CANDIDATES, params)
+            break
+        except StaleVocabularyError:
+            if attempt:
+                raise
+    found = [r for r in rows if r.source == "global"]
+    by_words = [r for r in rows if r.source == "words"]
+    return verified_ranking(found, features, k, size=size, crop=validate_crop(crop), word_rows=by_words)
 
 
 def verified_ranking(

@@ -283,6 +283,30 @@ def load_vocabulary(bind: Bind, extractor: str = EXTRACTOR) -> Vocabulary | None
     return vocabulary
 
 
+#: The vocabulary last seen active in each database (None: none), by URL and extractor.
+_known: dict[tuple[str, str], Vocabulary | None] = {}
+
+
+def photo_words(
+    bind: Bind, features: LocalFeatures, extractor: str = EXTRACTOR, *, refresh: bool = False
+) -> tuple[int | None, list[int] | None]:
+    """A query photo's words and the id of the vocabulary they were assigned with, under the vocabulary this
+    process last saw active (no round trip once known; ``(None, None)`` without one). A search passes the id to
+    the database, which refuses a replaced vocabulary, or none when one exists (:class:`StaleVocabularyError`):
+    call again with ``refresh``."""
+    key = (_url(bind), extractor)
+    with _cache_lock:
+        known = key in _known
+        vocabulary = _known.get(key)
+    if refresh or not known:
+        vocabulary = load_vocabulary(bind, extractor)
+        with _cache_lock:
+            _known[key] = vocabulary
+    if vocabulary is None:
+        return None, None
+    return vocabulary.id, query_words(vocabulary, features)
+
+
 def _store(
     conn: Connection,
     vocabulary: Vocabulary,
@@ -610,6 +634,7 @@ __all__ = [
     "learn",
     "load_vocabulary",
     "maintain",
+    "photo_words",
     "query_words",
     "word_candidates",
     "words_of",

@@ -6,6 +6,7 @@ the sample catalogue's photos), real VGG16 weights, a real PostgreSQL."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from imgsearch import catalogue, db, local_features, query
 from imgsearch.catalogue import ImageRecord, ProductRecord
 from imgsearch.cli import main
 from imgsearch.embedding import Featurizer
-from imgsearch.errors import ImageError, InvalidQueryError
+from imgsearch.errors import EmbeddingSpaceMismatchError, ImageError, InvalidQueryError
 from imgsearch.images import decode_within
 from tests import printed
 
@@ -287,4 +288,57 @@ def test_revision_0009_adds_features_to_a_populated_catalogue_and_takes_them_bac
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT to_regclass('imgsearch.photo_features')")).scalar_one() is None
         assert conn.execute(sa.text("SELECT count(*) FROM imgsearch.product_images")).scalar_one() == 30
+    engine.dispose()
+
+
+def test_revision_0010_serves_a_populated_catalogue_in_one_round_trip_and_takes_it_back(
+    make_database: Callable[..., str], fake_featurizer: Featurizer, shop: Path
+) -> None:
+    from imgsearch import schema
+
+    url = make_database()
+    engine = db.create_engine(url)
+    schema.upgrade(engine)
+    manifest = str(shop / "products.csv")
+    result = CliRunner().invoke(
+        main, ["--database-url", url, "--weights", "fake", "ingest", "-q", "--manifest", manifest]
+    )
+    assert result.exit_code == 0, result.output
+    statement = sa.text(
+        "SELECT i.id, p.sku, i.embedding::text, f.points, w.words FROM imgsearch.product_images i "
+        "JOIN imgsearch.products p ON p.id = i.product_id "
+        "LEFT JOIN imgsearch.photo_features f ON f.image_id = i.id "
+        "LEFT JOIN imgsearch.visual_word_photos w ON w.image_id = i.id ORDER BY i.id"
+    )
+    with engine.connect() as conn:
+        before = conn.execute(statement).all()
+    schema.downgrade(engine, "0009")
+    with engine.connect() as conn:
+        assert conn.execute(statement).all() == before  # every row kept
+        assert conn.execute(sa.text("SELECT to_regproc('imgsearch.imgsearch_photo_candidates')")).scalar() is None
+    schema.upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(statement).all() == before
+    # A warm photo search is one statement, and finds the photographed cover.
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda _c, _cur, text, *_: statements.append(text))
+    photo = shop / "photo-2.jpg"
+    query.search_image(engine, fake_featurizer, photo, 3)
+    statements.clear()
+    first = query.search_image(engine, fake_featurizer, photo, 3)[0]
+    assert (first.sku, first.match) == ("cover-2", "exact")
+    assert len(statements) == 1 and "imgsearch_photo_candidates" in statements[0], statements
+    engine.dispose()
+
+
+def test_a_photo_search_in_another_embedding_space_is_refused(
+    shop_url: str, fake_featurizer: Featurizer, shop: Path
+) -> None:
+    engine = db.create_engine(shop_url)
+    other = dataclasses.replace(fake_featurizer.space, preprocessing_version="v0-other")
+    vector = fake_featurizer.embed_image(shop / "photo-1.jpg")
+    features = local_features.features_of(shop / "photo-1.jpg", local_features.QUERY_KEYPOINTS)
+    with pytest.raises(EmbeddingSpaceMismatchError, match="different embedding space"):
+        query.search_verified(engine, vector, features, 3, space=other)
+    assert query.search_verified(engine, vector, features, 3, space=fake_featurizer.space)[0].sku == "cover-1"
     engine.dispose()
