@@ -1000,7 +1000,12 @@ def _read_query(image: str) -> tuple[Any, Path | bytes, str]:
     stream = sys.stdin.buffer
     if stream.isatty():
         _fail("'-' reads the photo from stdin, but stdin is a terminal: pipe an image in (cat photo.jpg | ...)")
-    data = stream.read()
+    from imgsearch.images import MAX_FILE_BYTES
+
+    # Bounded: a pipe that never ends (or a huge file) is an error at the limit, not all of memory.
+    data = stream.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        _fail(f"stdin: image data too large (over {MAX_FILE_BYTES} bytes)")
     return _named_bytes(data, "stdin"), data, "stdin"
 
 

@@ -91,6 +91,8 @@ Crop = tuple[float, float, float, float]
 # Pillow warns about recoverable oddities of corrupt files ("Truncated File Read", "Tag data larger than file")
 # on stderr; a file it cannot decode is an ImageError with one line, one it can decode needs no comment.
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+# ...and about a photo over its pixel limit, which _check_pixel_limit refuses with its own one line.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})

@@ -85,7 +85,21 @@ def _text_list(values: Iterable[str] | str | None, what: str) -> list[str] | Non
     items = [values] if isinstance(values, str) else list(values)
     if not all(isinstance(v, str) for v in items):
         raise InvalidQueryError(f"{what} must be strings")
+    for item in items:
+        _query_text(item, what)
     return items
+
+
+def _query_text(value: str, what: str) -> str:
+    """``value`` if PostgreSQL can take it as text: a NUL character or a lone surrogate (bytes that were not
+    UTF-8) is refused here, as bad input, instead of failing in the driver."""
+    if not isinstance(value, str):
+        raise InvalidQueryError(f"{what} must be text")
+    if "\x00" in value:
+        raise InvalidQueryError(f"{what} contains a NUL character")
+    if any("\ud800" <= ch <= "\udfff" for ch in value):
+        raise InvalidQueryError(f"{what} is not valid UTF-8 text")
+    return value
 
 
 # The query vector is bound as pgvector's binary form (db.binary_vector), not as text.
@@ -256,7 +270,7 @@ def similar_to_sku(
         InvalidQueryError: bad k or price.
     """
     params = {
-        "sku": sku,
+        "sku": _query_text(sku, "sku"),
         "k": _validate_k(k),
         "categories": _text_list(categories, "categories"),
         "in_stock_only": bool(in_stock_only),
@@ -275,7 +289,8 @@ def cheaper_alternatives(bind: Bind, sku: str, k: int = 10, *, same_category: bo
         UnknownSkuError: ``sku`` is not in the catalogue.
         InvalidQueryError: ``sku`` has no price, or bad k.
     """
-    return _run(bind, _CHEAPER, {"sku": sku, "k": _validate_k(k), "same_category": bool(same_category)})
+    params = {"sku": _query_text(sku, "sku"), "k": _validate_k(k), "same_category": bool(same_category)}
+    return _run(bind, _CHEAPER, params)
 
 
 def search_image(

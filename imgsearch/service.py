@@ -330,6 +330,8 @@ def create_app(
                 body = json.loads(await request.body())
             except ValueError:
                 raise InvalidQueryError("the body is not valid JSON") from None
+            except RecursionError:
+                raise InvalidQueryError("the JSON body is nested too deeply") from None
             if not isinstance(body, dict) or "vector" not in body:
                 raise InvalidQueryError('send a JSON object with a "vector" of 512 numbers')
             categories = body.get("category", body.get("categories"))

@@ -309,16 +309,37 @@ def _open_csv(path: Path) -> TextIO:
         raise ManifestError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+#: The longest line a CSV file may have (characters): a product's row is a few hundred; an endless one (a device,
+#: a binary file) is refused at this length instead of being read into memory whole.
+MAX_LINE_CHARS = 1 << 20
+
+
+def _lines(fh: TextIO, path: Path) -> Iterator[str]:
+    """The lines of ``fh`` for the csv module, each at most :data:`MAX_LINE_CHARS` long."""
+    number = 0
+    while line := fh.readline(MAX_LINE_CHARS + 1):
+        number += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise ManifestError(
+                f"{path}: line {number} is longer than {MAX_LINE_CHARS} characters: not a CSV file of products"
+            )
+        yield line
+
+
 def _csv_header(path: Path) -> list[str]:
     """The lower-case column names, or :class:`ManifestError` if there is no usable header row."""
     with _open_csv(path) as fh:
         try:
-            first = next(csv.reader(fh), None)
+            first = next(csv.reader(_lines(fh, path)), None)
         except csv.Error as exc:
             raise ManifestError(f"{path}: not a readable CSV file: {exc}") from None
     header = [h.strip().lower() for h in first or []]
     if not any(header):
         raise ManifestError(f"{path}: the file is empty (no header row)")
+    repeated = sorted({h for h in header if h and header.count(h) > 1})
+    if repeated:
+        # Which of two "sku" columns is the SKU? Refused rather than guessed.
+        raise ManifestError(f"{path}: the header names a column twice: {', '.join(repeated)}")
     bad = [h for h in header if "\x00" in h or any("\udc80" <= ch <= "\udcff" for ch in h)]
     if bad:
         raise ManifestError(f"{path}: the header row is not valid UTF-8 text")
@@ -328,7 +349,7 @@ def _csv_header(path: Path) -> list[str]:
 def _csv_rows(path: Path, header: list[str]) -> Iterator[_CsvRow | Failure]:
     """The data rows of a CSV file, each a :class:`_CsvRow` or, when unusable as CSV, a :class:`Failure`."""
     with _open_csv(path) as fh:
-        reader = csv.reader(fh)
+        reader = csv.reader(_lines(fh, path))
         previous_end = 0
         while True:
             try:

@@ -7,6 +7,7 @@ The limits mirror the schema (:mod:`imgsearch.tables`); the database enforces th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 
@@ -37,14 +38,22 @@ def parse_bool(value: str) -> bool:
     raise ValueError(f"in_stock must be true or false, got {_shorten(value)!r}")
 
 
+#: A price as a feed writes it: ASCII digits, optionally a point and decimals (no sign, exponent, grouping or
+#: full-width digits: "1_000", "1,000", "1e3" and "\uff11\uff12" are refused rather than read as something else).
+_PRICE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.ASCII)  # a minus: refused by the range check
+
+
 def parse_price(value: str) -> Decimal | None:
-    """Read a price: empty means unknown; otherwise a number from 0 to :data:`MAX_PRICE` with at most 2 decimals.
+    """Read a price: empty means unknown; otherwise a number from 0 to :data:`MAX_PRICE` with at most 2 decimals,
+    written with ASCII digits and a decimal point (``12``, ``12.5``, ``12.50``).
 
     More decimals are refused rather than rounded: 0.005 is not a price the shop can charge.
     """
     text = value.strip()
     if not text:
         return None
+    if not _PRICE.fullmatch(text):
+        raise ValueError(f"price must be a number like 12.50 (digits and a decimal point), got {_shorten(value)!r}")
     try:
         price = Decimal(text)
     except InvalidOperation:
@@ -104,8 +113,9 @@ def check_product_fields(
         if not isinstance(price, Decimal | int | float) or isinstance(price, bool):
             raise InvalidProductError(f"price must be a number, got {price!r}")
         try:
-            parse_price(str(price))
-        except ValueError as exc:
+            # In fixed-point notation: Decimal("1E+2") and 1e2 are the price 100.
+            parse_price(format(Decimal(str(price)), "f"))
+        except (ValueError, ArithmeticError) as exc:
             raise InvalidProductError(str(exc)) from None
 
 

@@ -98,3 +98,56 @@ def test_unwritable_errors_file_is_one_line_before_any_work(run, engine: Engine,
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: cannot write ") and len(result.stderr.splitlines()) == 1
     assert catalogue.is_empty(engine)  # refused before anything was ingested
+
+
+def test_endless_and_ambiguous_inputs_are_one_line_errors(run, engine: Engine, tmp_path: Path) -> None:
+    # A manifest or stock file that never ends (a device): refused at the line-length limit, not read whole.
+    for args in (["ingest", "--quiet", "--manifest", "/dev/zero"], ["stock", "--csv", "/dev/zero"]):
+        result = run(*args)
+        assert result.exit_code == 1 and "longer than" in result.stderr, result.output
+        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output
+    # A header naming a column twice: which one is the SKU? Refused, nothing stored.
+    photo = next((Path(__file__).resolve().parent.parent / "examples" / "catalogue" / "hat").glob("*.jpg"))
+    twice = tmp_path / "twice.csv"
+    twice.write_text(f"sku,sku,category,image\na,b,hat,{photo}\n")
+    result = run("ingest", "--quiet", "--manifest", str(twice))
+    assert result.exit_code == 1 and "names a column twice: sku" in result.stderr, result.output
+    assert catalogue.is_empty(engine)
+    # Prices in one grammar: ASCII digits and a decimal point; grouping, underscores and other digits refused.
+    prices = tmp_path / "prices.csv"
+    rows = [
+        ("plain", "1000"),
+        ("cents", "12.50"),
+        ("underscore", "1_000"),
+        ("comma", "1,000"),
+        ("wide", "\uff11\uff12"),
+    ]
+    prices.write_text("sku,category,price,image\n" + "".join(f'{sku},hat,"{price}",{photo}\n' for sku, price in rows))
+    result = run("ingest", "--quiet", "--manifest", str(prices))
+    assert result.exit_code == 1
+    assert sorted(line.split()[1] for line in result.stderr.splitlines()) == ["comma", "underscore", "wide"]
+    assert catalogue.get_product(engine, "plain").price == 1000 and catalogue.get_product(engine, "cents") is not None
+
+
+def test_endless_stdin_is_refused_at_the_limit(database_url: str, fake_weights: str) -> None:
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "imgsearch", "--database-url", database_url, "--weights", fake_weights]
+    with open("/dev/zero", "rb") as zero:
+        done = subprocess.run([*command, "search", "-"], stdin=zero, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.strip().endswith("image data too large (over 104857600 bytes)")
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_a_photo_over_the_pixel_limit_is_one_line_without_the_image_librarys_warning(
+    run, engine: Engine, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    catalogue.upsert_products(engine, [catalogue.ProductRecord(sku="x", category="c", embedding=[1.0] * 512)])
+    big = tmp_path / "big.png"
+    Image.new("1", (10_000, 10_000)).save(big)  # 100 megapixels, a few kilobytes
+    result = run("search", str(big))
+    assert result.exit_code == 1 and "image too large" in result.stderr, result.output
+    assert "Warning" not in result.stderr and len(result.stderr.splitlines()) == 1

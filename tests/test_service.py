@@ -203,6 +203,14 @@ def test_every_kind_of_bad_input_is_a_one_line_4xx(service: Service) -> None:
     assert "k" in _error(service.client.get(f"/products/{PHOTO_SKU}/similar", params={"k": "lots"}), 422)
     _error(service.client.get(f"/products/{PHOTO_SKU}/similar", params={"k": 0}), 422)
     _error(service.client.get("/no/such/endpoint"), 404)
+    # Text PostgreSQL cannot hold (NUL), and JSON nested past what a parser should follow: 400, not 500.
+    assert "NUL" in _error(service.client.get("/products/a%00b/similar"), 400)
+    assert "NUL" in _error(service.client.get(f"/products/{PHOTO_SKU}/similar", params={"category": "\x00"}), 400)
+    assert "NUL" in _error(service.client.get("/products/a%00b/cheaper"), 400)
+    assert "NUL" in _error(post("/search", json={"vector": [0.1] * 512, "category": ["a\x00"]}), 400)
+    assert "NUL" in _error(post("/search", files=_photo(), data={"category": "x\x00y"}), 400)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert "nested" in _error(post("/search", content=deep, headers={"content-type": "application/json"}), 400)
 
 
 def test_photos_are_served_from_the_image_roots_only(service: Service, catalogue_url: str) -> None:
