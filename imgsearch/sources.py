@@ -375,13 +375,21 @@ def _csv_rows(path: Path, header: list[str]) -> Iterator[_CsvRow | Failure]:
                 continue
             fields = {name: value.strip() for name, value in zip(header, values, strict=False)}
             broken = [name for name in _ONE_LINE_COLUMNS if len(fields.get(name, "").splitlines()) > 1]
-            if end > start and (broken or len(values) < len(header)):
-                # A quoted field may hold line breaks (a long name), but a row whose one-line fields do, or that
-                # lost its last fields in the process, swallowed the rows after an unclosed quote.
+            if end > start and len(values) < len(header):
+                # A quoted field may hold line breaks (a long name), but a row that lost its last fields in the
+                # process swallowed the rows after an unclosed quote.
                 yield Failure(
                     sku_label(sku.splitlines()[0] if sku else "") or None,
                     where,
                     f"the row runs over lines {start}-{end} and its fields do not fit: a quote is left open",
+                )
+                continue
+            if broken:
+                # A complete row, correctly quoted, but a field that must be one line holds a line break.
+                yield Failure(
+                    sku_label(sku.splitlines()[0] if sku else "") or None,
+                    where,
+                    f"{' and '.join(sorted(broken))} contains a line break (only a name may run over lines)",
                 )
                 continue
             yield _CsvRow(fields, where)

@@ -127,6 +127,12 @@ def test_endless_and_ambiguous_inputs_are_one_line_errors(run, engine: Engine, t
     assert result.exit_code == 1
     assert sorted(line.split()[1] for line in result.stderr.splitlines()) == ["comma", "underscore", "wide"]
     assert catalogue.get_product(engine, "plain").price == 1000 and catalogue.get_product(engine, "cents") is not None
+    # A correctly quoted SKU holding a line break is named for what it is, not as an open quote.
+    newline = tmp_path / "newline.csv"
+    newline.write_text(f'sku,category,image\n"two\nlines",hat,{photo}\nafter,hat,{photo}\n')
+    result = run("ingest", "--quiet", "--manifest", str(newline))
+    assert result.exit_code == 1 and "sku contains a line break" in result.stderr, result.output
+    assert catalogue.get_product(engine, "after") is not None
 
 
 def test_endless_stdin_is_refused_at_the_limit(database_url: str, fake_weights: str) -> None:
