@@ -257,7 +257,11 @@ def db_status(app: App) -> None:
         click.echo(_revision_line(engine))
         return
     status = embedded_server.status(app.settings.home)
-    click.echo(f"embedded server: {f'running (pid {status.pid})' if status.running else 'stopped'}")
+    if status.state == "stopping":
+        state = f"shutting down (pid {status.pid}): waiting for its open sessions to end (imgsearch db stop ends them)"
+    else:
+        state = f"running (pid {status.pid})" if status.running else "stopped"
+    click.echo(f"embedded server: {state}")
     click.echo(f"data directory: {status.data_dir}")
     if status.url:
         click.echo(f"url: {urls.libpq_url(status.url)}")

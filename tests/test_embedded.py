@@ -130,3 +130,55 @@ def test_a_start_waits_for_crash_recovery(home: Path, monkeypatch: pytest.Monkey
     assert gave_up == ["pg_ctl"]  # pg_ctl gave up on the recovering server, the start did not
     with psycopg.connect(urls.libpq_url(url, show_password=True)) as conn:
         assert conn.execute("SELECT count(*) FROM survivor").fetchone() == (2000000,)
+
+
+def test_a_server_shutting_down_is_waited_for_and_started_again(home: Path) -> None:
+    # SIGTERM is PostgreSQL's "smart" shutdown: it waits for the open sessions to end. Meanwhile the server is
+    # neither running nor stopped; a command must wait for it and start it again, and `db status` say so.
+    import os
+    import signal
+    import threading
+    import time
+
+    url = embedded_server.start(home)
+    session = psycopg.connect(urls.libpq_url(url, show_password=True), autocommit=True)
+    pid = embedded_server.status(home).pid
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while embedded_server.status(home).state != "stopping":
+        assert time.monotonic() < deadline, embedded_server.status(home)
+        time.sleep(0.1)
+    assert "shutting down" in _cli(home, "db", "status")
+    threading.Timer(2.0, session.close).start()  # the last session ends a moment later
+    started = time.monotonic()
+    assert embedded_server.start(home) == url  # waited for the shutdown, then started again
+    assert time.monotonic() - started >= 1.5
+    assert embedded_server.status(home).state == "ready" and embedded_server.status(home).pid != pid
+    assert "running" in _cli(home, "db", "status")
+
+
+def test_everyday_commands_open_no_superuser_session(home: Path, fake_weights: str, tmp_path: Path) -> None:
+    # With log_connections on, the server logs every session's role: the everyday commands' must all be the
+    # writer's or the reader's (the category-index step of `ingest` is left out here with --no-index: it still
+    # needs the schema's owner).
+    _cli(home, "db", "upgrade")
+    url = embedded_server.start(home)
+    with psycopg.connect(urls.libpq_url(url, show_password=True), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET log_connections = 'authorization'")
+        conn.execute("SELECT pg_reload_conf()")
+    log = embedded_server.data_dir(home) / "log"
+    seen = log.stat().st_size
+    sample = REPO / "examples" / "catalogue"
+    weights = ["--weights", fake_weights]
+    _cli(home, *weights, "ingest", "--quiet", "--no-index", str(sample))
+    _cli(home, "stats")
+    _cli(home, "stock", "--out", "hat/" + next((sample / "hat").glob("*.jpg")).stem)
+    _cli(home, *weights, "search", str(next((sample / "dress").glob("*.jpg"))), "-k", "3")
+    _cli(home, "similar", "hat/" + next((sample / "hat").glob("*.jpg")).stem, "-k", "3")
+    with log.open(errors="replace") as fh:
+        fh.seek(seen)
+        sessions = [line for line in fh if "connection authorized" in line]
+    assert sessions, "log_connections logged nothing"
+    roles = {line.split("user=")[1].split()[0] for line in sessions}
+    assert roles <= {"imgsearch_writer", "imgsearch_reader"}, sessions
