@@ -216,3 +216,49 @@ def test_search_returns_rows_or_invalid_query(
     assert len(results) <= int(k)  # type: ignore[call-overload]
     assert all(np.isfinite(r.distance) and 0 <= r.distance <= 2 for r in results)
     assert [r.distance for r in results] == sorted(r.distance for r in results)
+
+
+# JSON bodies of any shape for the HTTP service: scalars, deep and wide containers, the search's own keys with
+# values of every type, and text PostgreSQL cannot hold.
+_JSON_SCALARS = st.none() | st.booleans() | st.integers() | _FLOATS | st.text(max_size=8) | st.just("a\x00b")
+_JSON = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+_SEARCH_BODIES = st.one_of(
+    _JSON,
+    st.fixed_dictionaries(
+        {"vector": st.one_of(_VECTORS, _JSON)},
+        optional={"k": _JSON | st.integers(-3, 1100), "category": _JSON, "in_stock_only": _JSON, "max_price": _JSON},
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def service_client(small_catalogue: Engine) -> Iterator[object]:
+    from fastapi.testclient import TestClient
+
+    from imgsearch.config import Settings
+    from imgsearch.service import create_app
+
+    url = small_catalogue.url.render_as_string(hide_password=False)
+    app = create_app(Settings(database_url=url, weights="fake"))
+    with TestClient(app.fastapi, raise_server_exceptions=False) as client:  # type: ignore[attr-defined]
+        yield client
+
+
+@settings(FUZZ, suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example])
+@given(body=_SEARCH_BODIES)
+def test_any_json_body_is_answered_or_refused_never_a_500(service_client: object, body: object) -> None:
+    import json
+
+    response = service_client.post(  # type: ignore[attr-defined]
+        "/search", content=json.dumps(body, allow_nan=True), headers={"content-type": "application/json"}
+    )
+    assert response.status_code in (200, 400, 404, 422), (response.status_code, response.text)
+    payload = response.json()
+    if response.status_code == 200:
+        assert isinstance(payload, list)
+    else:
+        assert set(payload) == {"error"} and "\n" not in payload["error"]
