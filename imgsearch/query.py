@@ -35,7 +35,7 @@ from imgsearch.errors import DatabaseUnavailableError, InvalidQueryError, StaleV
 from imgsearch.images import Crop, ImageSource, photo_size, read_source, validate_crop
 from imgsearch.local_features import LocalFeatures
 from imgsearch.tables import DIMENSION
-from imgsearch.validation import price_limit, unit_vector
+from imgsearch.validation import price_limit, text_problem, unit_vector
 
 if TYPE_CHECKING:
     from imgsearch.embedding import Featurizer
@@ -95,10 +95,8 @@ def _query_text(value: str, what: str) -> str:
     UTF-8) is refused here, as bad input, instead of failing in the driver."""
     if not isinstance(value, str):
         raise InvalidQueryError(f"{what} must be text")
-    if "\x00" in value:
-        raise InvalidQueryError(f"{what} contains a NUL character")
-    if any("\ud800" <= ch <= "\udfff" for ch in value):
-        raise InvalidQueryError(f"{what} is not valid UTF-8 text")
+    if problem := text_problem(value):
+        raise InvalidQueryError(f"{what} {problem}")
     return value
 
 

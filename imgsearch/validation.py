@@ -84,6 +84,16 @@ def price_limit(value: object, what: str) -> Decimal | None:
     return min(limit, MAX_PRICE)
 
 
+def text_problem(value: str) -> str | None:
+    """Why PostgreSQL cannot take ``value`` as text (a NUL character; lone surrogates: bytes that were not UTF-8
+    read with ``surrogateescape``), or ``None``."""
+    if "\x00" in value:
+        return "contains a NUL character"
+    if any("\ud800" <= ch <= "\udfff" for ch in value):
+        return "is not valid UTF-8"
+    return None
+
+
 def check_text(value: object, what: str, max_length: int, *, required: bool) -> str | None:
     """``value`` as the database will store it, or :class:`InvalidProductError` saying what is wrong with it."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -92,10 +102,8 @@ def check_text(value: object, what: str, max_length: int, *, required: bool) -> 
         return None
     if not isinstance(value, str):
         raise InvalidProductError(f"{what} must be text, got {type(value).__name__}")
-    if "\x00" in value:
-        raise InvalidProductError(f"{what} contains a NUL character")
-    if any("\udc80" <= ch <= "\udcff" for ch in value):
-        raise InvalidProductError(f"{what} is not valid UTF-8")
+    if problem := text_problem(value):
+        raise InvalidProductError(f"{what} {problem}")
     if len(value) > max_length:
         raise InvalidProductError(f"{what} is {len(value)} characters long, the limit is {max_length}")
     return value
