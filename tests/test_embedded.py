@@ -182,3 +182,21 @@ def test_everyday_commands_open_no_superuser_session(home: Path, fake_weights: s
     assert sessions, "log_connections logged nothing"
     roles = {line.split("user=")[1].split()[0] for line in sessions}
     assert roles <= {"imgsearch_writer", "imgsearch_reader"}, sessions
+
+
+def test_the_home_stays_private(home: Path) -> None:
+    # The embedded package opens the folders above its data to everyone when run as root; a private home must
+    # stay closed to others (its server's own user may pass through), across stops and starts.
+    home.mkdir(mode=0o700)
+    for _ in range(2):
+        url = embedded_server.start(home)
+        assert home.stat().st_mode & 0o077 in (0, 0o010), oct(home.stat().st_mode)
+        with psycopg.connect(urls.libpq_url(url, show_password=True)) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert embedded_server.stop(home)
+    fresh = home.parent / "fresh"
+    embedded_server.start(fresh)  # a home imgsearch creates is private from the start
+    try:
+        assert fresh.stat().st_mode & 0o077 in (0, 0o010), oct(fresh.stat().st_mode)
+    finally:
+        embedded_server.stop(fresh)
