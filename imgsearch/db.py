@@ -5,7 +5,7 @@ embedded server in :mod:`imgsearch.embedded_server`."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -211,6 +211,29 @@ def _is_disconnect(exc: DBAPIError) -> bool:
     return sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03")
 
 
+def retrying(attempt: Callable[[], T], waits: Sequence[float], transient: Callable[[Exception], bool]) -> T:
+    """The one retry policy: call ``attempt``; when it fails with an error ``transient`` accepts, wait the next of
+    ``waits`` (seconds) and call it again; once the waits are used up, or for any other error, the error stands."""
+    for wait in (*waits, None):
+        try:
+            return attempt()
+        except Exception as exc:
+            if wait is None or not transient(exc):
+                raise
+            time.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def is_conflict(exc: Exception) -> bool:
+    """A deadlock or serialization failure: the same transaction, run again, normally succeeds."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+def is_outage(exc: Exception) -> bool:
+    """The server cannot be reached (gone, restarting, refusing)."""
+    return isinstance(exc, DatabaseUnavailableError)
+
+
 def run_transaction(bind: Engine | Connection, work: Callable[[Connection], T], *, reconnect: bool = False) -> T:
     """Run ``work`` in a transaction; on a deadlock or serialization failure run it again (bounded, with backoff).
 
@@ -219,27 +242,15 @@ def run_transaction(bind: Engine | Connection, work: Callable[[Connection], T], 
     that was in flight when the connection died may or may not have happened. Given a connection that is already
     in a transaction, ``work`` runs once: a failed transaction cannot be retried from inside.
     """
-    attempts = 0
-    outages = 0
-    waits = reconnect_waits() if reconnect else []
-    while True:
-        try:
-            with transaction(bind) as conn:
-                return work(conn)
-        except DBAPIError as exc:
-            retry_here = isinstance(bind, Engine) or not bind.in_transaction()
-            sqlstate = getattr(exc.orig, "sqlstate", None)
-            if retry_here and sqlstate in RETRYABLE_SQLSTATES and attempts < len(RETRY_WAITS):
-                time.sleep(RETRY_WAITS[attempts])
-                attempts += 1
-                continue
-            raise
-        except DatabaseUnavailableError:
-            if isinstance(bind, Engine) and outages < len(waits):
-                time.sleep(waits[outages])
-                outages += 1
-                continue
-            raise
+
+    def once() -> T:
+        with transaction(bind) as conn:
+            return work(conn)
+
+    own = isinstance(bind, Engine) or not bind.in_transaction()
+    conflicts = RETRY_WAITS if own else ()
+    outages = reconnect_waits() if reconnect and isinstance(bind, Engine) else []
+    return retrying(lambda: retrying(once, conflicts, is_conflict), outages, is_outage)
 
 
 def primary_message(exc: DBAPIError) -> str:

@@ -7,7 +7,6 @@ get the same results from the same code. See docs/filtered-search.md for how fil
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,13 +24,15 @@ from imgsearch import local_features, visual_words
 from imgsearch.catalogue import Listing, SpaceLike, check_space
 from imgsearch.db import (
     RETRY_WAITS,
-    RETRYABLE_SQLSTATES,
     binary_vector,
+    is_conflict,
+    is_outage,
     reconnect_waits,
+    retrying,
     transaction,
     translate_error,
 )
-from imgsearch.errors import DatabaseUnavailableError, InvalidQueryError, StaleVocabularyError
+from imgsearch.errors import InvalidQueryError, StaleVocabularyError
 from imgsearch.images import Crop, ImageSource, photo_size, read_source, validate_crop
 from imgsearch.local_features import LocalFeatures
 from imgsearch.tables import DIMENSION
@@ -156,23 +157,12 @@ def _rows(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact
     # A search is read-only, so a connection lost to a server restart is simply tried again on a new one (the
     # pool drops the dead ones); a server that stays away is DatabaseUnavailableError after a few seconds.
     # So is one chosen as a deadlock's victim (a schema change taking its locks while searches run).
-    outages = conflicts = 0
-    while True:
-        try:
-            rows = _execute(bind, statement, params, exact)
-            break
-        except DatabaseUnavailableError:
-            if outages >= len(_SEARCH_RECONNECT_WAITS) or not isinstance(bind, Engine):
-                raise
-            time.sleep(_SEARCH_RECONNECT_WAITS[outages])
-            outages += 1
-        except DBAPIError as exc:
-            sqlstate = getattr(exc.orig, "sqlstate", None)
-            if sqlstate not in RETRYABLE_SQLSTATES or not isinstance(bind, Engine) or conflicts >= len(RETRY_WAITS):
-                raise
-            time.sleep(RETRY_WAITS[conflicts])
-            conflicts += 1
-    return rows
+    own = isinstance(bind, Engine)
+    return retrying(
+        lambda: retrying(lambda: _execute(bind, statement, params, exact), RETRY_WAITS if own else (), is_conflict),
+        _SEARCH_RECONNECT_WAITS if own else (),
+        is_outage,
+    )
 
 
 # A search waits at most a few seconds for the database (a website would rather show an error quickly).

@@ -9,7 +9,6 @@ imgsearch migrates a database without the repository.
 
 from __future__ import annotations
 
-import time
 from functools import cache
 from importlib.util import find_spec
 from pathlib import Path
@@ -20,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch.config import DEFAULT_SCHEMA, check_schema_name
-from imgsearch.db import RETRYABLE_SQLSTATES, schema_of, translate_error
+from imgsearch.db import is_conflict, retrying, schema_of, translate_error
 from imgsearch.errors import BusyError, DatabaseUnavailableError, SchemaError, SchemaTooNewError
 
 if TYPE_CHECKING:
@@ -137,27 +136,29 @@ def _migrate(engine: Engine, direction: str, revision: str) -> None:
 
     schema = schema_of(engine)
     _check_not_newer(current_revision(engine))
-    # Each attempt waits at most LOCK_TIMEOUT for a lock (searches queue behind a waiting schema change, so it
-    # must not wait long), then gives way for a moment before trying again.
-    for wait in (*LOCK_RETRY_WAITS, None):
+
+    def attempt() -> None:
         try:
             with engine.begin() as conn:
                 getattr(command, direction)(alembic_config(conn, schema), revision)
-            return
         except CommandError as exc:
             raise SchemaError(f"cannot {direction} to {revision!r}: {exc}") from None
         except DBAPIError as exc:
-            error = translate_error(exc)
-            # Waited too long for a lock, or chosen as a deadlock's victim by a search: give way, try again.
-            deadlock = getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
-            if deadlock and wait is None:
-                raise BusyError(
-                    f"cannot {direction}: the catalogue is locked by another session (a deadlock on every attempt); "
-                    "try again when searches and writes have paused"
-                ) from None
-            if not (isinstance(error, BusyError) or deadlock) or wait is None:
-                raise error from None
-            time.sleep(wait)
+            if is_conflict(exc):
+                raise
+            raise translate_error(exc) from None
+
+    # Each attempt waits at most LOCK_TIMEOUT for a lock (searches queue behind a waiting schema change, so it
+    # must not wait long), then gives way for a moment before trying again; so does a deadlock's victim.
+    try:
+        retrying(attempt, LOCK_RETRY_WAITS, lambda exc: isinstance(exc, BusyError) or is_conflict(exc))
+    except DBAPIError as exc:
+        if not is_conflict(exc):
+            raise
+        raise BusyError(
+            f"cannot {direction}: the catalogue is locked by another session (a deadlock on every attempt); "
+            "try again when searches and writes have paused"
+        ) from None
 
 
 def require_schema(engine: Engine) -> None:

@@ -17,7 +17,6 @@ are caught up. See docs/quality.md for what it buys and how the map was chosen.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,7 +32,7 @@ from sqlalchemy.exc import DBAPIError
 
 from imgsearch import projection, sql
 from imgsearch.catalogue import Bind
-from imgsearch.db import schema_of, transaction, translate_error
+from imgsearch.db import retrying, schema_of, transaction, translate_error
 from imgsearch.errors import BusyError, TuningError
 from imgsearch.schema import LOCK_RETRY_WAITS, LOCK_TIMEOUT
 from imgsearch.tables import DIMENSION
@@ -299,18 +298,18 @@ def _fill(driver: psycopg.Connection[Any], learnt: projection.Projection, say: C
 def _with_lock_retries(driver: psycopg.Connection[Any], statement: str, params: tuple[Any, ...]) -> None:
     """Run a statement that needs a moment of exclusive access: it waits at most LOCK_TIMEOUT each time (searches
     queue behind a waiting lock), and gives way between attempts."""
-    for wait in (*LOCK_RETRY_WAITS, None):
-        try:
-            with driver.transaction():
-                driver.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(pgsql.Literal(LOCK_TIMEOUT)))
-                driver.execute(statement, params)
-            return
-        except psycopg.errors.LockNotAvailable:
-            if wait is None:
-                raise BusyError(
-                    "the catalogue stayed busy (writers or long searches held it): nothing changed; try again"
-                ) from None
-            time.sleep(wait)
+
+    def attempt() -> None:
+        with driver.transaction():
+            driver.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(pgsql.Literal(LOCK_TIMEOUT)))
+            driver.execute(statement, params)
+
+    try:
+        retrying(attempt, LOCK_RETRY_WAITS, lambda exc: isinstance(exc, psycopg.errors.LockNotAvailable))
+    except psycopg.errors.LockNotAvailable:
+        raise BusyError(
+            "the catalogue stayed busy (writers or long searches held it): nothing changed; try again"
+        ) from None
 
 
 def _discard(driver: psycopg.Connection[Any]) -> None:
