@@ -159,11 +159,13 @@ class Catalogue:
         **filters: Any,
     ) -> list[query.SearchResult]:
         """The products a photo shows or looks like (:func:`imgsearch.query.search_image`). The photo is read
-        once and checked before the network is loaded, so a bad photo or crop fails in milliseconds."""
+        once; before the network's first use it is checked at a small size, so that a bad photo or crop fails in
+        milliseconds rather than after seconds of loading."""
         from imgsearch.images import decode_within, read_source
 
         source = read_source(image)
-        decode_within(source, 64, crop=crop)
+        if self._featurizer is None:
+            decode_within(source, 64, crop=crop)
         engine = self.engine("reader")
         return query.search_image(
             engine, self.featurizer, source, k, crop=crop, verify=verify, candidates=candidates, **filters
