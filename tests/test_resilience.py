@@ -69,11 +69,12 @@ def assert_same_catalogue(got: dict[str, tuple], want: dict[str, tuple]) -> None
 
 @pytest.fixture(scope="module")
 def clean_run(
-    folder: Path, make_database: Callable[..., str], migrated_template: str, fake_featurizer: Featurizer
+    folder: Path, make_database: Callable[..., str], migrated_template: str, featurizer: Featurizer
 ) -> dict[str, tuple]:
-    """The catalogue an uninterrupted ingest of ``folder`` makes."""
+    """The catalogue an uninterrupted ingest of ``folder`` makes. The interruption tests run the real network: with
+    it an ingest lasts long enough for a signal to land in the middle of it, where it matters."""
     engine = db.create_engine(make_database(template=migrated_template))
-    report = ingest.ingest(engine, ingest.scan_folder(folder), fake_featurizer)
+    report = ingest.ingest(engine, ingest.scan_folder(folder), featurizer)
     assert report.added == len(CATEGORIES) * PER_CATEGORY and not report.failures
     result = snapshot(engine)
     engine.dispose()
@@ -144,9 +145,9 @@ def test_an_interrupted_ingest_resumes_to_the_clean_result(
     clean_run: dict[str, tuple],
     engine: Engine,
     database_url: str,
-    fake_weights: str,
+    weights_path: str,
 ) -> None:
-    process = _ingest_process(["--database-url", database_url, "--weights", fake_weights], folder)
+    process = _ingest_process(["--database-url", database_url, "--weights", weights_path], folder)
     if after == 0:
         _wait_until(lambda: _sessions(engine) > 0, process)
     else:
@@ -162,7 +163,7 @@ def test_an_interrupted_ingest_resumes_to_the_clean_result(
     assert committed < len(clean_run)
 
     rerun = CliRunner().invoke(
-        main, ["--database-url", database_url, "--weights", fake_weights, "ingest", "--quiet", str(folder)]
+        main, ["--database-url", database_url, "--weights", weights_path, "ingest", "--quiet", str(folder)]
     )
     assert rerun.exit_code == 0, rerun.output
     assert f"added {len(clean_run) - committed}," in rerun.stdout  # resumed: only what was missing
@@ -183,11 +184,11 @@ def own_server(tmp_path: Path) -> Iterator[tuple[Path, Engine]]:
 
 
 def test_the_database_stopped_mid_ingest_is_one_line_then_a_rerun_completes(
-    own_server: tuple[Path, Engine], folder: Path, clean_run: dict[str, tuple], fake_weights: str
+    own_server: tuple[Path, Engine], folder: Path, clean_run: dict[str, tuple], weights_path: str
 ) -> None:
     home, admin = own_server
     process = _ingest_process(
-        ["--home", str(home), "--weights", fake_weights], folder, env={"IMGSEARCH_RECONNECT_SECONDS": "2"}
+        ["--home", str(home), "--weights", weights_path], folder, env={"IMGSEARCH_RECONNECT_SECONDS": "2"}
     )
     _wait_until(lambda: _count(admin) >= 4, process)
     embedded_server.stop(home)
@@ -198,16 +199,16 @@ def test_the_database_stopped_mid_ingest_is_one_line_then_a_rerun_completes(
     assert len(stderr.splitlines()) == 1, stderr
 
     embedded_server.start(home)
-    rerun = CliRunner().invoke(main, ["--home", str(home), "--weights", fake_weights, "ingest", "--quiet", str(folder)])
+    rerun = CliRunner().invoke(main, ["--home", str(home), "--weights", weights_path, "ingest", "--quiet", str(folder)])
     assert rerun.exit_code == 0, rerun.output
     assert_same_catalogue(snapshot(admin), clean_run)
 
 
 def test_a_database_restart_during_an_ingest_is_ridden_out(
-    own_server: tuple[Path, Engine], folder: Path, clean_run: dict[str, tuple], fake_weights: str
+    own_server: tuple[Path, Engine], folder: Path, clean_run: dict[str, tuple], weights_path: str
 ) -> None:
     home, admin = own_server
-    process = _ingest_process(["--home", str(home), "--weights", fake_weights], folder)
+    process = _ingest_process(["--home", str(home), "--weights", weights_path], folder)
     _wait_until(lambda: _count(admin) >= 4, process)
     embedded_server.stop(home)
     time.sleep(1)
