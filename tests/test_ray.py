@@ -68,12 +68,12 @@ def _catalogue(engine: Engine) -> dict[str, tuple]:
 
 
 def test_ray_and_local_ingestion_give_the_same_catalogue(
-    make_database: Callable[..., str], migrated_template: str, fake_weights: str, tmp_path: Path
+    make_database: Callable[..., str], migrated_template: str, weights_path: str, tmp_path: Path
 ) -> None:
     folder = _folder(tmp_path / "photos")
     local_url, ray_url = make_database(template=migrated_template), make_database(template=migrated_template)
-    local_out = _ingest(local_url, fake_weights, folder, tmp_path / "local-errors.csv")
-    ray_out = _ingest(ray_url, fake_weights, folder, tmp_path / "ray-errors.csv", "--ray", "--ray-concurrency", "1")
+    local_out = _ingest(local_url, weights_path, folder, tmp_path / "local-errors.csv")
+    ray_out = _ingest(ray_url, weights_path, folder, tmp_path / "ray-errors.csv", "--ray", "--ray-concurrency", "1")
     counts = "added 20, updated 0, unchanged 0, failed 2 (20 images embedded"
     assert local_out.startswith(counts) and ray_out.startswith(counts)
 
@@ -88,7 +88,7 @@ def test_ray_and_local_ingestion_give_the_same_catalogue(
     assert read(tmp_path / "ray-errors.csv") == read(tmp_path / "local-errors.csv")
 
     # Idempotent on Ray too: nothing is embedded again.
-    again = _ingest(ray_url, fake_weights, folder, tmp_path / "again.csv", "--ray")
+    again = _ingest(ray_url, weights_path, folder, tmp_path / "again.csv", "--ray")
     assert again.startswith("added 0, updated 0, unchanged 20, failed 2 (0 images embedded")
     local.dispose()
     ray.dispose()
@@ -113,11 +113,11 @@ def kill_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def clean_catalogue(
-    kill_folder: Path, make_database: Callable[..., str], migrated_template: str, fake_featurizer: Featurizer
+    kill_folder: Path, make_database: Callable[..., str], migrated_template: str, featurizer: Featurizer
 ) -> dict[str, tuple]:
     """The same photos ingested on the local path, nothing killed: what every killed run must end with."""
     engine = db.create_engine(make_database(template=migrated_template))
-    report = ingest.ingest(engine, ingest.scan_folder(kill_folder), fake_featurizer)
+    report = ingest.ingest(engine, ingest.scan_folder(kill_folder), featurizer)
     assert (report.added, report.embedded, report.failures) == (64, 64, [])
     catalogue = _catalogue(engine)
     engine.dispose()
@@ -173,16 +173,16 @@ def _kill_second_model_actor(engine: Engine, run: Future[Any], *, no_restart: bo
     pytest.fail(f"no model actor of the second batch found while it was embedding (first batch's: {first})")
 
 
-def _ray_ingest(url: str, fake_featurizer: Featurizer, folder: Path) -> Callable[[], ingest.IngestReport]:
+def _ray_ingest(url: str, featurizer: Featurizer, folder: Path) -> Callable[[], ingest.IngestReport]:
     from imgsearch.distributed import RayEmbedder
 
-    embedder = RayEmbedder(fake_featurizer, concurrency=1)
+    embedder = RayEmbedder(featurizer, concurrency=1)
 
     def run() -> ingest.IngestReport:
         engine = db.create_engine(url)
         try:
             return ingest.ingest(
-                engine, ingest.scan_folder(folder), fake_featurizer, commit_every=KILL_BATCH, embedder=embedder
+                engine, ingest.scan_folder(folder), featurizer, commit_every=KILL_BATCH, embedder=embedder
             )
         finally:
             engine.dispose()
@@ -207,7 +207,7 @@ def _assert_clean(engine: Engine, clean: dict[str, tuple]) -> None:
 def test_a_crashed_model_actor_is_restarted_and_its_batch_embedded_once(
     make_database: Callable[..., str],
     migrated_template: str,
-    fake_featurizer: Featurizer,
+    featurizer: Featurizer,
     kill_folder: Path,
     clean_catalogue: dict[str, tuple],
 ) -> None:
@@ -216,7 +216,7 @@ def test_a_crashed_model_actor_is_restarted_and_its_batch_embedded_once(
 
     url = make_database(template=migrated_template)
     engine = db.create_engine(url)
-    run = _ray_ingest(url, fake_featurizer, kill_folder)
+    run = _ray_ingest(url, featurizer, kill_folder)
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(run)
         kill = _kill_second_model_actor(engine, future, no_restart=False)
@@ -233,7 +233,7 @@ def test_a_crashed_model_actor_is_restarted_and_its_batch_embedded_once(
 def test_a_model_actor_killed_for_good_fails_the_run_in_one_line_and_a_rerun_resumes(
     make_database: Callable[..., str],
     migrated_template: str,
-    fake_weights: str,
+    weights_path: str,
     kill_folder: Path,
     clean_catalogue: dict[str, tuple],
 ) -> None:
@@ -241,7 +241,7 @@ def test_a_model_actor_killed_for_good_fails_the_run_in_one_line_and_a_rerun_res
     running the same command again embeds only the lost batch and the catalogue is the clean run's."""
     url = make_database(template=migrated_template)
     engine = db.create_engine(url)
-    args = ["--database-url", url, "--weights", fake_weights, "ingest", "-q", str(kill_folder)]
+    args = ["--database-url", url, "--weights", weights_path, "ingest", "-q", str(kill_folder)]
     args += ["--commit-every", str(KILL_BATCH), "--ray", "--ray-concurrency", "1"]
     command = lambda: CliRunner().invoke(main, args)  # noqa: E731
     with ThreadPoolExecutor(max_workers=1) as pool:

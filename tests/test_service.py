@@ -236,9 +236,10 @@ def test_the_page_and_its_files(service: Service) -> None:
 
 
 @pytest.fixture(scope="module")
-def tight(catalogue_url: str, fake_weights: str) -> Iterator[Service]:
-    """A service with a tiny upload limit and a model queue of one."""
-    running = Service(catalogue_url, fake_weights, "--max-upload-mb", "0.05", "--queue", "1", "--timeout", "20")
+def tight(catalogue_url: str, weights_path: str) -> Iterator[Service]:
+    """A service with a tiny upload limit and a model queue of one; the real network, slow enough that concurrent
+    photos really queue for it (only /embed is used: the catalogue's space does not matter)."""
+    running = Service(catalogue_url, weights_path, "--max-upload-mb", "0.05", "--queue", "1", "--timeout", "20")
     yield running
     running.close()
 
