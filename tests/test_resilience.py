@@ -134,7 +134,7 @@ def _leftovers(engine: Engine) -> list[str]:
     [
         (signal.SIGKILL, 0),  # before the first commit (loading the model, or embedding the first batch)
         (signal.SIGKILL, 4),  # just after a commit
-        (signal.SIGKILL, 12),  # half way
+        (signal.SIGKILL, 36),  # half way
         (signal.SIGINT, 8),  # Ctrl-C
         (signal.SIGTERM, 8),  # a service manager stopping it
     ],
