@@ -88,7 +88,14 @@ def _ingest_process(options: list[str], folder: Path, env: dict[str, str] | None
     command = [sys.executable, "-m", "imgsearch", *options, "ingest", "--quiet", "--commit-every", COMMIT_EVERY]
     command.append(str(folder))
     return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        # Ctrl-C as at a terminal, even when the tests themselves run in the background (where a shell starts
+        # them with SIGINT ignored, and that would be inherited).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
