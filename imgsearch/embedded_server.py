@@ -12,6 +12,7 @@ import os
 import subprocess
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -179,33 +180,34 @@ STOP_WAIT_SECONDS = 60.0
 
 
 def _wait_while_stopping(pgdata: Path) -> None:
-    postmaster_info = _pgserver().utils.PostmasterInfo
-    deadline = time.monotonic() + STOP_WAIT_SECONDS
-    while True:
-        info = postmaster_info.read_from_pgdata(pgdata)
-        if info is None or not info.is_running() or info.status != "stopping":
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"the server has been shutting down for {STOP_WAIT_SECONDS:.0f} s, waiting for its open sessions "
-                f"to end: close them, or stop it with `imgsearch db stop` (see {pgdata / 'log'})"
-            )
-        time.sleep(0.5)
+    _watch(
+        pgdata,
+        lambda info, _elapsed: info is None or not info.is_running() or info.status != "stopping",
+        STOP_WAIT_SECONDS,
+        f"the server has been shutting down for {STOP_WAIT_SECONDS:.0f} s, waiting for its open sessions to end: "
+        f"close them, or stop it with `imgsearch db stop` (see {pgdata / 'log'})",
+    )
 
 
 def _wait_until_ready(pgdata: Path) -> None:
+    def ready(info: Any, elapsed: float) -> bool:
+        # pg_ctl may have given up before the server wrote its pid file: give it a moment to appear.
+        if (info is None or not info.is_running()) and elapsed > 10:
+            raise RuntimeError(f"the server stopped while starting (see {pgdata / 'log'})")
+        return info is not None and info.is_running() and info.status == "ready"
+
+    late = f"the server was not ready after {START_WAIT_SECONDS:.0f} s (see {pgdata / 'log'})"
+    _watch(pgdata, ready, START_WAIT_SECONDS, late)
+
+
+def _watch(pgdata: Path, done: Callable[[Any, float], bool], seconds: float, too_long: str) -> None:
+    """Read the server's pid file every half second until ``done(info, seconds elapsed)`` (which may raise);
+    RuntimeError ``too_long`` after ``seconds``."""
     postmaster_info = _pgserver().utils.PostmasterInfo
     started = time.monotonic()
-    deadline = started + START_WAIT_SECONDS
-    while True:
-        info = postmaster_info.read_from_pgdata(pgdata)
-        # pg_ctl may have given up before the server wrote its pid file: give it a moment to appear.
-        if (info is None or not info.is_running()) and time.monotonic() - started > 10:
-            raise RuntimeError(f"the server stopped while starting (see {pgdata / 'log'})")
-        if info is not None and info.is_running() and info.status == "ready":
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the server was not ready after {START_WAIT_SECONDS:.0f} s (see {pgdata / 'log'})")
+    while not done(postmaster_info.read_from_pgdata(pgdata), time.monotonic() - started):
+        if time.monotonic() - started > seconds:
+            raise RuntimeError(too_long)
         time.sleep(0.5)
 
 
