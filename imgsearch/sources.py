@@ -28,7 +28,7 @@ from imgsearch.errors import InvalidProductError, ManifestError
 from imgsearch.fetch import is_url
 from imgsearch.images import has_supported_extension
 from imgsearch.tables import SKU_MAX_LENGTH
-from imgsearch.validation import check_product_fields, check_text, parse_bool, parse_price
+from imgsearch.validation import check_product_fields, check_text, parse_bool, parse_price, text_problem
 
 MANIFEST_COLUMNS = ("sku", "name", "category", "price", "in_stock", "image", "images")
 REQUIRED_COLUMNS = ("sku", "category")
@@ -340,8 +340,7 @@ def _csv_header(path: Path) -> list[str]:
     if repeated:
         # Which of two "sku" columns is the SKU? Refused rather than guessed.
         raise ManifestError(f"{path}: the header names a column twice: {', '.join(repeated)}")
-    bad = [h for h in header if "\x00" in h or any("\udc80" <= ch <= "\udcff" for ch in h)]
-    if bad:
+    if any(text_problem(h) for h in header):
         raise ManifestError(f"{path}: the header row is not valid UTF-8 text")
     return header
 

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch.db import transaction, translate_error
+from imgsearch.errors import StaleVocabularyError
 from imgsearch.local_features import DESCRIPTOR_BYTES, EXTRACTOR, LocalFeatures, root_sift
 
 Bind = Engine | Connection
@@ -598,16 +599,15 @@ def word_candidates(
         try:
             return _candidates(bind, params)
         except DBAPIError as exc:
-            stale = getattr(exc.orig, "sqlstate", None) == "55000" and "visual vocabulary" in str(exc.orig)
-            if attempt or not stale:
-                raise translate_error(exc) from None
+            error = translate_error(exc)
+            if attempt or not isinstance(error, StaleVocabularyError):
+                raise error from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _candidates(bind: Bind, params: dict[str, Any]) -> list[sa.Row]:
-    # Not db.transaction: it would turn the stale vocabulary's refusal into a SchemaError before the caller
-    # could assign the words again. A connection already in a transaction runs it in a savepoint, so that the
-    # transaction survives that refusal.
+    # A connection already in a transaction runs it in a savepoint, so that the transaction survives the stale
+    # vocabulary's refusal (the caller assigns the words again); the caller translates the error.
     if isinstance(bind, Engine):
         with bind.connect() as conn:
             return conn.execute(_CANDIDATES, params).all()
