@@ -107,7 +107,11 @@ def _fail(message: str) -> NoReturn:
 @click.option(
     "--home", type=click.Path(file_okay=False, path_type=Path), help="Embedded server's data [env IMGSEARCH_HOME]."
 )
-@click.option("--weights", metavar="PATH", help="VGG16 notop .h5 weights, or 'imagenet' [env IMGSEARCH_VGG16_WEIGHTS].")
+@click.option(
+    "--weights",
+    metavar="PATH",
+    help="VGG16 notop .h5 weights, 'imagenet', or 'fake' (a stand-in network for tests) [env IMGSEARCH_VGG16_WEIGHTS].",
+)
 @click.option("--batch-size", type=click.IntRange(1, 1024), help="Images per forward pass [env IMGSEARCH_BATCH_SIZE].")
 @click.option("--precision", type=click.Choice(PRECISIONS), help="Model precision [env IMGSEARCH_PRECISION].")
 @click.option(
