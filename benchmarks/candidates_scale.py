@@ -78,6 +78,8 @@ WORD_K = 25  # imgsearch.query.WORD_CANDIDATES
 #: Word candidates read for recall: enough to hold the first WORD_K outside any global top GLOBAL_K.
 WORD_READ = GLOBAL_K + WORD_K
 BATCH = 500
+#: imgsearch.ef_search of the second, wider global call measured beside the default (100).
+WIDE_EF = 400
 SERVER_CONFIG = """
 # candidates_scale benchmark server (machine shared with other work: modest memory)
 shared_buffers = '3GB'
@@ -331,7 +333,13 @@ def measure(
     )
     position = {s: i for i, s in enumerate(skus)}
     ranks: dict[str, dict[str, list[Any]]] = {}
-    timings: dict[str, list[float]] = {"global_sql": [], "assign": [], "word_rank_sql": [], "word_search_sql": []}
+    timings: dict[str, list[float]] = {
+        "global_sql": [],
+        "global_sql_wide": [],
+        "assign": [],
+        "word_rank_sql": [],
+        "word_search_sql": [],
+    }
     mismatches = checked = 0
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         for n, q in enumerate([*qs[:warmup], *qs]):
@@ -348,6 +356,14 @@ def measure(
             t0 = time.perf_counter()
             rows = conn.execute(global_sql, params).all()
             t1 = time.perf_counter()
+            # The same call with a wider graph search (imgsearch.ef_search): does the walk reach the product?
+            conn.execute(sa.text("SELECT set_config('imgsearch.ef_search', :ef, false)"), {"ef": str(WIDE_EF)})
+            tw = time.perf_counter()
+            wide = conn.execute(global_sql, params).all()
+            timings_wide = (time.perf_counter() - tw) * 1000
+            conn.execute(sa.text("SELECT set_config('imgsearch.ef_search', '', false)"))
+            wide_skus = {r.sku for r in wide}
+            t1w = time.perf_counter()
             words = visual_words.query_words(vocabulary, q["features"])
             t2 = time.perf_counter()
             found = conn.execute(
@@ -361,7 +377,8 @@ def measure(
             if not record:
                 continue
             timings["global_sql"].append((t1 - t0) * 1000)
-            timings["assign"].append((t2 - t1) * 1000)
+            timings["global_sql_wide"].append(timings_wide)
+            timings["assign"].append((t2 - t1w) * 1000)
             timings["word_rank_sql"].append((t3 - t2) * 1000)
             if full_every and (n - warmup) % full_every == 0:
                 text_vector = "[" + ",".join(f"{float(v):.8g}" for v in q["vector"]) + "]"
@@ -393,6 +410,8 @@ def measure(
                 sku in global_skus or sku in added,
                 exact_rank <= GLOBAL_K,
                 sku in global_skus or sku in word_skus[:WORD_K],
+                sku in wide_skus,
+                sku in wide_skus or sku in word_skus[:WORD_K],
             )
             for key in ("all", q["kind"]):
                 ranks.setdefault(q["set"], {}).setdefault(key, []).append(entry)
@@ -405,6 +424,8 @@ def measure(
                 "union_as_searched": round(float(np.mean([x[2] for x in e])), 3),
                 "global_top50_exact": round(float(np.mean([x[3] for x in e])), 3),
                 "union_plain": round(float(np.mean([x[4] for x in e])), 3),
+                "global_top50_wide": round(float(np.mean([x[5] for x in e])), 3),
+                "union_wide": round(float(np.mean([x[6] for x in e])), 3),
             }
             for kind, e in kinds.items()
         }
@@ -576,10 +597,23 @@ def markdown(result: dict[str, Any]) -> str:
         "(`imgsearch_verification_candidates`, HNSW, in-stock only) plus the 25 products sharing the most visual "
         "words that the global top 50 does not hold (`imgsearch_word_candidates`). Recall = share of shopper "
         "photos whose product is among them. `union` is that set; `word top 25` is the word ranking alone; "
-        "`global exact` is the brute-force cosine top 50 (what the HNSW call should return).",
+        "`global exact` is the brute-force cosine top 50 (what the HNSW call should return); `ef 400` is the "
+        f"same HNSW call with `imgsearch.ef_search = {WIDE_EF}` (default 100), and `union ef 400` its union with "
+        "the word top 25.",
         "",
     ]
-    headers = ["products", "set", "kind", "queries", "global top 50", "global exact", "word top 25", "union"]
+    headers = [
+        "products",
+        "set",
+        "kind",
+        "queries",
+        "global top 50",
+        "global exact",
+        "ef 400",
+        "word top 25",
+        "union",
+        "union ef 400",
+    ]
     rows = []
     for size in result["sizes"].values():
         for name, kinds in size["recall"].items():
@@ -592,8 +626,10 @@ def markdown(result: dict[str, Any]) -> str:
                         r["queries"],
                         r["global_top50"],
                         r["global_top50_exact"],
+                        r.get("global_top50_wide", ""),
                         r["word_top25"],
                         r["union_as_searched"],
+                        r.get("union_wide", ""),
                     ]
                 )
     lines += [md_table(headers, rows), ""]
@@ -645,6 +681,7 @@ def markdown(result: dict[str, Any]) -> str:
     trows = []
     names = {
         "global_sql": "imgsearch_verification_candidates (top 50, all columns)",
+        "global_sql_wide": f"imgsearch_verification_candidates, imgsearch.ef_search = {WIDE_EF}",
         "assign": "query word assignment (Python)",
         "word_rank_sql": f"imgsearch_word_candidates (top {WORD_READ}, rank and sku)",
         "word_search_sql": "imgsearch_word_candidates as the search calls it (top 25, all columns, global excluded)",
