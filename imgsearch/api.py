@@ -148,6 +148,11 @@ class Catalogue:
         :func:`imgsearch.query.search` (``categories``, ``in_stock_only``, ``max_price``, ``exclude_skus``)."""
         return query.search(self.engine("reader"), vector, k, **filters)
 
+    def search_many(self, vectors: Any, k: int = 10, **filters: Any) -> list[list[query.SearchResult]]:
+        """One search per vector in one round trip (:func:`imgsearch.query.search_many`): ``result[i]`` answers
+        ``vectors[i]``; ``filters`` as :meth:`search`."""
+        return query.search_many(self.engine("reader"), vectors, k, **filters)
+
     def search_image(
         self,
         image: ImageSource,

@@ -14,6 +14,8 @@ import psycopg
 import sqlalchemy as sa
 from pgvector import Vector
 from pgvector.psycopg.vector import VectorBinaryDumper
+from psycopg.rows import namedtuple_row
+from psycopg.types import TypeInfo
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -43,10 +45,12 @@ _SEARCH_PATH = (
     "SELECT set_config('search_path', concat_ws(', ', quote_ident(%s), ("
     "SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
     "WHERE e.extname = 'vector'), current_setting('search_path')), false), ("
-    # ...and, in the same round trip, the vector type's OID, for its binary form (binary_vector).
-    "SELECT t.oid FROM pg_type t JOIN pg_extension e ON e.extnamespace = t.typnamespace "
+    # ...and, in the same round trip, the vector type's OIDs (its own and its array's), for its binary form.
+    "SELECT array[t.oid, t.typarray] FROM pg_type t JOIN pg_extension e ON e.extnamespace = t.typnamespace "
     "WHERE e.extname = 'vector' AND t.typname = 'vector')"
 )
+#: The vector type's OIDs when a connection was made before the extension existed.
+_VECTOR_OIDS = "SELECT array[t.oid, t.typarray] FROM pg_type t WHERE t.oid = to_regtype('vector')"
 
 
 def resolve_url(settings: Settings, access: str = "writer") -> str:
@@ -80,7 +84,7 @@ def create_engine(url: str, schema: str = DEFAULT_SCHEMA, **kwargs: Any) -> Engi
             row = cur.fetchone()
         dbapi_connection.commit()
         if row is not None and row[1] is not None:  # no vector extension yet: binary_vector looks again later
-            _register_vector(dbapi_connection, record, row[1])
+            _register_vector(dbapi_connection, record, *row[1])
 
     return engine
 
@@ -105,20 +109,70 @@ def binary_vector(conn: Connection, vector: np.ndarray) -> Vector:
     record = conn.connection
     if _VECTOR_OID not in record.info:
         # Through SQLAlchemy, so that a lost connection surfaces like any other statement's.
-        oid = conn.execute(sa.text("SELECT to_regtype('vector')::oid")).scalar()
-        if oid is None:
-            raise SchemaError("the vector extension is not installed in this database: run imgsearch db upgrade")
+        oids = conn.execute(sa.text(_VECTOR_OIDS)).scalar()
+        if oids is None:
+            raise SchemaError(_NO_VECTOR_EXTENSION)
         raw = record.driver_connection
         assert raw is not None
-        _register_vector(raw, record, oid)
+        _register_vector(raw, record, *oids)
     return Vector(vector)
 
 
-def _register_vector(driver: psycopg.Connection[Any], record: Any, oid: int) -> None:
-    """Send pgvector's Vector in binary on this connection (once: registered when the connection is made)."""
+def execute_direct(engine: Engine, statement: sa.TextClause, params: dict[str, Any]) -> list[Any]:
+    """Run one read-only statement on a pooled connection through psycopg itself, in autocommit; rows as named
+    tuples. ``Vector`` parameters go in binary.
+
+    The hot path of a search: SQLAlchemy's execution machinery costs about as much per statement as a warm
+    search does in the database (benchmarks/results/filtered-search-*.md), while this keeps the engine's pool, its
+    schema and one round trip. Errors are raised as SQLAlchemy's ``DBAPIError`` (so :func:`translate_error`
+    applies), and a connection that broke is dropped from the pool.
+    """
+    sql_text = _direct_sql.get(statement)
+    if sql_text is None:
+        sql_text = str(statement.compile(dialect=engine.dialect))
+        # Vectors (alone or in a list) in binary: the only form their dumper has.
+        for name, value in params.items():
+            if isinstance(value, Vector) or (isinstance(value, list) and value and isinstance(value[0], Vector)):
+                sql_text = sql_text.replace(f"%({name})s", f"%({name})b")
+        _direct_sql[statement] = sql_text
+    raw = engine.raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    try:
+        if _VECTOR_OID not in raw.info:
+            row = driver.execute(_VECTOR_OIDS).fetchone()
+            driver.rollback()
+            if row is None:
+                raise SchemaError(_NO_VECTOR_EXTENSION)
+            _register_vector(driver, raw, *row[0])
+        driver.autocommit = True
+        try:
+            with driver.cursor(row_factory=namedtuple_row) as cur:
+                return cur.execute(sql_text, params).fetchall()
+        finally:
+            if not driver.broken:
+                driver.autocommit = False  # as the pool hands connections out to SQLAlchemy
+    except psycopg.Error as exc:
+        if driver.broken or driver.closed:
+            raw.invalidate()
+        raise DBAPIError.instance(sql_text, params, exc, psycopg.Error) from None
+    finally:
+        raw.close()
+
+
+#: psycopg's text of each statement run by :func:`execute_direct` (compiled once).
+_direct_sql: dict[sa.TextClause, str] = {}
+
+
+def _register_vector(driver: psycopg.Connection[Any], record: Any, oid: int, array_oid: int) -> None:
+    """Send pgvector's Vector in binary on this connection, alone or in lists (vector[]); once, when the
+    connection is made."""
+    TypeInfo("vector", oid, array_oid).register(driver)
     driver.adapters.register_dumper(Vector, type("VectorOidBinaryDumper", (VectorBinaryDumper,), {"oid": oid}))
     record.info[_VECTOR_OID] = oid
 
+
+_NO_VECTOR_EXTENSION = "the vector extension is not installed in this database: run imgsearch db upgrade"
 
 #: Key of the vector type's OID in a pooled connection's info (set once :func:`binary_vector` registered it).
 _VECTOR_OID = "imgsearch_vector_oid"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import sqlalchemy as sa
+from pgvector import Vector as VectorValue
 from pgvector.sqlalchemy import Vector
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
@@ -25,6 +26,7 @@ from imgsearch.catalogue import Listing, SpaceLike, check_space
 from imgsearch.db import (
     RETRY_WAITS,
     binary_vector,
+    execute_direct,
     is_conflict,
     is_outage,
     reconnect_waits,
@@ -112,6 +114,12 @@ _SIMILAR_MULTI = sa.text(
 ).bindparams(sa.bindparam("query", type_=postgresql.ARRAY(Vector(DIMENSION))))
 #: Most query vectors one search takes (a shopper's photos, a product's photos).
 MAX_QUERY_VECTORS = 100
+_SIMILAR_MANY = sa.text(
+    "SELECT * FROM imgsearch_similar_many(CAST(:query AS vector[]), :k, CAST(:categories AS text[]), :in_stock_only, "
+    "CAST(:max_price AS numeric), CAST(:exclude AS text[]), CAST(:below_price AS numeric))"
+).bindparams(sa.bindparam("query", type_=postgresql.ARRAY(Vector(DIMENSION))))
+#: Most searches one call of :func:`search_many` makes (imgsearch_similar_many's limit).
+MAX_SEARCHES = 1000
 _SIMILAR_TO_SKU = sa.text(
     "SELECT * FROM imgsearch_similar_to_sku(:sku, :k, CAST(:categories AS text[]), :in_stock_only, "
     "CAST(:max_price AS numeric))"
@@ -176,6 +184,9 @@ def _execute(bind: Bind, statement: sa.TextClause, params: dict[str, object], ex
             with transaction(bind) as conn:
                 conn.execute(sa.text("SELECT set_config('imgsearch.exact_search', 'on', true)"))
                 return conn.execute(statement, _bound(conn, statement, params)).all()
+        if isinstance(bind, Engine) and statement in (_SIMILAR, _SIMILAR_MANY):
+            # The common search, straight through psycopg on a pooled connection: one round trip in autocommit.
+            return execute_direct(bind, statement, {**params, "query": _binary(params["query"])})
         if isinstance(bind, Engine):
             # One statement, so autocommit: one round trip instead of BEGIN, query, COMMIT. At 1M products
             # the transaction's round trips cost as much as the search itself.
@@ -190,6 +201,13 @@ def _bound(conn: Connection, statement: sa.TextClause, params: dict[str, object]
     if statement is _SIMILAR or statement is _VERIFICATION_CANDIDATES or statement is _PHOTO_CANDIDATES:
         return {**params, "query": binary_vector(conn, params["query"])}
     return params
+
+
+def _binary(query_vectors: object) -> VectorValue | list[VectorValue]:
+    """Query vectors as the parameter :func:`imgsearch.db.execute_direct` sends in binary (vector or vector[])."""
+    if isinstance(query_vectors, list):
+        return [VectorValue(v) for v in query_vectors]
+    return VectorValue(query_vectors)
 
 
 def search(
@@ -240,6 +258,42 @@ def search(
         "below_price": price_limit(below_price, "below_price"),
     }
     return _run(bind, _SIMILAR_MULTI if several else _SIMILAR, params, exact=exact)
+
+
+def search_many(
+    bind: Bind,
+    vectors: Sequence[Sequence[float]] | np.ndarray,
+    k: int = 10,
+    *,
+    categories: Iterable[str] | str | None = None,
+    in_stock_only: bool = True,
+    max_price: Price | None = None,
+    exclude_skus: Iterable[str] | None = None,
+    below_price: Price | None = None,
+) -> list[list[SearchResult]]:
+    """One search per vector, all in one round trip: ``result[i]`` is :func:`search` of ``vectors[i]`` with the same
+    ``k`` and filters. For work that asks many questions at once (similar products for every product page, an
+    evaluation): it saves each search's round trip and call overhead.
+
+    Raises:
+        InvalidQueryError: no vectors or more than :data:`MAX_SEARCHES`, a bad vector, k or price.
+    """
+    rows = list(vectors)
+    if not 1 <= len(rows) <= MAX_SEARCHES:
+        raise InvalidQueryError(f"give 1 to {MAX_SEARCHES} query vectors, got {len(rows)}")
+    params = {
+        "query": [validate_vector(v) for v in rows],
+        "k": _validate_k(k),
+        "categories": _text_list(categories, "categories"),
+        "in_stock_only": bool(in_stock_only),
+        "max_price": price_limit(max_price, "max_price"),
+        "exclude": _text_list(exclude_skus, "exclude_skus"),
+        "below_price": price_limit(below_price, "below_price"),
+    }
+    answers: list[list[SearchResult]] = [[] for _ in rows]
+    for row in _rows(bind, _SIMILAR_MANY, params):
+        answers[row.query_index - 1].append(_result(row))
+    return answers
 
 
 def similar_to_sku(

@@ -326,26 +326,40 @@ def create_app(
             data, name, form = await upload(request)
             return JSONResponse(output.result_dicts(await search_photo(data, name, form)))
         if kind == "application/json":
-            try:
-                body = json.loads(await request.body())
-            except ValueError:
-                raise InvalidQueryError("the body is not valid JSON") from None
-            except RecursionError:
-                raise InvalidQueryError("the JSON body is nested too deeply") from None
-            if not isinstance(body, dict) or "vector" not in body:
-                raise InvalidQueryError('send a JSON object with a "vector" of 512 numbers')
-            categories = body.get("category", body.get("categories"))
-            options = _filters(
-                k=body.get("k"),
-                categories=[categories] if isinstance(categories, str) else categories,
-                in_stock_only=body.get("in_stock_only"),
-                max_price=body.get("max_price"),
-            )
+            body = await json_object(request, "vector", 'send a JSON object with a "vector" of 512 numbers')
+            options = _json_filters(body)
             vector = body["vector"]
         else:
             return _error(415, "send multipart/form-data with a photo in 'image', or application/json with 'vector'")
         results = await run_in_threadpool(shop().search, vector, **options)
         return JSONResponse(output.result_dicts(results))
+
+    @app.post(
+        "/search/many",
+        summary="One search per vector (JSON), all answered in one database round trip.",
+        openapi_extra={"requestBody": _SEARCH_MANY_BODY},
+        responses=_ERRORS,
+    )
+    async def search_many(request: Request) -> JSONResponse:
+        body = await json_object(
+            request, "vectors", f'send a JSON object with "vectors": 1 to {query.MAX_SEARCHES} lists of 512 numbers'
+        )
+        if not isinstance(body["vectors"], list):
+            raise InvalidQueryError(f'"vectors" must be a list of 1 to {query.MAX_SEARCHES} lists of 512 numbers')
+        answers = await run_in_threadpool(shop().search_many, body["vectors"], **_json_filters(body))
+        return JSONResponse([output.result_dicts(results) for results in answers])
+
+    async def json_object(request: Request, required: str, hint: str) -> dict[str, Any]:
+        """The JSON object of a request's body, which must hold ``required`` (else ``hint`` is the error)."""
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise InvalidQueryError("the body is not valid JSON") from None
+        except RecursionError:
+            raise InvalidQueryError("the JSON body is nested too deeply") from None
+        if not isinstance(body, dict) or required not in body:
+            raise InvalidQueryError(hint)
+        return body
 
     @app.get("/products/{sku:path}/similar", summary="Products that look like a catalogue product.", responses=_ERRORS)
     def similar(
@@ -488,6 +502,17 @@ def _filters(*, k: Any, categories: Any, in_stock_only: Any, max_price: Any) -> 
     return options
 
 
+def _json_filters(body: dict[str, Any]) -> dict[str, Any]:
+    """Search options from a JSON body (``category`` or ``categories``: a text or a list of texts)."""
+    categories = body.get("category", body.get("categories"))
+    return _filters(
+        k=body.get("k"),
+        categories=[categories] if isinstance(categories, str) else categories,
+        in_stock_only=body.get("in_stock_only"),
+        max_price=body.get("max_price"),
+    )
+
+
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     """Whether ``exc`` is, wraps (exception groups of task groups) or was caused by a ``kind``."""
     seen: set[int] = set()
@@ -571,6 +596,26 @@ _SEARCH_BODY = {
                 },
             }
         },
+    },
+}
+_SEARCH_MANY_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["vectors"],
+                "properties": {
+                    "vectors": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": query.MAX_SEARCHES,
+                        "items": {"type": "array", "items": {"type": "number"}, "minItems": 512, "maxItems": 512},
+                    },
+                    **_FILTER_PROPERTIES,
+                },
+            }
+        }
     },
 }
 _EMBED_BODY = {

@@ -100,10 +100,19 @@ def test_category_index_serves_searches_from_other_categories(clean: tuple[Engin
     recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)])
     assert recall >= 0.95, recall
 
-    # Two categories are not that index's predicate: the catalogue-wide index answers, as before.
+    # Two categories, one without an index: the catalogue-wide index answers, as before.
     found, scans = _search_counting_scans(engine, index.index_name, queries[:2], ["shoes", "pants"])
     assert scans == 0
     assert all(len(f) == 10 for f in found)
+
+    # Both indexed: each category's own index is walked, and the answers are the exact ranking's.
+    other = indexes.create_category_index(engine, "pants")
+    before = _index_scans(engine, other.index_name)
+    found, scans = _search_counting_scans(engine, index.index_name, queries[:10], ["shoes", "pants"])
+    assert scans >= 10 and _index_scans(engine, other.index_name) - before >= 10
+    exact = [[r.sku for r in query.search(engine, q, 10, categories=["shoes", "pants"], exact=True)] for q in queries]
+    recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact[:10], strict=True)])
+    assert recall >= 0.95, recall
 
 
 def test_create_is_idempotent_and_listed(clean: tuple[Engine, dict[str, np.ndarray]]) -> None:

@@ -80,7 +80,10 @@ def filled(make_database: Callable[..., str], migrated_template: str, data: Cata
     counts = catalogue.upsert_products(engine, data.records())
     assert counts.added == N
     with engine.connect() as conn:
+        # Statistics as autovacuum would gather them: the plan is chosen from their estimates.
         conn.execute(sa.text("ANALYZE products"))
+        conn.execute(sa.text("ANALYZE product_images"))
+        conn.commit()
     yield engine
     engine.dispose()
 
@@ -92,6 +95,9 @@ def index_only(filled: Engine) -> Iterator[Connection]:
         conn.execute(sa.text("SET imgsearch.exact_search_below = 0"))
         yield conn
         conn.rollback()
+        # A search that committed made the setting the session's: the pool must not hand it to other tests.
+        conn.execute(sa.text("RESET imgsearch.exact_search_below"))
+        conn.commit()
 
 
 def recall(got: list[str], want: list[str]) -> float:
@@ -214,6 +220,72 @@ def test_sql_function_and_python_agree(filled: Engine, data: Catalogue) -> None:
         ).fetchall()
     assert [r[0] for r in rows] == [r.sku for r in python]
     assert np.allclose([r[1] for r in rows], [r.distance for r in python], atol=1e-6)
+
+
+def test_search_many_answers_each_vector_as_a_single_search_would(filled: Engine, data: Catalogue) -> None:
+    queries = [data.query_vector(seed, category="small" if seed % 2 else "big") for seed in range(12)]
+    filters = {"categories": ["mid", "big"], "max_price": Decimal("90")}
+    many = query.search_many(filled, queries, 7, **filters)
+    singles = [query.search(filled, q, 7, **filters) for q in queries]
+    assert [[r.sku for r in a] for a in many] == [[r.sku for r in s] for s in singles]
+    assert many[3][0].distance == pytest.approx(singles[3][0].distance, abs=1e-9)
+    # The same through SQL: rows numbered by the vector's place, best first within each.
+    url = make_url(filled.url.render_as_string(hide_password=False))
+    vectors = "{" + ",".join('"[' + ",".join(repr(float(x)) for x in q) + ']"' for q in queries[:3]) + "}"
+    with psycopg.connect(host=url.query["host"], user=url.username, dbname=url.database) as conn:
+        rows = conn.execute(
+            "SELECT query_index, sku FROM imgsearch.imgsearch_similar_many(%s::vector[], 7, %s, true, 90)",
+            (vectors, ["mid", "big"]),
+        ).fetchall()
+    assert [sku for n, sku in rows if n == 2] == [r.sku for r in singles[1]]
+    assert [n for n, _ in rows] == sorted(n for n, _ in rows)
+    # Through a caller's own connection too (SQLAlchemy's path rather than psycopg's).
+    with filled.connect() as conn:
+        assert [r.sku for r in query.search_many(conn, queries[:2], 7, **filters)[1]] == [r.sku for r in singles[1]]
+
+
+def test_search_many_refuses_bad_input(filled: Engine, data: Catalogue) -> None:
+    q = data.query_vector(0)
+    with pytest.raises(InvalidQueryError, match="1 to 1000 query vectors"):
+        query.search_many(filled, [])
+    with pytest.raises(InvalidQueryError, match="1 to 1000 query vectors"):
+        query.search_many(filled, np.ones((1001, 512)))
+    with pytest.raises(InvalidQueryError):
+        query.search_many(filled, [q, q[:100]])
+    with pytest.raises(InvalidQueryError, match="k must be"):
+        query.search_many(filled, [q], 0)
+
+
+def test_the_plan_follows_the_estimated_cost(filled: Engine, data: Catalogue) -> None:
+    """Exact ranking where the estimate says the filter is rare, the walk where it is common, and the exact
+    ranking's answers either way (docs/filtered-search.md)."""
+    q = data.query_vector(7)
+
+    def photo_index_scans(conn: Connection) -> int:
+        # This session's own count, flushed or not: other sessions' searches do not move it.
+        count = sa.text("SELECT pg_stat_get_xact_numscans('ix_product_images_embedding'::regclass)")
+        return conn.execute(count).scalar_one()
+
+    def search(conn: Connection, category: str, **settings: str) -> tuple[list[str], bool]:
+        """The results, and whether this search walked the photo index."""
+        for name, value in settings.items():
+            conn.execute(sa.text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value})
+        before = photo_index_scans(conn)
+        got = [r.sku for r in query.search(conn, q, 10, categories=[category])]
+        walked = photo_index_scans(conn) > before
+        conn.rollback()
+        return got, walked
+
+    with filled.connect() as conn:
+        for category, walked in (("tiny", False), ("big", True)):
+            got, used_index = search(conn, category)
+            assert used_index == walked, category
+            want = [r.sku for r in query.search(filled, q, 10, categories=[category], exact=True)]
+            assert recall(got, want) >= 0.9
+        # A walk made to cost more than ranking every match: exact even for the big category.
+        got, used_index = search(conn, "big", **{"imgsearch.walk_cost": "1000"})
+        assert not used_index
+        assert got == [r.sku for r in query.search(filled, q, 10, categories=["big"], exact=True)]
 
 
 def test_similar_to_sku_excludes_itself(filled: Engine, data: Catalogue) -> None:

@@ -149,6 +149,25 @@ def test_embed_then_search_by_vector(service: Service, fake_featurizer: Featuriz
     assert [r["sku"] for r in by_vector.json()] == [r["sku"] for r in by_photo.json()]
 
 
+def test_search_many_by_vectors(service: Service, fake_featurizer: Featurizer) -> None:
+    vector = service.client.post("/embed", files=_photo()).json()["vector"]
+    other = [-x for x in vector]
+    many = service.client.post("/search/many", json={"vectors": [vector, other], "k": 3, "category": "shoes"})
+    assert many.status_code == 200
+    single = [
+        service.client.post("/search", json={"vector": v, "k": 3, "category": "shoes"}).json() for v in (vector, other)
+    ]
+    assert many.json() == single
+    for body, status in (
+        ({"vectors": []}, 400),
+        ({"vectors": "x"}, 400),
+        ({"vector": vector}, 400),
+        ({"vectors": [vector[:10]]}, 400),
+    ):
+        answer = service.client.post("/search/many", json=body)
+        assert answer.status_code == status and "error" in answer.json(), body
+
+
 def test_similar_and_cheaper(service: Service) -> None:
     similar = service.client.get(f"/products/{PHOTO_SKU}/similar", params={"k": 3, "category": "shoes"}).json()
     assert len(similar) == 3 and PHOTO_SKU not in {r["sku"] for r in similar}

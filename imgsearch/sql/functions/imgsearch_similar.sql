@@ -39,6 +39,8 @@ DECLARE
     only_in_stock boolean := coalesce(in_stock_only, true);
     per_product double precision;
     walk_limit integer;
+    ids bigint[];
+    distances double precision[];
     found bigint[];
 BEGIN
     IF query IS NULL THEN
@@ -68,23 +70,27 @@ BEGIN
     PERFORM set_config('hnsw.max_scan_tuples', coalesce(
         nullif(current_setting('imgsearch.max_scan_tuples', true), '')::integer, 50000)::text, true);
 
-    -- The candidates: the products of the nearest photos walked (at most 2k products' worth of photos), all of
-    -- them ranked below. An aggregate over the walk, not a GROUP BY: a generic plan cannot know the walk's
-    -- LIMIT, and a grouping sized for a tenth of the table cost more than the walk's own work.
+    -- The walk: at most 2k products' worth of photos, each with its exact distance (its row is read anyway),
+    -- gathered by one aggregate rather than a grouping sized for a tenth of the table (a generic plan cannot know
+    -- the walk's LIMIT). The candidates are then the k products whose walked photos are nearest.
     IF space IS NULL THEN
         q_half := q::halfvec(512);
-        SELECT array_agg(DISTINCT w.product_id) INTO found FROM (
-            SELECT i.product_id FROM product_images i JOIN products p ON p.id = i.product_id
+        SELECT array_agg(w.product_id), array_agg(w.d) INTO ids, distances FROM (
+            SELECT i.product_id, (i.embedding <=> q)::double precision AS d
+            FROM product_images i JOIN products p ON p.id = i.product_id
             WHERE p.in_stock OR NOT only_in_stock
             ORDER BY i.embedding::halfvec(512) <=> q_half LIMIT walk_limit) w;
     ELSE
         q := imgsearch_project(q, space);
         q_half := q::halfvec(512);
-        SELECT array_agg(DISTINCT w.product_id) INTO found FROM (
-            SELECT i.product_id FROM tuned_images i JOIN products p ON p.id = i.product_id
+        SELECT array_agg(w.product_id), array_agg(w.d) INTO ids, distances FROM (
+            SELECT i.product_id, (i.embedding <=> q)::double precision AS d
+            FROM tuned_images i JOIN products p ON p.id = i.product_id
             WHERE p.in_stock OR NOT only_in_stock
             ORDER BY i.embedding::halfvec(512) <=> q_half LIMIT walk_limit) w;
     END IF;
+    SELECT array_agg(t.id) INTO found FROM (
+        SELECT t.id FROM unnest(ids, distances) AS t(id, d) GROUP BY t.id ORDER BY min(t.d), t.id LIMIT k) t;
     IF coalesce(cardinality(found), 0) < k THEN
         -- Fewer than k products near the query pass the stock filter (or the catalogue is that small).
         PERFORM imgsearch_planner_defaults();

@@ -4,17 +4,23 @@
 -- exactly k rows whenever at least k products match the filters.
 --
 -- Plan (docs/filtered-search.md). pgvector's HNSW scan applies the WHERE clause after walking the graph, so a
--- selective filter starves it. A bounded count of the matching products decides: fewer than
--- imgsearch.exact_search_below (default 1000) are ranked exactly (each product's best photo, via the b-tree on
--- product_images(product_id)); broader filters walk the photos' HNSW index with pgvector's iterative scan,
--- (over the photos' vectors rounded to half precision, as the index holds them: embedding::halfvec(512))
--- once per query vector, collecting about ef_search candidate products (the walk asks for ef_search photos
--- times the catalogue's photos per product, since a product may appear through several photos), then rank
--- those candidates exactly by all their photos. If the walk finds fewer than k products within
--- hnsw.max_scan_tuples (everything near the query is filtered out), it falls back to exact search. Filter
--- fragments are fixed strings; every value is bound with USING. The category filter applies to the photos'
--- own copy of the category, so that a category index (a partial HNSW index WHERE category = ...) serves it.
--- Session settings imgsearch.exact_search_below, imgsearch.ef_search, imgsearch.max_scan_tuples tune it and
+-- selective filter starves it. The choice between ranking the matching products exactly and walking an HNSW index
+-- is made by cost, from the planner's estimate of the matching products (no count): exact search pays for every
+-- matching product's photos (a b-tree lookup, a heap fetch and a 512-d distance each); the walk pays for every
+-- photo it visits, about ef_search of them, or L / s when the filter passes a share s of the walked index's photos
+-- and L must pass. A walked photo costs imgsearch.walk_cost (default 4, measured) times an exactly ranked one, so
+-- the exact plan is taken when m * photos_per_product < walk_cost * max(ef_search, L / s). Filters estimated to
+-- match fewer than imgsearch.exact_search_below products (default 1000) are always ranked exactly; 0 turns the
+-- exact plan off (the walk always, for tests). The walked index is the category's own (a partial HNSW index WHERE
+-- category = ..., see imgsearch_create_category_index) when the search names one to four categories that all
+-- have one, one walk per category, else the catalogue-wide index. The walk (pgvector's iterative scan over the
+-- photos' vectors rounded to half precision, as the indexes hold them: embedding::halfvec(512), once per query
+-- vector) collects L photos that pass the filter: k products' worth, up to 2k where the graph search's first
+-- ef_search candidates hold that many (they cost the same), then ranks their products exactly by all their
+-- photos. If the walk finds fewer than k products it walks four times as far once, then ranks the filter
+-- exactly. Filter fragments are fixed strings; every value is bound with USING. The category filter applies to
+-- the photos' own copy of the category, so that a category index serves it. Session settings
+-- imgsearch.exact_search_below, imgsearch.walk_cost, imgsearch.ef_search and imgsearch.max_scan_tuples tune it and
 -- imgsearch.exact_search = on forces exact search (to measure recall).
 --
 -- Search space: when a tuned space is active (imgsearch tune), the queries are projected into it
@@ -36,6 +42,7 @@ SET search_path FROM CURRENT
 SET hnsw.iterative_scan = 'relaxed_order'
 SET hnsw.ef_search = '100'
 SET hnsw.max_scan_tuples = '50000'
+SET plan_cache_mode = 'force_generic_plan'
 AS $fn$
 #variable_conflict use_column
 DECLARE
@@ -55,9 +62,28 @@ DECLARE
     own_where text := '';
     walk_from text := 'FROM product_images i ';
     excluded bigint[];
-    matches bigint;
+    walk_cost double precision := coalesce(nullif(current_setting('imgsearch.walk_cost', true), '')::double precision, 4);
+    matches double precision;
+    n_products double precision;
+    n_walked double precision;
+    share double precision;
+    plan json;
+    walk_categories text[];
+    walk_category text;
+    only_in_stock boolean := coalesce(in_stock_only, true);
+    indexed bigint;
+    category_photos double precision;
+    schema_oid oid;
     q vector;
     ids bigint[];
+    distances double precision[];
+    walked_ids bigint[];
+    walked_distances double precision[];
+    returned bigint;
+    walked bigint;
+    visited bigint;
+    visited_most bigint;
+    walk_sql text;
     found bigint[] := '{}';
     ef integer;
     per_product double precision;
@@ -118,50 +144,173 @@ BEGIN
         RETURN;
     END IF;
 
-    IF product_where <> 'WHERE true' THEN
-        EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM products p ' || product_where || ' LIMIT $7) s'
-            INTO matches USING queries, categories, max_price, below_price, exclude_skus, k, exact_below;
-        IF matches < exact_below THEN
-            RETURN QUERY EXECUTE ranked_sql || product_where || ' ORDER BY b.d, p.sku LIMIT $6'
-                USING queries, categories, max_price, below_price, exclude_skus, k;
-            RETURN;
-        END IF;
-    END IF;
-
-    -- Local to this call: the SET clauses above restore the caller's values when the function returns.
-    ef := greatest(k, coalesce(nullif(current_setting('imgsearch.ef_search', true), '')::integer, 100));
-    -- Photos per product, from the planner's statistics (no count): the walk collects ef products' worth of
-    -- photos, and the graph search keeps as many candidates.
-    SELECT least(10, greatest(1, ci.reltuples / nullif(cp.reltuples, 0))) INTO per_product
+    -- Photos per product and the walked index's photos, from the planner's statistics (no count).
+    SELECT greatest(cp.reltuples, 0), greatest(ci.reltuples, 0),
+           least(10, greatest(1, coalesce(ci.reltuples / nullif(cp.reltuples, 0), 1))), cp.relnamespace
+    INTO n_products, n_walked, per_product, schema_oid
     FROM pg_class ci, pg_class cp
     WHERE ci.oid = CASE WHEN space IS NULL THEN 'product_images'::regclass ELSE 'tuned_images'::regclass END
       AND cp.oid = 'products'::regclass;
-    walk_limit := ceil(ef * coalesce(per_product, 1));
-    PERFORM set_config('hnsw.ef_search', least(walk_limit, 1000)::text, true);
+    IF categories IS NOT NULL THEN
+        SELECT array_agg(DISTINCT c) INTO walk_categories FROM unnest(categories) c WHERE c IS NOT NULL;
+        IF coalesce(cardinality(walk_categories), 0) BETWEEN 1 AND 4 THEN
+            -- Their own indexes (named as imgsearch_category_index_name and imgsearch_tuned_category_index_name
+            -- name them), valid ones only.
+            SELECT count(*), sum(greatest(x.reltuples, 0)) INTO indexed, category_photos
+            FROM pg_class x JOIN pg_index ix ON ix.indexrelid = x.oid AND ix.indisvalid
+            WHERE x.relnamespace = schema_oid AND x.relname = ANY (ARRAY(
+                SELECT CASE WHEN space IS NULL THEN 'ix_products_embedding_cat_' ELSE 'ix_tuned_images_cat_' END
+                       || left(md5(c), 16) FROM unnest(walk_categories) c));
+        END IF;
+        IF coalesce(indexed, 0) = coalesce(cardinality(walk_categories), -1) THEN
+            n_walked := category_photos;
+        ELSE
+            walk_categories := NULL;  -- the catalogue-wide index, filtered by category
+        END IF;
+    END IF;
+
+    -- Matching products: the planner's estimate, unless nothing but stock filters the walked index (then the walk
+    -- is cheap whatever the share in stock, and the fallbacks below cover a sold-out neighbourhood).
+    IF product_where = 'WHERE true' OR (own_where IN ('', ' AND p.in_stock') AND exclude_skus IS NULL
+            AND n_products > 0 AND (categories IS NULL OR walk_categories IS NOT NULL)) THEN
+        matches := n_walked / per_product;
+    ELSE
+        EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM products p ' || product_where
+            INTO plan USING queries, categories, max_price, below_price, exclude_skus;
+        matches := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
+    END IF;
+    ef := greatest(k, coalesce(nullif(current_setting('imgsearch.ef_search', true), '')::integer, 100));
+    share := least(1, greatest(matches * per_product, 1) / greatest(n_walked, 1));
+    walk_limit := ceil(per_product * greatest(k, least(2 * k, floor(share * ef / 2))));
+    IF exact_below > 0 AND product_where <> 'WHERE true' AND (matches < exact_below
+            OR matches * per_product < walk_cost * greatest(ef * per_product, walk_limit / share)) THEN
+        RETURN QUERY EXECUTE ranked_sql || product_where || ' ORDER BY b.d, p.sku LIMIT $6'
+            USING queries, categories, max_price, below_price, exclude_skus, k;
+        RETURN;
+    END IF;
+
+    -- Local to this call: the SET clauses above restore the caller's values when the function returns.
+    PERFORM set_config('hnsw.ef_search', least(1000, greatest(walk_limit, ceil(ef * per_product)))::text, true);
     PERFORM set_config('hnsw.max_scan_tuples', coalesce(
         nullif(current_setting('imgsearch.max_scan_tuples', true), '')::integer, 50000)::text, true);
-    -- The count said the filter is broad, so walk the index: without this the planner may still prefer to sort a
-    -- mid-sized filtered set exactly (O(matches) per query), or to join the products by hash.
+    -- The cost said walk: without this the planner may still prefer to sort a mid-sized filtered set exactly
+    -- (O(matches) per query), or to join the products by hash.
     saved_sort := current_setting('enable_sort');
     saved_hashjoin := current_setting('enable_hashjoin');
     saved_mergejoin := current_setting('enable_mergejoin');
     PERFORM set_config('enable_sort', 'off', true);
     PERFORM set_config('enable_hashjoin', 'off', true);
     PERFORM set_config('enable_mergejoin', 'off', true);
-    FOREACH q IN ARRAY queries LOOP
-        EXECUTE 'SELECT array_agg(c.product_id) FROM (SELECT i.product_id ' || walk_from || walk_where
-                || ' ORDER BY i.embedding::halfvec(512) <=> $8::halfvec(512) LIMIT $7) c'
-            INTO ids USING queries, categories, max_price, below_price, exclude_skus, k, walk_limit, q, excluded;
-        found := found || coalesce(ids, '{}');
+    -- The walk of a category's own index: its plan must see the bound category ($10), so it is made per call.
+    walk_sql := 'SELECT array_agg(c.product_id), array_agg(c.d), count(*), max(c.n) FROM ('
+        'SELECT i.product_id, (i.embedding <=> $8)::double precision AS d, i.n FROM ('
+        'SELECT w.product_id, w.embedding, row_number() OVER () AS n FROM ('
+        'SELECT s.product_id, s.embedding FROM ' || CASE WHEN space IS NULL THEN 'product_images' ELSE 'tuned_images' END
+        || ' s WHERE s.category = $10 ORDER BY s.embedding::halfvec(512) <=> $8::halfvec(512)) w) i '
+        || CASE WHEN own_where <> '' THEN 'CROSS JOIN LATERAL (SELECT p.in_stock, p.price FROM products p '
+            'WHERE p.id = i.product_id LIMIT 1) p ' ELSE '' END
+        || 'WHERE true' || own_where || CASE WHEN excluded IS NOT NULL THEN ' AND i.product_id <> ALL($9)' ELSE '' END
+        || ' LIMIT $7) c';
+    FOR attempt IN 1..2 LOOP
+        walked_ids := '{}';
+        walked_distances := '{}';
+        walked := 0;
+        visited_most := 0;
+        FOREACH q IN ARRAY queries LOOP
+            FOREACH walk_category IN ARRAY coalesce(walk_categories, ARRAY[NULL::text]) LOOP
+                -- Each walked photo comes with its exact distance (its row is read anyway) and its place in the
+                -- walk (n), so that the walk knows how many photos it went through to find walk_limit that pass.
+                -- The products are looked up in a LATERAL subquery that cannot be flattened, so that the walk stays
+                -- the outer side of the join and its order is the order the LIMIT takes (whatever the planner's
+                -- statistics say). The catalogue-wide walk is a prepared statement planned once per session
+                -- (every filter in it, each one off when its value is NULL).
+                IF walk_categories IS NOT NULL THEN
+                    EXECUTE walk_sql INTO ids, distances, returned, visited
+                        USING queries, categories, max_price, below_price, exclude_skus, k, walk_limit, q, excluded,
+                              walk_category;
+                ELSIF space IS NULL THEN
+                    SELECT array_agg(c.product_id), array_agg(c.d), count(*), max(c.n)
+                    INTO ids, distances, returned, visited FROM (
+                        SELECT i.product_id, (i.embedding <=> q)::double precision AS d, i.n
+                        FROM (SELECT w.product_id, w.embedding, w.category, row_number() OVER () AS n FROM (
+                            SELECT s.product_id, s.embedding, s.category FROM product_images s
+                            ORDER BY s.embedding::halfvec(512) <=> q::halfvec(512)) w) i
+                        CROSS JOIN LATERAL (
+                            SELECT p.in_stock, p.price FROM products p WHERE p.id = i.product_id LIMIT 1) p
+                        WHERE (p.in_stock OR NOT only_in_stock) AND (max_price IS NULL OR p.price <= max_price)
+                          AND (below_price IS NULL OR p.price < below_price)
+                          AND (categories IS NULL OR i.category = ANY(categories))
+                          AND (excluded IS NULL OR i.product_id <> ALL(excluded))
+                        LIMIT walk_limit) c;
+                ELSE
+                    SELECT array_agg(c.product_id), array_agg(c.d), count(*), max(c.n)
+                    INTO ids, distances, returned, visited FROM (
+                        SELECT i.product_id, (i.embedding <=> q)::double precision AS d, i.n
+                        FROM (SELECT w.product_id, w.embedding, w.category, row_number() OVER () AS n FROM (
+                            SELECT s.product_id, s.embedding, s.category FROM tuned_images s
+                            ORDER BY s.embedding::halfvec(512) <=> q::halfvec(512)) w) i
+                        CROSS JOIN LATERAL (
+                            SELECT p.in_stock, p.price FROM products p WHERE p.id = i.product_id LIMIT 1) p
+                        WHERE (p.in_stock OR NOT only_in_stock) AND (max_price IS NULL OR p.price <= max_price)
+                          AND (below_price IS NULL OR p.price < below_price)
+                          AND (categories IS NULL OR i.category = ANY(categories))
+                          AND (excluded IS NULL OR i.product_id <> ALL(excluded))
+                        LIMIT walk_limit) c;
+                END IF;
+                walked_ids := walked_ids || coalesce(ids, '{}');
+                walked_distances := walked_distances || coalesce(distances, '{}');
+                walked := greatest(walked, returned);
+                visited_most := greatest(visited_most, coalesce(visited, 0));
+            END LOOP;
+        END LOOP;
+        -- The k products whose walked photos are nearest: the ones ranked below by all their photos.
+        SELECT array_agg(w.id) INTO found FROM (
+            SELECT t.id FROM unnest(walked_ids, walked_distances) AS t(id, d) GROUP BY t.id ORDER BY min(t.d), t.id
+            LIMIT k) w;
+        -- A second, longer walk when a walk ended at its limit with fewer than k products, or went through more
+        -- than four times the photos the filter's share predicts: the matching products are rarer near this
+        -- query than in the catalogue, found late by the walk and so out of order (a relaxed walk's later
+        -- batches); a longer walk finds the nearest of them. Not when a walk stopped short of its limit (its scan
+        -- budget ran out): the exact ranking below answers then.
+        EXIT WHEN attempt = 2 OR walked < walk_limit OR (coalesce(cardinality(found), 0) >= k
+            AND visited_most <= 4 * walk_limit / share);
+        walk_limit := greatest(4 * walk_limit, ceil(ef * per_product));
+        PERFORM set_config('hnsw.ef_search', least(1000, walk_limit)::text, true);
     END LOOP;
     PERFORM set_config('enable_sort', saved_sort, true);
     PERFORM set_config('enable_hashjoin', saved_hashjoin, true);
     PERFORM set_config('enable_mergejoin', saved_mergejoin, true);
-    SELECT array_agg(DISTINCT x) INTO found FROM unnest(found) x;
 
-    IF coalesce(cardinality(found), 0) >= k THEN
-        RETURN QUERY EXECUTE ranked_sql || 'WHERE p.id = ANY($2) ORDER BY b.d, p.sku LIMIT $3'
-            USING queries, found, k;
+    -- The candidates, each by its best photo over all its photos (prepared, like the walk).
+    IF coalesce(cardinality(found), 0) >= k AND space IS NULL AND cardinality(queries) = 1 THEN
+        q := queries[1];
+        RETURN QUERY
+        SELECT p.sku::text, p.name, p.category, p.price, p.in_stock, nullif(b.image, ''), b.d
+        FROM products p CROSS JOIN LATERAL (
+            SELECT s.image, (s.embedding <=> q)::double precision AS d
+            FROM product_images s WHERE s.product_id = p.id ORDER BY 2, s.position LIMIT 1) b
+        WHERE p.id = ANY(found)
+        ORDER BY b.d, p.sku LIMIT k;
+        RETURN;
+    ELSIF coalesce(cardinality(found), 0) >= k AND space IS NULL THEN
+        RETURN QUERY
+        SELECT p.sku::text, p.name, p.category, p.price, p.in_stock, nullif(b.image, ''), b.d
+        FROM products p CROSS JOIN LATERAL (
+            SELECT s.image, (SELECT min(s.embedding <=> x) FROM unnest(queries) x)::double precision AS d
+            FROM product_images s WHERE s.product_id = p.id ORDER BY 2, s.position LIMIT 1) b
+        WHERE p.id = ANY(found)
+        ORDER BY b.d, p.sku LIMIT k;
+        RETURN;
+    ELSIF coalesce(cardinality(found), 0) >= k THEN
+        RETURN QUERY
+        SELECT p.sku::text, p.name, p.category, p.price, p.in_stock, nullif(i.image, ''), b.d
+        FROM products p CROSS JOIN LATERAL (
+            SELECT s.image_id, (SELECT min(s.embedding <=> x) FROM unnest(queries) x)::double precision AS d
+            FROM tuned_images s JOIN product_images pi ON pi.id = s.image_id
+            WHERE s.product_id = p.id ORDER BY 2, pi.position LIMIT 1) b
+        JOIN product_images i ON i.id = b.image_id
+        WHERE p.id = ANY(found)
+        ORDER BY b.d, p.sku LIMIT k;
         RETURN;
     END IF;
 
