@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     engine = db.create_engine(url)
     schema.upgrade(engine)
     with db.psycopg_connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE products, product_images, tuned_images, photo_features")
+        conn.execute("TRUNCATE products, product_images, tuned_images, photo_features CASCADE")
         conn.execute("DROP INDEX IF EXISTS ix_product_images_embedding")
         started = time.perf_counter()
         copy_catalogue(conn, skus, categories, prices, stock, vectors, signatures)

@@ -118,7 +118,7 @@ def load(
     schema.upgrade(previous, PREVIOUS_REVISION)
     result: dict[str, Any] = {}
     with db.psycopg_connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE products, product_images, tuned_images, photo_features")
+        conn.execute("TRUNCATE products, product_images, tuned_images, photo_features CASCADE")
         conn.execute("DROP INDEX IF EXISTS ix_product_images_embedding")
         for index in indexes.list_category_indexes(engine):
             conn.execute(f'DROP INDEX IF EXISTS "{index.index_name}"')

@@ -233,7 +233,7 @@ def load_database(url: str, cat: Catalogue, key: str, reuse: bool) -> dict[str, 
                 return dict(stored[0], reused=True)
         conn.execute("DELETE FROM bench_meta")
         conn.execute("DROP INDEX IF EXISTS ix_product_images_embedding")
-        conn.execute("TRUNCATE products, product_images, tuned_images, photo_features")
+        conn.execute("TRUNCATE products, product_images, tuned_images, photo_features CASCADE")
         started = time.perf_counter()
         copy_catalogue(
             conn,
