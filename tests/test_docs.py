@@ -35,7 +35,7 @@ def test_the_readmes_python_examples_run(
     monkeypatch.setenv("IMGSEARCH_DATABASE_URL", database_url)
     monkeypatch.setenv("IMGSEARCH_VGG16_WEIGHTS", fake_weights)
     rng = np.random.default_rng(0)
-    namespace: dict[str, object] = {"vector": rng.random(512)}  # "a vector you already have"
+    namespace: dict[str, object] = {"vector": rng.random(512), "vectors": rng.random((3, 512))}  # "you already have"
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)  # the documentation's own code
     shop = namespace["shop"]

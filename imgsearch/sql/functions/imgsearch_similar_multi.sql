@@ -58,9 +58,7 @@ DECLARE
         '  SELECT i.image, (SELECT min(s.embedding <=> q) FROM unnest($1) q)::double precision AS d '
         '  FROM %s WHERE s.product_id = p.id ORDER BY 2, i.position LIMIT 1) b ';
     product_where text := 'WHERE true';
-    walk_where text := 'WHERE true';
     own_where text := '';
-    walk_from text := 'FROM product_images i ';
     excluded bigint[];
     walk_cost double precision := coalesce(nullif(current_setting('imgsearch.walk_cost', true), '')::double precision, 4);
     matches double precision;
@@ -110,7 +108,6 @@ BEGIN
     IF space IS NOT NULL THEN
         SELECT array_agg(imgsearch_project(x, space)) INTO queries FROM unnest(queries) x;
         photos_from := 'tuned_images s JOIN product_images i ON i.id = s.image_id';
-        walk_from := 'FROM tuned_images i ';
     END IF;
     ranked_sql := format(ranked_sql, photos_from);
     IF k IS NULL OR k < 1 OR k > 1000 THEN
@@ -125,17 +122,13 @@ BEGIN
     IF coalesce(in_stock_only, true) THEN own_where := own_where || ' AND p.in_stock'; END IF;
     IF max_price IS NOT NULL THEN own_where := own_where || ' AND p.price <= $3'; END IF;
     IF below_price IS NOT NULL THEN own_where := own_where || ' AND p.price < $4'; END IF;
-    IF own_where <> '' THEN walk_from := walk_from || 'JOIN products p ON p.id = i.product_id '; END IF;
     product_where := product_where || own_where;
-    walk_where := walk_where || own_where;
     IF categories IS NOT NULL THEN
         product_where := product_where || ' AND p.category = ANY($2)';
-        walk_where := walk_where || ' AND i.category = ANY($2)';
     END IF;
     IF exclude_skus IS NOT NULL THEN
         product_where := product_where || ' AND p.sku <> ALL($5)';
         SELECT array_agg(p.id) INTO excluded FROM products p WHERE p.sku = ANY(exclude_skus);
-        IF excluded IS NOT NULL THEN walk_where := walk_where || ' AND i.product_id <> ALL($9)'; END IF;
     END IF;
 
     IF current_setting('imgsearch.exact_search', true) = 'on' THEN
