@@ -16,10 +16,12 @@
 -- have one, one walk per category, else the catalogue-wide index. The walk (pgvector's iterative scan over the
 -- photos' vectors rounded to half precision, as the indexes hold them: embedding::halfvec(512), once per query
 -- vector) collects L photos that pass the filter: k products' worth, up to 2k where the graph search's first
--- ef_search candidates hold that many (they cost the same), then ranks their products exactly by all their
--- photos. If the walk finds fewer than k products it walks four times as far once, then ranks the filter
--- exactly. Filter fragments are fixed strings; every value is bound with USING. The category filter applies to
--- the photos' own copy of the category, so that a category index serves it. Session settings
+-- ef_search candidates should hold that many (s * ef_search / 2), then ranks the k products whose walked photos
+-- are nearest exactly by all their photos. It walks again, for max(4L, ef_search) photos, when a walk ended at its
+-- limit with fewer than k products or went through more than four times the photos s predicts (the matches are
+-- rarer near this query than in the catalogue: found late, out of order); if it still has fewer than k it ranks
+-- the filter exactly. Filter fragments are fixed strings; every value is bound with USING. The category filter
+-- applies to the photos' own copy of the category, so that a category index serves it. Session settings
 -- imgsearch.exact_search_below, imgsearch.walk_cost, imgsearch.ef_search and imgsearch.max_scan_tuples tune it and
 -- imgsearch.exact_search = on forces exact search (to measure recall).
 --
