@@ -57,7 +57,7 @@ from benchmarks.common import (
     stop_server,
     write_results,
 )
-from benchmarks.search import NOISE, K, exact_topk, prewarm, quality, synthesize
+from benchmarks.search import NOISE, K, exact_topk, install_current_function, prewarm, quality, synthesize
 from benchmarks.search import Catalogue as Products
 
 SPREAD = {"spread-10": 0.10, "spread-1": 0.01, "spread-01": 0.001}
@@ -180,7 +180,8 @@ def load_catalogue(url: str, cat: Products, key: str) -> dict[str, Any]:
         conn.execute("CREATE TABLE IF NOT EXISTS bench_filtered_meta (key text, load jsonb)")
         row = conn.execute("SELECT key, load FROM bench_filtered_meta").fetchone()
         if row is not None and row[0] == key:
-            log("reusing the catalogue loaded in this home")
+            log("reusing the catalogue loaded in this home; installing the search functions as they are now")
+            install_current_function(conn)
             return dict(row[1], reused=True)
         for existing in indexes.list_category_indexes(engine):  # another catalogue's
             indexes.drop_category_index(engine, existing.category)
