@@ -366,3 +366,41 @@ def test_0008_rebuilds_the_photo_indexes_in_half_precision_and_keeps_every_row(
     assert {n: "vector_cosine_ops" in d for n, (d, _) in _photo_indexes(engine).items()} == dict.fromkeys(full, True)
     assert _fingerprint(engine, "imgsearch.products") == before
     engine.dispose()
+
+
+def test_0011_searches_a_populated_catalogue_by_cost_and_takes_it_back(make_database: Callable[..., str]) -> None:
+    engine = db.create_engine(make_database())
+    schema.upgrade(engine, "0010")
+    vectors = _vectors(1500, seed=11)
+    catalogue.upsert_products(
+        engine,
+        [
+            ProductRecord(sku=f"p{i}", category=f"c{i % 3}", in_stock=i % 5 != 0, price=Decimal(i % 40), embedding=v)
+            for i, v in enumerate(vectors)
+        ],
+    )
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT imgsearch.imgsearch_create_category_index('c1')"))
+        conn.execute(sa.text("ANALYZE imgsearch.products"))
+    before = _fingerprint(engine, "imgsearch.products")
+    q = vectors[7] + np.random.default_rng(0).normal(scale=0.3, size=512)
+    cases = ({}, {"categories": ["c1"]}, {"categories": ["c0", "c1"], "max_price": 20}, {"max_price": 3})
+    old = [[r.sku for r in query.search(engine, q, 10, **options)] for options in cases]
+
+    schema.upgrade(engine)
+    assert _fingerprint(engine, "imgsearch.products") == before
+    for options, was in zip(cases, old, strict=True):
+        got = [r.sku for r in query.search(engine, q, 10, **options)]
+        want = [r.sku for r in query.search(engine, q, 10, exact=True, **options)]
+        assert len(got) == 10 and len(set(got) & set(want)) >= 9 and len(set(got) & set(was)) >= 9, options
+    many = query.search_many(engine, [q, vectors[3]], 5)
+    assert [r.sku for r in many[0]] == [r.sku for r in query.search(engine, q, 5)]
+
+    schema.downgrade(engine, "0010")
+    assert _fingerprint(engine, "imgsearch.products") == before
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT to_regproc('imgsearch.imgsearch_similar_many')")).scalar() is None
+    assert [r.sku for r in query.search(engine, q, 10)] == old[0]
+    schema.upgrade(engine)
+    assert _fingerprint(engine, "imgsearch.products") == before
+    engine.dispose()
