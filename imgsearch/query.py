@@ -240,7 +240,8 @@ def search(
     Raises:
         InvalidQueryError: bad vector, k or price.
     """
-    several = np.ndim(np.asarray(vector, dtype=object)) == 2
+    # An array says its shape; anything else is looked at as objects (a list of lists, of arrays, ragged).
+    several = (vector.ndim if isinstance(vector, np.ndarray) else np.ndim(np.asarray(vector, dtype=object))) == 2
     if several:
         vectors = list(vector)
         if not 1 <= len(vectors) <= MAX_QUERY_VECTORS:
