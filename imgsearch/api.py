@@ -63,11 +63,11 @@ class StockReport:
 
 
 @functools.cache
-def _shared_featurizer(weights: str, batch_size: int, precision: str) -> Featurizer:
+def _shared_featurizer(weights: str, batch_size: int, precision: str, runtime: str = "auto") -> Featurizer:
     # One network per process and configuration: a program (or test) that opens many handles loads it once.
     from imgsearch.embedding import Featurizer
 
-    return Featurizer(weights=weights, batch_size=batch_size, precision=precision)
+    return Featurizer(weights=weights, batch_size=batch_size, precision=precision, runtime=runtime)
 
 
 class Catalogue:
@@ -125,7 +125,7 @@ class Catalogue:
         """The network (loaded on first use: TensorFlow and the weights take a few seconds)."""
         if self._featurizer is None:
             s = self.settings
-            self._featurizer = _shared_featurizer(s.weights, s.batch_size, s.precision)
+            self._featurizer = _shared_featurizer(s.weights, s.batch_size, s.precision, s.runtime)
         return self._featurizer
 
     def close(self) -> None:

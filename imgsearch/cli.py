@@ -17,7 +17,7 @@ import click
 from imgsearch import catalogue, db, embedded_server, indexes, output, query, roles, urls
 from imgsearch import schema as imgsearch_schema
 from imgsearch.api import Catalogue, PruneRefusedError
-from imgsearch.config import PRECISIONS, Settings
+from imgsearch.config import PRECISIONS, RUNTIMES, Settings
 from imgsearch.errors import DatabaseUnavailableError, ImgsearchError, InvalidQueryError
 from imgsearch.images import Crop, parse_crop
 from imgsearch.ingest import DEFAULT_MAX_PRUNE_SHARE, PRUNE_MODES, Failure, Progress
@@ -114,6 +114,11 @@ def _fail(message: str) -> NoReturn:
 )
 @click.option("--batch-size", type=click.IntRange(1, 1024), help="Images per forward pass [env IMGSEARCH_BATCH_SIZE].")
 @click.option("--precision", type=click.Choice(PRECISIONS), help="Model precision [env IMGSEARCH_PRECISION].")
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    help="What runs the model: auto, tensorflow or onnxruntime (float32) [env IMGSEARCH_RUNTIME].",
+)
 @click.option(
     "--schema",
     metavar="NAME",
@@ -1243,6 +1248,7 @@ def serve(
         "IMGSEARCH_SCHEMA": settings.schema,
         "IMGSEARCH_VGG16_WEIGHTS": settings.weights,
         "IMGSEARCH_PRECISION": settings.precision,
+        "IMGSEARCH_RUNTIME": settings.runtime,
         "IMGSEARCH_HOME": str(settings.home),
     }
     if settings.database_url:
@@ -1351,7 +1357,9 @@ def eval_command(
     shop = app.catalogue
     if pipeline != "default":
         s = app.settings
-        featurizer = Featurizer(weights=s.weights, batch_size=s.batch_size, precision=s.precision, pipeline=pipeline)
+        featurizer = Featurizer(
+            weights=s.weights, batch_size=s.batch_size, precision=s.precision, pipeline=pipeline, runtime=s.runtime
+        )
         shop = Catalogue(settings=s, featurizer=featurizer)
     progress = None if quiet else (lambda message: click.echo(message, err=True))
     if queries:

@@ -12,6 +12,9 @@ from imgsearch.errors import ConfigurationError
 #: How the network computes: ``auto`` (bfloat16 on CPUs with native bfloat16 arithmetic, float32 elsewhere),
 #: ``float32`` or ``bfloat16``. Vectors of both are interchangeable (cosine 0.99999): one catalogue may mix them.
 PRECISIONS = ("auto", "float32", "bfloat16")
+#: What runs the network: ``auto`` (TensorFlow for bfloat16, ONNX Runtime for float32 when the ``onnx`` extra is
+#: installed), ``tensorflow`` or ``onnxruntime`` (float32 only). Their float32 vectors are the same to 1e-6.
+RUNTIMES = ("auto", "tensorflow", "onnxruntime")
 
 #: ``imgsearch ingest`` gives a category its own index from this many products on (docs/performance.md): below
 #: it, ranking the whole category exactly takes a few milliseconds; above it, a walk of the catalogue-wide index
@@ -67,6 +70,8 @@ class Settings:
         batch_size: images per forward pass of the network (``IMGSEARCH_BATCH_SIZE``).
         precision: ``"auto"`` (default: bfloat16 where the CPU computes it natively), ``"float32"`` or
             ``"bfloat16"`` (``IMGSEARCH_PRECISION``).
+        runtime: ``"auto"`` (default: ONNX Runtime for float32 when installed, else TensorFlow), ``"tensorflow"``
+            or ``"onnxruntime"`` (``IMGSEARCH_RUNTIME``).
         image_root: the folder under which photo files are stored by a path relative to it
             (``IMGSEARCH_IMAGE_ROOT``; unset: absolute paths), and relative stored paths are looked up.
         schema: the PostgreSQL schema of imgsearch's objects (``IMGSEARCH_SCHEMA``, default ``imgsearch``), so
@@ -81,6 +86,7 @@ class Settings:
     weights: str = "imagenet"
     batch_size: int = 32
     precision: str = "auto"
+    runtime: str = "auto"
     schema: str = DEFAULT_SCHEMA
     image_root: Path | None = None
     category_index_min_products: int = DEFAULT_CATEGORY_INDEX_MIN_PRODUCTS
@@ -95,6 +101,8 @@ class Settings:
             )
         if self.precision not in PRECISIONS:
             raise ConfigurationError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.runtime not in RUNTIMES:
+            raise ConfigurationError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -107,6 +115,7 @@ class Settings:
             weights=os.environ.get("IMGSEARCH_VGG16_WEIGHTS") or "imagenet",
             batch_size=_env_int("IMGSEARCH_BATCH_SIZE", 32),
             precision=os.environ.get("IMGSEARCH_PRECISION") or "auto",
+            runtime=os.environ.get("IMGSEARCH_RUNTIME") or "auto",
             schema=os.environ.get("IMGSEARCH_SCHEMA") or DEFAULT_SCHEMA,
             image_root=Path(os.environ["IMGSEARCH_IMAGE_ROOT"]).expanduser()
             if os.environ.get("IMGSEARCH_IMAGE_ROOT")

@@ -7,8 +7,10 @@ ImageNet weights on 224x224 inputs prepared by :mod:`imgsearch.images` and
 ``block5_pool``) stays available as ``"notebook"``, and the default is the one that measured best
 (docs/quality.md).
 
-TensorFlow is imported only when a :class:`Featurizer` is created, so ``import imgsearch`` stays fast for the
-commands that never embed anything.
+The network runs on TensorFlow or, in float32, on ONNX Runtime (:mod:`imgsearch.onnx_runtime`, the optional
+extra ``imgsearch[onnx]``): ``runtime="auto"`` picks the faster one for the precision (:func:`resolve_runtime`).
+TensorFlow is imported only when a :class:`Featurizer` that needs it is created, so ``import imgsearch`` stays
+fast for the commands that never embed anything.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgsearch import local_features
+from imgsearch import local_features, onnx_runtime
 from imgsearch.colour import colour_signature
-from imgsearch.config import PRECISIONS
+from imgsearch.config import PRECISIONS, RUNTIMES
 from imgsearch.errors import ConfigurationError, ImageError, WeightsUnavailableError
 from imgsearch.images import (
     DEFAULT_PREPROCESSING,
@@ -68,6 +70,28 @@ def resolve_precision(precision: str, cpuinfo: str | None = None) -> str:
         return "float32"
     flags = {flag for line in text.splitlines() if line.startswith(("flags", "Features")) for flag in line.split()}
     return "bfloat16" if flags & BFLOAT16_CPU_FLAGS else "float32"
+
+
+def resolve_runtime(runtime: str, precision: str, cpuinfo: str | None = None) -> tuple[str, str]:
+    """The ``(runtime, precision)`` that ``runtime`` and ``precision`` mean on this machine.
+
+    ``auto`` picks what measured fastest for the precision (docs/performance.md, "Runtimes"): TensorFlow for
+    bfloat16 (the only runtime that has it: oneDNN on the CPU's bfloat16 units), ONNX Runtime for float32 when
+    the extra is installed (as fast as TensorFlow with AVX-512, faster without it; and it starts without
+    loading TensorFlow), else TensorFlow. ONNX Runtime computes in float32 only: ``precision="auto"`` means
+    float32 there. ``cpuinfo`` as for :func:`resolve_precision`.
+
+    Raises:
+        ConfigurationError: ``onnxruntime`` with ``bfloat16``.
+    """
+    if runtime == "onnxruntime":
+        if precision == "bfloat16":
+            raise ConfigurationError("runtime 'onnxruntime' computes in float32 only: use precision float32 or auto")
+        return runtime, "float32"
+    precision = resolve_precision(precision, cpuinfo)
+    if runtime == "auto":
+        runtime = "onnxruntime" if precision == "float32" and onnx_runtime.available() else "tensorflow"
+    return runtime, precision
 
 
 #: ``weights_id`` of the published ImageNet VGG16 "notop" weights (Keras' download and the project's shared
@@ -185,9 +209,9 @@ MODEL_NAME = DEFAULT_PIPELINE.model_name
 class EmbeddingSpace:
     """What makes two vectors comparable: same network, same weights, same pixels in.
 
-    The catalogue records it; vectors from different spaces must never be mixed. The precision of the
-    forward pass is deliberately not part of it: bfloat16 vectors are close enough to float32 ones to share
-    a catalogue.
+    The catalogue records it; vectors from different spaces must never be mixed. The precision and the
+    runtime of the forward pass are deliberately not part of it: bfloat16 vectors are close enough to float32
+    ones to share a catalogue, and ONNX Runtime's float32 vectors are TensorFlow's to 1e-6 (same weights id).
     """
 
     model_name: str
@@ -230,11 +254,15 @@ class Featurizer:
             :func:`resolve_precision`), ``"float32"`` or ``"bfloat16"`` (Keras' ``mixed_bfloat16`` policy, for
             this model only: several times faster on CPUs with bfloat16 units; the vectors have a cosine
             similarity above 0.9999 to the float32 ones, so both can share a catalogue).
+        runtime: ``"auto"`` (:func:`resolve_runtime`: TensorFlow for bfloat16, ONNX Runtime for float32 when the
+            ``onnx`` extra is installed, else TensorFlow), ``"tensorflow"`` or ``"onnxruntime"`` (float32; the
+            graph is converted from the weights once and cached beside them: :mod:`imgsearch.onnx_runtime`).
 
     Raises:
         WeightsUnavailableError: the weights file is missing or is not VGG16 "notop" weights, or the ImageNet
             weights can be neither found in Keras' cache nor downloaded.
-        ConfigurationError: invalid batch size or precision.
+        ConfigurationError: invalid batch size, precision or runtime, or runtime ``onnxruntime`` without the
+            ``onnx`` extra installed.
     """
 
     def __init__(
@@ -243,6 +271,7 @@ class Featurizer:
         batch_size: int = 32,
         precision: str = "auto",
         pipeline: str | Pipeline = "default",
+        runtime: str = "auto",
     ) -> None:
         if isinstance(pipeline, str):
             if pipeline not in PIPELINES:
@@ -255,8 +284,10 @@ class Featurizer:
             raise ConfigurationError(f"batch size must be at least 1, got {batch_size}")
         if precision not in PRECISIONS:
             raise ConfigurationError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if runtime not in RUNTIMES:
+            raise ConfigurationError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         self.batch_size = batch_size
-        self.precision = resolve_precision(precision)
+        self.runtime, self.precision = resolve_runtime(runtime, precision)
         self.weights = weights
         self.pipeline = pipeline
         size = pipeline.preprocessing.size
@@ -271,6 +302,13 @@ class Featurizer:
             self._forward: Any = fake
             self._pools = True
             self.space = EmbeddingSpace(pipeline.model_name, fake.weights_id, pipeline.version, DIMENSION)
+            return
+        if self.runtime == "onnxruntime":
+            # The graph returns the feature maps; pool_maps pools them as the TensorFlow graph does.
+            network = _onnx_network(weights, pipeline.layer)
+            self._forward = network
+            self._pools = True
+            self.space = EmbeddingSpace(pipeline.model_name, network.weights_id, pipeline.version, DIMENSION)
             return
         # R-MAC's regions depend on the map's shape: the graph returns the maps, pooled in NumPy by _run.
         self._pools = pipeline.pooling == "rmac"
@@ -314,14 +352,19 @@ class Featurizer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Featurizer:
-        """A featurizer configured by :class:`imgsearch.config.Settings` (weights, batch size, precision);
-        the default pipeline."""
-        return cls(weights=settings.weights, batch_size=settings.batch_size, precision=settings.precision)
+        """A featurizer configured by :class:`imgsearch.config.Settings` (weights, batch size, precision,
+        runtime); the default pipeline."""
+        return cls(
+            weights=settings.weights,
+            batch_size=settings.batch_size,
+            precision=settings.precision,
+            runtime=settings.runtime,
+        )
 
     def __repr__(self) -> str:
         return (
             f"Featurizer(weights={self.weights!r}, batch_size={self.batch_size}, precision={self.precision!r}, "
-            f"preprocessing={self.space.preprocessing_version!r})"
+            f"runtime={self.runtime!r}, preprocessing={self.space.preprocessing_version!r})"
         )
 
     def warm_up(self) -> None:
@@ -525,7 +568,20 @@ def _weights_id(model: Any) -> str:
     return digest.hexdigest()
 
 
-def _build_model(keras: Any, weights: str, precision: str, input_shape: tuple[int, int, int], layer: str) -> Any:
+def _onnx_network(weights: str, layer: str) -> onnx_runtime.OnnxNetwork:
+    """VGG16 up to ``layer`` on ONNX Runtime; TensorFlow is loaded only to convert the weights the first time."""
+
+    def keras_model() -> tuple[Any, str]:
+        _, keras = _import_tensorflow()
+        model = _build_model(keras, weights, "float32", (None, None, 3), layer)
+        return model, _weights_id(model)
+
+    return onnx_runtime.load(weights, layer, keras_model)
+
+
+def _build_model(
+    keras: Any, weights: str, precision: str, input_shape: tuple[int | None, int | None, int], layer: str
+) -> Any:
     """The notebooks' VGG16 with the requested weights, built under the requested dtype policy, up to
     ``layer`` (feature maps, pooled by the caller)."""
     previous = keras.config.dtype_policy()
@@ -546,7 +602,7 @@ def _build_model(keras: Any, weights: str, precision: str, input_shape: tuple[in
     return keras.Model(model.input, model.get_layer(layer).output)
 
 
-def _imagenet_model(keras: Any, input_shape: tuple[int, int, int]) -> Any:
+def _imagenet_model(keras: Any, input_shape: tuple[int | None, int | None, int]) -> Any:
     try:
         # Keras announces the download on stdout, which may be a CLI's machine-readable output.
         with contextlib.redirect_stdout(sys.stderr):
