@@ -12,8 +12,9 @@ from imgsearch.errors import ConfigurationError
 #: How the network computes: ``auto`` (bfloat16 on CPUs with native bfloat16 arithmetic, float32 elsewhere),
 #: ``float32`` or ``bfloat16``. Vectors of both are interchangeable (cosine 0.99999): one catalogue may mix them.
 PRECISIONS = ("auto", "float32", "bfloat16")
-#: What runs the network: ``auto`` (TensorFlow for bfloat16, ONNX Runtime for float32 when the ``onnx`` extra is
-#: installed), ``tensorflow`` or ``onnxruntime`` (float32 only). Their float32 vectors are the same to 1e-6.
+#: What runs the network: ``auto`` (TensorFlow where the CPU has native bfloat16, elsewhere ONNX Runtime when the
+#: ``onnx`` extra is installed), ``tensorflow`` or ``onnxruntime`` (float32 only). Their float32 vectors are the
+#: same to 1e-6.
 RUNTIMES = ("auto", "tensorflow", "onnxruntime")
 
 #: ``imgsearch ingest`` gives a category its own index from this many products on (docs/performance.md): below
@@ -70,8 +71,8 @@ class Settings:
         batch_size: images per forward pass of the network (``IMGSEARCH_BATCH_SIZE``).
         precision: ``"auto"`` (default: bfloat16 where the CPU computes it natively), ``"float32"`` or
             ``"bfloat16"`` (``IMGSEARCH_PRECISION``).
-        runtime: ``"auto"`` (default: ONNX Runtime for float32 when installed, else TensorFlow), ``"tensorflow"``
-            or ``"onnxruntime"`` (``IMGSEARCH_RUNTIME``).
+        runtime: ``"auto"`` (default: TensorFlow where the CPU has native bfloat16, elsewhere ONNX Runtime when
+            installed), ``"tensorflow"`` or ``"onnxruntime"`` (``IMGSEARCH_RUNTIME``).
         image_root: the folder under which photo files are stored by a path relative to it
             (``IMGSEARCH_IMAGE_ROOT``; unset: absolute paths), and relative stored paths are looked up.
         schema: the PostgreSQL schema of imgsearch's objects (``IMGSEARCH_SCHEMA``, default ``imgsearch``), so

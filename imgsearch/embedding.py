@@ -8,7 +8,7 @@ ImageNet weights on 224x224 inputs prepared by :mod:`imgsearch.images` and
 (docs/quality.md).
 
 The network runs on TensorFlow or, in float32, on ONNX Runtime (:mod:`imgsearch.onnx_runtime`, the optional
-extra ``imgsearch[onnx]``): ``runtime="auto"`` picks the faster one for the precision (:func:`resolve_runtime`).
+extra ``imgsearch[onnx]``): ``runtime="auto"`` picks the faster one for the CPU (:func:`resolve_runtime`).
 TensorFlow is imported only when a :class:`Featurizer` that needs it is created, so ``import imgsearch`` stays
 fast for the commands that never embed anything.
 """
@@ -75,11 +75,12 @@ def resolve_precision(precision: str, cpuinfo: str | None = None) -> str:
 def resolve_runtime(runtime: str, precision: str, cpuinfo: str | None = None) -> tuple[str, str]:
     """The ``(runtime, precision)`` that ``runtime`` and ``precision`` mean on this machine.
 
-    ``auto`` picks what measured fastest for the precision (docs/performance.md, "Runtimes"): TensorFlow for
-    bfloat16 (the only runtime that has it: oneDNN on the CPU's bfloat16 units), ONNX Runtime for float32 when
-    the extra is installed (as fast as TensorFlow with AVX-512, faster without it; and it starts without
-    loading TensorFlow), else TensorFlow. ONNX Runtime computes in float32 only: ``precision="auto"`` means
-    float32 there. ``cpuinfo`` as for :func:`resolve_precision`.
+    ``auto`` picks what measured fastest (docs/performance.md, "Runtimes"): TensorFlow where the CPU has native
+    bfloat16 (its bfloat16 is 2-4x float32 there, and its float32 was 1.08x ONNX Runtime's on such a CPU) or
+    bfloat16 is asked for (the only runtime that has it); elsewhere ONNX Runtime, when the extra is installed
+    (reported 1.38x TensorFlow on a CPU without bfloat16, and it starts without loading TensorFlow), else
+    TensorFlow. ONNX Runtime computes in float32 only: ``precision="auto"`` means float32 there. ``cpuinfo`` as
+    for :func:`resolve_precision`.
 
     Raises:
         ConfigurationError: ``onnxruntime`` with ``bfloat16``.
@@ -88,9 +89,11 @@ def resolve_runtime(runtime: str, precision: str, cpuinfo: str | None = None) ->
         if precision == "bfloat16":
             raise ConfigurationError("runtime 'onnxruntime' computes in float32 only: use precision float32 or auto")
         return runtime, "float32"
+    native_bfloat16 = resolve_precision("auto", cpuinfo) == "bfloat16"
     precision = resolve_precision(precision, cpuinfo)
     if runtime == "auto":
-        runtime = "onnxruntime" if precision == "float32" and onnx_runtime.available() else "tensorflow"
+        onnx = precision == "float32" and not native_bfloat16 and onnx_runtime.available()
+        runtime = "onnxruntime" if onnx else "tensorflow"
     return runtime, precision
 
 
@@ -254,8 +257,8 @@ class Featurizer:
             :func:`resolve_precision`), ``"float32"`` or ``"bfloat16"`` (Keras' ``mixed_bfloat16`` policy, for
             this model only: several times faster on CPUs with bfloat16 units; the vectors have a cosine
             similarity above 0.9999 to the float32 ones, so both can share a catalogue).
-        runtime: ``"auto"`` (:func:`resolve_runtime`: TensorFlow for bfloat16, ONNX Runtime for float32 when the
-            ``onnx`` extra is installed, else TensorFlow), ``"tensorflow"`` or ``"onnxruntime"`` (float32; the
+        runtime: ``"auto"`` (:func:`resolve_runtime`: TensorFlow where the CPU has native bfloat16, elsewhere ONNX
+            Runtime when the ``onnx`` extra is installed), ``"tensorflow"`` or ``"onnxruntime"`` (float32; the
             graph is converted from the weights once and cached beside them: :mod:`imgsearch.onnx_runtime`).
 
     Raises:

@@ -1,14 +1,16 @@
 """VGG16's convolutional part on ONNX Runtime: the float32 runtime, for CPUs without native bfloat16.
 
-Where the CPU has no bfloat16 units, float32 is the only precision, and ONNX Runtime's convolutions were measured
-faster than TensorFlow's, with the same vectors (docs/performance.md, "Runtimes"); it also starts without
-loading TensorFlow. The graph is written directly from the Keras model's weights (Conv + Relu + MaxPool; no
-converter, none supports Keras 3 reliably) once per weights file and cached beside it, or in
-``~/.cache/imgsearch`` when that folder is read-only (and for Keras' own ImageNet download). It takes what
-:class:`imgsearch.embedding.Featurizer` feeds the Keras model, ``(N, h, w, 3)`` RGB pixels in 0..255, applies
-the same preprocessing (``keras.applications.vgg16.preprocess_input``: BGR, ImageNet means subtracted) and
-returns the feature maps of the pipeline's layer, ``(N, h', w', 512)``, which
-:func:`imgsearch.embedding.pool_maps` pools.
+Where the CPU has no bfloat16 units, float32 is the only precision, and ONNX Runtime's convolutions were reported
+1.38x TensorFlow's on such a CPU, with the same vectors; where TensorFlow's kernels are already near the FLOP
+ceiling (AVX-512) they are about even. Either way it starts in under a second, without loading TensorFlow, in
+less memory (docs/performance.md, "Runtimes").
+
+The graph is written directly from the Keras model's weights (Conv + Relu + MaxPool; no converter, none
+supports Keras 3 reliably) once per weights file and cached beside it, or in ``~/.cache/imgsearch`` when that
+folder is read-only (and for Keras' own ImageNet download). It takes what :class:`imgsearch.embedding.Featurizer`
+feeds the Keras model, ``(N, h, w, 3)`` RGB pixels in 0..255, applies the same preprocessing
+(``keras.applications.vgg16.preprocess_input``: BGR, ImageNet means subtracted) and returns the feature maps of
+the pipeline's layer, ``(N, h', w', 512)``, which :func:`imgsearch.embedding.pool_maps` pools.
 
 ``onnx`` and ``onnxruntime`` are the optional extra ``imgsearch[onnx]``, imported only here. Once a weights file
 is converted, loading it needs neither TensorFlow nor ``onnx``.

@@ -160,8 +160,9 @@ CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 fma av
         ("auto", "auto", "amx_bf16 amx_tile", ("tensorflow", "bfloat16")),
         ("auto", "auto", "", ("onnxruntime", "float32")),
         ("auto", "auto", "avx512f avx512_vnni", ("onnxruntime", "float32")),
-        # An explicit precision picks the runtime for it.
-        ("auto", "float32", "avx512_bf16", ("onnxruntime", "float32")),
+        # An explicit precision: TensorFlow float32 where the CPU has bfloat16 (faster there), bfloat16 anywhere.
+        ("auto", "float32", "avx512_bf16", ("tensorflow", "float32")),
+        ("auto", "float32", "avx2", ("onnxruntime", "float32")),
         ("auto", "bfloat16", "", ("tensorflow", "bfloat16")),
         # An explicit runtime is kept; ONNX Runtime is float32 whatever the CPU.
         ("tensorflow", "auto", "", ("tensorflow", "float32")),
@@ -187,11 +188,13 @@ def test_onnxruntime_refuses_bfloat16() -> None:
         Featurizer(weights="fake", runtime="openvino")
 
 
-def test_auto_featurizer_on_this_machine(weights_copy: Path, onnx_featurizer: Featurizer) -> None:
-    # float32 asked for, the extra installed: ONNX Runtime (the graph converted above).
-    featurizer = Featurizer.from_settings(Settings(weights=str(weights_copy), precision="float32"))
+def test_featurizer_from_settings(weights_copy: Path, onnx_featurizer: Featurizer) -> None:
+    featurizer = Featurizer.from_settings(Settings(weights=str(weights_copy), runtime="onnxruntime"))
     assert (featurizer.runtime, featurizer.precision) == ("onnxruntime", "float32")
     assert "runtime='onnxruntime'" in repr(featurizer)
+    # auto on this machine: what resolve_runtime says for its CPU.
+    fake = Featurizer.from_settings(Settings(weights="fake"))
+    assert (fake.runtime, fake.precision) == resolve_runtime("auto", "auto")
 
 
 def test_runtime_setting_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
