@@ -251,6 +251,21 @@ def search(
         query_vectors = validate_vector(vector)
     params = {
         "query": query_vectors,
+        **_filter_params(k, categories, in_stock_only, max_price, exclude_skus, below_price),
+    }
+    return _run(bind, _SIMILAR_MULTI if several else _SIMILAR, params, exact=exact)
+
+
+def _filter_params(
+    k: int,
+    categories: Iterable[str] | str | None,
+    in_stock_only: bool,
+    max_price: Price | None,
+    exclude_skus: Iterable[str] | None,
+    below_price: Price | None,
+) -> dict[str, object]:
+    """The checked ``k`` and filters as the search functions take them (everything but the query vectors)."""
+    return {
         "k": _validate_k(k),
         "categories": _text_list(categories, "categories"),
         "in_stock_only": bool(in_stock_only),
@@ -258,7 +273,6 @@ def search(
         "exclude": _text_list(exclude_skus, "exclude_skus"),
         "below_price": price_limit(below_price, "below_price"),
     }
-    return _run(bind, _SIMILAR_MULTI if several else _SIMILAR, params, exact=exact)
 
 
 def search_many(
@@ -284,12 +298,7 @@ def search_many(
         raise InvalidQueryError(f"give 1 to {MAX_SEARCHES} query vectors, got {len(rows)}")
     params = {
         "query": [validate_vector(v) for v in rows],
-        "k": _validate_k(k),
-        "categories": _text_list(categories, "categories"),
-        "in_stock_only": bool(in_stock_only),
-        "max_price": price_limit(max_price, "max_price"),
-        "exclude": _text_list(exclude_skus, "exclude_skus"),
-        "below_price": price_limit(below_price, "below_price"),
+        **_filter_params(k, categories, in_stock_only, max_price, exclude_skus, below_price),
     }
     answers: list[list[SearchResult]] = [[] for _ in rows]
     for row in _rows(bind, _SIMILAR_MANY, params):
