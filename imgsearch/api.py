@@ -25,9 +25,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from imgsearch import catalogue, db, indexes, query
+from imgsearch import catalogue, db, embedded_server, indexes, query
 from imgsearch import schema as imgsearch_schema
 from imgsearch.config import Settings
 from imgsearch.errors import ConfigurationError, ImgsearchError, PermissionDeniedError, UnknownCategoryError
@@ -105,8 +106,9 @@ class Catalogue:
     # --- plumbing ---------------------------------------------------------------------------------------------
 
     def engine(self, access: str = "writer", *, schema: bool = True) -> Engine:
-        """The engine for ``access`` (``reader``: searches, ``writer``: the catalogue, ``admin``: schema and
-        indexes; on the embedded server each is its own role); checks once that the schema is migrated."""
+        """The engine for ``access`` (``reader``: searches, ``writer``: the catalogue, ``owner``: indexes and
+        tuning, ``admin``: schema changes and grants; on the embedded server each is its own role, and only
+        ``admin`` is a superuser); checks once that the schema is migrated."""
         if access == "reader" and self._given_read is not None:
             engine = self._given_read
         elif self._given is not None:
@@ -116,6 +118,8 @@ class Catalogue:
                 self._engines[access] = db.connect(self.settings, access)
             engine = self._engines[access]
         if schema and access not in self._checked:
+            if access == "owner" and self._given is None and not self.settings.database_url:
+                _require_embedded_owner(engine)
             imgsearch_schema.require_schema(engine)
             self._checked.add(access)
         return engine
@@ -297,8 +301,9 @@ class Catalogue:
             except PermissionDeniedError:
                 if warn is not None:
                     warn(
-                        "category indexes not maintained: this role may not create indexes "
-                        "(run imgsearch index auto as the schema's owner, or ingest with --no-index)"
+                        "category indexes not maintained: this role may not create indexes (run imgsearch index "
+                        "auto as the schema's owner, or ingest with --no-index; on the embedded server, "
+                        "imgsearch db upgrade once)"
                     )
         return report
 
@@ -339,7 +344,7 @@ class Catalogue:
         from imgsearch import tuning
 
         return tuning.tune(
-            self.engine("admin"),
+            self.engine("owner"),
             sample=tuning.DEFAULT_SAMPLE if sample is None else sample,
             seed=seed,
             progress=progress,
@@ -349,7 +354,7 @@ class Catalogue:
         """Go back to the raw VGG16 space; returns the space retired, if any."""
         from imgsearch import tuning
 
-        return tuning.drop(self.engine("admin"))
+        return tuning.drop(self.engine("owner"))
 
     def maintain_indexes(
         self,
@@ -366,7 +371,7 @@ class Catalogue:
                 "IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS is 0 (automatic category indexes are off): give min_products"
             )
         return indexes.maintain_category_indexes(
-            self.engine("admin"), min_products=threshold, max_share=max_share, on_created=on_created
+            self.engine("owner"), min_products=threshold, max_share=max_share, on_created=on_created
         )
 
     def create_indexes(
@@ -378,7 +383,7 @@ class Catalogue:
     ) -> list[indexes.CategoryIndex]:
         """Build the category indexes of ``categories`` (all must have products, or nothing is built), or of
         every category of ``min_products`` or more that has none; returns those built."""
-        engine = self.engine("admin")
+        engine = self.engine("owner")
         if min_products is not None:
             return indexes.index_large_categories(engine, min_products, on_created=on_created)
         return indexes.create_category_indexes(engine, list(categories), on_created=on_created)
@@ -389,7 +394,7 @@ class Catalogue:
         Raises:
             UnknownCategoryError: a category has no index (and not ``missing_ok``).
         """
-        engine = self.engine("admin")
+        engine = self.engine("owner")
         categories = list(categories)
         if not missing_ok:
             known = {i.category for i in indexes.list_category_indexes(engine)}
@@ -454,6 +459,21 @@ class Catalogue:
     def _server_url(self) -> str:
         # The throwaway evaluation databases are created on the catalogue's server: a role that may do that.
         return self.engine("admin", schema=False).url.render_as_string(hide_password=False)
+
+
+def _require_embedded_owner(engine: Engine) -> None:
+    """Raise :class:`PermissionDeniedError` with the remedy when the embedded server's schema still belongs to
+    the superuser (a catalogue made before the owner role existed), instead of PostgreSQL's bare refusal."""
+    schema = db.schema_of(engine)
+    with engine.connect() as conn:
+        owner = conn.execute(
+            sa.text("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = :s"), {"s": schema}
+        ).scalar_one_or_none()
+    if owner is not None and owner != embedded_server.OWNER_ROLE and schema != "public":
+        raise PermissionDeniedError(
+            f"the schema belongs to {owner}, not {embedded_server.OWNER_ROLE}: run `imgsearch db upgrade` once "
+            "to hand it over (index maintenance and tuning run as its owner)"
+        )
 
 
 def _reader(source: Source) -> Callable[[Callable[[str], None] | None], Iterable[CatalogueEntry | Failure]]:

@@ -160,7 +160,8 @@ def _url_options(func: Any = None, *, default_access: str = "writer") -> Any:
         type=click.Choice(list(embedded_server.ACCESS_ROLES)),
         default=default_access,
         show_default=True,
-        help="The embedded server's role: reader (search only), writer (products), admin (superuser).",
+        help="The embedded server's role: reader (search only), writer (products), owner (indexes, tuning), "
+        "admin (superuser).",
     )(func)
     return click.option(
         "--sqlalchemy", "sqlalchemy_form", is_flag=True, help="SQLAlchemy form (postgresql+psycopg://...)."

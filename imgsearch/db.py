@@ -56,8 +56,9 @@ _VECTOR_OIDS = "SELECT array[t.oid, t.typarray] FROM pg_type t WHERE t.oid = to_
 def resolve_url(settings: Settings, access: str = "writer") -> str:
     """The configured database URL, or the embedded server's (started on demand).
 
-    ``access`` picks the embedded server's role: ``admin`` (its superuser: schema changes, grants, category
-    indexes), ``writer`` (the catalogue: every other command) or ``reader`` (search only). A configured URL is
+    ``access`` picks the embedded server's role: ``admin`` (its superuser: schema changes, grants), ``owner``
+    (the schema's owner: category indexes, tuning), ``writer`` (the catalogue: every other command) or ``reader``
+    (search only). A configured URL is
     returned as it is: its user is whoever the operator made it. Readers go to ``IMGSEARCH_READ_URL`` (a read
     replica) when it is set.
     """

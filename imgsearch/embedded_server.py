@@ -22,13 +22,17 @@ from imgsearch.errors import DatabaseUnavailableError
 
 DATABASE_NAME = "imgsearch"
 
-#: Who connects: the server's superuser only for administration (migrations, grants, category indexes,
-#: throwaway evaluation databases); every other connection as a role that cannot run shell commands
+#: Who connects: the server's superuser only for administration (migrations, grants, throwaway evaluation
+#: databases); the schema's owner, a role without superuser powers, for the maintenance that needs a table's owner
+#: (category indexes, tuning); every other connection as a role that cannot run shell commands
 #: (``COPY ... TO PROGRAM``), read server files or change the schema.
 ADMIN_ROLE = "postgres"
+OWNER_ROLE = "imgsearch_owner"
 WRITER_ROLE = "imgsearch_writer"
 READER_ROLE = "imgsearch_reader"
-ACCESS_ROLES = {"admin": ADMIN_ROLE, "writer": WRITER_ROLE, "reader": READER_ROLE}
+ACCESS_ROLES = {"admin": ADMIN_ROLE, "owner": OWNER_ROLE, "writer": WRITER_ROLE, "reader": READER_ROLE}
+#: The roles the server is created with (and created again if someone dropped one).
+_OWN_ROLES = (OWNER_ROLE, WRITER_ROLE, READER_ROLE)
 #: Marks the roles this module created, so that migrations grant to them and to nothing else of that name.
 ROLE_COMMENT = "imgsearch embedded server role"
 #: How long a start waits for the server to accept connections. Usually a second; after a crash the server
@@ -93,7 +97,8 @@ def _url(socket_dir: Path | str, database: str = DATABASE_NAME, role: str = ADMI
 
 
 def url_for(admin_url: str, access: str) -> str:
-    """The embedded server's URL ``admin_url`` for the role of ``access``: ``admin``, ``writer`` or ``reader``."""
+    """The embedded server's URL ``admin_url`` for the role of ``access``: ``admin``, ``owner``, ``writer`` or
+    ``reader``."""
     from sqlalchemy.engine import make_url
 
     if access not in ACCESS_ROLES:
@@ -219,9 +224,9 @@ def _ensure_database(socket_dir: Path | str) -> None:
     try:
         with psycopg.connect(host=str(socket_dir), user=READER_ROLE, dbname=DATABASE_NAME, autocommit=True) as conn:
             roles = conn.execute(
-                "SELECT count(*) FROM pg_roles WHERE rolname IN (%s, %s)", (WRITER_ROLE, READER_ROLE)
+                "SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)", (list(_OWN_ROLES),)
             ).fetchone()
-            if roles is not None and roles[0] == 2:
+            if roles is not None and roles[0] == len(_OWN_ROLES):
                 return
     except psycopg.OperationalError:
         pass  # no such role or database yet
@@ -229,7 +234,7 @@ def _ensure_database(socket_dir: Path | str) -> None:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
-        for role in (WRITER_ROLE, READER_ROLE):
+        for role in _OWN_ROLES:
             if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
                 # Roles are cluster-wide; their privileges in each database come with `imgsearch db upgrade`.
                 conn.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')

@@ -104,16 +104,36 @@ def revoke_reader(engine: Engine, role: str) -> GrantResult:
 
 
 def grant_embedded_roles(conn: Connection, schema: str) -> None:
-    """Give the embedded server's own roles (:data:`imgsearch.embedded_server.WRITER_ROLE`, ``READER_ROLE``) their
-    privileges in ``schema``, inside ``conn``'s transaction. Called after every migration; on any other server
-    those roles do not exist (they carry imgsearch's comment) and nothing happens."""
-    found = conn.execute(
-        sa.text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:r) AND shobj_description(oid, 'pg_authid') = :c"),
-        {"r": [embedded_server.WRITER_ROLE, embedded_server.READER_ROLE], "c": embedded_server.ROLE_COMMENT},
-    ).scalars()
+    """Hand ``schema`` to the embedded server's owner role (:data:`imgsearch.embedded_server.OWNER_ROLE`) and give
+    its writer and reader roles their privileges there, inside ``conn``'s transaction. Called after every
+    migration; on any other server those roles do not exist (they carry imgsearch's comment) and nothing happens.
+
+    The grants are made as the owner, so that its default privileges cover the tables it creates later (a tuned
+    space's) as well as the migrations' own."""
+    found = set(
+        conn.execute(
+            sa.text(
+                "SELECT rolname FROM pg_roles WHERE rolname = ANY(:r) AND shobj_description(oid, 'pg_authid') = :c"
+            ),
+            {"r": list(embedded_server.ACCESS_ROLES.values()), "c": embedded_server.ROLE_COMMENT},
+        ).scalars()
+    )
+    if not found:
+        return
     raw = conn.connection.driver_connection
     assert raw is not None
     version = conn.execute(sa.text("SELECT current_setting('server_version_num')::integer")).scalar_one()
-    for role in found:
-        templates = _WRITER_GRANTS if role == embedded_server.WRITER_ROLE else _READER_GRANTS
-        _apply(raw, role, schema, templates, version)
+    # public is shared with whatever else the database holds (and, before revision 0003, held imgsearch's
+    # tables): never handed over; a catalogue there keeps maintenance with the superuser.
+    owner = embedded_server.OWNER_ROLE if schema != "public" else None
+    if owner in found:
+        raw.execute(pgsql.SQL(sql.command("hand_over_schema")).format(schema=schema, role=owner))
+        raw.execute(pgsql.SQL("SET LOCAL ROLE {}").format(pgsql.Identifier(owner)))
+    for role, templates in (
+        (embedded_server.WRITER_ROLE, _WRITER_GRANTS),
+        (embedded_server.READER_ROLE, _READER_GRANTS),
+    ):
+        if role in found:
+            _apply(raw, role, schema, templates, version)
+    if owner in found:
+        raw.execute("RESET ROLE")

@@ -160,28 +160,74 @@ def test_a_server_shutting_down_is_waited_for_and_started_again(home: Path) -> N
 
 def test_everyday_commands_open_no_superuser_session(home: Path, fake_weights: str, tmp_path: Path) -> None:
     # With log_connections on, the server logs every session's role: the everyday commands' must all be the
-    # writer's or the reader's (the category-index step of `ingest` is left out here with --no-index: it still
-    # needs the schema's owner).
+    # writer's, the reader's or the schema owner's (index maintenance and tuning), never the superuser's.
     _cli(home, "db", "upgrade")
     url = embedded_server.start(home)
     with psycopg.connect(urls.libpq_url(url, show_password=True), autocommit=True) as conn:
         conn.execute("ALTER SYSTEM SET log_connections = 'authorization'")
         conn.execute("SELECT pg_reload_conf()")
+        owner = conn.execute(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = 'imgsearch_owner'"
+        ).fetchone()
+    assert owner == (False, False, False)
     log = embedded_server.data_dir(home) / "log"
     seen = log.stat().st_size
     sample = REPO / "examples" / "catalogue"
     weights = ["--weights", fake_weights]
-    _cli(home, *weights, "ingest", "--quiet", "--no-index", str(sample))
+    hat = "hat/" + next((sample / "hat").glob("*.jpg")).stem
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS", "12")  # the sample's categories are worth an index
+        assert "indexed " in _cli(home, *weights, "ingest", "--quiet", str(sample))
+        _cli(home, "index", "auto")
     _cli(home, "stats")
-    _cli(home, "stock", "--out", "hat/" + next((sample / "hat").glob("*.jpg")).stem)
+    _cli(home, "stock", "--out", hat)
+    _cli(home, "tune", "--quiet")
+    # The tuned space's tables were made by the owner: the reader may search in them.
+    assert "tuned" in _cli(home, "stats")
     _cli(home, *weights, "search", str(next((sample / "dress").glob("*.jpg"))), "-k", "3")
-    _cli(home, "similar", "hat/" + next((sample / "hat").glob("*.jpg")).stem, "-k", "3")
+    _cli(home, "similar", hat, "-k", "3")
+    _cli(home, "index", "drop", "hat")
+    _cli(home, "tune", "--drop")
     with log.open(errors="replace") as fh:
         fh.seek(seen)
         sessions = [line for line in fh if "connection authorized" in line]
     assert sessions, "log_connections logged nothing"
     roles = {line.split("user=")[1].split()[0] for line in sessions}
-    assert roles <= {"imgsearch_writer", "imgsearch_reader"}, sessions
+    assert roles <= {"imgsearch_writer", "imgsearch_reader", "imgsearch_owner"}, sessions
+    assert "imgsearch_owner" in roles
+
+
+def test_an_upgrade_hands_a_superusers_schema_to_the_owner_role(home: Path, fake_weights: str, tmp_path: Path) -> None:
+    # A catalogue made before the owner role existed belongs to the superuser; `db upgrade` (at head already)
+    # hands every object to imgsearch_owner and keeps the other roles' privileges.
+    shop = tmp_path / "shop" / "hat"
+    shop.mkdir(parents=True)
+    for photo in sorted((REPO / "examples" / "catalogue" / "hat").glob("*.jpg"))[:3]:
+        (shop / photo.name).write_bytes(photo.read_bytes())
+    _cli(home, "db", "upgrade")
+    _cli(home, "--weights", fake_weights, "ingest", "--quiet", "--no-index", str(shop.parent))
+    url = embedded_server.start(home)
+    owned = (
+        "SELECT count(*) FILTER (WHERE r.rolname <> 'imgsearch_owner') FROM pg_class c "
+        "JOIN pg_roles r ON r.oid = c.relowner WHERE c.relnamespace = 'imgsearch'::regnamespace"
+    )
+    with psycopg.connect(urls.libpq_url(url, show_password=True), autocommit=True) as conn:
+        assert conn.execute(owned).fetchone() == (0,)
+        conn.execute("REASSIGN OWNED BY imgsearch_owner TO postgres")
+        assert conn.execute(owned).fetchone()[0] > 0
+    refused = CliRunner().invoke(main, ["--home", str(home), "index", "create", "hat"])
+    assert refused.exit_code == 1 and "imgsearch db upgrade" in refused.output, refused.output
+    assert "Traceback" not in refused.output and len(refused.output.strip().splitlines()) == 1
+    _cli(home, "db", "upgrade")
+    with psycopg.connect(urls.libpq_url(url, show_password=True), autocommit=True) as conn:
+        assert conn.execute(owned).fetchone() == (0,)
+        functions = conn.execute(
+            "SELECT count(*) FROM pg_proc WHERE pronamespace = 'imgsearch'::regnamespace "
+            "AND proowner <> 'imgsearch_owner'::regrole"
+        ).fetchone()
+        assert functions == (0,)
+    assert "indexed" in _cli(home, "index", "create", "hat")
+    assert len(_cli(home, "similar", "hat/" + sorted(shop.glob("*.jpg"))[0].stem, "-k", "2").splitlines()) >= 2
 
 
 def test_the_home_stays_private(home: Path) -> None:
