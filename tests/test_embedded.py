@@ -181,13 +181,21 @@ def test_everyday_commands_open_no_superuser_session(home: Path, fake_weights: s
         _cli(home, "index", "auto")
     _cli(home, "stats")
     _cli(home, "stock", "--out", hat)
+    prices = tmp_path / "prices.csv"
+    prices.write_text(f"sku,price\n{hat},20\n")
+    _cli(home, "stock", "--csv", str(prices))
     _cli(home, "tune", "--quiet")
     # The tuned space's tables were made by the owner: the reader may search in them.
     assert "tuned" in _cli(home, "stats")
     _cli(home, *weights, "search", str(next((sample / "dress").glob("*.jpg"))), "-k", "3")
     _cli(home, "similar", hat, "-k", "3")
+    _cli(home, "cheaper", hat, "-k", "3")
+    _cli(home, "duplicates")
+    _cli(home, "index", "list")
+    _cli(home, "index", "words")
     _cli(home, "index", "drop", "hat")
     _cli(home, "tune", "--drop")
+    _cli(home, "remove", hat)
     with log.open(errors="replace") as fh:
         fh.seek(seen)
         sessions = [line for line in fh if "connection authorized" in line]
