@@ -10,6 +10,7 @@ the network works on the current one, so downloads and file reads overlap the mo
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -314,19 +315,22 @@ def _records(
                 features[id(photo)] = result.local
             report.embedded += 1
     # Photos stored before colour signatures or local features existed get theirs, and so do photos whose
-    # embedder computed no features (decoding only, no network).
-    for entry in entries:
-        for photo in batch.photos[entry.sku]:
-            if photo.error is not None:
-                continue
-            stored = photo.stored
-            try:
-                if not photo.changed and stored is not None and not stored.has_colour:
-                    colours[id(photo)] = colour_signature(featurizer.pipeline.preprocessing.decode(photo.source()))
-                if id(photo) not in features and (photo.changed or stored is None or not stored.has_features):
-                    features[id(photo)] = local_features.features_of(photo.source())
-            except ImageError as exc:
-                photo.error = str(exc)
+    # embedder computed no features (decoding only, no network). OpenCV and the decoder release the GIL: a
+    # thread per core (a catalogue from before local features gets them all on its next ingest).
+    missing = [p for e in entries for p in batch.photos[e.sku] if p.error is None]
+
+    def backfill(photo: _Photo) -> None:
+        stored = photo.stored
+        try:
+            if not photo.changed and stored is not None and not stored.has_colour:
+                colours[id(photo)] = colour_signature(featurizer.pipeline.preprocessing.decode(photo.source()))
+            if id(photo) not in features and (photo.changed or stored is None or not stored.has_features):
+                features[id(photo)] = local_features.features_of(photo.source())
+        except ImageError as exc:
+            photo.error = str(exc)
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        list(pool.map(backfill, missing))
     for entry in entries:
         for photo in batch.photos[entry.sku]:
             photo.data = None  # the bytes of a download are not needed any more

@@ -13,7 +13,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psycopg
@@ -22,12 +22,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from imgsearch import db, embedded_server, schema
+from tests.samples import SampleCatalogue
 
 if TYPE_CHECKING:
     from imgsearch.embedding import Featurizer
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_CATALOGUE = REPO / "examples" / "catalogue"
+SAMPLE_MANIFEST = REPO / "examples" / "products.csv"
 SHARED_WEIGHTS = REPO.parent / "shared" / "models" / "vgg16_imagenet_notop.h5"
 #: Fixtures that load the real network: a test using any of them (directly or through another fixture) is a
 #: ``model`` test.
@@ -73,6 +75,8 @@ def make_database(server_url: str) -> Iterator[Callable[..., str]]:
         name = f"t_{uuid.uuid4().hex[:12]}"
         with _admin(server_url) as conn:
             clause = f' TEMPLATE "{template}"' if template else ""
+            if template:  # a template must have no sessions: a pool left open by whoever filled it
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (template,))
             conn.execute(f'CREATE DATABASE "{name}"{clause}')
         created.append(name)
         return make_url(server_url).set(database=name).render_as_string(hide_password=False)
@@ -93,6 +97,30 @@ def migrated_template(make_database: Callable[..., str]) -> str:
     name = make_url(url).database
     assert name
     return name
+
+
+@pytest.fixture(scope="session")
+def sample_catalogue(
+    make_database: Callable[..., str],
+    migrated_template: str,
+    fake_weights: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> SampleCatalogue:
+    """The sample catalogue, made once per test process (ingesting 120 photos with local features takes seconds)."""
+    from click.testing import CliRunner
+
+    from imgsearch.cli import main
+
+    shop = tmp_path_factory.mktemp("sample-shop") / "examples"
+    shutil.copytree(SAMPLE_CATALOGUE.parent, shop)
+    url = make_database(template=migrated_template)
+    manifest = str(shop / SAMPLE_MANIFEST.name)
+    args = ["--database-url", url, "--weights", fake_weights, "ingest", "--quiet", "--manifest", manifest]
+    result = CliRunner(env={"IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS": "12"}).invoke(main, args)
+    assert result.exit_code == 0, result.output
+    name = make_url(url).database
+    assert name
+    return SampleCatalogue(template=name, shop=shop, ingest_output=result.stdout)
 
 
 @pytest.fixture
@@ -161,3 +189,20 @@ def sample_vectors() -> np.ndarray:
     vectors = np.load(SAMPLE_VECTORS)
     assert vectors.shape == (len(SAMPLE_PHOTOS), 512)
     return vectors
+
+
+@pytest.fixture(scope="session")
+def sample_photo_details(fake_featurizer: Featurizer) -> dict[str, tuple[Any, Any]]:
+    """Each sample photo's colour signature and local features by path (``SAMPLE_PHOTOS``), computed once per test
+    process, for tests that store the sample catalogue directly and want it as complete as an ingest leaves it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imgsearch import local_features
+    from imgsearch.colour import colour_signature
+
+    def details(path: Path) -> tuple[Any, Any]:
+        colour = colour_signature(fake_featurizer.pipeline.preprocessing.decode(str(path)))
+        return colour, local_features.features_of(str(path))
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(map(str, SAMPLE_PHOTOS), pool.map(details, SAMPLE_PHOTOS), strict=True))

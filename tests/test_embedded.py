@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -172,7 +173,9 @@ def test_everyday_commands_open_no_superuser_session(home: Path, fake_weights: s
     assert owner == (False, False, False)
     log = embedded_server.data_dir(home) / "log"
     seen = log.stat().st_size
-    sample = REPO / "examples" / "catalogue"
+    sample = tmp_path / "shop"  # four of the sample's categories: enough for indexes and a tuning
+    for category in ("dress", "hat", "shoes", "shirt"):
+        shutil.copytree(REPO / "examples" / "catalogue" / category, sample / category)
     weights = ["--weights", fake_weights]
     hat = "hat/" + next((sample / "hat").glob("*.jpg")).stem
     with pytest.MonkeyPatch.context() as env:

@@ -46,6 +46,9 @@ class Seen:
 class LoopbackServer(ThreadingHTTPServer):
     """A threading HTTP server that logs every request and can wake its sleeping handlers to shut down."""
 
+    # A handler still blocked in a read (a TLS handshake nobody completes) does not hold up the shutdown.
+    daemon_threads = True
+
     def __init__(self, context: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.scheme = "http"

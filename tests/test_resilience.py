@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy.engine import Engine
 
 from imgsearch import catalogue, db, embedded_server, ingest, query, schema
-from imgsearch.catalogue import ProductRecord
+from imgsearch.catalogue import ImageRecord, ProductRecord
 from imgsearch.cli import main
 from imgsearch.embedding import Featurizer
 from imgsearch.images import file_sha256
@@ -239,8 +240,14 @@ def photo_vectors(fake_featurizer: Featurizer) -> np.ndarray:
 
 
 @pytest.fixture
-def stored(engine: Engine, photo_vectors: np.ndarray, fake_featurizer: Featurizer) -> list[ingest.CatalogueEntry]:
-    """The 120 sample photos as a stored catalogue (their vectors), and entries to ingest them again."""
+def stored(
+    engine: Engine,
+    photo_vectors: np.ndarray,
+    fake_featurizer: Featurizer,
+    sample_photo_details: dict[str, tuple[Any, Any]],
+) -> list[ingest.CatalogueEntry]:
+    """The 120 sample photos as a stored catalogue (their vectors, colours and local features, as an ingest leaves
+    them), and entries to ingest them again."""
     catalogue.ensure_space(engine, fake_featurizer.space)
     entries = [
         ingest.CatalogueEntry(sku=f"p{i:03d}", category=p.parent.name, images=(str(p),), name="v0")
@@ -252,10 +259,16 @@ def stored(engine: Engine, photo_vectors: np.ndarray, fake_featurizer: Featurize
             ProductRecord(
                 sku=e.sku,
                 category=e.category,
-                embedding=v,
                 name="v0",
-                image=e.images[0],
-                image_sha256=file_sha256(e.images[0]),
+                images=(
+                    ImageRecord(
+                        e.images[0],
+                        v,
+                        file_sha256(e.images[0]),
+                        colour=sample_photo_details[e.images[0]][0],
+                        features=sample_photo_details[e.images[0]][1],
+                    ),
+                ),
             )
             for e, v in zip(entries, photo_vectors, strict=True)
         ],

@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import os
-import shutil
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -24,6 +23,7 @@ from PIL import Image
 from imgsearch import output, sheet
 from imgsearch.cli import main
 from imgsearch.query import SearchResult
+from tests.samples import SampleCatalogue
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -50,23 +50,19 @@ def _run(url: str, weights: str, args: tuple[str, ...], expect: int | None, inpu
 
 
 @pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the sample shop (manifest and photos), whose photos a test may take away."""
-    copy = tmp_path_factory.mktemp("search-cli") / "examples"
-    shutil.copytree(EXAMPLES, copy)
-    return copy
+def shop(sample_catalogue: SampleCatalogue) -> Path:
+    """The copy of the sample shop (manifest and photos) the catalogue was ingested from; a test that takes its
+    photos away puts them back."""
+    return sample_catalogue.shop
 
 
 @pytest.fixture(scope="module")
-def catalogue_url(make_database: Callable[..., str], migrated_template: str, fake_weights: str, shop: Path) -> str:
+def catalogue_url(make_database: Callable[..., str], sample_catalogue: SampleCatalogue) -> str:
     """A database holding the sample manifest's 120 products."""
-    url = make_database(template=migrated_template)
-    # Categories of 12 products are worth an index in this test: ingest keeps them (each is 10% of the catalogue).
-    args = ("ingest", "--quiet", "--manifest", str(shop / MANIFEST.name))
-    result = _run(url, fake_weights, args, 0, None, IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS="12")
-    assert "added 120," in result.stdout and "failed 0" in result.stdout
-    assert result.stdout.count("indexed ") == 10
-    return url
+    # Categories of 12 products are worth an index here: the ingest kept them (each is 10% of the catalogue).
+    assert "added 120," in sample_catalogue.ingest_output and "failed 0" in sample_catalogue.ingest_output
+    assert sample_catalogue.ingest_output.count("indexed ") == 10
+    return make_database(template=sample_catalogue.template)
 
 
 @pytest.fixture(scope="module")

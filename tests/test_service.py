@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from imgsearch import db, output, roles
 from imgsearch.cli import main
 from imgsearch.embedding import Featurizer
+from tests.samples import SampleCatalogue
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -75,24 +76,14 @@ class Service:
         return stderr.decode()
 
 
-def _catalogue(make_database: Callable[..., str], migrated_template: str, weights: str) -> str:
-    url = make_database(template=migrated_template)
-    manifest = str(EXAMPLES / "products.csv")
-    result = CliRunner().invoke(
-        main, ["--database-url", url, "--weights", weights, "ingest", "--quiet", "--manifest", manifest]
-    )
-    assert result.exit_code == 0, result.output
-    return url
+@pytest.fixture(scope="module")
+def catalogue_url(make_database: Callable[..., str], sample_catalogue: SampleCatalogue) -> str:
+    return make_database(template=sample_catalogue.template)
 
 
 @pytest.fixture(scope="module")
-def catalogue_url(make_database: Callable[..., str], migrated_template: str, fake_weights: str) -> str:
-    return _catalogue(make_database, migrated_template, fake_weights)
-
-
-@pytest.fixture(scope="module")
-def service(catalogue_url: str, fake_weights: str) -> Iterator[Service]:
-    running = Service(catalogue_url, fake_weights, "--image-root", str(EXAMPLES))
+def service(catalogue_url: str, fake_weights: str, sample_catalogue: SampleCatalogue) -> Iterator[Service]:
+    running = Service(catalogue_url, fake_weights, "--image-root", str(sample_catalogue.shop))
     yield running
     running.close()
 
@@ -232,8 +223,8 @@ def test_every_kind_of_bad_input_is_a_one_line_4xx(service: Service) -> None:
     assert "nested" in _error(post("/search", content=deep, headers={"content-type": "application/json"}), 400)
 
 
-def test_photos_are_served_from_the_image_roots_only(service: Service, catalogue_url: str) -> None:
-    stored = str(EXAMPLES / "catalogue" / "shoes" / PHOTO.name)
+def test_photos_are_served_from_the_image_roots_only(service: Service, sample_catalogue: SampleCatalogue) -> None:
+    stored = str(sample_catalogue.shop / "catalogue" / "shoes" / PHOTO.name)
     assert service.client.get("/photos", params={"ref": stored}).content == PHOTO.read_bytes()
     assert service.client.get("/photos", params={"ref": f"catalogue/shoes/{PHOTO.name}"}).status_code == 200
     for ref in (
