@@ -1008,7 +1008,16 @@ def _table_width() -> int:
 
 
 def _read_query(image: str) -> tuple[Any, Path | bytes, str]:
-    """The photo to decode, the same photo for the contact sheet, and its label; '-' means stdin."""
+    """The photo to decode, the same photo for the contact sheet, and its label; '-' means stdin, an http(s)://
+    address is downloaded (bounded in size and time, like the catalogue's photo URLs)."""
+    from imgsearch.fetch import Fetcher, is_url
+
+    if is_url(image):
+        with Fetcher(workers=1) as fetcher:
+            fetched = fetcher.fetch(image)
+        if fetched.data is None:
+            _fail(fetched.error or f"{image}: nothing downloaded")
+        return _named_bytes(fetched.data, image), fetched.data, image.rsplit("/", 1)[-1] or image
     if image != "-":
         return Path(image), Path(image), Path(image).name
     stream = sys.stdin.buffer
@@ -1064,7 +1073,8 @@ def _stored_image(shop: Catalogue, sku: str) -> str | None:
 @_search_options
 @pass_app
 def search(app: App, image: str, crop: Crop | None, no_verify: bool, filters: _Filters, k: int, out: _Output) -> None:
-    """Products that look like the photo IMAGE (JPEG, PNG, WebP, GIF, BMP, TIFF; '-' reads stdin).
+    """Products that look like the photo IMAGE (JPEG, PNG, WebP, GIF, BMP, TIFF; a file, an http(s):// address,
+    or '-' for stdin).
 
     In-stock products only unless --include-out-of-stock. The nearest products by the global vector are
     checked with local features: the ones the photo provably shows (a shopper's photo of a product of the
@@ -1076,6 +1086,7 @@ def search(app: App, image: str, crop: Crop | None, no_verify: bool, filters: _F
       imgsearch search photo.jpg -k 5
       imgsearch search photo.jpg --crop 120,80,900,1100 --format json
       imgsearch search photo.jpg --category shoes --max-price 50 --no-verify
+      imgsearch search https://cdn.example.com/look.jpg -k 5
       cat photo.jpg | imgsearch search - --sheet results.png
     """
     source, picture, label = _read_query(image)

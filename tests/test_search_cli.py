@@ -107,6 +107,38 @@ def assert_one_line_error(result: Result, code: int, *fragments: str) -> None:
 # --- formats --------------------------------------------------------------------------------------------------
 
 
+def test_a_photo_at_a_web_address_is_downloaded_and_searched(cli: Invoke) -> None:
+    # The address is downloaded as ingestion downloads catalogue photos (//, the port and the query kept), not
+    # read as a file path; a failed download is one line.
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Photos(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = PHOTO.read_bytes() if self.path == "/look.jpg?size=large" else b""
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Photos)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        by_url = as_json(cli("search", f"{base}/look.jpg?size=large", "-k", "3", "--format", "json"))
+        by_file = as_json(cli("search", str(PHOTO), "-k", "3", "--format", "json"))
+        assert skus(by_url) == skus(by_file) and by_url[0]["sku"] == PHOTO_SKU
+        missing = cli("search", f"{base}/gone.jpg", expect=None)
+        assert_one_line_error(missing, 1, f"{base}/gone.jpg", "404")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_json_has_the_documented_fields_and_the_query_photo_ranks_first(
     cli: Invoke, ranking: list[dict[str, Any]], shop: Path
 ) -> None:
