@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from psycopg import sql as pgsql
 from sqlalchemy.engine import Connection, Engine
@@ -21,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from imgsearch import embedded_server, sql
 from imgsearch.db import schema_of, translate_error
-from imgsearch.errors import ConfigurationError, SchemaError
+from imgsearch.errors import ConfigurationError, PermissionDeniedError, SchemaError
 
 # Names PostgreSQL reserves or gives a meaning of their own in GRANT.
 _RESERVED = {"public", "current_user", "session_user", "current_role", "none", "all"}
@@ -68,12 +69,20 @@ def _run(engine: Engine, role: str, templates: list[str], create: bool) -> Grant
             if not exists.scalar_one():
                 if not create:
                     raise ConfigurationError(f"there is no role {role!r}")
-                raw.execute(pgsql.SQL("CREATE ROLE {} NOLOGIN").format(pgsql.Identifier(role)))
+                try:
+                    raw.execute(pgsql.SQL("CREATE ROLE {} NOLOGIN").format(pgsql.Identifier(role)))
+                except psycopg.errors.InsufficientPrivilege:
+                    raise PermissionDeniedError(
+                        f"there is no role {role!r} and this role may not create one (it lacks CREATEROLE): "
+                        f"create it as an administrator (CREATE ROLE {role} LOGIN), then grant again"
+                    ) from None
                 created = True
             version = conn.execute(sa.text("SELECT current_setting('server_version_num')::integer")).scalar_one()
             _apply(raw, role, schema, templates, version)
     except DBAPIError as exc:
         raise translate_error(exc) from None
+    except psycopg.Error as exc:  # raised by the driver connection itself (the GRANT statements)
+        raise translate_error(DBAPIError(None, None, exc)) from None
     return GrantResult(role=role, created=created, schema=schema)
 
 
@@ -125,7 +134,10 @@ def grant_embedded_roles(conn: Connection, schema: str) -> None:
     version = conn.execute(sa.text("SELECT current_setting('server_version_num')::integer")).scalar_one()
     # public is shared with whatever else the database holds (and, before revision 0003, held imgsearch's
     # tables): never handed over; a catalogue there keeps maintenance with the superuser.
-    owner = embedded_server.OWNER_ROLE if schema != "public" else None
+    # Only a superuser can give objects away (the embedded server's `db upgrade`); a plain role migrating on a
+    # server that happens to have these roles keeps what it made.
+    superuser = conn.execute(sa.text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar_one()
+    owner = embedded_server.OWNER_ROLE if schema != "public" and superuser else None
     if owner in found:
         raw.execute(pgsql.SQL(sql.command("hand_over_schema")).format(schema=schema, role=owner))
         raw.execute(pgsql.SQL("SET LOCAL ROLE {}").format(pgsql.Identifier(owner)))

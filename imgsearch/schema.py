@@ -206,6 +206,10 @@ def prepare_migration(conn: Connection, schema: str) -> None:
         ),
         {"s": schema},
     )
+    # pgvector's settings (hnsw.iterative_scan, which the search functions SET) exist once its library is loaded
+    # in the session; before that a role without superuser may not name them ("permission denied to set
+    # parameter"), as in a downgrade that re-creates older functions first thing. Using the type loads it.
+    conn.execute(sa.text("SELECT vector_dims('[1]'::vector)"))
 
 
 def _ensure_vector_extension(conn: Connection) -> None:

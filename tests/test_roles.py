@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import psycopg
@@ -165,3 +165,41 @@ def test_grant_commands(filled: Engine) -> None:
     assert missing.exit_code == 1 and missing.stderr == "Error: there is no role 'no_such_role_xyz'\n"
     with pytest.raises(ConfigurationError):
         roles.grant_reader(filled, "")
+
+
+def test_a_database_owned_by_a_plain_role_is_migrated_both_ways_and_grants_say_what_is_missing(
+    make_database: Callable[..., str],
+) -> None:
+    # A shop's own server: an administrator made the database, gave it to a role without superuser or
+    # CREATEROLE and installed pgvector; that role runs the schema's life from then on.
+    url = make_database()
+    name, owner = make_url(url).database, f"shop_{uuid.uuid4().hex[:8]}"
+    admin = make_url(url)
+    with psycopg.connect(host=admin.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{owner}" LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB')
+        conn.execute(f'ALTER DATABASE "{name}" OWNER TO "{owner}"')
+    with psycopg.connect(host=admin.query["host"], user="postgres", dbname=name, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION vector")
+    as_owner = admin.set(username=owner).render_as_string(hide_password=False)
+
+    def run(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(main, ["--database-url", as_owner, *args])
+        assert result.exit_code == code, result.output
+        assert "Traceback" not in result.output
+        return result.output
+
+    run("db", "upgrade")
+    # The older functions come back with their SET hnsw.iterative_scan clause, which needs pgvector's library.
+    assert "at revision 0010" in run("db", "downgrade", "--yes")
+    assert f"at revision {schema.head_revision()}" in run("db", "upgrade")
+    refused = run("db", "grant-reader", "web_backend", code=1).strip()
+    assert refused.startswith("Error: ") and len(refused.splitlines()) == 1 and "CREATEROLE" in refused
+    with psycopg.connect(host=admin.query["host"], user="postgres", dbname=name, autocommit=True) as conn:
+        conn.execute('CREATE ROLE "web_backend" LOGIN')
+    try:
+        assert "web_backend" in run("db", "grant-reader", "web_backend")
+    finally:
+        with psycopg.connect(host=admin.query["host"], user="postgres", dbname="postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            conn.execute('DROP ROLE "web_backend"')
+            conn.execute(f'DROP ROLE "{owner}"')
