@@ -266,9 +266,11 @@ class Catalogue:
         read = _reader(source)
         # A first pass counts the products (for progress) and collects the source's SKUs (for a full sync).
         feed_skus: set[str] = set()
-        total = 0
+        total = total_photos = 0
         for item in read(None):
-            total += isinstance(item, CatalogueEntry)
+            if isinstance(item, CatalogueEntry):
+                total += 1
+                total_photos += len(item.images)
             if item.sku:
                 feed_skus.add(item.sku)
         engine = self.engine()
@@ -287,6 +289,7 @@ class Catalogue:
             read(warn),
             self.featurizer,
             total=total,
+            total_photos=total_photos,
             commit_every=commit_every,
             progress=progress,
             prune_images=prune_images,

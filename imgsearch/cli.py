@@ -494,6 +494,52 @@ def index_drop(app: App, categories: tuple[str, ...], missing_ok: bool) -> None:
 # --- catalogue ------------------------------------------------------------------------------------------------
 
 
+class _IngestProgress:
+    """Ingestion's progress on stderr, counted in photos: a bar with position, rate and ETA on a terminal
+    (click's progressbar, redrawn as each photo is embedded), a line every 5 s in a log."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.line = _ProgressLine(enabled)
+        self.bar: Any = None
+
+    def __call__(self, p: Progress) -> None:
+        """Show ``p`` (photos handled of all the source's photos; unchanged ones count as handled)."""
+        if not self.line.enabled:
+            return
+        rate = p.embedded / p.seconds if p.seconds > 0 else 0.0
+        if self.line.tty and p.total_photos:
+            if self.bar is None:
+                self.bar = click.progressbar(
+                    length=p.total_photos,
+                    label="photos",
+                    file=sys.stderr,
+                    show_pos=True,
+                    show_eta=True,
+                    item_show_func=lambda item: item,
+                )
+            label = f"{p.done}/{p.total} products, {rate:.1f} images/s"
+            if p.photos > self.bar.pos:
+                self.bar.update(p.photos - self.bar.pos, label)
+            else:  # a batch committed: the products moved, not the photos
+                self.bar.current_item = label
+                self.bar.render_progress()
+            return
+        total = f"/{p.total_photos}" if p.total_photos else ""
+        text = f"{p.photos}{total} photos ({p.done}/{p.total or '?'} products)  {rate:.1f} images/s"
+        handled_rate = p.photos / p.seconds if p.seconds > 0 else 0.0
+        if p.total_photos and handled_rate > 0:
+            remaining = max(p.total_photos - p.photos, 0) / handled_rate
+            text += f"  ETA {int(remaining // 60)}m{int(remaining % 60):02d}s"
+        self.line.show(text, final=p.total_photos is not None and p.photos >= p.total_photos)
+
+    def close(self) -> None:
+        """End the display before anything else is printed."""
+        if self.bar is not None:
+            self.bar.render_finish()
+            self.bar = None
+        self.line.close()
+
+
 class _ProgressLine:
     """A one-line progress display on stderr: rewritten in place on a terminal, every 5 s in a log."""
 
@@ -502,18 +548,6 @@ class _ProgressLine:
         self.tty = sys.stderr.isatty()
         self.last = 0.0
         self.open = False
-
-    def __call__(self, p: Progress) -> None:
-        """Ingestion's progress: products and images done, rate, ETA."""
-        rate = p.done / p.seconds if p.seconds > 0 else 0.0
-        images_rate = p.embedded / p.seconds if p.seconds > 0 else 0.0
-        total = f"/{p.total}" if p.total else ""
-        eta = ""
-        if p.total and rate > 0:
-            remaining = (p.total - p.done) / rate
-            eta = f"  ETA {int(remaining // 60)}m{int(remaining % 60):02d}s"
-        text = f"{p.done}{total} products  {p.embedded} images embedded  {images_rate:.1f} images/s{eta}"
-        self.show(text, final=p.total is not None and p.done >= p.total)
 
     def show(self, text: str, *, final: bool = False) -> None:
         """Show ``text`` as the current progress (in a log, at most every 5 s unless ``final``)."""
@@ -629,7 +663,7 @@ def ingest(
     if errors_path is not None:
         _check_writable(errors_path)
     warn = lambda message: click.echo(f"warning: {message}", err=True)  # noqa: E731
-    progress = _ProgressLine(enabled=not quiet)
+    progress = _IngestProgress(enabled=not quiet)
     source = manifest if manifest is not None else folder
     assert source is not None
     try:

@@ -9,6 +9,7 @@ the network works on the current one, so downloads and file reads overlap the mo
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import time
@@ -91,12 +92,16 @@ class IngestReport:
 
 @dataclass(frozen=True)
 class Progress:
-    """Sent after each committed batch: products handled so far out of ``total`` (``None`` if unknown)."""
+    """Sent after each photo embedded and each committed batch: products (``done`` of ``total``) and photos
+    (``photos`` of ``total_photos``) handled so far, whether embedded, unchanged or failed (``None``: not known);
+    ``done`` and ``photos`` never pass their totals."""
 
     done: int
     total: int | None
     embedded: int
     seconds: float
+    photos: int = 0
+    total_photos: int | None = None
 
 
 def stored_reference(image: str, image_root: Path | None) -> str:
@@ -146,6 +151,7 @@ def ingest(
     featurizer: Featurizer,
     *,
     total: int | None = None,
+    total_photos: int | None = None,
     commit_every: int = 256,
     progress: Callable[[Progress], None] | None = None,
     prune_images: bool = False,
@@ -172,7 +178,22 @@ def ingest(
     root = Path(image_root) if image_root is not None else None
     report = IngestReport()
     counts = UpsertCounts()
-    done = 0
+    done = photos = 0
+
+    def tell(extra_photos: int = 0) -> None:
+        if progress:
+            seen = photos + extra_photos
+            progress(
+                Progress(
+                    min(done, total) if total is not None else done,
+                    total,
+                    report.embedded,
+                    time.perf_counter() - started,
+                    min(seen, total_photos) if total_photos is not None else seen,
+                    total_photos,
+                )
+            )
+
     own_fetcher = fetcher is None
     fetcher = fetcher or Fetcher()
     batches = _batched(entries, commit_every)
@@ -189,7 +210,8 @@ def ingest(
         upcoming = _start(ahead, prepare, next(batches, None))
         while (batch := upcoming.result()) is not None:
             upcoming = _start(ahead, prepare, next(batches, None))
-            stored = _store(bind, _records(batch, featurizer, report, embedder), report, prune_images)
+            on_photo = functools.partial(lambda before: tell(report.embedded - before), report.embedded)
+            stored = _store(bind, _records(batch, featurizer, report, embedder, on_photo), report, prune_images)
             if stored.vanished:
                 # Removed by someone else since their hashes were read: their vectors must be computed again.
                 gone = set(stored.vanished)
@@ -200,9 +222,10 @@ def ingest(
                     bind, _records(retry, featurizer, report, embedder), report, prune_images
                 )
             counts += stored
-            done += len(batch.items)
-            if progress:
-                progress(Progress(done, total, report.embedded, time.perf_counter() - started))
+            entries = [e for e in batch.items if isinstance(e, CatalogueEntry)]
+            done += len(entries)  # rows the source could not read were not counted in the total either
+            photos += sum(len(e.images) for e in entries)
+            tell()
     finally:
         if ahead is not None:
             ahead.shutdown(wait=False, cancel_futures=True)
@@ -293,9 +316,14 @@ class Embedder(Protocol):
 
 
 def _records(
-    batch: _Batch, featurizer: Featurizer, report: IngestReport, embedder: Embedder | None = None
+    batch: _Batch,
+    featurizer: Featurizer,
+    report: IngestReport,
+    embedder: Embedder | None = None,
+    on_photo: Callable[[], None] | None = None,
 ) -> list[ProductRecord]:
-    """Embed the batch's new and changed photos and make the records to store; failures go to the report."""
+    """Embed the batch's new and changed photos and make the records to store; failures go to the report.
+    ``on_photo`` is called after each photo embedded (for progress within a batch)."""
     for item in batch.items:
         if isinstance(item, Failure):
             report.failures.append(item)
@@ -314,6 +342,8 @@ def _records(
             if result.local is not None:
                 features[id(photo)] = result.local
             report.embedded += 1
+            if on_photo is not None:
+                on_photo()
     # Photos stored before colour signatures or local features existed get theirs, and so do photos whose
     # embedder computed no features (decoding only, no network). OpenCV and the decoder release the GIL: a
     # thread per core (a catalogue from before local features gets them all on its next ingest).

@@ -216,11 +216,8 @@ def test_interrupted_ingest_resumes_without_reembedding(
     engine: Engine, fake_featurizer: Featurizer, tmp_path: Path
 ) -> None:
     folder = _copy_sample(tmp_path / "c", per_category=4, categories=("dress", "shoes", "hat"))
-    batches = []
-
     def stop_after_two(progress: ingest.Progress) -> None:
-        batches.append(progress.done)
-        if len(batches) == 2:
+        if progress.done == 8:  # two batches of four committed (progress also comes photo by photo)
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -229,6 +226,40 @@ def test_interrupted_ingest_resumes_without_reembedding(
 
     report = ingest.ingest(engine, ingest.scan_folder(folder), fake_featurizer, commit_every=4)
     assert (report.added, report.unchanged, report.embedded, report.failed) == (4, 8, 4, 0)
+
+
+def test_progress_counts_photos_as_they_are_embedded_and_never_passes_its_totals(
+    engine: Engine, fake_featurizer: Featurizer, tmp_path: Path
+) -> None:
+    # A manifest of 6 products with 9 photos, one unreadable photo and one row the reader refuses (counted in
+    # neither total): progress moves with every photo embedded, not once per batch, and ends exactly at its totals.
+    from imgsearch import Catalogue
+
+    folder = _copy_sample(tmp_path / "c", per_category=3, categories=("dress", "shoes"))
+    photos = sorted(folder.glob("*/*.jpg"))
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    rows = ["sku,name,category,price,in_stock,images"]
+    rows += [f"p{i},P{i},{p.parent.name},10,true,{p}" for i, p in enumerate(photos[:3])]
+    rows += [f"q{i},Q{i},{p.parent.name},10,true,{p}|{photos[i - 1]}" for i, p in enumerate(photos[3:5])]
+    rows += [f"r0,R0,dress,10,true,{photos[5]}|{folder / 'broken.jpg'}", "bad,,,oops,maybe,"]
+    manifest = _write(tmp_path / "feed.csv", "\n".join(rows) + "\n")
+    events: list[ingest.Progress] = []
+    shop = Catalogue(engine, featurizer=fake_featurizer)
+    report = shop.ingest(manifest, commit_every=2, progress=events.append, index=False)
+    assert report.added == 6 and report.failed == 2  # the refused row and the broken photo
+    last = events[-1]
+    assert (last.done, last.total, last.photos, last.total_photos) == (6, 6, 9, 9)
+    assert all(e.done <= e.total and e.photos <= e.total_photos for e in events)  # type: ignore[operator]
+    assert [e.photos for e in events] == sorted(e.photos for e in events)
+    assert len([e for e in events if e.done < 6]) >= 4  # within batches too: more events than the 3 batches
+    again: list[ingest.Progress] = []
+    shop.ingest(manifest, commit_every=2, progress=again.append, index=False)  # nothing embedded: still counted
+    assert (again[-1].photos, again[-1].total_photos, again[-1].embedded) == (9, 9, 0)
+    url = engine.url.render_as_string(hide_password=False)
+    logged = CliRunner().invoke(
+        main, ["--database-url", url, "--weights", "fake", "ingest", "--manifest", str(manifest)]
+    )
+    assert logged.stderr.splitlines()[0].startswith("9/9 photos (6/6 products)"), logged.stderr
 
 
 def test_embedding_space_mismatch_is_refused(invoke: Invoke, engine: Engine, tmp_path: Path) -> None:
