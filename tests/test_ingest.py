@@ -216,6 +216,7 @@ def test_interrupted_ingest_resumes_without_reembedding(
     engine: Engine, fake_featurizer: Featurizer, tmp_path: Path
 ) -> None:
     folder = _copy_sample(tmp_path / "c", per_category=4, categories=("dress", "shoes", "hat"))
+
     def stop_after_two(progress: ingest.Progress) -> None:
         if progress.done == 8:  # two batches of four committed (progress also comes photo by photo)
             raise KeyboardInterrupt
