@@ -1271,8 +1271,8 @@ def serve(
 
     Needs the extra: pip install 'imgsearch[serve]'. Read-only: it connects as a reader (the embedded
     server's imgsearch_reader role). Endpoints: POST /search, GET /products/SKU/similar, GET
-    /products/SKU/cheaper, POST /embed, GET /healthz, GET /metrics; the OpenAPI description at /openapi.json,
-    the page at /.
+    /products/SKU/cheaper, POST /embed, GET /livez, GET /readyz, GET /metrics; the OpenAPI description at
+    /openapi.json, the page at /.
 
     \b
     Examples:

@@ -33,6 +33,7 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -54,6 +55,7 @@ from imgsearch.errors import (
 )
 from imgsearch.images import Crop, has_supported_extension, parse_crop
 from imgsearch.metrics import Metrics
+from imgsearch.urls import mask_password
 
 log = logging.getLogger("imgsearch.service")
 
@@ -316,6 +318,8 @@ def create_app(
 
     @app.post(
         "/search",
+        operation_id="search",
+        response_description="the results, best first: the records of the CLI's `--format json`",
         summary="Products that look like a photo (multipart) or a vector (JSON), best first.",
         openapi_extra={"requestBody": _SEARCH_BODY},
         responses=_ERRORS,
@@ -336,6 +340,8 @@ def create_app(
 
     @app.post(
         "/search/many",
+        operation_id="search_many",
+        response_description="one list of results per vector, in the order of the vectors",
         summary="One search per vector (JSON), all answered in one database round trip.",
         openapi_extra={"requestBody": _SEARCH_MANY_BODY},
         responses=_ERRORS,
@@ -361,7 +367,13 @@ def create_app(
             raise InvalidQueryError(hint)
         return body
 
-    @app.get("/products/{sku:path}/similar", summary="Products that look like a catalogue product.", responses=_ERRORS)
+    @app.get(
+        "/products/{sku:path}/similar",
+        operation_id="similar",
+        response_description="the results, best first: the records of the CLI's `--format json`",
+        summary="Products that look like a catalogue product.",
+        responses=_ERRORS,
+    )
     def similar(
         sku: str,
         k: Annotated[int, Query(ge=1, le=query.MAX_K)] = 8,
@@ -374,6 +386,8 @@ def create_app(
 
     @app.get(
         "/products/{sku:path}/cheaper",
+        operation_id="cheaper",
+        response_description="the results, best first: the records of the CLI's `--format json`",
         summary="Visually similar products, in stock and strictly cheaper (same category unless any_category).",
         responses=_ERRORS,
     )
@@ -385,6 +399,8 @@ def create_app(
 
     @app.post(
         "/embed",
+        operation_id="embed",
+        response_description="the vector and the embedding space it belongs to",
         summary="A photo's 512-d vector, to cache or to pass to the SQL functions.",
         openapi_extra={"requestBody": _EMBED_BODY},
         responses=_ERRORS,
@@ -405,28 +421,91 @@ def create_app(
             }
         )
 
-    @app.api_route(
-        "/healthz",
-        methods=["GET", "HEAD"],
-        summary="Database reachable, schema at this version's revision, model loaded.",
-    )
-    def healthz() -> JSONResponse:
-        report: dict[str, Any] = {"model": "loaded" if state.get("gate") else "not loaded"}
+    def readiness() -> tuple[int, dict[str, Any]]:
+        """Whether this worker can answer searches: the model loaded, the database reachable, the schema at this
+        package's revision and the catalogue's embedding space the model's. The first check that fails is the
+        one-line reason of a 503, so a load balancer sends it no traffic and an operator reads what to fix."""
+        gate = state.get("gate")
+        if gate is None:  # first: until the model is loaded there is no engine either
+            return 503, _unavailable("the model is not loaded yet")
         try:
             db.check_connection(engine())
-            report["database"] = "ok"
             imgsearch_schema.require_schema(engine())
-            report["schema"] = imgsearch_schema.head_revision()
-            catalogue.check_space(engine(), state["featurizer"].space)
+            catalogue.check_space(engine(), gate.space)
         except ImgsearchError as exc:
-            return JSONResponse({**report, "status": "unavailable", "error": str(exc)}, status_code=503)
-        return JSONResponse({**report, "status": "ok"})
+            return 503, _unavailable(str(exc))
+        except DBAPIError as exc:  # e.g. the statement timeout: not ready either, and still one line
+            translated = db.translate_error(exc)
+            if translated is not exc:
+                return 503, _unavailable(str(translated))
+            first_line = str(exc.orig or exc).strip().partition("\n")[0]
+            return 503, _unavailable(mask_password(f"database error: {first_line}"))
+        return 200, {"status": "ok", "database": "ok", "schema": imgsearch_schema.head_revision(), "model": "loaded"}
 
-    @app.get("/metrics", summary="Requests, latency and errors in Prometheus' text format.")
+    async def livez() -> JSONResponse:
+        # Async and without the database: it answers while the thread pool is busy or the database is down, so
+        # a liveness probe restarts the process only when the process itself has stopped answering.
+        return JSONResponse({"status": "ok"})
+
+    def readyz() -> JSONResponse:
+        status, body = readiness()
+        return JSONResponse(body, status_code=status)
+
+    def healthz() -> JSONResponse:
+        status, body = readiness()
+        if "reason" in body:  # the key /healthz gave the reason before /readyz (this release's page reads it)
+            body["error"] = body["reason"]
+        return JSONResponse(body, status_code=status)
+
+    readiness_responses = _readiness_responses(imgsearch_schema.head_revision())
+    _probe(
+        app,
+        "/livez",
+        livez,
+        summary="Liveness: 200 whenever the process answers (no database call).",
+        response_description="the process answers",
+        responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+    )
+    _probe(
+        app,
+        "/readyz",
+        readyz,
+        summary="Readiness: database reachable, schema at this version's revision, embedding space the model's, "
+        "model loaded; 503 with the reason otherwise.",
+        response_description="ready to answer searches",
+        responses=readiness_responses,
+    )
+    _probe(
+        app,
+        "/healthz",
+        healthz,
+        summary="Deprecated (use /readyz; removed in the next release): the same checks and status as /readyz, "
+        'with the reason also as "error".',
+        response_description="ready to answer searches",
+        responses=readiness_responses,
+        deprecated=True,
+    )
+
+    @app.get(
+        "/metrics",
+        operation_id="metrics",
+        summary="Requests, latency and errors in Prometheus' text format.",
+        response_description="the metrics of this worker (each worker reports its own)",
+        response_class=PlainTextResponse,
+    )
     def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/categories", summary="The catalogue's categories and their product counts (for the page).")
+    @app.get(
+        "/categories",
+        operation_id="categories",
+        summary="The catalogue's categories and their product counts (for the page).",
+        response_description="each category and how many products it has (refreshed at most once a minute)",
+        responses={
+            200: {"content": {"application/json": {"example": [{"category": "shoes", "products": 12}]}}},
+            503: {**_ERRORS[503], "description": "database unreachable or schema not migrated"},
+        },
+    )
     def categories() -> JSONResponse:
         cached_at, cached = state["categories"]
         if time.monotonic() - cached_at > 60:
@@ -434,7 +513,13 @@ def create_app(
             state["categories"] = (time.monotonic(), cached)
         return JSONResponse(cached)
 
-    @app.get("/photos", summary="A catalogue photo stored as a file under the service's image roots.")
+    @app.get(
+        "/photos",
+        operation_id="photo",
+        summary="A catalogue photo stored as a file under the service's image roots.",
+        response_description="the photo file",
+        responses={404: {**_ERRORS[404], "description": "no such photo under the service's image roots"}},
+    )
     def photo(ref: str) -> FileResponse:
         found = _inside_roots(ref, roots)
         if found is None or not has_supported_extension(found):  # photos only, not every file under a root
@@ -458,6 +543,19 @@ def create_app(
     wrapped = _BodyLimit(app, limits.max_upload_bytes + 64 * 1024)  # room for the form around the photo
     wrapped.fastapi = app  # type: ignore[attr-defined]  (tests and tools reach the app through it)
     return wrapped  # type: ignore[return-value]
+
+
+def _unavailable(reason: str) -> dict[str, str]:
+    """The body of a failed readiness check: one line, whatever the library's message looked like."""
+    return {"status": "unavailable", "reason": " ".join(reason.split())}
+
+
+def _probe(app: FastAPI, path: str, endpoint: Callable[..., Any], **options: Any) -> None:
+    """A probe answers GET and HEAD (what load balancers and Docker send). Registered as one route per method, so
+    that each method is its own OpenAPI operation with its own operationId (``livez``, ``livez_head``)."""
+    name = path.strip("/")
+    app.add_api_route(path, endpoint, methods=["GET"], operation_id=name, **options)
+    app.add_api_route(path, endpoint, methods=["HEAD"], operation_id=f"{name}_head", **options)
 
 
 def _named(data: bytes, name: str) -> io.BytesIO:
@@ -556,6 +654,25 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "database unreachable, schema not migrated, or the model busy"),
     )
 }
+
+
+def _readiness_responses(revision: str) -> dict[int | str, dict[str, Any]]:
+    """The documented answers of /readyz and /healthz (the example names this package's schema revision)."""
+    ready = {"status": "ok", "database": "ok", "schema": revision, "model": "loaded"}
+    unready = {
+        "status": "unavailable",
+        "reason": "the database has no imgsearch schema yet: run `imgsearch db upgrade`",
+    }
+    return {
+        200: {"content": {"application/json": {"example": ready}}},
+        503: {
+            "description": "not ready: the model not loaded, the database unreachable, the schema not at this "
+            "version's revision, or the catalogue built with another embedding space",
+            "content": {"application/json": {"example": unready}},
+        },
+    }
+
+
 _FILTER_PROPERTIES = {
     "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 8},
     "category": {"type": "array", "items": {"type": "string"}, "description": "only these categories"},

@@ -7,9 +7,11 @@ import concurrent.futures
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,15 +19,19 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psycopg
 import pytest
 import sqlalchemy as sa
+import uvicorn
 from click.testing import CliRunner
 from PIL import Image
 from sqlalchemy.engine import make_url
 
-from imgsearch import db, output, roles
+from imgsearch import db, output, roles, schema
 from imgsearch.cli import main
+from imgsearch.config import Settings
 from imgsearch.embedding import Featurizer
+from imgsearch.service import ServiceLimits, create_app
 from tests.samples import SampleCatalogue
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,7 +64,7 @@ class Service:
         while True:
             assert self.process.poll() is None, self.process.communicate()[1].decode()
             try:
-                if self.client.get("/healthz").status_code in (200, 503):
+                if self.client.get("/livez").status_code == 200:  # answering; ready or not is for the test
                     return
             except httpx.TransportError:
                 pass
@@ -168,9 +174,20 @@ def test_similar_and_cheaper(service: Service) -> None:
     assert anywhere.status_code == 200
 
 
-def test_health_metrics_openapi_categories(service: Service) -> None:
-    health = service.client.get("/healthz").json()
-    assert health["status"] == "ok" and health["database"] == "ok" and health["model"] == "loaded"
+def test_liveness_readiness_and_the_deprecated_healthz(service: Service) -> None:
+    assert service.client.get("/livez").json() == {"status": "ok"}
+    ready = service.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ok", "database": "ok", "schema": schema.head_revision(), "model": "loaded"}
+    health = service.client.get("/healthz")
+    assert (health.status_code, health.json()) == (200, ready.json())  # the same answer, for one more release
+    for path in ("/livez", "/readyz", "/healthz"):  # what load balancers and Docker may send
+        head = service.client.head(path)
+        assert (head.status_code, head.content) == (200, b""), path
+
+
+def test_metrics_and_categories(service: Service) -> None:
+    service.client.post("/search", files=_photo(), data={"k": "3"})
     service.client.get("/products/nope/similar")
     metrics = service.client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
@@ -178,13 +195,49 @@ def test_health_metrics_openapi_categories(service: Service) -> None:
     assert 'imgsearch_http_requests_total{method="POST",route="/search",status="200"}' in text
     assert 'imgsearch_http_request_duration_seconds_bucket{route="/search",le="+Inf"}' in text
     assert 'imgsearch_http_errors_total{route="/products/{sku:path}/similar",kind="UnknownSkuError"}' in text
-    paths = service.client.get("/openapi.json").json()["paths"]
-    assert {"/search", "/embed", "/healthz", "/metrics", "/products/{sku}/similar", "/products/{sku}/cheaper"} <= set(
-        paths
-    )
-    assert "multipart/form-data" in paths["/search"]["post"]["requestBody"]["content"]
     categories = service.client.get("/categories").json()
     assert {"category": "shoes", "products": 12} in categories
+
+
+#: What the service answers outside its API: the page, its files and FastAPI's own documentation routes.
+UNDOCUMENTED = {"/", "/static/{name}", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+
+def test_openapi_operation_ids_are_unique_and_every_path_is_documented(service: Service) -> None:
+    document = service.client.get("/openapi.json")
+    assert document.status_code == 200
+    paths = document.json()["paths"]
+    operations = {(path, method): op for path, ops in paths.items() for method, op in ops.items()}
+    ids = [op["operationId"] for op in operations.values()]
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)  # code generators need this
+    expected = {
+        "/search": {"post"},
+        "/search/many": {"post"},
+        "/products/{sku}/similar": {"get"},
+        "/products/{sku}/cheaper": {"get"},
+        "/embed": {"post"},
+        "/livez": {"get", "head"},
+        "/readyz": {"get", "head"},
+        "/healthz": {"get", "head"},
+        "/metrics": {"get"},
+        "/categories": {"get"},
+        "/photos": {"get"},
+    }
+    assert {path: set(ops) for path, ops in paths.items()} == expected
+    # Every route the application answers, except the page, its files and the documentation itself, is in it
+    # (so a route added later without documentation fails here).
+    app = create_app(Settings.from_env(), limits=ServiceLimits()).fastapi  # type: ignore[attr-defined]
+    for route in app.routes:
+        if route.path not in UNDOCUMENTED:
+            path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # {sku:path} is documented as {sku}
+            assert {m.lower() for m in route.methods} <= set(paths.get(path, {})), route.path
+    categories = paths["/categories"]["get"]["responses"]["200"]
+    assert categories["description"] != "Successful Response" and "category" in categories["description"]
+    assert categories["content"]["application/json"]["example"] == [{"category": "shoes", "products": 12}]
+    healthz = paths["/healthz"]["get"]
+    assert healthz["deprecated"] is True and healthz["summary"].startswith("Deprecated (use /readyz")
+    assert set(paths["/readyz"]["get"]["responses"]) == {"200", "503"}
+    assert "multipart/form-data" in paths["/search"]["post"]["requestBody"]["content"]
 
 
 def _bomb() -> bytes:
@@ -297,8 +350,15 @@ def test_an_unmigrated_or_unreachable_database_is_503(
 ) -> None:
     running = Service(make_database(), fake_weights)  # a database without the imgsearch schema
     try:
+        assert running.client.get("/livez").json() == {"status": "ok"}  # alive: restarting it would not help
+        ready = running.client.get("/readyz")
+        assert ready.status_code == 503
+        assert list(ready.json()) == ["status", "reason"] and ready.json()["status"] == "unavailable"
+        assert "imgsearch db upgrade" in ready.json()["reason"] and "\n" not in ready.json()["reason"]
         health = running.client.get("/healthz")
-        assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        assert health.status_code == 503  # and the reason also under the name the page still reads
+        assert health.json() == {**ready.json(), "error": ready.json()["reason"]}
+        assert (running.client.head("/readyz").status_code, running.client.head("/livez").status_code) == (503, 200)
         assert "imgsearch db upgrade" in _error(running.client.post("/search", files=_photo()), 503)
     finally:
         running.close()
@@ -318,3 +378,59 @@ def test_an_unmigrated_or_unreachable_database_is_503(
         timeout=120,
     )
     assert gone.returncode == 1 and gone.stderr.startswith("Error: cannot connect to the database")
+
+
+def _as_superuser(url: str, statement: str, database: str | None = None) -> None:
+    """Run ``statement`` on the test server as its superuser (in ``database``, else the one of ``url``)."""
+    parsed = make_url(url)
+    with psycopg.connect(
+        host=parsed.query["host"], user="postgres", dbname=database or parsed.database, autocommit=True
+    ) as conn:
+        conn.execute(statement)
+
+
+def test_readiness_follows_the_database_and_liveness_does_not(
+    make_database: Callable[..., str], sample_catalogue: SampleCatalogue, fake_weights: str
+) -> None:
+    url = make_database(template=sample_catalogue.template)
+    running = Service(url, fake_weights)
+    try:
+        assert running.client.get("/readyz").status_code == 200
+        # Another model's catalogue: the service would answer nonsense, so it is not ready.
+        _as_superuser(url, "UPDATE imgsearch.embedding_space SET weights_id = 'other-' || weights_id")
+        mismatch = running.client.get("/readyz")
+        assert mismatch.status_code == 503 and mismatch.json()["status"] == "unavailable"
+        assert "different embedding space" in mismatch.json()["reason"]
+        _as_superuser(url, "UPDATE imgsearch.embedding_space SET weights_id = substr(weights_id, 7)")
+        assert running.client.get("/readyz").json()["status"] == "ok"  # checked on every request, not cached
+        # The database gone while the service runs.
+        _as_superuser(url, f'DROP DATABASE "{make_url(url).database}" WITH (FORCE)', database="postgres")
+        gone = running.client.get("/readyz")
+        assert gone.status_code == 503 and gone.json()["status"] == "unavailable"
+        assert "database" in gone.json()["reason"] and "\n" not in gone.json()["reason"]
+        assert running.client.get("/livez").json() == {"status": "ok"}  # the process is fine: no restart
+        assert running.client.get("/healthz").status_code == 503
+    finally:
+        running.close()
+
+
+def test_not_ready_until_the_model_is_loaded() -> None:
+    """Without its start-up (the lifespan: engine, model) the application is alive and says why it is not ready."""
+    app = create_app(Settings.from_env(), limits=ServiceLimits())
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            assert client.get("/livez").json() == {"status": "ok"}
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json() == {"status": "unavailable", "reason": "the model is not loaded yet"}
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -554,13 +554,13 @@
 
   async function checkHealth() {
     try {
-      const response = await fetch("/healthz");
+      const response = await fetch("/readyz");
       const body = await response.json();
       if (body.status === "ok") {
         el.health.textContent = "service ok";
         el.health.className = "health ok";
       } else {
-        el.health.textContent = "service unavailable" + (body.error ? ": " + body.error : "");
+        el.health.textContent = "service unavailable" + (body.reason ? ": " + body.reason : "");
         el.health.className = "health bad";
       }
     } catch (_) {
