@@ -35,10 +35,13 @@ from imgsearch.errors import ConfigurationError, ImgsearchError, PermissionDenie
 from imgsearch.sources import CatalogueEntry, Failure, read_manifest, read_stock_csv, scan_folder
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from imgsearch.catalogue import CatalogueStats, Product
     from imgsearch.duplicates import DuplicateGroup
     from imgsearch.embedding import Featurizer
     from imgsearch.evaluation import Evaluation
+    from imgsearch.feedback import Event, Recorded, Report
     from imgsearch.images import Crop, ImageSource
     from imgsearch.ingest import IngestReport, Progress
     from imgsearch.street_to_shop import StreetToShop
@@ -226,6 +229,28 @@ class Catalogue:
         from imgsearch import tuning
 
         return tuning.status(self.engine())
+
+    # --- what shoppers did -------------------------------------------------------------------------------------
+
+    def record_events(self, events: Iterable[Event | Mapping[str, Any]]) -> Recorded:
+        """Store a batch of shoppers' events (at most 1000; each ``event_id`` once) reported by the website
+        (:func:`imgsearch.feedback.record`). Goes to the primary database, never a read replica."""
+        from imgsearch import feedback
+
+        return feedback.record(self.engine(), events)
+
+    def report(self, since: datetime | None = None, until: datetime | None = None) -> Report:
+        """Click-through by rank, mean reciprocal rank, conversion, by category and variant, and the variants
+        compared, over ``[since, until)`` (default: the last 30 days; :func:`imgsearch.feedback.report`)."""
+        from imgsearch import feedback
+
+        return feedback.report(self.engine("reader"), since, until)
+
+    def forget_events(self, days: int | None = None) -> int:
+        """Delete events older than ``days`` (default: the retention setting); returns how many."""
+        from imgsearch import feedback
+
+        return feedback.forget(self.engine(), days or self.settings.event_retention_days)
 
     # --- keeping the catalogue --------------------------------------------------------------------------------
 

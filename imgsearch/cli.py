@@ -8,9 +8,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import click
 
@@ -1426,3 +1427,112 @@ def eval_command(
     for failure in result.ingest_failures:
         click.echo(f"failed: {failure.source}: {failure.reason}", err=True)
     click.echo(output.format_evaluation(result, "json" if as_json else "table"))
+
+
+class _TimeType(click.ParamType):
+    """A point in time: an ISO 8601 date or time (UTC unless it says otherwise), or an age such as 7d, 24h, 30m."""
+
+    name = "time"
+    _UNITS: ClassVar[dict[str, str]] = {"d": "days", "h": "hours", "m": "minutes"}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        if text == "now":
+            return datetime.now(UTC)
+        if len(text) > 1 and text[-1] in self._UNITS and text[:-1].isdigit():
+            return datetime.now(UTC) - timedelta(**{self._UNITS[text[-1]]: int(text[:-1])})
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(f"{value!r} is neither an ISO 8601 date/time nor an age like 7d, 24h or 30m", param, ctx)
+        return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@main.command()
+@click.option("--since", type=_TimeType(), default="30d", show_default=True, help="Start of the window (or an age).")
+@click.option("--until", type=_TimeType(), default="now", show_default=True, help="End of the window (exclusive).")
+@click.option("--format", "fmt", type=click.Choice(output.REPORT_FORMATS), default="table", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report to this file.")
+@pass_app
+def report(app: App, since: datetime, until: datetime, fmt: str, out: Path | None) -> None:
+    """What shoppers did with the results: click-through by rank, mean reciprocal rank of the clicks, add-to-cart
+    and conversion per search, by category and by variant (search space or A/B arm), and every variant against
+    the first with 95% intervals.
+
+    The website reports the events (POST /events, Catalogue.record_events, imgsearch_record_events, or
+    imgsearch events record).
+
+    \b
+    Examples:
+      imgsearch report
+      imgsearch report --since 2026-11-01 --until 2026-12-01 --format json
+      imgsearch report --since 7d --format html --out report.html
+    """
+    if out is not None:
+        _check_writable(out)
+    text = output.format_report(app.catalogue.report(since, until), fmt)
+    if out is None:
+        click.echo(text)
+    else:
+        out.write_text(text + ("" if text.endswith("\n") else "\n"), encoding="utf-8")
+        click.echo(f"report: {out}", err=True)
+
+
+@main.group(cls=_Group)
+def events_group() -> None:
+    """Shoppers' events (impressions, clicks, carts, purchases) that measure the search: load and retention."""
+
+
+main.add_command(events_group, name="events")
+
+
+@events_group.command("record")
+@click.argument("file", type=click.File("rb"))
+@pass_app
+def events_record(app: App, file: Any) -> None:
+    """Store the events of FILE (JSON lines: one event object a line; '-' reads stdin), in batches of 1000;
+    events already stored (same event_id) are skipped.
+
+    \b
+    Example:
+      imgsearch events record clicks.jsonl
+    """
+    import json
+
+    from imgsearch.feedback import MAX_EVENTS
+    from imgsearch.sources import MAX_LINE_CHARS
+
+    stored = duplicates = 0
+    batch: list[Any] = []
+
+    def flush() -> None:
+        nonlocal stored, duplicates
+        done = app.catalogue.record_events(batch)
+        stored, duplicates = stored + done.stored, duplicates + done.duplicates
+        batch.clear()
+
+    for number, raw in enumerate(iter(lambda: file.readline(MAX_LINE_CHARS + 1), b""), start=1):
+        if len(raw) > MAX_LINE_CHARS:
+            _fail(f"line {number} is longer than {MAX_LINE_CHARS} characters: not JSON lines of events")
+        if not raw.strip():
+            continue
+        try:
+            batch.append(json.loads(raw))
+        except (ValueError, RecursionError):
+            _fail(f"line {number} is not a JSON object (events are JSON lines)")
+        if len(batch) == MAX_EVENTS:
+            flush()
+    if batch:
+        flush()
+    click.echo(f"stored {stored} events, {duplicates} already stored")
+
+
+@events_group.command("forget")
+@click.option("--days", type=click.IntRange(1), help="Keep this many days [default: IMGSEARCH_EVENT_RETENTION_DAYS].")
+@pass_app
+def events_forget(app: App, days: int | None) -> None:
+    """Delete events older than the retention (run it daily, e.g. from cron)."""
+    gone = app.catalogue.forget_events(days)
+    click.echo(f"deleted {gone} events older than {days or app.settings.event_retention_days} days")

@@ -21,6 +21,8 @@ RUNTIMES = ("auto", "tensorflow", "onnxruntime")
 #: it, ranking the whole category exactly takes a few milliseconds; above it, a walk of the catalogue-wide index
 #: that the photo leads away from the category would cost tens to hundreds.
 DEFAULT_CATEGORY_INDEX_MIN_PRODUCTS = 2000
+#: Days a shopper's event is kept (imgsearch.feedback).
+DEFAULT_EVENT_RETENTION_DAYS = 400
 
 #: The PostgreSQL schema that holds imgsearch's tables, indexes, functions and Alembic version table.
 DEFAULT_SCHEMA = "imgsearch"
@@ -79,6 +81,8 @@ class Settings:
             that it can share a database with the shop's own tables.
         category_index_min_products: ``imgsearch ingest`` keeps a category index for every category of at least
             this many products (``IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS``; 0: never on its own).
+        event_retention_days: shoppers' events older than this are deleted by ``imgsearch events forget``
+            (``IMGSEARCH_EVENT_RETENTION_DAYS``, default 400: a year of comparisons and some).
     """
 
     database_url: str | None = None
@@ -91,9 +95,14 @@ class Settings:
     schema: str = DEFAULT_SCHEMA
     image_root: Path | None = None
     category_index_min_products: int = DEFAULT_CATEGORY_INDEX_MIN_PRODUCTS
+    event_retention_days: int = DEFAULT_EVENT_RETENTION_DAYS
 
     def __post_init__(self) -> None:
         check_schema_name(self.schema)
+        if self.event_retention_days < 1:
+            raise ConfigurationError(
+                f"IMGSEARCH_EVENT_RETENTION_DAYS must be at least 1, got {self.event_retention_days}"
+            )
         if self.batch_size < 1:
             raise ConfigurationError(f"batch size must be at least 1, got {self.batch_size}")
         if self.category_index_min_products < 0:
@@ -124,6 +133,7 @@ class Settings:
             category_index_min_products=_env_int(
                 "IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS", DEFAULT_CATEGORY_INDEX_MIN_PRODUCTS
             ),
+            event_retention_days=_env_int("IMGSEARCH_EVENT_RETENTION_DAYS", DEFAULT_EVENT_RETENTION_DAYS),
         )
         changes = {k: v for k, v in overrides.items() if v is not None}
         if "home" in changes:

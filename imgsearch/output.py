@@ -36,6 +36,7 @@ from decimal import Decimal
 from imgsearch.catalogue import CatalogueStats
 from imgsearch.duplicates import DuplicateGroup
 from imgsearch.evaluation import Evaluation
+from imgsearch.feedback import Report
 from imgsearch.indexes import CategoryIndex
 from imgsearch.ingest import IngestReport
 from imgsearch.query import SearchResult
@@ -438,3 +439,53 @@ def format_street_to_shop(reports: Sequence[StreetToShop], fmt: str = "table") -
         "how often that match is the photographed product"
     )
     return "\n\n".join(blocks)
+
+
+#: The formats of ``imgsearch report``.
+REPORT_FORMATS = ("table", "json", "html")
+
+
+def format_report(report: Report, fmt: str = "table") -> str:
+    """The shoppers' report for people (tables), programs (JSON) or a browser (HTML with charts:
+    :mod:`imgsearch.report_page`)."""
+    if fmt == "json":
+        return json.dumps(report.as_dict(), indent=2)
+    if fmt == "html":
+        from imgsearch.report_page import render
+
+        return render(report)
+    pct = lambda rate: f"{100 * rate:.1f}%"  # noqa: E731
+    lines = [f"events from {report.since:%Y-%m-%d %H:%M} to {report.until:%Y-%m-%d %H:%M} UTC"]
+    if not report.total.impressions and not report.total.clicks:
+        return "\n".join([*lines, "no events in this window"])
+    lines += [
+        "",
+        "variant      searches  impressions  clicks  CTR     searches clicked  MRR    carts/search  conversion",
+    ]
+    for m in [*report.variants, report.total]:
+        name = "(all)" if m.variant is None else (m.variant or '""')
+        lines.append(
+            f"{printable(name)[:12]:<12} {m.searches:>8}  {m.impressions:>11}  {m.clicks:>6}  "
+            f"{pct(m.click_through):<6}  {pct(m.searches_clicked):>16}  {m.mean_reciprocal_rank:.3f}  "
+            f"{m.add_to_cart_rate:>12.3f}  {pct(m.conversion):>10}"
+        )
+    for c in report.comparisons:
+        lines += ["", f"{printable(c.b)} against {printable(c.a)} (difference, 95% interval):"]
+        for label, d, scale in (
+            ("searches clicked", c.searches_clicked, 100),
+            ("mean reciprocal rank", c.mean_reciprocal_rank, 1),
+            ("conversion", c.conversion, 100),
+        ):
+            unit = " points" if scale == 100 else ""
+            sure = "" if d.low <= 0 <= d.high else "  (significant)"
+            lines.append(
+                f"  {label:<21} {scale * d.value:+.3f}{unit} [{scale * d.low:+.3f}, {scale * d.high:+.3f}]{sure}"
+            )
+    lines += ["", "rank  impressions  clicks  CTR"]
+    lines += [f"{rank:>4}  {shown:>11}  {clicks:>6}  {pct(ctr)}" for rank, shown, clicks, ctr in report.by_rank]
+    lines += ["", "category              impressions  clicks  CTR     purchases"]
+    lines += [
+        f"{printable(name or '(none)')[:20]:<20}  {shown:>11}  {clicks:>6}  {pct(ctr):<6}  {bought:>9}"
+        for name, shown, clicks, ctr, bought in report.by_category
+    ]
+    return "\n".join(lines)

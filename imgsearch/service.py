@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imgsearch import __version__, catalogue, db, output, query
+from imgsearch import __version__, catalogue, db, feedback, output, query
 from imgsearch import schema as imgsearch_schema
 from imgsearch.api import Catalogue
 from imgsearch.config import Settings, env_float
@@ -230,10 +230,20 @@ def create_app(
             state["featurizer"] = await run_in_threadpool(Featurizer.from_settings, settings)
         await run_in_threadpool(state["featurizer"].warm_up)
         state["gate"] = ModelGate(state["featurizer"], limits.model_queue, limits.request_timeout)
+        # Shoppers' events are written to the primary even when searches read a replica (as the reader role
+        # there: imgsearch_record_events is SECURITY DEFINER).
+        primary = state["engine"]
+        if settings.read_url:
+            primary = db.create_engine(
+                db.resolve_url(replace(settings, read_url=None), "reader"),
+                schema=settings.schema,
+                connect_args={"options": f"-c statement_timeout={timeout_ms}"},
+            )
         # The library's handle, searching through the engine above and the network behind the gate.
-        state["catalogue"] = Catalogue(state["engine"], settings=settings, featurizer=state["gate"])
+        state["catalogue"] = Catalogue(primary, read=state["engine"], settings=settings, featurizer=state["gate"])
         yield
         state["engine"].dispose()
+        primary.dispose()
 
     app = FastAPI(
         title="imgsearch",
@@ -354,6 +364,25 @@ def create_app(
             raise InvalidQueryError(f'"vectors" must be a list of 1 to {query.MAX_SEARCHES} lists of 512 numbers')
         answers = await run_in_threadpool(shop().search_many, body["vectors"], **_json_filters(body))
         return JSONResponse([output.result_dicts(results) for results in answers])
+
+    @app.post(
+        "/events",
+        operation_id="record_events",
+        response_description='{"stored": n, "duplicates": m}: events new, and events whose event_id was stored before',
+        summary="Shoppers' impressions, clicks, carts and purchases (JSON), stored once per event_id.",
+        openapi_extra={"requestBody": _EVENTS_BODY},
+        responses=_ERRORS,
+    )
+    async def record_events(request: Request) -> JSONResponse:
+        body = await json_object(
+            request, "events", f'send a JSON object with "events": a list of 1 to {feedback.MAX_EVENTS} event objects'
+        )
+        if not isinstance(body["events"], list) or not body["events"]:
+            raise InvalidQueryError(f'"events" must be a list of 1 to {feedback.MAX_EVENTS} event objects')
+        if len(body["events"]) > feedback.MAX_EVENTS:
+            raise InvalidQueryError(f"at most {feedback.MAX_EVENTS} events at once, got {len(body['events'])}")
+        recorded = await run_in_threadpool(shop().record_events, body["events"])
+        return JSONResponse({"stored": recorded.stored, "duplicates": recorded.duplicates})
 
     async def json_object(request: Request, required: str, hint: str) -> dict[str, Any]:
         """The JSON object of a request's body, which must hold ``required`` (else ``hint`` is the error)."""
@@ -732,6 +761,47 @@ _SEARCH_MANY_BODY = {
                     **_FILTER_PROPERTIES,
                 },
             }
+        }
+    },
+}
+_EVENTS_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["events"],
+                "properties": {
+                    "events": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": feedback.MAX_EVENTS,
+                        "items": {
+                            "type": "object",
+                            "required": ["event_id", "kind", "search_id"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "event_id": {"type": "string", "maxLength": 200},
+                                "kind": {"type": "string", "enum": list(feedback.KINDS)},
+                                "search_id": {"type": "string", "maxLength": 200},
+                                "occurred_at": {"type": "string", "format": "date-time"},
+                                "shopper": {"type": "string", "maxLength": 200},
+                                "sku": {"type": "string", "maxLength": 200},
+                                "rank": {"type": "integer", "minimum": 1, "maximum": 10000},
+                                "category": {"type": "string", "maxLength": 200},
+                                "variant": {"type": "string", "maxLength": 100},
+                                "value": {"type": "number", "minimum": 0},
+                            },
+                        },
+                    }
+                },
+            },
+            "example": {
+                "events": [
+                    {"event_id": "e1", "kind": "impression", "search_id": "s1", "sku": "shoes-1", "rank": 1},
+                    {"event_id": "e2", "kind": "click", "search_id": "s1", "sku": "shoes-1", "rank": 1},
+                ]
+            },
         }
     },
 }

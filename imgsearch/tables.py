@@ -284,3 +284,64 @@ class VisualWordPosting(Base):
     vocabulary_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     word: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+
+
+class SearchEvent(Base):
+    """Something a shopper did with a list of results, as the website reported it (imgsearch.feedback)."""
+
+    __tablename__ = "search_events"
+    __table_args__ = (
+        UniqueConstraint("event_id", name="uq_search_events_event_id"),
+        CheckConstraint("kind IN ('impression', 'click', 'add_to_cart', 'purchase')", name="ck_search_events_kind"),
+        CheckConstraint(
+            "length(event_id) BETWEEN 1 AND 200 AND length(search_id) BETWEEN 1 AND 200 "
+            "AND coalesce(length(shopper), 0) <= 200 AND coalesce(length(sku), 0) <= 200 "
+            "AND coalesce(length(category), 0) <= 200 AND length(variant) <= 100",
+            name="ck_search_events_ids",
+        ),
+        CheckConstraint("rank BETWEEN 1 AND 10000", name="ck_search_events_rank"),
+        CheckConstraint("value >= 0", name="ck_search_events_value"),
+        Index("ix_search_events_occurred_at", "occurred_at", postgresql_using="brin"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    event_id: Mapped[str] = mapped_column(Text, nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    search_id: Mapped[str] = mapped_column(Text, nullable=False)
+    shopper: Mapped[str | None] = mapped_column(Text)
+    sku: Mapped[str | None] = mapped_column(Text)
+    rank: Mapped[int | None] = mapped_column(Integer)
+    category: Mapped[str | None] = mapped_column(Text)
+    variant: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("''"))
+    value: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+
+
+class SearchEventCount(Base):
+    """Events by hour, variant, category, rank and kind: what the report sums (kept by imgsearch_record_events)."""
+
+    __tablename__ = "search_event_counts"
+
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    variant: Mapped[str] = mapped_column(Text, primary_key=True)
+    category: Mapped[str] = mapped_column(Text, primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    value: Mapped[Decimal] = mapped_column(Numeric, nullable=False, server_default=text("0"))
+
+
+class SearchSummary(Base):
+    """One search (a list of results shown): what the report's per-search measures read."""
+
+    __tablename__ = "search_summaries"
+    __table_args__ = (Index("ix_search_summaries_started_at", "started_at", postgresql_using="brin"),)
+
+    search_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    variant: Mapped[str] = mapped_column(Text, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    shown: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    best_click: Mapped[int | None] = mapped_column(Integer)
+    carts: Mapped[int] = mapped_column(Integer, nullable=False)
+    bought: Mapped[bool] = mapped_column(Boolean, nullable=False)

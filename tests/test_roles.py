@@ -190,7 +190,7 @@ def test_a_database_owned_by_a_plain_role_is_migrated_both_ways_and_grants_say_w
 
     run("db", "upgrade")
     # The older functions come back with their SET hnsw.iterative_scan clause, which needs pgvector's library.
-    assert "at revision 0010" in run("db", "downgrade", "--yes")
+    assert "at revision 0010" in run("db", "downgrade", "0010", "--yes")
     assert f"at revision {schema.head_revision()}" in run("db", "upgrade")
     refused = run("db", "grant-reader", "web_backend", code=1).strip()
     assert refused.startswith("Error: ") and len(refused.splitlines()) == 1 and "CREATEROLE" in refused

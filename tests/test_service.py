@@ -213,6 +213,7 @@ def test_openapi_operation_ids_are_unique_and_every_path_is_documented(service: 
     expected = {
         "/search": {"post"},
         "/search/many": {"post"},
+        "/events": {"post"},
         "/products/{sku}/similar": {"get"},
         "/products/{sku}/cheaper": {"get"},
         "/embed": {"post"},
@@ -238,6 +239,22 @@ def test_openapi_operation_ids_are_unique_and_every_path_is_documented(service: 
     assert healthz["deprecated"] is True and healthz["summary"].startswith("Deprecated (use /readyz")
     assert set(paths["/readyz"]["get"]["responses"]) == {"200", "503"}
     assert "multipart/form-data" in paths["/search"]["post"]["requestBody"]["content"]
+
+
+def test_the_website_reports_events_and_a_batch_sent_again_is_stored_once(service: Service) -> None:
+    events = [
+        {"event_id": f"web-{uuid.uuid4().hex}", "kind": "impression", "search_id": "s1", "sku": "shoes-24535295"},
+        {"event_id": f"web-{uuid.uuid4().hex}", "kind": "click", "search_id": "s1", "sku": "shoes-24535295", "rank": 1},
+    ]
+    first = service.client.post("/events", json={"events": events})
+    assert first.status_code == 200 and first.json() == {"stored": 2, "duplicates": 0}
+    assert service.client.post("/events", json={"events": events}).json() == {"stored": 0, "duplicates": 2}
+    post = lambda body: service.client.post("/events", json=body)  # noqa: E731
+    assert "kind must be one of" in _error(post({"events": [{**events[0], "kind": "glance"}]}), 400)
+    assert "NUL" in _error(post({"events": [{**events[0], "event_id": "a\x00b"}]}), 400)
+    assert "events" in _error(post({"events": []}), 400)
+    assert "at most 1000" in _error(post({"events": [events[0]] * 1001}), 400)
+    assert "events" in _error(post({"clicks": events}), 400)
 
 
 def _bomb() -> bytes:
