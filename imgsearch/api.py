@@ -485,8 +485,9 @@ class Catalogue:
         )
 
     def _server_url(self) -> str:
-        # The throwaway evaluation databases are created on the catalogue's server: a role that may do that.
-        return self.engine("admin", schema=False).url.render_as_string(hide_password=False)
+        # The throwaway evaluation databases are created on the catalogue's server by a role that may do that: on
+        # the embedded server its owner role (CREATEDB, cloning a template that has pgvector), not the superuser.
+        return self.engine("owner", schema=False).url.render_as_string(hide_password=False)
 
 
 def _require_embedded_owner(engine: Engine) -> None:

@@ -33,6 +33,9 @@ READER_ROLE = "imgsearch_reader"
 ACCESS_ROLES = {"admin": ADMIN_ROLE, "owner": OWNER_ROLE, "writer": WRITER_ROLE, "reader": READER_ROLE}
 #: The roles the server is created with (and created again if someone dropped one).
 _OWN_ROLES = (OWNER_ROLE, WRITER_ROLE, READER_ROLE)
+#: A template database with pgvector installed: ``imgsearch eval`` clones it for its throwaway databases as the
+#: owner role (CREATEDB), since installing pgvector itself would need the superuser.
+EVAL_TEMPLATE = "imgsearch_template"
 #: Marks the roles this module created, so that migrations grant to them and to nothing else of that name.
 ROLE_COMMENT = "imgsearch embedded server role"
 #: How long a start waits for the server to accept connections. Usually a second; after a crash the server
@@ -223,10 +226,12 @@ def _ensure_database(socket_dir: Path | str) -> None:
     # session. Only a first start (or a role someone dropped) needs the superuser.
     try:
         with psycopg.connect(host=str(socket_dir), user=READER_ROLE, dbname=DATABASE_NAME, autocommit=True) as conn:
-            roles = conn.execute(
-                "SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)", (list(_OWN_ROLES),)
+            ready = conn.execute(
+                "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)) = %s "
+                "AND EXISTS (SELECT 1 FROM pg_database WHERE datname = %s AND datistemplate)",
+                (list(_OWN_ROLES), len(_OWN_ROLES), EVAL_TEMPLATE),
             ).fetchone()
-            if roles is not None and roles[0] == len(_OWN_ROLES):
+            if ready is not None and ready[0]:
                 return
     except psycopg.OperationalError:
         pass  # no such role or database yet
@@ -239,6 +244,13 @@ def _ensure_database(socket_dir: Path | str) -> None:
                 # Roles are cluster-wide; their privileges in each database come with `imgsearch db upgrade`.
                 conn.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
                 conn.execute(f"COMMENT ON ROLE \"{role}\" IS '{ROLE_COMMENT}'")
+        # The owner makes (and drops) imgsearch eval's throwaway databases, from the template below.
+        conn.execute(f'ALTER ROLE "{OWNER_ROLE}" CREATEDB')
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EVAL_TEMPLATE,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{EVAL_TEMPLATE}"')
+            with psycopg.connect(host=str(socket_dir), user=ADMIN_ROLE, dbname=EVAL_TEMPLATE, autocommit=True) as t:
+                t.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            conn.execute(f'ALTER DATABASE "{EVAL_TEMPLATE}" IS_TEMPLATE true ALLOW_CONNECTIONS false')
 
 
 def stop(home: Path) -> bool:

@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from imgsearch import catalogue, db, query, schema, tuning, urls
+from imgsearch import catalogue, db, embedded_server, query, schema, tuning, urls
 from imgsearch.errors import DatabaseUnavailableError, ManifestError, TuningError
 from imgsearch.ingest import CatalogueEntry, Failure, ingest, scan_folder
 
@@ -287,7 +287,13 @@ def _create_database(admin: sa.Engine, name: str) -> None:
     try:
         with admin.connect() as conn:
             drop_abandoned_databases(conn)
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            # The embedded server's template has pgvector already: its owner role (not a superuser) may clone it.
+            template = conn.execute(
+                sa.text("SELECT datname FROM pg_database WHERE datname = :t AND datistemplate"),
+                {"t": embedded_server.EVAL_TEMPLATE},
+            ).scalar()
+            clause = f' TEMPLATE "{template}"' if template else ""
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"{clause}'))
             # Who made it, so that a later run can tell an abandoned one (its process killed) from a live one.
             owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
             conn.execute(sa.text(f"COMMENT ON DATABASE \"{name}\" IS '{owner}'"))

@@ -170,7 +170,7 @@ def test_everyday_commands_open_no_superuser_session(home: Path, fake_weights: s
         owner = conn.execute(
             "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = 'imgsearch_owner'"
         ).fetchone()
-    assert owner == (False, False, False)
+    assert owner == (False, False, True)  # CREATEDB: eval's throwaway databases, cloned from a pgvector template
     log = embedded_server.data_dir(home) / "log"
     seen = log.stat().st_size
     sample = tmp_path / "shop"  # four of the sample's categories: enough for indexes and a tuning
@@ -199,6 +199,7 @@ def test_everyday_commands_open_no_superuser_session(home: Path, fake_weights: s
     _cli(home, "index", "drop", "hat")
     _cli(home, "tune", "--drop")
     _cli(home, "remove", hat)
+    assert "precision@" in _cli(home, *weights, "eval", str(sample), "-k", "3")  # a throwaway database, as the owner
     with log.open(errors="replace") as fh:
         fh.seek(seen)
         sessions = [line for line in fh if "connection authorized" in line]
