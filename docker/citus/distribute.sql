@@ -23,7 +23,11 @@
 --   Their link to product_images cannot be enforced across co-location groups: the foreign key and the trigger
 --   that drops a re-embedded photo's features go (searches reach features through the photos, so features of a
 --   removed photo are never used; ingestion rewrites a changed photo's features).
--- - alembic_version stays a local table of the coordinator: `imgsearch db` commands run there.
+-- - alembic_version stays a local table of the coordinator: `imgsearch db` commands run there. So do the shoppers'
+--   events and their sums (revision 0012: search_events, search_event_counts, search_summaries): written and
+--   read on the coordinator only, their size is the traffic's, not the catalogue's. imgsearch_record_events fills
+--   an event's missing category from products, a distributed table looked up by SKU: on Citus, send each
+--   event's category with it.
 --
 -- Citus enforces a primary key, a unique constraint or a foreign key between distributed tables only if it
 -- includes the distribution column. So, before distributing:
@@ -59,12 +63,13 @@ DO $$
 DECLARE
     tables text;
 BEGIN
-    -- The tables and constraint names below are those of imgsearch's schema since revision 0006 (tuned space).
+    -- The tables and constraint names below are those of imgsearch's schema since revision 0012 (events).
     SELECT string_agg(relname, ' ' ORDER BY relname) INTO tables
     FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relkind IN ('r', 'p');
     IF tables IS DISTINCT FROM
-            'alembic_version embedding_space photo_features product_images products search_space_rows search_spaces '
-            'tuned_images visual_vocabularies visual_word_photos visual_word_postings' THEN
+            'alembic_version embedding_space photo_features product_images products search_event_counts '
+            'search_events search_space_rows search_spaces search_summaries tuned_images visual_vocabularies '
+            'visual_word_photos visual_word_postings' THEN
         RAISE EXCEPTION 'distribute.sql does not know this schema''s tables: %', tables
             USING HINT = 'an unfinished imgsearch tune leaves tuned_images_next; a newer imgsearch may have added '
                          'a table distribute.sql must place';
