@@ -1257,6 +1257,13 @@ def duplicates(
 @click.option(
     "--queue", type=click.IntRange(1, 10_000), default=16, show_default=True, help="Photos waiting for the model."
 )
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="A web origin whose pages may call the API from the browser, e.g. https://shop.example (repeatable).",
+)
 @pass_app
 def serve(
     app: App,
@@ -1267,6 +1274,7 @@ def serve(
     max_upload_mb: float,
     timeout: float,
     queue: int,
+    cors_origins: tuple[str, ...],
 ) -> None:
     """Serve searches over HTTP (JSON for backends in any language) and a web page to try them.
 
@@ -1279,6 +1287,7 @@ def serve(
     Examples:
       imgsearch serve --image-root /srv/shop/photos
       imgsearch serve --host 0.0.0.0 --port 8080 --workers 2
+      imgsearch serve --cors-origin https://shop.example --cors-origin https://www.shop.example
     """
     try:
         import uvicorn
@@ -1286,12 +1295,18 @@ def serve(
         _fail("imgsearch serve needs the extra: pip install 'imgsearch[serve]'")
     import os
 
+    from imgsearch.service import check_origin
+
+    for origin in cors_origins:
+        check_origin(origin)
+
     settings = app.settings
     environment = {
         "IMGSEARCH_MAX_UPLOAD_BYTES": str(int(max_upload_mb * 2**20)),
         "IMGSEARCH_REQUEST_TIMEOUT": str(timeout),
         "IMGSEARCH_MODEL_QUEUE": str(queue),
         "IMGSEARCH_SERVE_IMAGE_ROOTS": os.pathsep.join(str(r.resolve()) for r in image_roots),
+        "IMGSEARCH_CORS_ORIGINS": " ".join(cors_origins),
         "IMGSEARCH_SCHEMA": settings.schema,
         "IMGSEARCH_VGG16_WEIGHTS": settings.weights,
         "IMGSEARCH_PRECISION": settings.precision,

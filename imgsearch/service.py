@@ -32,6 +32,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
@@ -44,6 +45,7 @@ from imgsearch.api import Catalogue
 from imgsearch.config import Settings, env_float
 from imgsearch.errors import (
     BusyError,
+    ConfigurationError,
     DatabaseUnavailableError,
     EmbeddingSpaceMismatchError,
     ImageError,
@@ -84,6 +86,12 @@ class ServiceLimits:
     request_timeout: float = 30.0  # IMGSEARCH_REQUEST_TIMEOUT (seconds): model queue wait and database statements
     model_queue: int = 16  # IMGSEARCH_MODEL_QUEUE: photo requests waiting for the network beyond which it is 503
     image_roots: tuple[Path, ...] = field(default_factory=tuple)  # IMGSEARCH_SERVE_IMAGE_ROOTS (os.pathsep list)
+    # IMGSEARCH_CORS_ORIGINS (space-separated): web pages of these origins may call the API from the browser.
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        for origin in self.cors_origins:
+            check_origin(origin)
 
     @classmethod
     def from_env(cls) -> ServiceLimits:
@@ -94,7 +102,21 @@ class ServiceLimits:
             request_timeout=env_float("IMGSEARCH_REQUEST_TIMEOUT", cls.request_timeout),
             model_queue=int(env_float("IMGSEARCH_MODEL_QUEUE", cls.model_queue)),
             image_roots=tuple(Path(r) for r in roots.split(os.pathsep) if r),
+            cors_origins=tuple(os.environ.get("IMGSEARCH_CORS_ORIGINS", "").split()),
         )
+
+
+def check_origin(origin: str) -> str:
+    """Return ``origin`` if it is a web origin a browser sends (``https://shop.example``, a port allowed), else
+    raise :class:`ConfigurationError`: a path, a wildcard or a typo would allow nothing or too much."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname or origin != f"{parts.scheme}://{parts.netloc}":
+        raise ConfigurationError(
+            f"not a web origin: {origin!r} (scheme://host[:port], nothing after it, e.g. https://shop.example)"
+        )
+    return origin
 
 
 class ModelGate:
@@ -251,6 +273,17 @@ def create_app(
         summary="Visual product search: products that look like a photo, a vector or a catalogue product.",
         lifespan=lifespan,
     )
+
+    if limits.cors_origins:
+        # The shop's own pages on these origins may call the API from the browser (preflight answered here,
+        # before any other work); every other origin gets no CORS header, so browsers refuse it the response.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(limits.cors_origins),
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            max_age=600,
+        )
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -257,6 +257,35 @@ def test_the_website_reports_events_and_a_batch_sent_again_is_stored_once(servic
     assert "events" in _error(post({"clicks": events}), 400)
 
 
+def test_cors_lets_the_shops_own_pages_call_the_api_and_no_other_origin(catalogue_url: str, fake_weights: str) -> None:
+    shop, evil = "https://shop.example", "https://evil.example"
+    running = Service(catalogue_url, fake_weights, "--cors-origin", shop, "--cors-origin", "http://localhost:3000")
+    try:
+        preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+        allowed = running.client.options("/search", headers={"Origin": shop, **preflight})
+        assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == shop
+        assert "POST" in allowed.headers["access-control-allow-methods"]
+        forged = running.client.options("/search", headers={"Origin": evil, **preflight})
+        assert forged.status_code == 400 and "access-control-allow-origin" not in forged.headers
+        answered = running.client.post("/search", json={"vector": [0.1] * 512, "k": 2}, headers={"Origin": shop})
+        assert answered.status_code == 200 and answered.headers["access-control-allow-origin"] == shop
+        other = running.client.post("/search", json={"vector": [0.1] * 512, "k": 2}, headers={"Origin": evil})
+        assert "access-control-allow-origin" not in other.headers  # the browser withholds the answer
+    finally:
+        running.close()
+    # Without --cors-origin no origin is allowed; a malformed origin is refused before the service starts.
+    plain = Service(catalogue_url, fake_weights)
+    try:
+        answer = plain.client.get("/livez", headers={"Origin": shop})
+        assert "access-control-allow-origin" not in answer.headers
+    finally:
+        plain.close()
+    result = CliRunner().invoke(
+        main, ["--database-url", catalogue_url, "--weights", fake_weights, "serve", "--cors-origin", "https://a/b"]
+    )
+    assert result.exit_code == 1 and result.output.startswith("Error: not a web origin: 'https://a/b'")
+
+
 def _bomb() -> bytes:
     buffer = io.BytesIO()
     Image.new("1", (15_000, 15_000)).save(buffer, format="PNG")
