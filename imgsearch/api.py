@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from imgsearch.feedback import Event, Recorded, Report
     from imgsearch.images import Crop, ImageSource
     from imgsearch.ingest import IngestReport, Progress
+    from imgsearch.keys import ApiKey
     from imgsearch.street_to_shop import StreetToShop
     from imgsearch.tuning import SearchSpace, SpaceStatus, TuneProgress
     from imgsearch.visual_words import BuildResult
@@ -251,6 +252,27 @@ class Catalogue:
         from imgsearch import feedback
 
         return feedback.forget(self.engine(), days or self.settings.event_retention_days)
+
+    # --- API keys of the HTTP service ---------------------------------------------------------------------------
+
+    def create_key(self, name: str, scope: str = "search") -> tuple[ApiKey, str]:
+        """Make an API key for the HTTP service; returns it as listed and the key itself (shown once: only its
+        digest is stored). Made as the schema's owner."""
+        from imgsearch import keys
+
+        return keys.create(self.engine("owner"), name, scope)
+
+    def list_keys(self) -> list[ApiKey]:
+        """Every API key (never the keys themselves), revoked ones included."""
+        from imgsearch import keys
+
+        return keys.list_keys(self.engine("owner"))
+
+    def revoke_key(self, name: str) -> ApiKey:
+        """Revoke an API key: the service refuses it within its key cache's seconds (5 by default)."""
+        from imgsearch import keys
+
+        return keys.revoke(self.engine("owner"), name)
 
     # --- keeping the catalogue --------------------------------------------------------------------------------
 

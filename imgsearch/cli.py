@@ -1258,6 +1258,13 @@ def duplicates(
     "--queue", type=click.IntRange(1, 10_000), default=16, show_default=True, help="Photos waiting for the model."
 )
 @click.option(
+    "--rate-limit",
+    type=click.IntRange(0, 1_000_000),
+    default=0,
+    show_default=True,
+    help="Requests a minute per API key, per worker (0: no limit); over it: 429 with Retry-After.",
+)
+@click.option(
     "--cors-origin",
     "cors_origins",
     multiple=True,
@@ -1274,12 +1281,15 @@ def serve(
     max_upload_mb: float,
     timeout: float,
     queue: int,
+    rate_limit: int,
     cors_origins: tuple[str, ...],
 ) -> None:
     """Serve searches over HTTP (JSON for backends in any language) and a web page to try them.
 
     Needs the extra: pip install 'imgsearch[serve]'. Read-only: it connects as a reader (the embedded
-    server's imgsearch_reader role). Endpoints: POST /search, GET /products/SKU/similar, GET
+    server's imgsearch_reader role). Once an API key exists (imgsearch keys create), and always when listening
+    beyond loopback, every endpoint but the probes, metrics and the API description needs one
+    (Authorization: Bearer KEY). Endpoints: POST /search, GET /products/SKU/similar, GET
     /products/SKU/cheaper, POST /embed, GET /livez, GET /readyz, GET /metrics; the OpenAPI description at
     /openapi.json, the page at /.
 
@@ -1307,6 +1317,9 @@ def serve(
         "IMGSEARCH_MODEL_QUEUE": str(queue),
         "IMGSEARCH_SERVE_IMAGE_ROOTS": os.pathsep.join(str(r.resolve()) for r in image_roots),
         "IMGSEARCH_CORS_ORIGINS": " ".join(cors_origins),
+        "IMGSEARCH_RATE_LIMIT": str(rate_limit),
+        # Beyond loopback every request needs an API key, even before the first one is made.
+        "IMGSEARCH_SERVE_PUBLIC": "0" if host in ("127.0.0.1", "::1", "localhost") else "1",
         "IMGSEARCH_SCHEMA": settings.schema,
         "IMGSEARCH_VGG16_WEIGHTS": settings.weights,
         "IMGSEARCH_PRECISION": settings.precision,
@@ -1551,3 +1564,52 @@ def events_forget(app: App, days: int | None) -> None:
     """Delete events older than the retention (run it daily, e.g. from cron)."""
     gone = app.catalogue.forget_events(days)
     click.echo(f"deleted {gone} events older than {days or app.settings.event_retention_days} days")
+
+
+@main.group(cls=_Group)
+def keys_group() -> None:
+    """API keys of the HTTP service: once one exists, every search needs a key (Authorization: Bearer KEY)."""
+
+
+main.add_command(keys_group, name="keys")
+
+
+@keys_group.command("create")
+@click.argument("name")
+@click.option(
+    "--scope",
+    type=click.Choice(["search", "write", "admin"]),
+    default="search",
+    show_default=True,
+    help="search: the search endpoints; write: also POST /events; admin: everything.",
+)
+@pass_app
+def keys_create(app: App, name: str, scope: str) -> None:
+    """Make an API key NAME; the key is printed alone on the last line, once (only its digest is stored).
+
+    \b
+    Example:
+      KEY=$(imgsearch keys create shop-website --scope write | tail -1)
+    """
+    made, key = app.catalogue.create_key(name, scope)
+    click.echo(f"key {made.name} ({made.scope}) made; it is shown once, keep it now:", err=True)
+    click.echo(key)
+
+
+@keys_group.command("list")
+@pass_app
+def keys_list(app: App) -> None:
+    """Every key: name, scope, first characters, when made and revoked (never the keys themselves)."""
+    for key in app.catalogue.list_keys():
+        made = f"{key.created_at:%Y-%m-%d %H:%M}" if key.created_at else "?"
+        state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        click.echo(f"{output.printable(key.name):<24} {key.scope:<7} {key.prefix}...  made {made}  {state}")
+
+
+@keys_group.command("revoke")
+@click.argument("name")
+@pass_app
+def keys_revoke(app: App, name: str) -> None:
+    """Revoke the key NAME (the service refuses it within seconds)."""
+    key = app.catalogue.revoke_key(name)
+    click.echo(f"key {key.name} revoked")

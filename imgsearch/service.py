@@ -39,8 +39,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imgsearch import __version__, catalogue, db, feedback, output, query
+from imgsearch import __version__, catalogue, db, feedback, keys, output, query
 from imgsearch import schema as imgsearch_schema
+from imgsearch.access import Gatekeeper
 from imgsearch.api import Catalogue
 from imgsearch.config import Settings, env_float
 from imgsearch.errors import (
@@ -88,6 +89,9 @@ class ServiceLimits:
     image_roots: tuple[Path, ...] = field(default_factory=tuple)  # IMGSEARCH_SERVE_IMAGE_ROOTS (os.pathsep list)
     # IMGSEARCH_CORS_ORIGINS (space-separated): web pages of these origins may call the API from the browser.
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    rate_limit: int = 0  # IMGSEARCH_RATE_LIMIT: requests a minute per API key (0: no limit)
+    public: bool = False  # IMGSEARCH_SERVE_PUBLIC: listening beyond loopback, so an API key is always needed
+    key_cache_seconds: float = 5.0  # IMGSEARCH_KEY_CACHE_SECONDS: how long a key check is trusted
 
     def __post_init__(self) -> None:
         for origin in self.cors_origins:
@@ -103,6 +107,9 @@ class ServiceLimits:
             model_queue=int(env_float("IMGSEARCH_MODEL_QUEUE", cls.model_queue)),
             image_roots=tuple(Path(r) for r in roots.split(os.pathsep) if r),
             cors_origins=tuple(os.environ.get("IMGSEARCH_CORS_ORIGINS", "").split()),
+            rate_limit=int(env_float("IMGSEARCH_RATE_LIMIT", 0)),
+            public=os.environ.get("IMGSEARCH_SERVE_PUBLIC", "") == "1",
+            key_cache_seconds=env_float("IMGSEARCH_KEY_CACHE_SECONDS", cls.key_cache_seconds),
         )
 
 
@@ -274,16 +281,29 @@ def create_app(
         lifespan=lifespan,
     )
 
-    if limits.cors_origins:
-        # The shop's own pages on these origins may call the API from the browser (preflight answered here,
-        # before any other work); every other origin gets no CORS header, so browsers refuse it the response.
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(limits.cors_origins),
-            allow_methods=["GET", "HEAD", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            max_age=600,
-        )
+    gatekeeper = Gatekeeper(
+        lambda key: keys.check(state["engine"], key),
+        public=limits.public,
+        rate_limit=limits.rate_limit,
+        cache_seconds=limits.key_cache_seconds,
+    )
+
+    @app.middleware("http")
+    async def authorize(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        try:
+            decision = await run_in_threadpool(
+                gatekeeper.decide, request.method, request.url.path, request.headers.get("authorization")
+            )
+        except ImgsearchError as exc:
+            return _error(_status(exc), str(exc))
+        if decision.status:
+            response = _error(decision.status, decision.error)
+            if decision.status == 401:
+                response.headers["WWW-Authenticate"] = "Bearer"
+            if decision.retry_after is not None:
+                response.headers["Retry-After"] = str(decision.retry_after)
+            return response
+        return await call_next(request)
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -293,6 +313,18 @@ def create_app(
         path = getattr(route, "path", "unmatched")
         metrics.observe(request.method, path, response.status_code, time.perf_counter() - started)
         return response
+
+    if limits.cors_origins:
+        # The shop's own pages on these origins may call the API from the browser (the preflight is answered here,
+        # before the key check: a browser sends no key with it); every other origin gets no CORS header, so
+        # browsers withhold the response from its pages.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(limits.cors_origins),
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            max_age=600,
+        )
 
     @app.exception_handler(ImgsearchError)
     async def library_error(request: Request, exc: ImgsearchError) -> JSONResponse:

@@ -345,3 +345,24 @@ class SearchSummary(Base):
     best_click: Mapped[int | None] = mapped_column(Integer)
     carts: Mapped[int] = mapped_column(Integer, nullable=False)
     bought: Mapped[bool] = mapped_column(Boolean, nullable=False)
+
+
+class ApiKeyRow(Base):
+    """An API key of the HTTP service (imgsearch.keys): its digest, never the key."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        UniqueConstraint("name", name="uq_api_keys_name"),
+        UniqueConstraint("key_sha256", name="uq_api_keys_key_sha256"),
+        CheckConstraint("scope IN ('search', 'write', 'admin')", name="ck_api_keys_scope"),
+        CheckConstraint("length(name) BETWEEN 1 AND 100", name="ck_api_keys_name"),
+        CheckConstraint("octet_length(key_sha256) = 32", name="ck_api_keys_digest"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    scope: Mapped[str] = mapped_column(Text, nullable=False)
+    key_sha256: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    prefix: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

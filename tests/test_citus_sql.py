@@ -112,7 +112,13 @@ def test_distributes_the_catalogue_as_planned(admin: psycopg.Connection) -> None
         "SELECT relname FROM pg_class WHERE relnamespace = 'imgsearch'::regnamespace AND relkind = 'r' "
         "AND oid NOT IN (SELECT logicalrelid FROM public.pg_dist_partition)"
     ).fetchall()
-    assert sorted(local) == [("alembic_version",), ("search_event_counts",), ("search_events",), ("search_summaries",)]
+    assert sorted(local) == [
+        ("alembic_version",),
+        ("api_keys",),
+        ("search_event_counts",),
+        ("search_events",),
+        ("search_summaries",),
+    ]
 
 
 def test_every_key_left_is_one_citus_can_enforce(admin: psycopg.Connection) -> None:

@@ -27,7 +27,8 @@
 --   events and their sums (revision 0012: search_events, search_event_counts, search_summaries): written and
 --   read on the coordinator only, their size is the traffic's, not the catalogue's. imgsearch_record_events fills
 --   an event's missing category from products, a distributed table looked up by SKU: on Citus, send each
---   event's category with it.
+--   event's category with it. api_keys (revision 0013) stays local too: the service checks keys on the
+--   coordinator.
 --
 -- Citus enforces a primary key, a unique constraint or a foreign key between distributed tables only if it
 -- includes the distribution column. So, before distributing:
@@ -63,11 +64,11 @@ DO $$
 DECLARE
     tables text;
 BEGIN
-    -- The tables and constraint names below are those of imgsearch's schema since revision 0012 (events).
+    -- The tables and constraint names below are those of imgsearch's schema since revision 0013 (API keys).
     SELECT string_agg(relname, ' ' ORDER BY relname) INTO tables
     FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relkind IN ('r', 'p');
     IF tables IS DISTINCT FROM
-            'alembic_version embedding_space photo_features product_images products search_event_counts '
+            'alembic_version api_keys embedding_space photo_features product_images products search_event_counts '
             'search_events search_space_rows search_spaces search_summaries tuned_images visual_vocabularies '
             'visual_word_photos visual_word_postings' THEN
         RAISE EXCEPTION 'distribute.sql does not know this schema''s tables: %', tables

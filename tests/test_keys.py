@@ -1,0 +1,166 @@
+"""API keys and request budgets of the HTTP service: the commands, and a real `imgsearch serve` over loopback."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from imgsearch import Catalogue, keys
+from imgsearch.cli import main
+from imgsearch.errors import InvalidQueryError
+from tests.samples import SampleCatalogue
+from tests.test_service import Service
+
+VECTOR_SEARCH = {"vector": [0.1] * 512, "k": 2}
+
+
+@pytest.fixture
+def catalogue_url(make_database: Callable[..., str], sample_catalogue: SampleCatalogue) -> str:
+    return make_database(template=sample_catalogue.template)
+
+
+def _cli(url: str, *args: str, code: int = 0) -> Any:
+    result = CliRunner().invoke(main, ["--database-url", url, *args])
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_the_key_commands(catalogue_url: str) -> None:
+    made = _cli(catalogue_url, "keys", "create", "shop-website", "--scope", "write")
+    key = made.stdout.strip().splitlines()[-1]
+    assert made.stdout.strip() == key and key.startswith(keys.KEY_PREFIX) and len(key) == 47  # alone, shown once
+    assert "shown once" in made.stderr
+    listed = _cli(catalogue_url, "keys", "list").stdout
+    assert "shop-website" in listed and "write" in listed and key[:10] in listed and key not in listed
+    again = _cli(catalogue_url, "keys", "create", "shop-website", code=1)
+    assert again.stderr.strip() == "Error: there is already a key named 'shop-website' (names are never reused)"
+    assert _cli(catalogue_url, "keys", "create", "x", "--scope", "root", code=2).exit_code == 2
+    assert "1 to 100 letters" in _cli(catalogue_url, "keys", "create", "bad name", code=1).stderr
+    assert _cli(catalogue_url, "keys", "revoke", "shop-website").stdout.strip() == "key shop-website revoked"
+    assert "no active key" in _cli(catalogue_url, "keys", "revoke", "shop-website", code=1).stderr
+    assert "revoked" in _cli(catalogue_url, "keys", "list").stdout
+    # Only the digest is stored.
+    shop = Catalogue(catalogue_url)
+    with shop.engine().connect() as conn:
+        stored = conn.exec_driver_sql("SELECT key_sha256, prefix FROM api_keys").one()
+    assert bytes(stored[0]) == keys.digest(key) and stored[1] == key[:10]
+    shop.close()
+
+
+def test_a_served_catalogue_needs_a_key_of_the_right_scope_once_one_exists(
+    catalogue_url: str, fake_weights: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMGSEARCH_KEY_CACHE_SECONDS", "0")  # a revoked key is refused at once (test only)
+    running = Service(catalogue_url, fake_weights)
+    shop = Catalogue(catalogue_url)
+    try:
+        client = running.client
+        assert client.post("/search", json=VECTOR_SEARCH).status_code == 200  # no key yet: open on loopback
+        _, search_key = shop.create_key("website", "search")
+        _, write_key = shop.create_key("website-events", "write")
+        bearer = lambda key: {"Authorization": f"Bearer {key}"}  # noqa: E731
+
+        def refused(response: Any, status: int) -> str:
+            assert response.status_code == status, response.text
+            body = response.json()
+            assert list(body) == ["error"] and "Traceback" not in body["error"]
+            return body["error"]
+
+        missing = client.post("/search", json=VECTOR_SEARCH)
+        assert "API key is needed" in refused(missing, 401) and missing.headers["www-authenticate"] == "Bearer"
+        assert "unknown or revoked" in refused(client.post("/search", json=VECTOR_SEARCH, headers=bearer("x")), 401)
+        assert "Bearer" in refused(
+            client.post("/search", json=VECTOR_SEARCH, headers={"Authorization": f"Basic {search_key}"}), 401
+        )
+        assert client.post("/search", json=VECTOR_SEARCH, headers=bearer(search_key)).status_code == 200
+        assert client.get("/products/shoes-24535295/similar", headers=bearer(search_key)).status_code == 200
+        event = {"events": [{"event_id": uuid.uuid4().hex, "kind": "click", "search_id": "s"}]}
+        assert "needs write" in refused(client.post("/events", json=event, headers=bearer(search_key)), 403)
+        assert client.post("/events", json=event, headers=bearer(write_key)).json() == {"stored": 1, "duplicates": 0}
+        for open_path in ("/livez", "/readyz", "/metrics", "/openapi.json", "/"):
+            assert client.get(open_path).status_code == 200, open_path
+        shop.revoke_key("website")
+        assert "revoked" in refused(client.post("/search", json=VECTOR_SEARCH, headers=bearer(search_key)), 401)
+        assert 'status="401"' in client.get("/metrics").text  # refusals are counted
+    finally:
+        running.close()
+        shop.close()
+
+
+def test_a_keys_budget_is_enforced_with_retry_after(catalogue_url: str, fake_weights: str) -> None:
+    shop = Catalogue(catalogue_url)
+    _, key = shop.create_key("busy", "search")
+    shop.close()
+    running = Service(catalogue_url, fake_weights, "--rate-limit", "3")
+    try:
+        headers = {"Authorization": f"Bearer {key}"}
+        answers = [running.client.post("/search", json=VECTOR_SEARCH, headers=headers) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert 1 <= int(answers[-1].headers["retry-after"]) <= 20  # 3 a minute: one more in 20 s at most
+        assert "more than 3 requests a minute" in answers[-1].json()["error"]
+    finally:
+        running.close()
+
+
+def test_beyond_loopback_a_key_is_needed_even_before_the_first_exists(catalogue_url: str, fake_weights: str) -> None:
+    running = Service(catalogue_url, fake_weights, "--host", "0.0.0.0")
+    try:
+        response = running.client.post("/search", json=VECTOR_SEARCH)
+        assert response.status_code == 401 and "API key is needed" in json.loads(response.text)["error"]
+        assert running.client.get("/livez").status_code == 200
+    finally:
+        running.close()
+
+
+def test_library_checks() -> None:
+    assert keys.allows("admin", "write") and keys.allows("write", "search") and not keys.allows("search", "write")
+    with pytest.raises(InvalidQueryError, match="scope must be one of"):
+        keys.create(None, "name", "everything")  # type: ignore[arg-type]  # refused before the database
+
+
+def test_0013_adds_the_keys_to_a_populated_catalogue_and_takes_them_back(make_database: Callable[..., str]) -> None:
+    import numpy as np
+    import sqlalchemy as sa
+
+    from imgsearch import catalogue, db, schema
+    from imgsearch.catalogue import ProductRecord
+
+    engine = db.create_engine(make_database())
+    schema.upgrade(engine, "0012")
+    vectors = np.random.default_rng(5).normal(size=(200, 512)).astype(np.float32)
+    catalogue.upsert_products(
+        engine, [ProductRecord(sku=f"p{i}", category=f"c{i % 3}", embedding=v) for i, v in enumerate(vectors)]
+    )
+    from imgsearch import feedback
+
+    feedback.record(engine, [{"event_id": "e1", "kind": "click", "search_id": "s", "sku": "p1"}])
+
+    def rows() -> list[Any]:
+        with engine.connect() as conn:
+            products = conn.execute(
+                sa.text(
+                    "SELECT p.sku, p.category, i.embedding::text FROM imgsearch.products p "
+                    "JOIN imgsearch.product_images i ON i.product_id = p.id ORDER BY p.sku"
+                )
+            ).all()
+            events = conn.execute(sa.text("SELECT event_id, kind FROM imgsearch.search_events")).all()
+        return [*products, *events]
+
+    before = rows()
+    schema.upgrade(engine)
+    assert rows() == before
+    _, key = keys.create(engine, "k1", "search")
+    assert keys.check(engine, key).key == keys.ApiKey("k1", "search", "")
+    schema.downgrade(engine, "0012")
+    assert rows() == before
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT to_regclass('imgsearch.api_keys')")).scalar() is None
+    schema.upgrade(engine)
+    assert rows() == before and keys.check(engine, key).key is None and not keys.check(engine, None).any_active
+    engine.dispose()
