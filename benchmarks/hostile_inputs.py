@@ -157,7 +157,7 @@ def main() -> None:
         log("hostile HTTP requests")
         port = _free_port()
         server = subprocess.Popen(
-            [*IMGSEARCH, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [*IMGSEARCH, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         try:
             base = f"http://127.0.0.1:{port}"

@@ -138,7 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     queries = load_catalogue(url, args.n, args.weights, args.precision, args.cache_dir)
     photos = [p.read_bytes() for p in sorted(EXAMPLES.glob("*/*.jpg"))]
     port = _free_port()
+    # The access log off: a line per request into a pipe nobody reads would stop the service.
     env = {**os.environ, "IMGSEARCH_HOME": str(args.home), "IMGSEARCH_PRECISION": args.precision}
+    env["IMGSEARCH_ACCESS_LOG"] = "0"
     command = [sys.executable, "-m", "imgsearch", "--weights", args.weights, "serve", "--port", str(port)]
     service = subprocess.Popen([*command, "--workers", str(args.workers)], env=env, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"

@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -61,6 +62,10 @@ from imgsearch.metrics import Metrics
 from imgsearch.urls import mask_password
 
 log = logging.getLogger("imgsearch.service")
+#: One JSON line per request (request id, key, route, status, milliseconds): ``imgsearch serve`` writes it to stderr.
+access_log = logging.getLogger("imgsearch.access")
+#: An X-Request-ID a client may pass (else one is made): printable, at most 128 characters.
+_REQUEST_ID_MAX = 128
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -296,6 +301,7 @@ def create_app(
             )
         except ImgsearchError as exc:
             return _error(_status(exc), str(exc))
+        request.scope["imgsearch.key"] = decision.key
         if decision.status:
             response = _error(decision.status, decision.error)
             if decision.status == 401:
@@ -308,10 +314,25 @@ def create_app(
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
+        given = request.headers.get("x-request-id", "")
+        request_id = given if 0 < len(given) <= _REQUEST_ID_MAX and given.isprintable() else uuid.uuid4().hex
         response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
-        metrics.observe(request.method, path, response.status_code, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        metrics.observe(request.method, path, response.status_code, seconds)
+        response.headers["X-Request-ID"] = request_id
+        if access_log.isEnabledFor(logging.INFO):
+            entry = {
+                "time": round(time.time(), 3),
+                "request_id": request_id,
+                "key": request.scope.get("imgsearch.key"),
+                "method": request.method,
+                "route": path,
+                "status": response.status_code,
+                "ms": round(seconds * 1000, 2),
+            }
+            access_log.info(json.dumps(entry))
         return response
 
     if limits.cors_origins:
@@ -885,5 +906,12 @@ _EMBED_BODY = {
 
 
 def app_from_env() -> Any:
-    """The application configured by the environment: the factory ``imgsearch serve`` gives uvicorn."""
+    """The application configured by the environment: the factory ``imgsearch serve`` gives uvicorn (with the
+    access log on stderr, one JSON line per request, unless IMGSEARCH_ACCESS_LOG=0)."""
+    if os.environ.get("IMGSEARCH_ACCESS_LOG", "1") != "0" and not access_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access_log.addHandler(handler)
+        access_log.setLevel(logging.INFO)
+        access_log.propagate = False
     return create_app()

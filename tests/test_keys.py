@@ -164,3 +164,24 @@ def test_0013_adds_the_keys_to_a_populated_catalogue_and_takes_them_back(make_da
     schema.upgrade(engine)
     assert rows() == before and keys.check(engine, key).key is None and not keys.check(engine, None).any_active
     engine.dispose()
+
+
+def test_every_request_gets_an_id_and_a_json_line_in_the_access_log(catalogue_url: str, fake_weights: str) -> None:
+    shop = Catalogue(catalogue_url)
+    _, key = shop.create_key("logged", "search")
+    shop.close()
+    running = Service(catalogue_url, fake_weights)
+    try:
+        headers = {"Authorization": f"Bearer {key}", "X-Request-ID": "shop-request-17"}
+        passed = running.client.post("/search", json=VECTOR_SEARCH, headers=headers)
+        assert passed.status_code == 200 and passed.headers["x-request-id"] == "shop-request-17"
+        made = running.client.post("/search", json=VECTOR_SEARCH)  # no key: 401, still logged with an id
+        assert made.status_code == 401 and len(made.headers["x-request-id"]) == 32
+    finally:
+        stderr = running.close()
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    mine = next(line for line in lines if line["request_id"] == "shop-request-17")
+    assert (mine["key"], mine["method"], mine["route"], mine["status"]) == ("logged", "POST", "/search", 200)
+    assert mine["ms"] > 0
+    refused = next(line for line in lines if line["request_id"] == made.headers["x-request-id"])
+    assert (refused["key"], refused["status"]) == (None, 401)

@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -53,16 +54,19 @@ class Service:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "imgsearch", "--database-url", url, "--weights", weights, "serve"]
+        # stderr to a file, not a pipe: the access log writes a line per request, and a full pipe nobody reads
+        # would stop the service.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close(), which every user calls)
         self.process = subprocess.Popen(
             [*command, "--port", str(self.port), *options],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
             env=os.environ.copy(),
         )
         self.client = httpx.Client(base_url=self.base, timeout=60)
         deadline = time.monotonic() + 120
         while True:
-            assert self.process.poll() is None, self.process.communicate()[1].decode()
+            assert self.process.poll() is None, self.stderr()
             try:
                 if self.client.get("/livez").status_code == 200:  # answering; ready or not is for the test
                     return
@@ -71,15 +75,22 @@ class Service:
             assert time.monotonic() < deadline, "the service did not start"
             time.sleep(0.3)
 
+    def stderr(self) -> str:
+        """What the service wrote to stderr so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
     def close(self) -> str:
         self.client.close()
         self.process.terminate()
         try:
-            _, stderr = self.process.communicate(timeout=15)
+            self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:  # requests still queued for the model: no need to wait for them
             self.process.kill()
-            _, stderr = self.process.communicate()
-        return stderr.decode()
+            self.process.wait()
+        stderr = self.stderr()
+        self.log.close()
+        return stderr
 
 
 @pytest.fixture(scope="module")
