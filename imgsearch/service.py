@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -284,6 +284,7 @@ def create_app(
         version=__version__,
         summary="Visual product search: products that look like a photo, a vector or a catalogue product.",
         lifespan=lifespan,
+        dependencies=[Depends(_known_query_parameters)],
     )
 
     gatekeeper = Gatekeeper(
@@ -903,6 +904,23 @@ _EMBED_BODY = {
         }
     },
 }
+
+
+def _known_query_parameters(request: Request) -> None:
+    """Refuse (422) a query parameter the endpoint does not take: a typo (``?in_stock=false`` for
+    ``in_stock_only``) would otherwise be ignored and answer a different question than the one asked. The page and
+    its files take anything (links carry tracking parameters)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or not getattr(route, "include_in_schema", True) or getattr(route, "path", "") == "/":
+        return
+    known = {param.alias for param in dependant.query_params}
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        accepted = ", ".join(sorted(known)) or "none"
+        raise RequestValidationError(
+            [{"loc": ("query", unknown[0]), "msg": f"unknown parameter (this endpoint takes: {accepted})"}]
+        )
 
 
 def app_from_env() -> Any:

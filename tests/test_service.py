@@ -297,6 +297,16 @@ def test_cors_lets_the_shops_own_pages_call_the_api_and_no_other_origin(catalogu
     assert result.exit_code == 1 and result.output.startswith("Error: not a web origin: 'https://a/b'")
 
 
+def test_an_unknown_query_parameter_is_refused_not_ignored(service: Service) -> None:
+    # ?in_stock=false (for in_stock_only) would otherwise be ignored and answer another question than the one asked.
+    typo = service.client.get(f"/products/{PHOTO_SKU}/similar", params={"k": 3, "in_stock": "false"})
+    message = _error(typo, 422)
+    assert message.startswith("in_stock: unknown parameter") and "in_stock_only" in message
+    assert "unknown parameter" in _error(service.client.post("/search?debug=1", json={"vector": [0.1] * 512}), 422)
+    assert service.client.get(f"/products/{PHOTO_SKU}/similar", params={"k": 3}).status_code == 200
+    assert service.client.get("/", params={"utm_source": "newsletter"}).status_code == 200  # the page takes any
+
+
 def _bomb() -> bytes:
     buffer = io.BytesIO()
     Image.new("1", (15_000, 15_000)).save(buffer, format="PNG")
