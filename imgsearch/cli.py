@@ -893,21 +893,23 @@ class _PriceType(click.ParamType):
 
 @dataclass(frozen=True)
 class _Filters:
-    """--category, --include-out-of-stock and --max-price, as the query functions take them."""
+    """--category, --include-out-of-stock, --max-price and --exclude, as the query functions take them."""
 
     categories: tuple[str, ...]
     include_out_of_stock: bool
     max_price: Decimal | None
+    exclude: tuple[str, ...] = ()
 
     @property
     def given(self) -> bool:
-        return bool(self.categories) or self.include_out_of_stock or self.max_price is not None
+        return bool(self.categories) or self.include_out_of_stock or self.max_price is not None or bool(self.exclude)
 
     def query_args(self) -> dict[str, Any]:
         return {
             "categories": list(self.categories) or None,
             "in_stock_only": not self.include_out_of_stock,
             "max_price": self.max_price,
+            "exclude_skus": list(self.exclude) or None,
         }
 
 
@@ -924,14 +926,20 @@ class _Output:
 def _filter_options(func: Any) -> Any:
     @functools.wraps(func)
     def wrapper(
-        *args: Any, categories: tuple[str, ...], include_out_of_stock: bool, max_price: Any, **kwargs: Any
+        *args: Any,
+        categories: tuple[str, ...],
+        include_out_of_stock: bool,
+        max_price: Any,
+        exclude: tuple[str, ...],
+        **kwargs: Any,
     ) -> Any:
-        return func(*args, filters=_Filters(categories, include_out_of_stock, max_price), **kwargs)
+        return func(*args, filters=_Filters(categories, include_out_of_stock, max_price, exclude), **kwargs)
 
     options = [
         click.option("--category", "categories", multiple=True, help="Only this category (repeatable)."),
         click.option("--include-out-of-stock", is_flag=True, help="Also show sold-out products."),
         click.option("--max-price", type=_PriceType(), help="Price ceiling (inclusive)."),
+        click.option("--exclude", multiple=True, metavar="SKU", help="Never return this SKU (repeatable)."),
     ]
     for option in reversed(options):
         wrapper = option(wrapper)

@@ -314,21 +314,28 @@ def similar_to_sku(
     categories: Iterable[str] | str | None = None,
     in_stock_only: bool = True,
     max_price: Price | None = None,
+    exclude_skus: Iterable[str] | None = None,
 ) -> list[SearchResult]:
-    """Products that look like catalogue product ``sku`` (its stored vector), the product itself excluded.
+    """Products that look like catalogue product ``sku`` (its stored vector), the product itself excluded, and
+    the ``exclude_skus`` too (asked for that many more, then left out: still exactly k whenever k others match).
 
     Raises:
         UnknownSkuError: ``sku`` is not in the catalogue.
         InvalidQueryError: bad k or price.
     """
+    k = _validate_k(k)
+    excluded = set(_text_list(exclude_skus, "exclude_skus") or ())
     params = {
         "sku": _query_text(sku, "sku"),
-        "k": _validate_k(k),
+        "k": min(k + len(excluded), MAX_K),
         "categories": _text_list(categories, "categories"),
         "in_stock_only": bool(in_stock_only),
         "max_price": price_limit(max_price, "max_price"),
     }
-    return _run(bind, _SIMILAR_TO_SKU, params)
+    results = _run(bind, _SIMILAR_TO_SKU, params)
+    if excluded:
+        results = [r for r in results if r.sku not in excluded][:k]
+    return results
 
 
 def cheaper_alternatives(bind: Bind, sku: str, k: int = 10, *, same_category: bool = True) -> list[SearchResult]:

@@ -407,6 +407,7 @@ def create_app(
             categories=form.getlist("category"),
             in_stock_only=form.get("in_stock_only"),
             max_price=form.get("max_price"),
+            exclude_skus=form.getlist("exclude_sku"),
         )
         crop = _crop(form.get("crop"))
         verify = _flag(form.get("verify"), "verify", default=True)
@@ -496,8 +497,12 @@ def create_app(
         category: Annotated[list[str] | None, Query()] = None,
         in_stock_only: bool = True,
         max_price: float | None = None,
+        exclude_sku: Annotated[list[str] | None, Query()] = None,
     ) -> JSONResponse:
-        results = shop().similar(sku, k, categories=category, in_stock_only=in_stock_only, max_price=max_price)
+        options = {"exclude_skus": exclude_sku} if exclude_sku else {}
+        results = shop().similar(
+            sku, k, categories=category, in_stock_only=in_stock_only, max_price=max_price, **options
+        )
         return JSONResponse(output.result_dicts(results))
 
     @app.get(
@@ -697,9 +702,15 @@ def _flag(value: Any, name: str, default: bool) -> bool:
     raise InvalidQueryError(f"{name} must be true or false, got {str(value)[:20]!r}")
 
 
-def _filters(*, k: Any, categories: Any, in_stock_only: Any, max_price: Any) -> dict[str, Any]:
+def _filters(
+    *, k: Any, categories: Any, in_stock_only: Any, max_price: Any, exclude_skus: Any = None
+) -> dict[str, Any]:
     """Search options from form fields or JSON values, checked like the library checks them."""
     options: dict[str, Any] = {}
+    if exclude_skus:
+        if not isinstance(exclude_skus, list) or not all(isinstance(e, str) for e in exclude_skus):
+            raise InvalidQueryError("exclude_skus must be a list of SKUs")
+        options["exclude_skus"] = exclude_skus
     if k not in (None, ""):
         try:
             options["k"] = int(str(k))
@@ -724,6 +735,7 @@ def _json_filters(body: dict[str, Any]) -> dict[str, Any]:
         categories=[categories] if isinstance(categories, str) else categories,
         in_stock_only=body.get("in_stock_only"),
         max_price=body.get("max_price"),
+        exclude_skus=body.get("exclude_skus"),
     )
 
 
@@ -795,6 +807,12 @@ _FILTER_PROPERTIES = {
     "in_stock_only": {"type": "boolean", "default": True},
     "max_price": {"type": "number", "minimum": 0, "description": "price ceiling, inclusive"},
 }
+#: JSON bodies name the SKUs to leave out ``exclude_skus`` (a list); form fields and query strings repeat
+#: ``exclude_sku``.
+_FILTER_PROPERTIES_JSON = {
+    **_FILTER_PROPERTIES,
+    "exclude_skus": {"type": "array", "items": {"type": "string"}, "description": "SKUs never returned"},
+}
 _SEARCH_BODY = {
     "required": True,
     "content": {
@@ -805,6 +823,7 @@ _SEARCH_BODY = {
                 "properties": {
                     "image": {"type": "string", "format": "binary"},
                     **_FILTER_PROPERTIES,
+                    "exclude_sku": {"type": "array", "items": {"type": "string"}, "description": "SKUs never returned"},
                     "crop": {
                         "type": "string",
                         "description": "Search only this box of the photo: left,top,right,bottom in its pixels.",
@@ -825,7 +844,7 @@ _SEARCH_BODY = {
                 "required": ["vector"],
                 "properties": {
                     "vector": {"type": "array", "items": {"type": "number"}, "minItems": 512, "maxItems": 512},
-                    **_FILTER_PROPERTIES,
+                    **_FILTER_PROPERTIES_JSON,
                 },
             }
         },
@@ -845,7 +864,7 @@ _SEARCH_MANY_BODY = {
                         "maxItems": query.MAX_SEARCHES,
                         "items": {"type": "array", "items": {"type": "number"}, "minItems": 512, "maxItems": 512},
                     },
-                    **_FILTER_PROPERTIES,
+                    **_FILTER_PROPERTIES_JSON,
                 },
             }
         }

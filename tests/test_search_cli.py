@@ -107,6 +107,17 @@ def assert_one_line_error(result: Result, code: int, *fragments: str) -> None:
 # --- formats --------------------------------------------------------------------------------------------------
 
 
+def test_exclude_leaves_skus_out_of_photo_and_sku_searches(cli: Invoke) -> None:
+    rows = as_json(cli("search", str(PHOTO), "-k", "3", "--format", "json"))
+    fewer = as_json(cli("search", str(PHOTO), "-k", "3", "--exclude", rows[0]["sku"], "--format", "json"))
+    assert rows[0]["sku"] not in skus(fewer) and len(fewer) == 3 and fewer[0]["sku"] == rows[1]["sku"]
+    similar = as_json(cli("similar", PHOTO_SKU, "-k", "2", "--format", "json"))
+    other = as_json(cli("similar", PHOTO_SKU, "-k", "2", "--exclude", similar[0]["sku"], "--format", "json"))
+    assert skus(other)[0] == similar[1]["sku"]
+    refused = cli("similar", PHOTO_SKU, "--cheaper", "--exclude", "x", expect=None)
+    assert_one_line_error(refused, 1, "--cheaper already means")
+
+
 def test_a_photo_at_a_web_address_is_downloaded_and_searched(cli: Invoke) -> None:
     # The address is downloaded as ingestion downloads catalogue photos (//, the port and the query kept), not
     # read as a file path; a failed download is one line.

@@ -297,6 +297,22 @@ def test_cors_lets_the_shops_own_pages_call_the_api_and_no_other_origin(catalogu
     assert result.exit_code == 1 and result.output.startswith("Error: not a web origin: 'https://a/b'")
 
 
+def test_skus_can_be_left_out_of_every_search(service: Service) -> None:
+    first = service.client.post("/search", json={"vector": [0.1] * 512, "k": 3}).json()
+    skipped = [first[0]["sku"], first[1]["sku"]]
+    rest = service.client.post("/search", json={"vector": [0.1] * 512, "k": 3, "exclude_skus": skipped}).json()
+    assert len(rest) == 3 and not {r["sku"] for r in rest} & set(skipped) and rest[0]["sku"] == first[2]["sku"]
+    by_photo = service.client.post("/search", files=_photo(), data={"k": "3", "exclude_sku": [PHOTO_SKU]}).json()
+    assert len(by_photo) == 3 and PHOTO_SKU not in {r["sku"] for r in by_photo}
+    similar = service.client.get(f"/products/{PHOTO_SKU}/similar", params={"k": 2}).json()
+    fewer = service.client.get(
+        f"/products/{PHOTO_SKU}/similar", params={"k": 2, "exclude_sku": similar[0]["sku"]}
+    ).json()
+    assert similar[0]["sku"] not in {r["sku"] for r in fewer} and fewer[0]["sku"] == similar[1]["sku"]
+    bad = service.client.post("/search", json={"vector": [0.1] * 512, "exclude_skus": "shoes-1"})
+    assert "exclude_skus must be a list" in _error(bad, 400)
+
+
 def test_an_unknown_query_parameter_is_refused_not_ignored(service: Service) -> None:
     # ?in_stock=false (for in_stock_only) would otherwise be ignored and answer another question than the one asked.
     typo = service.client.get(f"/products/{PHOTO_SKU}/similar", params={"k": 3, "in_stock": "false"})
