@@ -1273,6 +1273,11 @@ def duplicates(
     help="Requests a minute per API key, per worker (0: no limit); over it: 429 with Retry-After.",
 )
 @click.option(
+    "--allow-private-urls",
+    is_flag=True,
+    help="Let image_url searches fetch from loopback, private and link-local addresses (refused by default).",
+)
+@click.option(
     "--cors-origin",
     "cors_origins",
     multiple=True,
@@ -1290,6 +1295,7 @@ def serve(
     timeout: float,
     queue: int,
     rate_limit: int,
+    allow_private_urls: bool,
     cors_origins: tuple[str, ...],
 ) -> None:
     """Serve searches over HTTP (JSON for backends in any language) and a web page to try them.
@@ -1326,6 +1332,7 @@ def serve(
         "IMGSEARCH_SERVE_IMAGE_ROOTS": os.pathsep.join(str(r.resolve()) for r in image_roots),
         "IMGSEARCH_CORS_ORIGINS": " ".join(cors_origins),
         "IMGSEARCH_RATE_LIMIT": str(rate_limit),
+        "IMGSEARCH_ALLOW_PRIVATE_URLS": "1" if allow_private_urls else "0",
         # Beyond loopback every request needs an API key, even before the first one is made.
         "IMGSEARCH_SERVE_PUBLIC": "0" if host in ("127.0.0.1", "::1", "localhost") else "1",
         "IMGSEARCH_SCHEMA": settings.schema,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import ipaddress
 import math
 import random
 import socket
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote, urldefrag, urljoin, urlsplit
 
 from imgsearch.images import MAX_FILE_BYTES
@@ -143,9 +145,18 @@ class _Exchange:
     """
 
     def __init__(
-        self, target: _Target, *, timeout: float, deadline: float, limit: float, context: ssl.SSLContext | None
+        self,
+        target: _Target,
+        *,
+        timeout: float,
+        deadline: float,
+        limit: float,
+        context: ssl.SSLContext | None,
+        public_only: bool = False,
     ) -> None:
         self.phase = "connect"
+        self._public_only = public_only
+        self._target = target
         self.timeout = timeout
         self._deadline = deadline
         self._limit = limit
@@ -166,6 +177,8 @@ class _Exchange:
         """Connect, send the request and read the response headers."""
         self.check()
         self._timer.start()
+        if self._public_only:
+            self._pin_to_public_address()
         self._conn.connect()
         self.check()  # the timer may have fired while connecting, before there was a socket to shut down
         self._conn.sock.settimeout(self.timeout)
@@ -174,6 +187,31 @@ class _Exchange:
         self._response = self._conn.getresponse()
         self.phase = "body"
         return self._response
+
+    def _pin_to_public_address(self) -> None:
+        """Resolve the host once, refuse it unless every address is a public one (not loopback, private,
+        link-local such as a cloud's metadata service, multicast or reserved), and connect to the address checked:
+        a second resolution could answer differently (DNS rebinding). TLS still checks the host's name."""
+        port = self._target.port or (443 if self._target.https else 80)
+        try:
+            found = socket.getaddrinfo(self._target.host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise _Failure(f"cannot resolve {self._target.host}: {exc.strerror or exc}", retryable=False) from None
+        addresses = [info[4][0] for info in found]
+        for address in addresses:
+            ip = ipaddress.ip_address(address.split("%")[0])
+            if not ip.is_global or ip.is_multicast:
+                raise _Failure(
+                    f"refused: {self._target.host} is not a public address ({ip}); only the service's operator may "
+                    "allow private addresses",
+                    retryable=False,
+                )
+        pinned = addresses[0]
+
+        def connect(_address: Any, timeout: Any = None, source_address: Any = None) -> socket.socket:
+            return socket.create_connection((pinned, port), timeout, source_address)
+
+        self._conn._create_connection = connect  # type: ignore[attr-defined]
 
     def check(self) -> None:
         """Raise the failure that explains a cut connection (or a passed deadline); return if there is none."""
@@ -232,6 +270,7 @@ class Fetcher:
         max_bytes: int = MAX_FILE_BYTES,
         max_redirects: int = 5,
         user_agent: str = USER_AGENT,
+        public_only: bool = False,
     ) -> None:
         """Check the settings (``ValueError`` if one is out of range); nothing is opened until the first fetch."""
         if not isinstance(workers, int) or workers < 1:
@@ -255,6 +294,9 @@ class Fetcher:
         self.max_bytes = max_bytes
         self.max_redirects = max_redirects
         self.user_agent = user_agent
+        #: Refuse hosts that resolve to loopback, private, link-local or reserved addresses (every redirect
+        #: included): for URLs given by people outside, e.g. a search service's users (server-side request forgery).
+        self.public_only = public_only
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
@@ -391,7 +433,14 @@ class Fetcher:
         while True:
             location: str | None = None
             context = self._ssl_context() if target.https else None
-            exchange = _Exchange(target, timeout=self.timeout, deadline=deadline, limit=limit, context=context)
+            exchange = _Exchange(
+                target,
+                timeout=self.timeout,
+                deadline=deadline,
+                limit=limit,
+                context=context,
+                public_only=self.public_only,
+            )
             with self._lock:
                 if self._closed.is_set():
                     raise _Failure("fetcher closed", retryable=False)

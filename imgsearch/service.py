@@ -57,6 +57,7 @@ from imgsearch.errors import (
     SchemaError,
     UnknownSkuError,
 )
+from imgsearch.fetch import Fetcher, is_url
 from imgsearch.images import Crop, has_supported_extension, parse_crop
 from imgsearch.metrics import Metrics
 from imgsearch.urls import mask_password
@@ -97,6 +98,7 @@ class ServiceLimits:
     rate_limit: int = 0  # IMGSEARCH_RATE_LIMIT: requests a minute per API key (0: no limit)
     public: bool = False  # IMGSEARCH_SERVE_PUBLIC: listening beyond loopback, so an API key is always needed
     key_cache_seconds: float = 5.0  # IMGSEARCH_KEY_CACHE_SECONDS: how long a key check is trusted
+    private_urls: bool = False  # IMGSEARCH_ALLOW_PRIVATE_URLS: image_url may point into the service's own network
 
     def __post_init__(self) -> None:
         for origin in self.cors_origins:
@@ -115,6 +117,7 @@ class ServiceLimits:
             rate_limit=int(env_float("IMGSEARCH_RATE_LIMIT", 0)),
             public=os.environ.get("IMGSEARCH_SERVE_PUBLIC", "") == "1",
             key_cache_seconds=env_float("IMGSEARCH_KEY_CACHE_SECONDS", cls.key_cache_seconds),
+            private_urls=os.environ.get("IMGSEARCH_ALLOW_PRIVATE_URLS", "") == "1",
         )
 
 
@@ -428,8 +431,18 @@ def create_app(
             data, name, form = await upload(request)
             return JSONResponse(output.result_dicts(await search_photo(data, name, form)))
         if kind == "application/json":
-            body = await json_object(request, "vector", 'send a JSON object with a "vector" of 512 numbers')
+            body = await json_object(request, "", 'send a JSON object with a "vector" of 512 numbers or an "image_url"')
             options = _json_filters(body)
+            if "image_url" in body and "vector" not in body:
+                data = await run_in_threadpool(fetch_photo, body["image_url"])
+                crop = _crop(body.get("crop"))
+                verify = _flag(body.get("verify"), "verify", default=True)
+                search = functools.partial(
+                    shop().search_image, _named(data, "image_url"), crop=crop, verify=verify, **options
+                )
+                return JSONResponse(output.result_dicts(await run_in_threadpool(search)))
+            if "vector" not in body:
+                raise InvalidQueryError('send a JSON object with a "vector" of 512 numbers or an "image_url"')
             vector = body["vector"]
         else:
             return _error(415, "send multipart/form-data with a photo in 'image', or application/json with 'vector'")
@@ -472,6 +485,24 @@ def create_app(
         recorded = await run_in_threadpool(shop().record_events, body["events"])
         return JSONResponse({"stored": recorded.stored, "duplicates": recorded.duplicates})
 
+    def fetch_photo(url: Any) -> bytes:
+        """The photo at a URL a client gave: http(s) only, bounded in size and time, and (unless the operator
+        allowed it) only from public addresses, so that the service cannot be made to reach its own network."""
+        if not isinstance(url, str) or not is_url(url) or len(url) > 2048:
+            raise InvalidQueryError("image_url must be an http:// or https:// address (at most 2048 characters)")
+        timeout = min(limits.request_timeout, 10.0)
+        with Fetcher(
+            workers=1,
+            timeout=timeout,
+            retries=1,
+            max_bytes=limits.max_upload_bytes,
+            public_only=not limits.private_urls,
+        ) as fetcher:
+            fetched = fetcher.fetch(url)
+        if fetched.data is None:
+            raise InvalidQueryError(fetched.error or f"{url}: nothing downloaded")
+        return fetched.data
+
     async def json_object(request: Request, required: str, hint: str) -> dict[str, Any]:
         """The JSON object of a request's body, which must hold ``required`` (else ``hint`` is the error)."""
         try:
@@ -480,7 +511,7 @@ def create_app(
             raise InvalidQueryError("the body is not valid JSON") from None
         except RecursionError:
             raise InvalidQueryError("the JSON body is nested too deeply") from None
-        if not isinstance(body, dict) or required not in body:
+        if not isinstance(body, dict) or (required and required not in body):
             raise InvalidQueryError(hint)
         return body
 

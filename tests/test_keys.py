@@ -185,3 +185,48 @@ def test_every_request_gets_an_id_and_a_json_line_in_the_access_log(catalogue_ur
     assert mine["ms"] > 0
     refused = next(line for line in lines if line["request_id"] == made.headers["x-request-id"])
     assert (refused["key"], refused["status"]) == (None, 401)
+
+
+def test_a_photo_by_address_is_searched_and_private_addresses_are_refused(
+    catalogue_url: str, fake_weights: str, sample_catalogue: SampleCatalogue
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    photo = sorted((sample_catalogue.shop / "catalogue" / "shoes").glob("*.jpg"))[0]
+
+    class Photos(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = photo.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Photos)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    local = f"http://127.0.0.1:{server.server_address[1]}/look.jpg"
+    guarded = Service(catalogue_url, fake_weights)
+    try:
+        for url in (local, "http://169.254.169.254/latest/meta-data/", "http://[::1]:9/x.jpg", "http://10.0.0.7/a"):
+            refused = guarded.client.post("/search", json={"image_url": url})
+            assert refused.status_code == 400 and "not a public address" in refused.json()["error"], url
+        scheme = guarded.client.post("/search", json={"image_url": "file:///etc/passwd"})
+        assert scheme.status_code == 400 and "http:// or https://" in scheme.json()["error"]
+    finally:
+        guarded.close()
+    trusting = Service(catalogue_url, fake_weights, "--allow-private-urls")
+    try:
+        by_url = trusting.client.post("/search", json={"image_url": local, "k": 3}).json()
+        by_upload = trusting.client.post(
+            "/search", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")}, data={"k": "3"}
+        ).json()
+        assert [r["sku"] for r in by_url] == [r["sku"] for r in by_upload] and len(by_url) == 3
+    finally:
+        trusting.close()
+        server.shutdown()
+        server.server_close()
