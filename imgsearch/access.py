@@ -92,7 +92,8 @@ class Gatekeeper:
         """Whether ``method path`` with this ``Authorization`` header may be answered."""
         if method == "OPTIONS" or path == "/" or path.startswith(OPEN):
             return Decision()
-        needed = next((scope for prefix, scope in NEEDS.items() if path.startswith(prefix)), "search")
+        endpoint = path.removeprefix("/v1") if path.startswith("/v1/") else path  # the same endpoint, versioned
+        needed = next((scope for prefix, scope in NEEDS.items() if endpoint.startswith(prefix)), "search")
         key = None
         if authorization:
             scheme, _, value = authorization.partition(" ")

@@ -29,12 +29,14 @@ from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -326,6 +328,13 @@ def create_app(
         seconds = time.perf_counter() - started
         metrics.observe(request.method, path, response.status_code, seconds)
         response.headers["X-Request-ID"] = request_id
+        replacement = successor(path)
+        if replacement is not None:
+            response.headers["Deprecation"] = "true"
+            sku = request.path_params.get("sku")
+            # Percent-encoded: a SKU may hold anything a header may not (a NUL is refused later, but still answered).
+            target = replacement.replace("{sku:path}", quote(sku, safe="/")) if sku is not None else replacement
+            response.headers["Link"] = f'<{target}>; rel="successor-version"'
         if access_log.isEnabledFor(logging.INFO):
             entry = {
                 "time": round(time.time(), 3),
@@ -692,6 +701,7 @@ def create_app(
             raise StarletteHTTPException(404, "not found")
         return Response((web / name).read_bytes(), media_type=kinds[suffix])
 
+    _version_routes(app)
     wrapped = _BodyLimit(app, limits.max_upload_bytes + 64 * 1024)  # room for the form around the photo
     wrapped.fastapi = app  # type: ignore[attr-defined]  (tests and tools reach the app through it)
     return wrapped  # type: ignore[return-value]
@@ -954,6 +964,44 @@ _EMBED_BODY = {
         }
     },
 }
+
+
+#: The API's stable prefix: every search endpoint answers under it; its old path answers for one release more.
+API_PREFIX = "/v1"
+#: Endpoints of the API proper (not the probes, metrics or the page's helpers), by their unversioned path.
+VERSIONED = (
+    "/search",
+    "/search/many",
+    "/events",
+    "/embed",
+    "/products/{sku:path}/similar",
+    "/products/{sku:path}/cheaper",
+)
+
+
+def _version_routes(app: FastAPI) -> None:
+    """Serve each API endpoint under :data:`API_PREFIX` too; the old path stays for one release, marked deprecated
+    in the API description and answered with ``Deprecation`` and ``Link`` headers (added by the service)."""
+    for route in list(app.routes):
+        if isinstance(route, APIRoute) and route.path in VERSIONED:
+            app.add_api_route(
+                API_PREFIX + route.path,
+                route.endpoint,
+                methods=sorted(route.methods or ()),
+                operation_id=route.operation_id,
+                summary=route.summary,
+                response_description=route.response_description,
+                responses=route.responses,
+                openapi_extra=route.openapi_extra,
+            )
+            route.operation_id = f"{route.operation_id}_unversioned"
+            route.deprecated = True
+            route.summary = f"Deprecated (use {API_PREFIX}{route.path.replace(':path', '')}): {route.summary}"
+
+
+def successor(route_path: str) -> str | None:
+    """The versioned path that replaces a deprecated one (``None``: not deprecated)."""
+    return API_PREFIX + route_path if route_path in VERSIONED else None
 
 
 def _known_query_parameters(request: Request) -> None:

@@ -221,13 +221,17 @@ def test_openapi_operation_ids_are_unique_and_every_path_is_documented(service: 
     operations = {(path, method): op for path, ops in paths.items() for method, op in ops.items()}
     ids = [op["operationId"] for op in operations.values()]
     assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)  # code generators need this
-    expected = {
+    versioned = {
         "/search": {"post"},
         "/search/many": {"post"},
         "/events": {"post"},
         "/products/{sku}/similar": {"get"},
         "/products/{sku}/cheaper": {"get"},
         "/embed": {"post"},
+    }
+    expected = {
+        **versioned,
+        **{f"/v1{path}": methods for path, methods in versioned.items()},
         "/livez": {"get", "head"},
         "/readyz": {"get", "head"},
         "/healthz": {"get", "head"},
@@ -250,6 +254,11 @@ def test_openapi_operation_ids_are_unique_and_every_path_is_documented(service: 
     assert healthz["deprecated"] is True and healthz["summary"].startswith("Deprecated (use /readyz")
     assert set(paths["/readyz"]["get"]["responses"]) == {"200", "503"}
     assert "multipart/form-data" in paths["/search"]["post"]["requestBody"]["content"]
+    # The versioned paths carry the operationIds; the old ones are deprecated for one release.
+    for path in versioned:
+        assert "deprecated" not in paths[f"/v1{path}"][next(iter(versioned[path]))]
+        assert paths[path][next(iter(versioned[path]))]["deprecated"] is True
+    assert paths["/v1/search"]["post"]["operationId"] == "search"
 
 
 def test_the_website_reports_events_and_a_batch_sent_again_is_stored_once(service: Service) -> None:
@@ -311,6 +320,19 @@ def test_skus_can_be_left_out_of_every_search(service: Service) -> None:
     assert similar[0]["sku"] not in {r["sku"] for r in fewer} and fewer[0]["sku"] == similar[1]["sku"]
     bad = service.client.post("/search", json={"vector": [0.1] * 512, "exclude_skus": "shoes-1"})
     assert "exclude_skus must be a list" in _error(bad, 400)
+
+
+def test_the_versioned_paths_answer_and_the_old_ones_say_they_are_deprecated(service: Service) -> None:
+    body = {"vector": [0.1] * 512, "k": 2}
+    current = service.client.post("/v1/search", json=body)
+    assert current.status_code == 200 and "deprecation" not in current.headers
+    old = service.client.post("/search", json=body)
+    assert old.json() == current.json() and old.headers["deprecation"] == "true"
+    assert old.headers["link"] == '</v1/search>; rel="successor-version"'
+    similar = service.client.get(f"/products/{PHOTO_SKU}/similar", params={"k": 2})
+    assert similar.headers["link"] == f'</v1/products/{PHOTO_SKU}/similar>; rel="successor-version"'
+    assert service.client.get(f"/v1/products/{PHOTO_SKU}/similar", params={"k": 2}).json() == similar.json()
+    assert "deprecation" not in service.client.get("/livez").headers
 
 
 def test_an_unknown_query_parameter_is_refused_not_ignored(service: Service) -> None:

@@ -67,7 +67,7 @@
   function productPath(sku, what) {
     // The whole SKU as one encoded segment: the app's {sku:path} route decodes %2F back to "/", and the
     // browser cannot normalise away "." or ".." segments of a SKU.
-    return "/products/" + encodeURIComponent(sku) + "/" + what;
+    return "/v1/products/" + encodeURIComponent(sku) + "/" + what;
   }
 
   function node(tag, className, text) {
@@ -197,7 +197,7 @@
     if (price !== null) form.append("max_price", price);
     if (crop) form.append("crop", crop.join(","));
     const key = ["photo", photos, el.category.value, el.soldOut.checked, price, crop ? crop.join(",") : ""].join("|");
-    return { key: key, url: "/search", init: { method: "POST", body: form }, options: { photo: true } };
+    return { key: key, url: "/v1/search", init: { method: "POST", body: form }, options: { photo: true } };
   }
 
   function productQuery(product, kind) {
