@@ -82,6 +82,7 @@ def test_a_served_catalogue_needs_a_key_of_the_right_scope_once_one_exists(
         assert client.get("/products/shoes-24535295/similar", headers=bearer(search_key)).status_code == 200
         event = {"events": [{"event_id": uuid.uuid4().hex, "kind": "click", "search_id": "s"}]}
         assert "needs write" in refused(client.post("/events", json=event, headers=bearer(search_key)), 403)
+        assert "needs write" in refused(client.post("/v1/events", json=event, headers=bearer(search_key)), 403)
         assert client.post("/events", json=event, headers=bearer(write_key)).json() == {"stored": 1, "duplicates": 0}
         for open_path in ("/livez", "/readyz", "/metrics", "/openapi.json", "/"):
             assert client.get(open_path).status_code == 200, open_path
