@@ -21,7 +21,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from imgsearch import db, embedded_server, schema
+from imgsearch import db, embedded_server, local_features, schema, visual_words
+from tests.memo import once_per_input
 from tests.samples import SampleCatalogue
 
 if TYPE_CHECKING:
@@ -41,6 +42,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.model)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _features_computed_once(request: pytest.FixtureRequest) -> Iterator[None]:
+    """SIFT of a photo and a vocabulary's k-means, computed once per input (tests/memo.py)."""
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider: memory only
+    folder = cache.mkdir("imgsearch-features") if cache is not None else None
+    patch = pytest.MonkeyPatch()
+    patch.setattr(
+        local_features,
+        "extract",
+        once_per_input(
+            local_features.extract,
+            lambda f: {"points": f.points, "descriptors": f.descriptors, "size": np.array([f.width, f.height])},
+            lambda a: local_features.LocalFeatures(a["points"], a["descriptors"], *map(int, a["size"])),
+            folder,
+        ),
+    )
+    patch.setattr(
+        visual_words,
+        "learn",
+        once_per_input(
+            visual_words.learn,
+            lambda v: {"coarse": v.coarse, "fine": v.fine, "extractor": np.array(v.extractor)},
+            lambda a: visual_words.Vocabulary(a["coarse"], a["fine"], str(a["extractor"])),
+            None,  # 32 MB each: memory only
+        ),
+    )
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session")
