@@ -290,6 +290,8 @@ def create_app(
         summary="Visual product search: products that look like a photo, a vector or a catalogue product.",
         lifespan=lifespan,
         dependencies=[Depends(_known_query_parameters)],
+        docs_url=None,  # served below from the package's own copies: they work without internet
+        redoc_url=None,
     )
 
     gatekeeper = Gatekeeper(
@@ -317,6 +319,20 @@ def create_app(
             return response
         return await call_next(request)
 
+    if limits.cors_origins:
+        # The shop's own pages on these origins may call the API from the browser (the preflight is answered here,
+        # before the key check: a browser sends no key with it); every other origin gets no CORS header, so
+        # browsers withhold the response from its pages. Inside the measuring below, so that refused preflights are
+        # logged and counted too; the headers a page may want to read are exposed.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(limits.cors_origins),
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After", "Deprecation", "Link"],
+            max_age=600,
+        )
+
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
@@ -342,23 +358,12 @@ def create_app(
                 "key": request.scope.get("imgsearch.key"),
                 "method": request.method,
                 "route": path,
+                "path": request.url.path,
                 "status": response.status_code,
                 "ms": round(seconds * 1000, 2),
             }
             access_log.info(json.dumps(entry))
         return response
-
-    if limits.cors_origins:
-        # The shop's own pages on these origins may call the API from the browser (the preflight is answered here,
-        # before the key check: a browser sends no key with it); every other origin gets no CORS header, so
-        # browsers withhold the response from its pages.
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(limits.cors_origins),
-            allow_methods=["GET", "HEAD", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            max_age=600,
-        )
 
     @app.exception_handler(ImgsearchError)
     async def library_error(request: Request, exc: ImgsearchError) -> JSONResponse:
@@ -701,10 +706,59 @@ def create_app(
             raise StarletteHTTPException(404, "not found")
         return Response((web / name).read_bytes(), media_type=kinds[suffix])
 
+    _offline_docs(app)
     _version_routes(app)
     wrapped = _BodyLimit(app, limits.max_upload_bytes + 64 * 1024)  # room for the form around the photo
     wrapped.fastapi = app  # type: ignore[attr-defined]  (tests and tools reach the app through it)
     return wrapped  # type: ignore[return-value]
+
+
+#: The files of the interactive API documentation (Swagger UI and ReDoc, from the ``fastapi-offline`` package).
+DOCS_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "redoc.standalone.js": "text/javascript",
+    "favicon.png": "image/png",
+}
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` with their scripts served by the service itself: FastAPI's own pages
+    load them from a CDN, which leaves them blank on a network without internet and sends every visitor's address
+    to a third party."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    assets = files("fastapi_offline") / "static"
+
+    def base(request: Request) -> str:
+        return f"{request.scope.get('root_path', '')}/docs/assets"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=f"{request.scope.get('root_path', '')}{app.openapi_url}",
+            title=f"{app.title} API",
+            swagger_js_url=f"{base(request)}/swagger-ui-bundle.js",
+            swagger_css_url=f"{base(request)}/swagger-ui.css",
+            swagger_favicon_url=f"{base(request)}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=f"{request.scope.get('root_path', '')}{app.openapi_url}",
+            title=f"{app.title} API",
+            redoc_js_url=f"{base(request)}/redoc.standalone.js",
+            redoc_favicon_url=f"{base(request)}/favicon.png",
+            with_google_fonts=False,
+        )
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    def docs_asset(name: str) -> Response:
+        if name not in DOCS_ASSETS:
+            raise StarletteHTTPException(404, "not found")
+        headers = {"Cache-Control": "public, max-age=86400"}
+        return Response((assets / name).read_bytes(), media_type=DOCS_ASSETS[name], headers=headers)
 
 
 def _unavailable(reason: str) -> dict[str, str]:

@@ -211,7 +211,7 @@ def test_metrics_and_categories(service: Service) -> None:
 
 
 #: What the service answers outside its API: the page, its files and FastAPI's own documentation routes.
-UNDOCUMENTED = {"/", "/static/{name}", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+UNDOCUMENTED = {"/", "/static/{name}", "/openapi.json", "/docs", "/docs/assets/{name}", "/redoc"}
 
 
 def test_openapi_operation_ids_are_unique_and_every_path_is_documented(service: Service) -> None:
@@ -259,6 +259,23 @@ def test_openapi_operation_ids_are_unique_and_every_path_is_documented(service: 
         assert "deprecated" not in paths[f"/v1{path}"][next(iter(versioned[path]))]
         assert paths[path][next(iter(versioned[path]))]["deprecated"] is True
     assert paths["/v1/search"]["post"]["operationId"] == "search"
+
+
+def test_the_api_documentation_pages_need_nothing_from_the_internet(service: Service) -> None:
+    for page, script in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = service.client.get(page)
+        assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+        # Every script, style sheet, font and icon it loads is the service's own.
+        loaded = re.findall(r"""(?:src|href|spec-url)=["']?([^"' >]+)|url: ?['"]([^'"]+)""", html.text)
+        addresses = {a or b for a, b in loaded}
+        assert f"/docs/assets/{script}" in addresses and "/openapi.json" in addresses, addresses
+        assert not [a for a in addresses if "//" in a], addresses
+    for name, kind in (("swagger-ui-bundle.js", "text/javascript"), ("swagger-ui.css", "text/css")):
+        asset = service.client.get(f"/docs/assets/{name}")
+        assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
+        assert len(asset.content) > 100_000
+    assert service.client.get("/docs/assets/..%2Fcore.py").status_code == 404
+    assert service.client.get("/docs/assets/core.py").status_code == 404
 
 
 def test_the_website_reports_events_and_a_batch_sent_again_is_stored_once(service: Service) -> None:
