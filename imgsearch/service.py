@@ -43,6 +43,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgsearch import __version__, catalogue, db, feedback, keys, output, query
+from imgsearch import http_models as bodies
 from imgsearch import schema as imgsearch_schema
 from imgsearch.access import Gatekeeper
 from imgsearch.api import Catalogue
@@ -438,6 +439,7 @@ def create_app(
         summary="Products that look like a photo (multipart) or a vector (JSON), best first.",
         openapi_extra={"requestBody": _SEARCH_BODY},
         responses=_ERRORS,
+        response_model=list[bodies.SearchResult],
     )
     async def search(request: Request) -> JSONResponse:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -445,9 +447,14 @@ def create_app(
             data, name, form = await upload(request)
             return JSONResponse(output.result_dicts(await search_photo(data, name, form)))
         if kind == "application/json":
-            body = await json_object(request, "", 'send a JSON object with a "vector" of 512 numbers or an "image_url"')
+            hint = 'send a JSON object with a "vector" of 512 numbers or an "image_url"'
+            body = await json_object(request, "", hint)
+            if "vector" not in body and "image_url" not in body:
+                raise InvalidQueryError(hint)
+            by_url = "vector" not in body
+            _known_fields(body, bodies.UrlSearch if by_url else bodies.VectorSearch)
             options = _json_filters(body)
-            if "image_url" in body and "vector" not in body:
+            if by_url:
                 data = await run_in_threadpool(fetch_photo, body["image_url"])
                 crop = _crop(body.get("crop"))
                 verify = _flag(body.get("verify"), "verify", default=True)
@@ -455,8 +462,6 @@ def create_app(
                     shop().search_image, _named(data, "image_url"), crop=crop, verify=verify, **options
                 )
                 return JSONResponse(output.result_dicts(await run_in_threadpool(search)))
-            if "vector" not in body:
-                raise InvalidQueryError('send a JSON object with a "vector" of 512 numbers or an "image_url"')
             vector = body["vector"]
         else:
             return _error(415, "send multipart/form-data with a photo in 'image', or application/json with 'vector'")
@@ -470,11 +475,13 @@ def create_app(
         summary="One search per vector (JSON), all answered in one database round trip.",
         openapi_extra={"requestBody": _SEARCH_MANY_BODY},
         responses=_ERRORS,
+        response_model=list[list[bodies.SearchResult]],
     )
     async def search_many(request: Request) -> JSONResponse:
         body = await json_object(
             request, "vectors", f'send a JSON object with "vectors": 1 to {query.MAX_SEARCHES} lists of 512 numbers'
         )
+        _known_fields(body, bodies.ManySearch)
         if not isinstance(body["vectors"], list):
             raise InvalidQueryError(f'"vectors" must be a list of 1 to {query.MAX_SEARCHES} lists of 512 numbers')
         answers = await run_in_threadpool(shop().search_many, body["vectors"], **_json_filters(body))
@@ -487,11 +494,13 @@ def create_app(
         summary="Shoppers' impressions, clicks, carts and purchases (JSON), stored once per event_id.",
         openapi_extra={"requestBody": _EVENTS_BODY},
         responses=_ERRORS,
+        response_model=bodies.Stored,
     )
     async def record_events(request: Request) -> JSONResponse:
         body = await json_object(
             request, "events", f'send a JSON object with "events": a list of 1 to {feedback.MAX_EVENTS} event objects'
         )
+        _known_fields(body, bodies.EventBatch)
         if not isinstance(body["events"], list) or not body["events"]:
             raise InvalidQueryError(f'"events" must be a list of 1 to {feedback.MAX_EVENTS} event objects')
         if len(body["events"]) > feedback.MAX_EVENTS:
@@ -535,6 +544,7 @@ def create_app(
         response_description="the results, best first: the records of the CLI's `--format json`",
         summary="Products that look like a catalogue product.",
         responses=_ERRORS,
+        response_model=list[bodies.SearchResult],
     )
     def similar(
         sku: str,
@@ -556,6 +566,7 @@ def create_app(
         response_description="the results, best first: the records of the CLI's `--format json`",
         summary="Visually similar products, in stock and strictly cheaper (same category unless any_category).",
         responses=_ERRORS,
+        response_model=list[bodies.SearchResult],
     )
     def cheaper(
         sku: str, k: Annotated[int, Query(ge=1, le=query.MAX_K)] = 8, any_category: bool = False
@@ -570,6 +581,7 @@ def create_app(
         summary="A photo's 512-d vector, to cache or to pass to the SQL functions.",
         openapi_extra={"requestBody": _EMBED_BODY},
         responses=_ERRORS,
+        response_model=bodies.Embedding,
     )
     async def embed_photo(request: Request) -> JSONResponse:
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
@@ -631,6 +643,7 @@ def create_app(
         summary="Liveness: 200 whenever the process answers (no database call).",
         response_description="the process answers",
         responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+        response_model=bodies.Liveness,
     )
     _probe(
         app,
@@ -640,6 +653,7 @@ def create_app(
         "model loaded; 503 with the reason otherwise.",
         response_description="ready to answer searches",
         responses=readiness_responses,
+        response_model=bodies.Readiness,
     )
     _probe(
         app,
@@ -649,6 +663,7 @@ def create_app(
         'with the reason also as "error".',
         response_description="ready to answer searches",
         responses=readiness_responses,
+        response_model=bodies.Readiness,
         deprecated=True,
     )
 
@@ -671,6 +686,7 @@ def create_app(
             200: {"content": {"application/json": {"example": [{"category": "shoes", "products": 12}]}}},
             503: {**_ERRORS[503], "description": "database unreachable or schema not migrated"},
         },
+        response_model=list[bodies.CategoryCount],
     )
     def categories() -> JSONResponse:
         cached_at, cached = state["categories"]
@@ -822,6 +838,18 @@ def _filters(
     return options
 
 
+def _known_fields(body: dict[str, Any], model: type[Any]) -> None:
+    """Refuse (422) a JSON field the endpoint does not take (``in_stock`` for ``in_stock_only``): ignored, it
+    would answer another question than the one asked. The fields are the request model's
+    (:mod:`imgsearch.http_models`)."""
+    known = bodies.request_fields(model)
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise RequestValidationError(
+            [{"loc": ("body", unknown[0]), "msg": f"unknown field (this request takes: {', '.join(sorted(known))})"}]
+        )
+
+
 def _json_filters(body: dict[str, Any]) -> dict[str, Any]:
     """Search options from a JSON body (``category`` or ``categories``: a text or a list of texts)."""
     categories = body.get("category", body.get("categories"))
@@ -866,6 +894,7 @@ def _inside_roots(ref: str, roots: list[Path]) -> Path | None:
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {
         "description": description,
+        "model": bodies.Error,
         "content": {"application/json": {"example": {"error": "one line saying what is wrong"}}},
     }
     for status, description in (
@@ -891,6 +920,7 @@ def _readiness_responses(revision: str) -> dict[int | str, dict[str, Any]]:
         503: {
             "description": "not ready: the model not loaded, the database unreachable, the schema not at this "
             "version's revision, or the catalogue built with another embedding space",
+            "model": bodies.Readiness,
             "content": {"application/json": {"example": unready}},
         },
     }
@@ -901,12 +931,6 @@ _FILTER_PROPERTIES = {
     "category": {"type": "array", "items": {"type": "string"}, "description": "only these categories"},
     "in_stock_only": {"type": "boolean", "default": True},
     "max_price": {"type": "number", "minimum": 0, "description": "price ceiling, inclusive"},
-}
-#: JSON bodies name the SKUs to leave out ``exclude_skus`` (a list); form fields and query strings repeat
-#: ``exclude_sku``.
-_FILTER_PROPERTIES_JSON = {
-    **_FILTER_PROPERTIES,
-    "exclude_skus": {"type": "array", "items": {"type": "string"}, "description": "SKUs never returned"},
 }
 _SEARCH_BODY = {
     "required": True,
@@ -934,69 +958,19 @@ _SEARCH_BODY = {
             }
         },
         "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["vector"],
-                "properties": {
-                    "vector": {"type": "array", "items": {"type": "number"}, "minItems": 512, "maxItems": 512},
-                    **_FILTER_PROPERTIES_JSON,
-                },
-            }
+            "schema": {"oneOf": [bodies.json_schema(bodies.VectorSearch), bodies.json_schema(bodies.UrlSearch)]}
         },
     },
 }
 _SEARCH_MANY_BODY = {
     "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["vectors"],
-                "properties": {
-                    "vectors": {
-                        "type": "array",
-                        "minItems": 1,
-                        "maxItems": query.MAX_SEARCHES,
-                        "items": {"type": "array", "items": {"type": "number"}, "minItems": 512, "maxItems": 512},
-                    },
-                    **_FILTER_PROPERTIES_JSON,
-                },
-            }
-        }
-    },
+    "content": {"application/json": {"schema": bodies.json_schema(bodies.ManySearch)}},
 }
 _EVENTS_BODY = {
     "required": True,
     "content": {
         "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["events"],
-                "properties": {
-                    "events": {
-                        "type": "array",
-                        "minItems": 1,
-                        "maxItems": feedback.MAX_EVENTS,
-                        "items": {
-                            "type": "object",
-                            "required": ["event_id", "kind", "search_id"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "event_id": {"type": "string", "maxLength": 200},
-                                "kind": {"type": "string", "enum": list(feedback.KINDS)},
-                                "search_id": {"type": "string", "maxLength": 200},
-                                "occurred_at": {"type": "string", "format": "date-time"},
-                                "shopper": {"type": "string", "maxLength": 200},
-                                "sku": {"type": "string", "maxLength": 200},
-                                "rank": {"type": "integer", "minimum": 1, "maximum": 10000},
-                                "category": {"type": "string", "maxLength": 200},
-                                "variant": {"type": "string", "maxLength": 100},
-                                "value": {"type": "number", "minimum": 0},
-                            },
-                        },
-                    }
-                },
-            },
+            "schema": bodies.json_schema(bodies.EventBatch),
             "example": {
                 "events": [
                     {"event_id": "e1", "kind": "impression", "search_id": "s1", "sku": "shoes-1", "rank": 1},
@@ -1047,6 +1021,7 @@ def _version_routes(app: FastAPI) -> None:
                 response_description=route.response_description,
                 responses=route.responses,
                 openapi_extra=route.openapi_extra,
+                response_model=route.response_model,
             )
             route.operation_id = f"{route.operation_id}_unversioned"
             route.deprecated = True

@@ -261,6 +261,63 @@ def test_openapi_operation_ids_are_unique_and_every_path_is_documented(service: 
     assert paths["/v1/search"]["post"]["operationId"] == "search"
 
 
+def test_the_api_description_is_typed_and_answers_match_it(service: Service) -> None:
+    from pydantic import TypeAdapter
+
+    from imgsearch import http_models
+
+    paths = service.client.get("/openapi.json").json()["paths"]
+    search = paths["/v1/search"]["post"]
+    assert search["responses"]["200"]["content"]["application/json"]["schema"]["items"]["$ref"].endswith(
+        "/SearchResult"
+    )
+    assert search["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/Error")
+    variants = search["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    assert [sorted(v["required"]) for v in variants] == [["vector"], ["image_url"]]
+    assert all(v["additionalProperties"] is False for v in variants)
+    for path, method, model in (
+        ("/v1/products/{sku}/similar", "get", "SearchResult"),
+        ("/v1/events", "post", "Stored"),
+        ("/v1/embed", "post", "Embedding"),
+        ("/categories", "get", "CategoryCount"),
+        ("/readyz", "get", "Readiness"),
+        ("/livez", "get", "Liveness"),
+    ):
+        assert model in json.dumps(paths[path][method]["responses"]["200"]), path
+    # What the service answers is what it describes.
+    results = TypeAdapter(list[http_models.SearchResult])
+    by_vector = service.client.post("/v1/search", json={"vector": [0.1] * 512, "k": 3})
+    assert len(results.validate_python(by_vector.json())) == 3
+    by_photo = service.client.post("/v1/search", files=_photo(), data={"k": "3"}).json()
+    assert results.validate_python(by_photo)[0].match == "exact"
+    similar = service.client.get(f"/v1/products/{PHOTO_SKU}/similar", params={"k": 2}).json()
+    assert len(results.validate_python(similar)) == 2
+    many = service.client.post("/v1/search/many", json={"vectors": [[0.1] * 512] * 2, "k": 2}).json()
+    assert [len(r) for r in TypeAdapter(list[list[http_models.SearchResult]]).validate_python(many)] == [2, 2]
+    http_models.Readiness.model_validate(service.client.get("/readyz").json())
+    TypeAdapter(list[http_models.CategoryCount]).validate_python(service.client.get("/categories").json())
+    refused = service.client.post("/v1/search", json={"vector": [0.1] * 3})
+    assert refused.status_code == 400 and http_models.Error.model_validate(refused.json()).error
+    # The model holds the fields of the CLI's JSON records, no more, no less.
+    assert list(http_models.SearchResult.model_fields) == list(by_vector.json()[0])
+
+
+def test_a_misspelt_json_field_is_refused_not_ignored(service: Service) -> None:
+    misspelt = service.client.post("/v1/search", json={"vector": [0.1] * 512, "in_stock": False})
+    assert misspelt.status_code == 422, misspelt.text
+    error = misspelt.json()["error"]
+    assert error.startswith("in_stock: unknown field (this request takes: ") and "in_stock_only" in error
+    by_url = service.client.post("/v1/search", json={"image_url": "https://shop.example/a.jpg", "verfy": False})
+    assert by_url.status_code == 422 and by_url.json()["error"].startswith("verfy: unknown field")
+    many = service.client.post("/v1/search/many", json={"vectors": [[0.1] * 512], "limit": 3})
+    assert many.status_code == 422 and many.json()["error"].startswith("limit: unknown field")
+    events = service.client.post("/v1/events", json={"events": [], "dry_run": True})
+    assert events.status_code == 422 and events.json()["error"].startswith("dry_run: unknown field")
+    # Both spellings of the categories and every documented field are taken.
+    fine = {"vector": [0.1] * 512, "k": 2, "categories": ["shoes"], "in_stock_only": False, "max_price": 1000}
+    assert service.client.post("/v1/search", json={**fine, "exclude_skus": []}).status_code == 200
+
+
 def test_the_api_documentation_pages_need_nothing_from_the_internet(service: Service) -> None:
     for page, script in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
         html = service.client.get(page)
