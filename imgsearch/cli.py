@@ -893,16 +893,24 @@ class _PriceType(click.ParamType):
 
 @dataclass(frozen=True)
 class _Filters:
-    """--category, --include-out-of-stock, --max-price and --exclude, as the query functions take them."""
+    """--category, --include-out-of-stock, --max-price, --exclude and --max-distance, as the query functions take
+    them."""
 
     categories: tuple[str, ...]
     include_out_of_stock: bool
     max_price: Decimal | None
     exclude: tuple[str, ...] = ()
+    max_distance: float | None = None
 
     @property
     def given(self) -> bool:
-        return bool(self.categories) or self.include_out_of_stock or self.max_price is not None or bool(self.exclude)
+        return (
+            bool(self.categories)
+            or self.include_out_of_stock
+            or self.max_price is not None
+            or bool(self.exclude)
+            or self.max_distance is not None
+        )
 
     def query_args(self) -> dict[str, Any]:
         return {
@@ -910,6 +918,7 @@ class _Filters:
             "in_stock_only": not self.include_out_of_stock,
             "max_price": self.max_price,
             "exclude_skus": list(self.exclude) or None,
+            "max_distance": self.max_distance,
         }
 
 
@@ -931,15 +940,23 @@ def _filter_options(func: Any) -> Any:
         include_out_of_stock: bool,
         max_price: Any,
         exclude: tuple[str, ...],
+        max_distance: float | None,
         **kwargs: Any,
     ) -> Any:
-        return func(*args, filters=_Filters(categories, include_out_of_stock, max_price, exclude), **kwargs)
+        chosen = _Filters(categories, include_out_of_stock, max_price, exclude, max_distance)
+        return func(*args, filters=chosen, **kwargs)
 
     options = [
         click.option("--category", "categories", multiple=True, help="Only this category (repeatable)."),
         click.option("--include-out-of-stock", is_flag=True, help="Also show sold-out products."),
         click.option("--max-price", type=_PriceType(), help="Price ceiling (inclusive)."),
         click.option("--exclude", multiple=True, metavar="SKU", help="Never return this SKU (repeatable)."),
+        click.option(
+            "--max-distance",
+            type=click.FloatRange(0, 2),
+            help="Only results this close (cosine distance, 0-2): fewer than k, or none, if nothing is. "
+            "Verified matches of a photo are always kept.",
+        ),
     ]
     for option in reversed(options):
         wrapper = option(wrapper)

@@ -29,6 +29,9 @@ class Filters(_Request):
     in_stock_only: bool = True
     max_price: float | None = Field(None, ge=0, description="price ceiling, inclusive")
     exclude_skus: list[str] | None = Field(None, description="SKUs never returned")
+    max_distance: float | None = Field(
+        None, ge=0, le=2, description="only results this close (cosine distance); verified matches always kept"
+    )
 
 
 class VectorSearch(Filters):

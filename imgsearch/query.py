@@ -221,6 +221,7 @@ def search(
     exclude_skus: Iterable[str] | None = None,
     below_price: Price | None = None,
     exact: bool = False,
+    max_distance: float | None = None,
 ) -> list[SearchResult]:
     """The ``k`` products closest to ``vector`` by cosine distance, best first.
 
@@ -236,10 +237,13 @@ def search(
         exclude_skus: never return these SKUs.
         below_price: strict price ceiling (``price < below_price``).
         exact: force exact search instead of the HNSW index (for measuring recall).
+        max_distance: only results at most this cosine distance away (0 to 2): fewer than ``k``, or none, when
+            nothing that close matches; ``None``, no threshold.
 
     Raises:
-        InvalidQueryError: bad vector, k or price.
+        InvalidQueryError: bad vector, k, price or distance.
     """
+    limit = distance_limit(max_distance)
     # An array says its shape; anything else is looked at as objects (a list of lists, of arrays, ragged).
     several = (vector.ndim if isinstance(vector, np.ndarray) else np.ndim(np.asarray(vector, dtype=object))) == 2
     if several:
@@ -253,7 +257,30 @@ def search(
         "query": query_vectors,
         **_filter_params(k, categories, in_stock_only, max_price, exclude_skus, below_price),
     }
-    return _run(bind, _SIMILAR_MULTI if several else _SIMILAR, params, exact=exact)
+    return within(_run(bind, _SIMILAR_MULTI if several else _SIMILAR, params, exact=exact), limit)
+
+
+def distance_limit(value: object) -> float | None:
+    """A ``max_distance``: ``None``, or a number from 0 to 2 (the range of the cosine distance).
+
+    Raises:
+        InvalidQueryError: anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise InvalidQueryError(f"max_distance must be a number from 0 to 2, got {value!r}")
+    if not 0 <= float(value) <= 2:  # NaN fails this too
+        raise InvalidQueryError(f"max_distance must be a number from 0 to 2, got {value!r}")
+    return float(value)
+
+
+def within(results: list[SearchResult], limit: float | None) -> list[SearchResult]:
+    """``results`` at most ``limit`` away, in their order; a verified match of the photographed product
+    (``match="exact"``) is kept whatever its global distance, since the keypoints proved it."""
+    if limit is None:
+        return results
+    return [r for r in results if r.distance <= limit or r.match == "exact"]
 
 
 def _filter_params(
@@ -285,14 +312,16 @@ def search_many(
     max_price: Price | None = None,
     exclude_skus: Iterable[str] | None = None,
     below_price: Price | None = None,
+    max_distance: float | None = None,
 ) -> list[list[SearchResult]]:
     """One search per vector, all in one round trip: ``result[i]`` is :func:`search` of ``vectors[i]`` with the same
     ``k`` and filters. For work that asks many questions at once (similar products for every product page, an
     evaluation): it saves each search's round trip and call overhead.
 
     Raises:
-        InvalidQueryError: no vectors or more than :data:`MAX_SEARCHES`, a bad vector, k or price.
+        InvalidQueryError: no vectors or more than :data:`MAX_SEARCHES`, a bad vector, k, price or distance.
     """
+    limit = distance_limit(max_distance)
     rows = list(vectors)
     if not 1 <= len(rows) <= MAX_SEARCHES:
         raise InvalidQueryError(f"give 1 to {MAX_SEARCHES} query vectors, got {len(rows)}")
@@ -303,7 +332,7 @@ def search_many(
     answers: list[list[SearchResult]] = [[] for _ in rows]
     for row in _rows(bind, _SIMILAR_MANY, params):
         answers[row.query_index - 1].append(_result(row))
-    return answers
+    return [within(answer, limit) for answer in answers]
 
 
 def similar_to_sku(
@@ -315,15 +344,17 @@ def similar_to_sku(
     in_stock_only: bool = True,
     max_price: Price | None = None,
     exclude_skus: Iterable[str] | None = None,
+    max_distance: float | None = None,
 ) -> list[SearchResult]:
     """Products that look like catalogue product ``sku`` (its stored vector), the product itself excluded, and
-    the ``exclude_skus`` too (asked for that many more, then left out: still exactly k whenever k others match).
+    the ``exclude_skus`` too (asked for that many more, then left out: still exactly k whenever k others match);
+    ``max_distance`` as :func:`search`.
 
     Raises:
         UnknownSkuError: ``sku`` is not in the catalogue.
         InvalidQueryError: bad k or price.
     """
-    k = _validate_k(k)
+    k, limit = _validate_k(k), distance_limit(max_distance)
     excluded = set(_text_list(exclude_skus, "exclude_skus") or ())
     params = {
         "sku": _query_text(sku, "sku"),
@@ -335,7 +366,7 @@ def similar_to_sku(
     results = _run(bind, _SIMILAR_TO_SKU, params)
     if excluded:
         results = [r for r in results if r.sku not in excluded][:k]
-    return results
+    return within(results, limit)
 
 
 def cheaper_alternatives(bind: Bind, sku: str, k: int = 10, *, same_category: bool = True) -> list[SearchResult]:
@@ -365,6 +396,7 @@ def search_image(
     crop: Crop | None = None,
     verify: bool = True,
     candidates: int = VERIFY_CANDIDATES,
+    max_distance: float | None = None,
 ) -> list[SearchResult]:
     """The ``k`` products that look most like a photo (path, bytes or binary file object), best first.
 
@@ -378,9 +410,10 @@ def search_image(
         EmbeddingSpaceMismatchError: ``featurizer`` makes vectors unlike the catalogue's (other weights or
             preprocessing), so distances would be meaningless.
         ImageError: the photo cannot be read, or ``crop`` lies outside it.
-        InvalidQueryError: bad k, price, crop or candidates.
+        InvalidQueryError: bad k, price, crop, candidates or distance.
     """
     k, crop = _validate_k(k), validate_crop(crop)
+    distance_limit(max_distance)  # checked before the photo is read
     _validate_k(candidates, "candidates")
     source = read_source(image)
     if not verify:
@@ -394,6 +427,7 @@ def search_image(
             in_stock_only=in_stock_only,
             max_price=max_price,
             exclude_skus=exclude_skus,
+            max_distance=max_distance,
         )
     # The local features of the photo are computed while the network embeds it (both release the GIL).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgsearch-features") as pool:
@@ -413,6 +447,7 @@ def search_image(
         size=photo_size(source) if crop is None else None,
         crop=crop,
         space=featurizer.space,
+        max_distance=max_distance,
     )
 
 
@@ -430,6 +465,7 @@ def search_verified(
     size: tuple[int, int] | None = None,
     crop: Crop | None = None,
     space: SpaceLike | None = None,
+    max_distance: float | None = None,
 ) -> list[SearchResult]:
     """The search of :func:`search_image` from a photo's vector and local features already computed (a service
     that embeds photos its own way): one round trip for both candidate sources (``imgsearch_photo_candidates``),
@@ -443,7 +479,7 @@ def search_verified(
         InvalidQueryError: bad vector, k, price or candidates.
         EmbeddingSpaceMismatchError: ``space`` is not the catalogue's.
     """
-    query = validate_vector(vector)
+    query, limit = validate_vector(vector), distance_limit(max_distance)
     params: dict[str, object] = {
         "query": query,
         "k": max(_validate_k(k), _validate_k(candidates, "candidates")),
@@ -468,7 +504,8 @@ def search_verified(
                 raise
     found = [r for r in rows if r.source == "global"]
     by_words = [r for r in rows if r.source == "words"]
-    return verified_ranking(found, features, k, size=size, crop=validate_crop(crop), word_rows=by_words)
+    ranked = verified_ranking(found, features, k, size=size, crop=validate_crop(crop), word_rows=by_words)
+    return within(ranked, limit)
 
 
 def verified_ranking(

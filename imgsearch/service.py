@@ -426,6 +426,7 @@ def create_app(
             in_stock_only=form.get("in_stock_only"),
             max_price=form.get("max_price"),
             exclude_skus=form.getlist("exclude_sku"),
+            max_distance=form.get("max_distance"),
         )
         crop = _crop(form.get("crop"))
         verify = _flag(form.get("verify"), "verify", default=True)
@@ -553,8 +554,11 @@ def create_app(
         in_stock_only: bool = True,
         max_price: float | None = None,
         exclude_sku: Annotated[list[str] | None, Query()] = None,
+        max_distance: Annotated[float | None, Query(ge=0, le=2)] = None,
     ) -> JSONResponse:
-        options = {"exclude_skus": exclude_sku} if exclude_sku else {}
+        options: dict[str, Any] = {"exclude_skus": exclude_sku} if exclude_sku else {}
+        if max_distance is not None:
+            options["max_distance"] = max_distance
         results = shop().similar(
             sku, k, categories=category, in_stock_only=in_stock_only, max_price=max_price, **options
         )
@@ -814,7 +818,7 @@ def _flag(value: Any, name: str, default: bool) -> bool:
 
 
 def _filters(
-    *, k: Any, categories: Any, in_stock_only: Any, max_price: Any, exclude_skus: Any = None
+    *, k: Any, categories: Any, in_stock_only: Any, max_price: Any, exclude_skus: Any = None, max_distance: Any = None
 ) -> dict[str, Any]:
     """Search options from form fields or JSON values, checked like the library checks them."""
     options: dict[str, Any] = {}
@@ -835,6 +839,14 @@ def _filters(
         options["in_stock_only"] = _flag(in_stock_only, "in_stock_only", default=True)
     if max_price not in (None, ""):
         options["max_price"] = max_price
+    if max_distance not in (None, ""):
+        if isinstance(max_distance, str):  # a form field
+            try:
+                max_distance = float(max_distance)
+            except ValueError:
+                message = f"max_distance must be a number from 0 to 2, got {max_distance[:20]!r}"
+                raise InvalidQueryError(message) from None
+        options["max_distance"] = max_distance
     return options
 
 
@@ -859,6 +871,7 @@ def _json_filters(body: dict[str, Any]) -> dict[str, Any]:
         in_stock_only=body.get("in_stock_only"),
         max_price=body.get("max_price"),
         exclude_skus=body.get("exclude_skus"),
+        max_distance=body.get("max_distance"),
     )
 
 
@@ -943,6 +956,12 @@ _SEARCH_BODY = {
                     "image": {"type": "string", "format": "binary"},
                     **_FILTER_PROPERTIES,
                     "exclude_sku": {"type": "array", "items": {"type": "string"}, "description": "SKUs never returned"},
+                    "max_distance": {
+                        "type": "number",
+                        "minimum": 0,
+                        "maximum": 2,
+                        "description": "only results this close (cosine distance); verified matches always kept",
+                    },
                     "crop": {
                         "type": "string",
                         "description": "Search only this box of the photo: left,top,right,bottom in its pixels.",

@@ -207,6 +207,23 @@ def test_sold_out_neighbourhood(make_database: Callable[..., str], migrated_temp
     engine.dispose()
 
 
+def test_a_distance_threshold_keeps_the_close_results_only(filled: Engine, data: Catalogue) -> None:
+    q = data.query_vector(4)
+    everything = query.search(filled, q, 20)
+    limit = (everything[4].distance + everything[5].distance) / 2  # between the 5th and the 6th
+    assert query.search(filled, q, 20, max_distance=limit) == everything[:5]
+    assert query.search(filled, q, 20, max_distance=0) == []
+    assert query.search(filled, q, 20, max_distance=2) == everything
+    sku = everything[0].sku
+    similar = query.similar_to_sku(filled, sku, 10)
+    assert query.similar_to_sku(filled, sku, 10, max_distance=similar[2].distance) == similar[:3]
+    many = query.search_many(filled, [q, data.query_vector(5)], 20, max_distance=limit)
+    assert many[0] == everything[:5] and all(r.distance <= limit for r in many[1])
+    for bad in (-0.1, 2.5, float("nan"), "0.3", True):
+        with pytest.raises(InvalidQueryError, match="max_distance must be a number from 0 to 2"):
+            query.search(filled, q, 5, max_distance=bad)
+
+
 def test_sql_function_and_python_agree(filled: Engine, data: Catalogue) -> None:
     q = data.query_vector(5)
     url = make_url(filled.url.render_as_string(hide_password=False))

@@ -118,6 +118,16 @@ def test_exclude_leaves_skus_out_of_photo_and_sku_searches(cli: Invoke) -> None:
     assert_one_line_error(refused, 1, "--cheaper already means")
 
 
+def test_max_distance_keeps_only_close_results(cli: Invoke) -> None:
+    similar = as_json(cli("similar", PHOTO_SKU, "-k", "4", "--format", "json"))
+    limit = str((similar[1]["distance"] + similar[2]["distance"]) / 2)  # between the 2nd and 3rd (rounded)
+    assert as_json(cli("similar", PHOTO_SKU, "-k", "4", "--max-distance", limit, "--format", "json")) == similar[:2]
+    exact = as_json(cli("search", str(PHOTO), "-k", "4", "--max-distance", "0", "--format", "json"))
+    assert [(r["sku"], r["match"]) for r in exact] == [(PHOTO_SKU, "exact")]  # the proven match is kept
+    refused = cli("similar", PHOTO_SKU, "--max-distance", "3", expect=None)
+    assert refused.exit_code == 2 and "--max-distance" in refused.output and "Traceback" not in refused.output
+
+
 def test_a_photo_at_a_web_address_is_downloaded_and_searched(cli: Invoke) -> None:
     # The address is downloaded as ingestion downloads catalogue photos (//, the port and the query kept), not
     # read as a file path; a failed download is one line.

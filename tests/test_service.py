@@ -302,6 +302,25 @@ def test_the_api_description_is_typed_and_answers_match_it(service: Service) -> 
     assert list(http_models.SearchResult.model_fields) == list(by_vector.json()[0])
 
 
+def test_a_distance_threshold_over_http(service: Service) -> None:
+    ten = service.client.post("/v1/search", json={"vector": [0.1] * 512, "k": 10}).json()
+    limit = (ten[2]["distance"] + ten[3]["distance"]) / 2
+    close = service.client.post("/v1/search", json={"vector": [0.1] * 512, "k": 10, "max_distance": limit}).json()
+    assert close == ten[:3]
+    # A photo of a catalogue product: the verified match stays however strict the threshold, nothing else does.
+    strict = service.client.post("/v1/search", files=_photo(), data={"k": "5", "max_distance": "0"}).json()
+    assert [(r["sku"], r["match"]) for r in strict] == [(PHOTO_SKU, "exact")]
+    similar = service.client.get(f"/v1/products/{PHOTO_SKU}/similar", params={"k": 4}).json()
+    between = (similar[1]["distance"] + similar[2]["distance"]) / 2  # the answers' distances are rounded
+    near = service.client.get(f"/v1/products/{PHOTO_SKU}/similar", params={"k": 4, "max_distance": between}).json()
+    assert near == similar[:2]
+    assert "max_distance" in _error(
+        service.client.post("/v1/search", json={"vector": [0.1] * 512, "max_distance": 3}), 400
+    )
+    assert "max_distance" in _error(service.client.post("/v1/search", files=_photo(), data={"max_distance": "x"}), 400)
+    assert "max_distance" in _error(service.client.get(f"/v1/products/{PHOTO_SKU}/similar?max_distance=-1"), 422)
+
+
 def test_a_misspelt_json_field_is_refused_not_ignored(service: Service) -> None:
     misspelt = service.client.post("/v1/search", json={"vector": [0.1] * 512, "in_stock": False})
     assert misspelt.status_code == 422, misspelt.text
