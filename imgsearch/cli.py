@@ -1301,6 +1301,13 @@ def duplicates(
     metavar="ORIGIN",
     help="A web origin whose pages may call the API from the browser, e.g. https://shop.example (repeatable).",
 )
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(0, 3600),
+    default=30,
+    show_default=True,
+    help="On SIGTERM or Ctrl-C, seconds the requests under way get to finish (no new ones are taken meanwhile).",
+)
 @pass_app
 def serve(
     app: App,
@@ -1314,6 +1321,7 @@ def serve(
     rate_limit: int,
     allow_private_urls: bool,
     cors_origins: tuple[str, ...],
+    shutdown_timeout: float,
 ) -> None:
     """Serve searches over HTTP (JSON for backends in any language) and a web page to try them.
 
@@ -1365,7 +1373,13 @@ def serve(
     db.check_connection(db.create_engine(db.resolve_url(settings, "reader"), schema=settings.schema))
     click.echo(f"serving on http://{host}:{port} (page at /, API description at /openapi.json)", err=True)
     uvicorn.run(
-        "imgsearch.service:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="warning"
+        "imgsearch.service:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        timeout_graceful_shutdown=shutdown_timeout,
     )
 
 

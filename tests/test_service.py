@@ -321,6 +321,48 @@ def test_a_distance_threshold_over_http(service: Service) -> None:
     assert "max_distance" in _error(service.client.get(f"/v1/products/{PHOTO_SKU}/similar?max_distance=-1"), 422)
 
 
+def test_a_stopping_service_finishes_the_requests_under_way(catalogue_url: str, fake_weights: str) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked = threading.Event()
+
+    class SlowPhotos(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.set()
+            time.sleep(3)  # the service is told to stop meanwhile
+            body = PHOTO.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            """Quiet."""
+
+    photos = ThreadingHTTPServer(("127.0.0.1", 0), SlowPhotos)
+    threading.Thread(target=photos.serve_forever, daemon=True).start()
+    running = Service(catalogue_url, fake_weights, "--allow-private-urls", "--workers", "2")
+    try:
+        url = f"http://127.0.0.1:{photos.server_address[1]}/look.jpg"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            under_way = pool.submit(running.client.post, "/v1/search", json={"image_url": url, "k": 3})
+            assert asked.wait(30), "the service never fetched the photo"
+            running.process.terminate()  # SIGTERM, as Docker, systemd and Kubernetes stop it
+            time.sleep(0.5)
+            with pytest.raises(httpx.TransportError):  # no new request is taken meanwhile
+                httpx.get(f"{running.base}/livez", timeout=2)
+            answered = under_way.result(timeout=60)
+        assert answered.status_code == 200, answered.text
+        assert answered.json()[0]["sku"] == PHOTO_SKU
+        assert running.process.wait(timeout=30) == 0
+    finally:
+        photos.shutdown()
+        photos.server_close()
+        stderr = running.close()
+    assert "Traceback" not in stderr, stderr
+
+
 def test_a_misspelt_json_field_is_refused_not_ignored(service: Service) -> None:
     misspelt = service.client.post("/v1/search", json={"vector": [0.1] * 512, "in_stock": False})
     assert misspelt.status_code == 422, misspelt.text
