@@ -19,7 +19,7 @@ configured). The module functions it stands on (:mod:`imgsearch.query`, :mod:`im
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -182,6 +182,27 @@ class Catalogue:
         engine = self.engine("reader")
         return query.search_image(
             engine, self.featurizer, source, k, crop=crop, verify=verify, candidates=candidates, **filters
+        )
+
+    def search_images(
+        self,
+        images: Sequence[ImageSource],
+        k: int = 10,
+        *,
+        verify: bool = True,
+        candidates: int = query.VERIFY_CANDIDATES,
+        **filters: Any,
+    ) -> list[query.SearchResult]:
+        """The products several photos of one thing show or look like (:func:`imgsearch.query.search_images`):
+        the front and the back of a garment, a package and its label."""
+        from imgsearch.images import decode_within, read_source
+
+        sources = [read_source(image) for image in images] if isinstance(images, list | tuple) else images
+        if self._featurizer is None:  # a bad photo fails before the network is loaded
+            for source in sources:
+                decode_within(source, 64)
+        return query.search_images(
+            self.engine("reader"), self.featurizer, sources, k, verify=verify, candidates=candidates, **filters
         )
 
     def similar(self, sku: str, k: int = 10, **filters: Any) -> list[query.SearchResult]:

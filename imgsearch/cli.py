@@ -1117,7 +1117,7 @@ def _stored_image(shop: Catalogue, sku: str) -> str | None:
 
 
 @main.command()
-@click.argument("image")
+@click.argument("images", metavar="IMAGE...", nargs=-1, required=True)
 @click.option(
     "--crop",
     type=_CropType(),
@@ -1132,9 +1132,11 @@ def _stored_image(shop: Catalogue, sku: str) -> str | None:
 @_filter_options
 @_search_options
 @pass_app
-def search(app: App, image: str, crop: Crop | None, no_verify: bool, filters: _Filters, k: int, out: _Output) -> None:
+def search(
+    app: App, images: tuple[str, ...], crop: Crop | None, no_verify: bool, filters: _Filters, k: int, out: _Output
+) -> None:
     """Products that look like the photo IMAGE (JPEG, PNG, WebP, GIF, BMP, TIFF; a file, an http(s):// address,
-    or '-' for stdin).
+    or '-' for stdin), or like several photos of one thing (up to 5: the front and the back, a label).
 
     In-stock products only unless --include-out-of-stock. The nearest products by the global vector are
     checked with local features: the ones the photo provably shows (a shopper's photo of a product of the
@@ -1148,10 +1150,23 @@ def search(app: App, image: str, crop: Crop | None, no_verify: bool, filters: _F
       imgsearch search photo.jpg --category shoes --max-price 50 --no-verify
       imgsearch search https://cdn.example.com/look.jpg -k 5
       cat photo.jpg | imgsearch search - --sheet results.png
+      imgsearch search front.jpg back.jpg -k 5
     """
-    source, picture, label = _read_query(image)
+    if len(images) > query.MAX_QUERY_PHOTOS:
+        _fail(f"give at most {query.MAX_QUERY_PHOTOS} photos of one thing, got {len(images)}")
+    if len(images) > 1 and crop is not None:
+        _fail("--crop is a box of one photo: give one photo with it")
+    if images.count("-") > 1:
+        _fail("standard input ('-') can be read once")
     shop = app.catalogue
-    results = shop.search_image(source, k, crop=crop, verify=not no_verify, **filters.query_args())
+    if len(images) == 1:
+        source, picture, label = _read_query(images[0])
+        results = shop.search_image(source, k, crop=crop, verify=not no_verify, **filters.query_args())
+    else:
+        read = [_read_query(image) for image in images]
+        sources = [source for source, _, _ in read]
+        picture, label = read[0][1], f"{len(images)} photos"
+        results = shop.search_images(sources, k, verify=not no_verify, **filters.query_args())
     _emit(shop, results, out, query_image=picture, query_label=label)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -449,6 +449,73 @@ def search_image(
         space=featurizer.space,
         max_distance=max_distance,
     )
+
+
+#: Photos of one thing a single search may take (front and back, a label, a detail).
+MAX_QUERY_PHOTOS = 5
+
+
+def search_images(
+    bind: Bind,
+    featurizer: Featurizer,
+    images: Sequence[ImageSource],
+    k: int = 10,
+    *,
+    categories: Iterable[str] | str | None = None,
+    in_stock_only: bool = True,
+    max_price: Price | None = None,
+    exclude_skus: Iterable[str] | None = None,
+    verify: bool = True,
+    candidates: int = VERIFY_CANDIDATES,
+    max_distance: float | None = None,
+) -> list[SearchResult]:
+    """The ``k`` products that look most like several photos of one thing (up to :data:`MAX_QUERY_PHOTOS`: the
+    front and the back, a label): a product's distance is that of its photo closest to any of them. With
+    ``verify``, every photo is checked as :func:`search_image` checks one, and a product any of them proves
+    (``match="exact"``, its most inliers) comes first; the others follow by that distance as ``"similar"``.
+    One photo is :func:`search_image`.
+
+    Raises:
+        EmbeddingSpaceMismatchError, ImageError, InvalidQueryError: as :func:`search_image`, and for no photo or
+            too many.
+    """
+    if isinstance(images, str | bytes) or not 1 <= len(images) <= MAX_QUERY_PHOTOS:
+        count = "a text" if isinstance(images, str | bytes) else len(images)
+        raise InvalidQueryError(f"give 1 to {MAX_QUERY_PHOTOS} photos, got {count}")
+    k, limit = _validate_k(k), distance_limit(max_distance)
+    _validate_k(candidates, "candidates")
+    filters = {
+        "categories": categories,
+        "in_stock_only": in_stock_only,
+        "max_price": max_price,
+        "exclude_skus": exclude_skus,
+    }
+    sources = [read_source(image) for image in images]
+    if len(sources) == 1:
+        return search_image(
+            bind, featurizer, sources[0], k, verify=verify, candidates=candidates, max_distance=limit, **filters
+        )
+    check_space(bind, featurizer.space)
+    vectors = [featurizer.embed_image(source) for source in sources]
+    ranked = search(bind, np.stack(vectors), k, **filters)
+    if not verify:
+        return within(ranked, limit)
+    proven: dict[str, SearchResult] = {}
+    inliers: dict[str, int] = {}
+    for source, vector in zip(sources, vectors, strict=True):
+        features = local_features.features_of(source, local_features.QUERY_KEYPOINTS)
+        found = search_verified(bind, vector, features, k, candidates=candidates, size=photo_size(source), **filters)
+        for r in found:
+            inliers[r.sku] = max(inliers.get(r.sku, 0), r.inliers or 0)
+            if r.match == "exact" and (r.sku not in proven or (r.inliers or 0) > (proven[r.sku].inliers or 0)):
+                proven[r.sku] = r
+    nearest = {r.sku: r.distance for r in ranked}
+    exact = [
+        replace(r, distance=min(r.distance, nearest.get(r.sku, r.distance)))
+        for r in sorted(proven.values(), key=lambda r: -(r.inliers or 0))
+    ]
+    similar = [replace(r, match="similar", inliers=inliers.get(r.sku, 0)) for r in ranked if r.sku not in proven]
+    return within((exact + similar)[:k], limit)
 
 
 def search_verified(

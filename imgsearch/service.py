@@ -398,28 +398,32 @@ def create_app(
     def shop() -> Catalogue:
         return state["catalogue"]
 
-    async def upload(request: Request) -> tuple[bytes, str, Any]:
-        """The photo of a multipart request (field ``image``) and the form."""
+    async def upload(request: Request, most: int = 1) -> tuple[list[tuple[bytes, str]], Any]:
+        """The photos of a multipart request (field ``image``, up to ``most`` of them) and the form."""
         try:
-            form = await request.form(max_files=1, max_fields=64, max_part_size=limits.max_upload_bytes)
+            form = await request.form(max_files=most, max_fields=64, max_part_size=limits.max_upload_bytes)
         except Exception as exc:
             if _caused_by(exc, _TooLarge):  # the body limit, met while the form was being read
                 raise _TooLarge from None
             detail = exc.detail if isinstance(exc, StarletteHTTPException) else exc
             raise InvalidQueryError(f"cannot read the form: {detail}") from None
-        image = form.get("image")
-        if not isinstance(image, UploadFile):
+        images = form.getlist("image")
+        if not images or not all(isinstance(image, UploadFile) for image in images):
             raise InvalidQueryError("send the photo as a file in the multipart field 'image'")
-        data = await image.read()
-        if not data:
-            raise InvalidQueryError("the photo is empty")
-        return data, image.filename or "upload", form
+        photos = []
+        for image in images:
+            data = await image.read()
+            if not data:
+                raise InvalidQueryError("the photo is empty")
+            photos.append((data, image.filename or "upload"))
+        return photos, form
 
     async def embed(data: bytes, name: str, crop: Crop | None = None) -> np.ndarray:
         return await run_in_threadpool(state["gate"].embed, data, name, crop)
 
-    async def search_photo(data: bytes, name: str, form: Any) -> list[query.SearchResult]:
-        """A photo search (Catalogue.search_image, the network behind the gate)."""
+    async def search_photo(photos: list[tuple[bytes, str]], form: Any) -> list[query.SearchResult]:
+        """A search by one photo or several of one thing (Catalogue.search_image or search_images, the network
+        behind the gate)."""
         options = _filters(
             k=form.get("k"),
             categories=form.getlist("category"),
@@ -430,6 +434,12 @@ def create_app(
         )
         crop = _crop(form.get("crop"))
         verify = _flag(form.get("verify"), "verify", default=True)
+        if len(photos) > 1:
+            if crop is not None:
+                raise InvalidQueryError("crop is a box of one photo: send one photo with it")
+            named = [_named(data, name) for data, name in photos]
+            return await run_in_threadpool(functools.partial(shop().search_images, named, verify=verify, **options))
+        ((data, name),) = photos
         search = functools.partial(shop().search_image, _named(data, name), crop=crop, verify=verify, **options)
         return await run_in_threadpool(search)
 
@@ -445,8 +455,8 @@ def create_app(
     async def search(request: Request) -> JSONResponse:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
-            data, name, form = await upload(request)
-            return JSONResponse(output.result_dicts(await search_photo(data, name, form)))
+            photos, form = await upload(request, most=query.MAX_QUERY_PHOTOS)
+            return JSONResponse(output.result_dicts(await search_photo(photos, form)))
         if kind == "application/json":
             hint = 'send a JSON object with a "vector" of 512 numbers or an "image_url"'
             body = await json_object(request, "", hint)
@@ -590,7 +600,7 @@ def create_app(
     async def embed_photo(request: Request) -> JSONResponse:
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
             return _error(415, "send multipart/form-data with a photo in 'image'")
-        data, name, _ = await upload(request)
+        ((data, name),), _ = await upload(request)
         vector = await embed(data, name)
         space = state["featurizer"].space
         return JSONResponse(
@@ -953,7 +963,13 @@ _SEARCH_BODY = {
                 "type": "object",
                 "required": ["image"],
                 "properties": {
-                    "image": {"type": "string", "format": "binary"},
+                    "image": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "minItems": 1,
+                        "maxItems": query.MAX_QUERY_PHOTOS,
+                        "description": "the photo, or up to 5 photos of one thing (the field repeated)",
+                    },
                     **_FILTER_PROPERTIES,
                     "exclude_sku": {"type": "array", "items": {"type": "string"}, "description": "SKUs never returned"},
                     "max_distance": {

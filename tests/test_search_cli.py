@@ -128,6 +128,21 @@ def test_max_distance_keeps_only_close_results(cli: Invoke) -> None:
     assert refused.exit_code == 2 and "--max-distance" in refused.output and "Traceback" not in refused.output
 
 
+def test_several_photos_of_one_thing_in_one_search(cli: Invoke) -> None:
+    dress = EXAMPLES / "catalogue" / "dress" / "07cddef1-1fc8-47e4-a28a-613e60912590.jpg"
+    both = as_json(cli("search", str(PHOTO), str(dress), "-k", "4", "--format", "json"))
+    # Each photo proves its own product: both come first as exact matches, the rest follow as similar.
+    assert {r["sku"] for r in both[:2]} == {PHOTO_SKU, "dress-07cddef1"}
+    assert [r["match"] for r in both] == ["exact", "exact", "similar", "similar"]
+    assert both[0]["inliers"] >= both[1]["inliers"] and all(r["distance"] < 1e-3 for r in both[:2])
+    # Without verification: the nearest products to either photo, by distance.
+    plain = as_json(cli("search", str(PHOTO), str(dress), "-k", "4", "--no-verify", "--format", "json"))
+    assert {r["sku"] for r in plain[:2]} == {PHOTO_SKU, "dress-07cddef1"} and plain[0]["match"] is None
+    assert_one_line_error(cli("search", str(PHOTO), str(dress), "--crop", "0,0,10,10", expect=None), 1, "--crop")
+    too_many = cli("search", *[str(PHOTO)] * 6, expect=None)
+    assert_one_line_error(too_many, 1, "at most 5 photos")
+
+
 def test_a_photo_at_a_web_address_is_downloaded_and_searched(cli: Invoke) -> None:
     # The address is downloaded as ingestion downloads catalogue photos (//, the port and the query kept), not
     # read as a file path; a failed download is one line.

@@ -363,6 +363,20 @@ def test_a_stopping_service_finishes_the_requests_under_way(catalogue_url: str, 
     assert "Traceback" not in stderr, stderr
 
 
+def test_several_photos_of_one_thing_over_http(service: Service) -> None:
+    dress = EXAMPLES / "catalogue" / "dress" / "07cddef1-1fc8-47e4-a28a-613e60912590.jpg"
+    files = [
+        ("image", ("front.jpg", PHOTO.read_bytes(), "image/jpeg")),
+        ("image", ("b.jpg", dress.read_bytes(), "image/jpeg")),
+    ]
+    both = service.client.post("/v1/search", files=files, data={"k": "3"}).json()
+    assert {r["sku"] for r in both[:2]} == {PHOTO_SKU, "dress-07cddef1"} and both[2]["match"] == "similar"
+    assert "crop" in _error(service.client.post("/v1/search", files=files, data={"crop": "0,0,9,9"}), 400)
+    six = [("image", (f"{i}.jpg", PHOTO.read_bytes(), "image/jpeg")) for i in range(6)]
+    assert "files" in _error(service.client.post("/v1/search", files=six), 400).lower()
+    assert "files" in _error(service.client.post("/v1/embed", files=files), 400).lower()  # one photo there
+
+
 def test_a_misspelt_json_field_is_refused_not_ignored(service: Service) -> None:
     misspelt = service.client.post("/v1/search", json={"vector": [0.1] * 512, "in_stock": False})
     assert misspelt.status_code == 422, misspelt.text
