@@ -149,3 +149,42 @@ def test_the_api_documentation_renders_without_internet(browser: Any, catalogue_
             assert loaded and set(elsewhere) <= set(refused), (loaded, refused)
     finally:
         running.close()
+
+
+def test_the_page_searches_with_a_key_typed_in_it(
+    browser: Any, catalogue_url: str, fake_weights: str, sample_catalogue: SampleCatalogue
+) -> None:
+    running = Service(catalogue_url, fake_weights, "--image-root", str(sample_catalogue.shop))
+    catalogue = Catalogue(catalogue_url)
+    try:
+        _, key = catalogue.create_key("page", "search")
+        browser.get(f"{running.base}/")
+        # Keys are in use: the page asks for one (its categories were refused).
+        panel = browser.find_element(By.ID, "key-panel")
+        WebDriverWait(browser, WAIT).until(lambda _: panel.get_attribute("open") is not None)
+        field = browser.find_element(By.ID, "api-key")
+        field.send_keys(key)
+        field.send_keys("\t")  # leaving the field applies it
+        options = lambda d: len(d.find_elements(By.CSS_SELECTOR, "#category option"))  # noqa: E731
+        WebDriverWait(browser, WAIT).until(lambda d: options(d) > 1)
+        photo = sample_catalogue.shop / "catalogue" / "shoes" / "24535295-abe3-4613-91f6-a7fe87954662.jpg"
+        browser.find_element(By.ID, "file").send_keys(str(photo))
+        results = browser.find_element(By.ID, "results")
+        WebDriverWait(browser, WAIT).until(lambda _: results.get_attribute("data-state") in ("done", "error"))
+        assert results.get_attribute("data-state") == "done", browser.find_element(By.ID, "message").text
+        # The tiles' photos came with the key too (fetched, shown from memory), and they are real pictures.
+        WebDriverWait(browser, WAIT).until(
+            lambda d: all(
+                d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 1", img)
+                for img in d.find_elements(By.CSS_SELECTOR, "#results img")
+            )
+        )
+        sources = [img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, "#results img")]
+        assert sources and all(src.startswith("blob:") for src in sources), sources
+        # The key stays in this tab only: not in the address, not in a cookie, not in lasting storage.
+        assert key not in browser.current_url and not browser.get_cookies()
+        assert browser.execute_script("return window.localStorage.length") == 0
+        assert browser.execute_script("return sessionStorage.getItem('imgsearch.key')") == key
+    finally:
+        catalogue.close()
+        running.close()

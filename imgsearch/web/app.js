@@ -31,7 +31,10 @@
     results: $("results"),
     hint: $("result-hint"),
     health: $("health"),
+    keyPanel: $("key-panel"),
+    apiKey: $("api-key"),
   };
+  const KEY_STORE = "imgsearch.key";
 
   // What is shown: {kind: "photo", file} or {kind: "similar" | "cheaper", product}; null before any search.
   let view = null;
@@ -64,6 +67,29 @@
     return "/photos?ref=" + encodeURIComponent(image);
   }
 
+  // The API key typed in the page (services with keys in use refuse requests without one): sent with every
+  // request, and kept for this tab only (sessionStorage), never in a URL.
+  function authHeaders() {
+    const key = el.apiKey.value.trim();
+    return key ? { Authorization: "Bearer " + key } : {};
+  }
+
+  // Shows a catalogue photo: a plain <img> cannot send the key, so with a key the photo is fetched with it.
+  function showPhoto(img, url) {
+    if (!el.apiKey.value.trim() || !url.startsWith("/photos")) {
+      img.src = url;
+      return;
+    }
+    fetch(url, { headers: authHeaders() })
+      .then((response) => (response.ok ? response.blob() : Promise.reject(new Error("HTTP " + response.status))))
+      .then((blob) => {
+        const local = URL.createObjectURL(blob);
+        img.addEventListener("load", () => URL.revokeObjectURL(local), { once: true });
+        img.src = local;
+      })
+      .catch(() => img.dispatchEvent(new Event("error")));
+  }
+
   function productPath(sku, what) {
     // The whole SKU as one encoded segment: the app's {sku:path} route decodes %2F back to "/", and the
     // browser cannot normalise away "." or ".." segments of a SKU.
@@ -92,7 +118,7 @@
       img.src = PLACEHOLDER;
       missing();
     });
-    img.src = photoUrl(image);
+    showPhoto(img, photoUrl(image));
     if (!image) missing();
     return img;
   }
@@ -148,9 +174,11 @@
     showMessage("");
     let rows;
     try {
-      const response = await fetch(url, { ...init, signal: controller.signal });
+      const headers = { ...((init && init.headers) || {}), ...authHeaders() };
+      const response = await fetch(url, { ...init, headers: headers, signal: controller.signal });
       if (number !== request) return;
       if (!response.ok) {
+        if (response.status === 401 || response.status === 403) el.keyPanel.open = true;
         const line = await errorLine(response);
         if (number !== request) return;
         render([]);
@@ -539,8 +567,10 @@
 
   async function loadCategories() {
     try {
-      const response = await fetch("/categories");
+      const response = await fetch("/categories", { headers: authHeaders() });
+      if (response.status === 401) el.keyPanel.open = true;
       if (!response.ok) return;
+      while (el.category.options.length > 1) el.category.remove(1);
       const rows = await response.json();
       for (const row of rows) {
         const option = node("option", null, row.category + " (" + row.products + ")");
@@ -568,6 +598,15 @@
       el.health.className = "health bad";
     }
   }
+
+  el.apiKey.value = sessionStorage.getItem(KEY_STORE) || "";
+  el.keyPanel.open = el.apiKey.value !== "";
+  el.apiKey.addEventListener("change", () => {
+    sessionStorage.setItem(KEY_STORE, el.apiKey.value.trim());
+    loadCategories();
+    lastKey = null; // the same question, asked with another key
+    rerun();
+  });
 
   updateHint();
   loadCategories();
