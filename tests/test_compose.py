@@ -94,6 +94,21 @@ def test_a_plain_up_starts_the_db_service_only() -> None:
     always = sorted(name for name, service in SERVICES.items() if not service.get("profiles"))
     assert always == ["db"]
     assert SERVICES["imgsearch"]["profiles"] == ["cli"]
+    assert SERVICES["api"]["profiles"] == ["serve"]
+
+
+def test_the_api_service_serves_what_the_image_checks_and_exposes() -> None:
+    api = SERVICES["api"]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    command = api["command"]
+    assert command[0] == "serve" and command[command.index("--port") + 1] == "8000"
+    assert "EXPOSE 8000" in dockerfile and "127.0.0.1:8000/livez" in dockerfile  # the HEALTHCHECK's port
+    assert published_ports(api) == [("127.0.0.1", "8000")]
+    weights = environment(api)["IMGSEARCH_VGG16_WEIGHTS"]
+    assert any(v.endswith(":/models:ro") for v in api["volumes"]) and weights.startswith("/models/")
+    assert api["depends_on"]["db"]["condition"] == "service_healthy"
+    # Long enough for serve's --shutdown-timeout (30 s by default) to let the searches under way finish.
+    assert int(api["stop_grace_period"].rstrip("s")) > 30
 
 
 def test_the_citus_services_are_all_behind_the_citus_profile() -> None:
