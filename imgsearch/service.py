@@ -17,6 +17,7 @@ ever answers a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -57,7 +58,7 @@ from imgsearch.errors import (
 )
 from imgsearch.images import Crop
 from imgsearch.routes import events, page, probes, search
-from imgsearch.routes.requests import TooLarge, named
+from imgsearch.routes.requests import TooLarge, TooSlow, named
 from imgsearch.routes.runtime import Runtime
 
 log = logging.getLogger("imgsearch.service")
@@ -182,11 +183,13 @@ class ModelGate:
 
 
 class _BodyLimit:
-    """Refuses a request body over the limit with 413, whether or not it declares its length."""
+    """Refuses a request body over the limit with 413, whether or not it declares its length, and one that has not
+    all arrived ``deadline`` seconds after its headers with 408."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int, deadline: float) -> None:
         self.app = app
         self.limit = limit
+        self.deadline = deadline
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -194,18 +197,27 @@ class _BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(self.limit, send)
+            await _refuse(send, 413, f"the request is larger than the {self.limit} bytes this service accepts")
             return
         received = 0
         started = False
+        complete = False
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.deadline
 
         async def counted_receive() -> MutableMapping[str, Any]:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # the body is in: what follows is the wait for a disconnect, not bounded here
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(until - loop.time(), 0.0))
+            except TimeoutError:
+                raise TooSlow from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     raise TooLarge
+                complete = not message.get("more_body", False)
             return message
 
         async def tracked_send(message: MutableMapping[str, Any]) -> None:
@@ -217,12 +229,21 @@ class _BodyLimit:
             await self.app(scope, counted_receive, tracked_send)
         except TooLarge:
             if not started:
-                await _too_large(self.limit, send)
+                await _refuse(send, 413, f"the request is larger than the {self.limit} bytes this service accepts")
+        except TooSlow:
+            if not started:
+                await _refuse(send, 408, _too_slow(self.deadline))
 
 
-async def _too_large(limit: int, send: Send) -> None:
-    body = json.dumps({"error": f"the request is larger than the {limit} bytes this service accepts"}).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+def _too_slow(deadline: float) -> str:
+    return f"the request body did not arrive within {deadline:g} s"
+
+
+async def _refuse(send: Send, status: int, message: str) -> None:
+    """Answer a request refused before the application saw it (a JSON error line, the connection closed)."""
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -367,6 +388,12 @@ def create_app(
     async def too_large(_request: Request, _exc: TooLarge) -> JSONResponse:
         return _error(413, f"the request is larger than the {limits.max_upload_bytes} bytes this service accepts")
 
+    @app.exception_handler(TooSlow)
+    async def too_slow(_request: Request, _exc: TooSlow) -> JSONResponse:
+        response = _error(408, _too_slow(limits.request_timeout))
+        response.headers["Connection"] = "close"
+        return response
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -388,7 +415,8 @@ def create_app(
         _include_versioned(app, router)
     for router in (probes.router, page.router):
         app.include_router(router)
-    wrapped = _BodyLimit(app, limits.max_upload_bytes + 64 * 1024)  # room for the form around the photo
+    # Room for the form around the photo; the body within the request timeout of its headers.
+    wrapped = _BodyLimit(app, limits.max_upload_bytes + 64 * 1024, limits.request_timeout)
     wrapped.fastapi = app  # type: ignore[attr-defined]  (tests and tools reach the app through it)
     return wrapped  # type: ignore[return-value]
 

@@ -391,6 +391,41 @@ def test_several_photos_of_one_thing_over_http(service: Service) -> None:
     assert "files" in _error(service.client.post("/v1/embed", files=files), 400).lower()  # one photo there
 
 
+def test_a_trickled_upload_is_cut_off_at_the_request_timeout(catalogue_url: str, fake_weights: str) -> None:
+    running = Service(catalogue_url, fake_weights, "--timeout", "2", "--max-upload-mb", "0.05")
+    try:
+        for path, kind in (("/v1/search", "multipart/form-data; boundary=x"), ("/v1/events", "application/json")):
+            with socket.create_connection(("127.0.0.1", running.port), timeout=20) as sock:
+                head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\nContent-Length: 100000\r\n\r\n"
+                sock.sendall(head.encode() + b"--x\r\n")
+                started = time.monotonic()
+                answer = b""
+                while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                    sock.sendall(b"a")  # a byte now and then: never idle, never done
+                    time.sleep(0.2)
+                    sock.setblocking(False)
+                    try:
+                        answer += sock.recv(65536)
+                    except BlockingIOError:
+                        pass
+                    finally:
+                        sock.setblocking(True)
+                    assert time.monotonic() - started < 10, answer
+            status, _, body = answer.partition(b"\r\n\r\n")
+            assert status.startswith(b"HTTP/1.1 408"), answer
+            assert json.loads(body) == {"error": "the request body did not arrive within 2 s"}
+            assert 1.5 < time.monotonic() - started < 6
+        # A request whose body arrives in time is answered as usual; one too large without saying its length (sent
+        # in chunks) is a 413 as well.
+        assert running.client.post("/v1/search", json={"vector": [0.1] * 512, "k": 1}).status_code == 200
+        chunks = (b'{"events": [' + b" " * 50_000 for _ in range(8))
+        too_large = running.client.post("/v1/events", content=chunks, headers={"Content-Type": "application/json"})
+        assert too_large.status_code == 413 and "larger than" in too_large.json()["error"]
+    finally:
+        stderr = running.close()
+    assert "Traceback" not in stderr
+
+
 def test_a_misspelt_json_field_is_refused_not_ignored(service: Service) -> None:
     misspelt = service.client.post("/v1/search", json={"vector": [0.1] * 512, "in_stock": False})
     assert misspelt.status_code == 422, misspelt.text

@@ -21,10 +21,20 @@ class TooLarge(Exception):
     """A request body over the service's limit (answered 413)."""
 
 
+class TooSlow(Exception):
+    """A request body that did not arrive within the request timeout (answered 408): a client trickling its
+    upload would otherwise hold a connection and its form parser for as long as it likes."""
+
+
 async def json_object(request: Request, required: str, hint: str) -> dict[str, Any]:
     """The JSON object of a request's body, which must hold ``required`` (else ``hint`` is the error)."""
     try:
-        body = json.loads(await request.body())
+        raw = await request.body()
+    except Exception as exc:
+        _reraise_limit(exc)
+        raise
+    try:
+        body = json.loads(raw)
     except ValueError:
         raise InvalidQueryError("the body is not valid JSON") from None
     except RecursionError:
@@ -40,8 +50,7 @@ async def upload(request: Request, max_bytes: int, most: int = 1) -> tuple[list[
     try:
         form = await request.form(max_files=most, max_fields=64, max_part_size=max_bytes)
     except Exception as exc:
-        if caused_by(exc, TooLarge):  # the body limit, met while the form was being read
-            raise TooLarge from None
+        _reraise_limit(exc)
         detail = exc.detail if isinstance(exc, StarletteHTTPException) else exc
         raise InvalidQueryError(f"cannot read the form: {detail}") from None
     images = form.getlist("image")
@@ -54,6 +63,14 @@ async def upload(request: Request, max_bytes: int, most: int = 1) -> tuple[list[
             raise InvalidQueryError("the photo is empty")
         photos.append((data, image.filename or "upload"))
     return photos, form
+
+
+def _reraise_limit(exc: BaseException) -> None:
+    """Raise the body's limit (:class:`TooLarge`, :class:`TooSlow`) that ``exc`` wraps, if any: met while the
+    body was being read, it may come back inside the middleware's exception groups."""
+    for limit in (TooLarge, TooSlow):
+        if caused_by(exc, limit):
+            raise limit from None
 
 
 def named(data: bytes, name: str) -> io.BytesIO:
