@@ -106,7 +106,7 @@ class Gatekeeper:
                 return Decision(401, "an API key is needed: Authorization: Bearer <key> (imgsearch keys create)")
             return Decision()
         if check.key is None:
-            return Decision(401, "unknown or revoked API key")
+            return Decision(401, "this API key has expired" if check.expired else "unknown or revoked API key")
         if not keys.allows(check.key.scope, needed):
             return Decision(
                 403, f"this key's scope ({check.key.scope}) does not allow {path} (it needs {needed} or above)"

@@ -35,7 +35,7 @@ from imgsearch.errors import ConfigurationError, ImgsearchError, PermissionDenie
 from imgsearch.sources import CatalogueEntry, Failure, read_manifest, read_stock_csv, scan_folder
 
 if TYPE_CHECKING:
-    from datetime import datetime
+    from datetime import datetime, timedelta
 
     from imgsearch.catalogue import CatalogueStats, Product
     from imgsearch.duplicates import DuplicateGroup
@@ -276,12 +276,12 @@ class Catalogue:
 
     # --- API keys of the HTTP service ---------------------------------------------------------------------------
 
-    def create_key(self, name: str, scope: str = "search") -> tuple[ApiKey, str]:
+    def create_key(self, name: str, scope: str = "search", expires_in: timedelta | None = None) -> tuple[ApiKey, str]:
         """Make an API key for the HTTP service; returns it as listed and the key itself (shown once: only its
-        digest is stored). Made as the schema's owner."""
+        digest is stored). With ``expires_in`` it stops working that long from now. Made as the schema's owner."""
         from imgsearch import keys
 
-        return keys.create(self.engine("owner"), name, scope)
+        return keys.create(self.engine("owner"), name, scope, expires_in)
 
     def list_keys(self) -> list[ApiKey]:
         """Every API key (never the keys themselves), revoked ones included."""

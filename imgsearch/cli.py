@@ -891,6 +891,21 @@ class _PriceType(click.ParamType):
         return price
 
 
+class _DurationType(click.ParamType):
+    """A lifetime: a number and a unit, d(ays), h(ours) or m(inutes): 90d, 12h, 30m."""
+
+    name = "duration"
+    _UNITS: ClassVar[dict[str, str]] = {"d": "days", "h": "hours", "m": "minutes"}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        text = str(value).strip().lower()
+        if len(text) < 2 or text[-1] not in self._UNITS or not text[:-1].isdigit() or int(text[:-1]) == 0:
+            self.fail(f"{value!r} is not a duration such as 90d, 12h or 30m", param, ctx)
+        return timedelta(**{self._UNITS[text[-1]]: int(text[:-1])})
+
+
 @dataclass(frozen=True)
 class _Filters:
     """--category, --include-out-of-stock, --max-price, --exclude and --max-distance, as the query functions take
@@ -1644,16 +1659,25 @@ main.add_command(keys_group, name="keys")
     show_default=True,
     help="search: the search endpoints; write: also POST /events; admin: everything.",
 )
+@click.option(
+    "--expires-in",
+    type=_DurationType(),
+    default=None,
+    metavar="DURATION",
+    help="It stops working after this long: 90d, 12h, 30m (default: never).",
+)
 @pass_app
-def keys_create(app: App, name: str, scope: str) -> None:
+def keys_create(app: App, name: str, scope: str, expires_in: timedelta | None) -> None:
     """Make an API key NAME; the key is printed alone on the last line, once (only its digest is stored).
 
     \b
-    Example:
+    Examples:
       KEY=$(imgsearch keys create shop-website --scope write | tail -1)
+      imgsearch keys create partner-trial --expires-in 30d
     """
-    made, key = app.catalogue.create_key(name, scope)
-    click.echo(f"key {made.name} ({made.scope}) made; it is shown once, keep it now:", err=True)
+    made, key = app.catalogue.create_key(name, scope, expires_in)
+    until = f", until {made.expires_at:%Y-%m-%d %H:%M %Z}" if made.expires_at else ""
+    click.echo(f"key {made.name} ({made.scope}{until}) made; it is shown once, keep it now:", err=True)
     click.echo(key)
 
 
@@ -1664,6 +1688,9 @@ def keys_list(app: App) -> None:
     for key in app.catalogue.list_keys():
         made = f"{key.created_at:%Y-%m-%d %H:%M}" if key.created_at else "?"
         state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        if key.expires_at and not key.revoked_at:
+            expired = key.expires_at <= datetime.now(key.expires_at.tzinfo)
+            state = f"{'expired' if expired else 'active, expires'} {key.expires_at:%Y-%m-%d %H:%M}"
         click.echo(f"{output.printable(key.name):<24} {key.scope:<7} {key.prefix}...  made {made}  {state}")
 
 

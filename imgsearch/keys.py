@@ -12,7 +12,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -37,6 +37,8 @@ class ApiKey:
     prefix: str
     created_at: datetime | None = None
     revoked_at: datetime | None = None
+    #: When it stops working by itself (None: never).
+    expires_at: datetime | None = None
 
 
 def allows(scope: str, needed: str) -> bool:
@@ -57,24 +59,32 @@ def _check_name(name: str) -> str:
     return name
 
 
-def create(engine: Engine, name: str, scope: str) -> tuple[ApiKey, str]:
-    """Make a key; returns it as listed and the key itself (shown once: only its digest is stored).
+_COLUMNS = "name, scope, prefix, created_at, revoked_at, expires_at"
+
+
+def create(engine: Engine, name: str, scope: str, expires_in: timedelta | None = None) -> tuple[ApiKey, str]:
+    """Make a key; returns it as listed and the key itself (shown once: only its digest is stored). With
+    ``expires_in`` it stops working that long from now (a partner's or a trial's key).
 
     Raises:
-        InvalidQueryError: a bad name or scope, or a key of that name exists (revoked ones included).
+        InvalidQueryError: a bad name, scope or lifetime, or a key of that name exists (revoked ones included).
     """
     _check_name(name)
     if scope not in SCOPES:
         raise InvalidQueryError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    if expires_in is not None and not timedelta(minutes=1) <= expires_in <= timedelta(days=3660):
+        raise InvalidQueryError(f"a key's lifetime is 1 minute to 10 years, got {expires_in}")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
+    lifetime = None if expires_in is None else expires_in.total_seconds()
     try:
         with engine.begin() as conn:
             row = conn.execute(
                 sa.text(
-                    "INSERT INTO api_keys (name, scope, key_sha256, prefix) VALUES (:n, :s, :d, :p) "
-                    "RETURNING name, scope, prefix, created_at, revoked_at"
+                    "INSERT INTO api_keys (name, scope, key_sha256, prefix, expires_at) "
+                    "VALUES (:n, :s, :d, :p, now() + make_interval(secs => CAST(:life AS double precision))) "
+                    f"RETURNING {_COLUMNS}"
                 ),
-                {"n": name, "s": scope, "d": digest(key), "p": key[: len(KEY_PREFIX) + 6]},
+                {"n": name, "s": scope, "d": digest(key), "p": key[: len(KEY_PREFIX) + 6], "life": lifetime},
             ).one()
     except IntegrityError:
         raise InvalidQueryError(f"there is already a key named {name!r} (names are never reused)") from None
@@ -87,9 +97,7 @@ def list_keys(engine: Engine) -> list[ApiKey]:
     """Every key, revoked ones included, oldest first."""
     try:
         with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text("SELECT name, scope, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id")
-            ).all()
+            rows = conn.execute(sa.text(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")).all()
     except DBAPIError as exc:
         raise translate_error(exc) from None
     return [ApiKey(*row) for row in rows]
@@ -107,7 +115,7 @@ def revoke(engine: Engine, name: str) -> ApiKey:
             row = conn.execute(
                 sa.text(
                     "UPDATE api_keys SET revoked_at = now() WHERE name = :n AND revoked_at IS NULL "
-                    "RETURNING name, scope, prefix, created_at, revoked_at"
+                    f"RETURNING {_COLUMNS}"
                 ),
                 {"n": name},
             ).one_or_none()
@@ -120,14 +128,15 @@ def revoke(engine: Engine, name: str) -> ApiKey:
 
 @dataclass(frozen=True)
 class Check:
-    """What the service learns from a request's key: the key (``None``: none given, unknown or revoked) and
-    whether any key is active (then every request needs one)."""
+    """What the service learns from a request's key: the key (``None``: none given, unknown, revoked or expired),
+    whether any key is in use (then every request needs one), and whether the key given has expired."""
 
     key: ApiKey | None
     any_active: bool
+    expired: bool = False
 
 
-_CHECK = sa.text("SELECT name, scope, any_active FROM imgsearch_api_key(:digest)")
+_CHECK = sa.text("SELECT name, scope, any_active, expired FROM imgsearch_api_key(:digest)")
 
 
 def check(engine: Engine, key: str | None) -> Check:
@@ -141,4 +150,4 @@ def check(engine: Engine, key: str | None) -> Check:
         raise ConfigurationError("imgsearch_api_key returned nothing: run `imgsearch db upgrade`")
     row = rows[0]
     found = ApiKey(row.name, row.scope, "") if row.name is not None else None
-    return Check(found, bool(row.any_active))
+    return Check(found, bool(row.any_active), bool(row.expired))

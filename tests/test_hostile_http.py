@@ -7,9 +7,11 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from PIL import Image
 
 from imgsearch import Catalogue
@@ -30,6 +32,14 @@ def served(
     _, revoked = shop.create_key("hostile-revoked", "admin")
     shop.revoke_key("hostile-revoked")
     made["revoked"] = revoked
+    made["expired"] = shop.create_key("hostile-expired", "admin", timedelta(days=1))[1]
+    with shop.engine("admin").begin() as conn:  # its day is over
+        conn.execute(
+            sa.text(
+                "UPDATE imgsearch.api_keys SET created_at = now() - interval '2 days', "
+                "expires_at = now() - interval '1 day' WHERE name = 'hostile-expired'"
+            )
+        )
     shop.close()
     running = Service(
         url,
@@ -94,6 +104,17 @@ def _probes(keys: dict[str, str]) -> list[tuple[str, dict[str, Any], int, str]]:
             },
             401,
             "unknown or revoked",
+        ),
+        (
+            "an expired key",
+            {
+                "method": "POST",
+                "url": "/v1/search",
+                "headers": {"Authorization": f"Bearer {keys['expired']}"},
+                "json": {"vector": VECTOR},
+            },
+            401,
+            "expired",
         ),
         (
             "a search key writing events",

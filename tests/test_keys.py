@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -231,3 +232,80 @@ def test_a_photo_by_address_is_searched_and_private_addresses_are_refused(
         trusting.close()
         server.shutdown()
         server.server_close()
+
+
+def test_a_key_that_has_expired_is_refused_and_says_so(
+    catalogue_url: str, fake_weights: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlalchemy as sa
+
+    made = _cli(catalogue_url, "keys", "create", "partner-trial", "--expires-in", "30d")
+    key = made.stdout.strip().splitlines()[-1]
+    assert "until" in made.stderr
+    assert "active, expires" in _cli(catalogue_url, "keys", "list").stdout
+    for bad in ("0d", "30", "3w", "-1d"):
+        refused = _cli(catalogue_url, "keys", "create", f"bad-{bad}", "--expires-in", bad, code=2)
+        assert "is not a duration" in refused.output
+    monkeypatch.setenv("IMGSEARCH_KEY_CACHE_SECONDS", "0")
+    running = Service(catalogue_url, fake_weights)
+    shop = Catalogue(catalogue_url)
+    try:
+        bearer = {"Authorization": f"Bearer {key}"}
+        assert running.client.post("/v1/search", json=VECTOR_SEARCH, headers=bearer).status_code == 200
+        with shop.engine("admin").begin() as conn:  # time passes: the key's month is over
+            conn.execute(
+                sa.text(
+                    "UPDATE imgsearch.api_keys SET created_at = now() - interval '31 days', "
+                    "expires_at = now() - interval '1 day' WHERE name = 'partner-trial'"
+                )
+            )
+        expired = running.client.post("/v1/search", json=VECTOR_SEARCH, headers=bearer)
+        assert expired.status_code == 401 and expired.json() == {"error": "this API key has expired"}
+        # Keys stay required although none is valid now: expiry never opens the service.
+        assert running.client.post("/v1/search", json=VECTOR_SEARCH).status_code == 401
+        assert "expired" in _cli(catalogue_url, "keys", "list").stdout
+    finally:
+        running.close()
+        shop.close()
+    with pytest.raises(InvalidQueryError, match="1 minute to 10 years"):
+        keys.create(Catalogue(catalogue_url).engine("owner"), "too-short", "search", timedelta(seconds=5))
+
+
+def test_0014_adds_expiry_to_the_keys_and_takes_it_back(make_database: Callable[..., str]) -> None:
+    import sqlalchemy as sa
+
+    from imgsearch import db, schema
+
+    engine = db.create_engine(make_database())
+    schema.upgrade(engine, "0013")
+    with engine.begin() as conn:  # a key made before keys could expire, the way 0013 made them
+        digest = keys.digest("isk_" + "a" * 43)
+        conn.execute(
+            sa.text(
+                "INSERT INTO imgsearch.api_keys (name, scope, key_sha256, prefix) VALUES ('old', 'admin', :d, 'x')"
+            ),
+            {"d": digest},
+        )
+    schema.upgrade(engine)
+    assert keys.check(engine, "isk_" + "a" * 43).key == keys.ApiKey("old", "admin", "")  # still works, no expiry
+    _, soon = keys.create(engine, "soon", "search", timedelta(days=1))
+    _, gone = keys.create(engine, "gone", "search", timedelta(days=1))
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE imgsearch.api_keys SET created_at = now() - interval '2 days', "
+                "expires_at = now() - interval '1 day' WHERE name = 'gone'"
+            )
+        )
+    assert keys.check(engine, gone).expired and keys.check(engine, soon).key is not None
+    schema.downgrade(engine, "0013")
+    # Down again: the expired key is revoked (it never works again), the others keep working (0013's check).
+    with engine.connect() as conn:
+        check = sa.text("SELECT name FROM imgsearch.imgsearch_api_key(:d)")
+        assert conn.execute(check, {"d": keys.digest(gone)}).scalar() is None
+        assert conn.execute(check, {"d": keys.digest(soon)}).scalar() == "soon"
+        revoked = conn.execute(sa.text("SELECT name FROM imgsearch.api_keys WHERE revoked_at IS NOT NULL")).all()
+    assert revoked == [("gone",)]
+    schema.upgrade(engine)
+    assert sorted(k.name for k in keys.list_keys(engine)) == ["gone", "old", "soon"]  # every key kept
+    engine.dispose()
