@@ -357,6 +357,7 @@ class ApiKeyRow(Base):
         CheckConstraint("scope IN ('search', 'write', 'admin')", name="ck_api_keys_scope"),
         CheckConstraint("length(name) BETWEEN 1 AND 100", name="ck_api_keys_name"),
         CheckConstraint("octet_length(key_sha256) = 32", name="ck_api_keys_digest"),
+        CheckConstraint("expires_at IS NULL OR expires_at > created_at", name="ck_api_keys_expiry"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
@@ -366,3 +367,5 @@ class ApiKeyRow(Base):
     prefix: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When it stops working by itself (revision 0014); NULL: never.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
