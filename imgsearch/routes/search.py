@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgsearch import http_models, output, query
 from imgsearch.api import Catalogue
@@ -27,8 +28,9 @@ def _results(results: list[query.SearchResult]) -> JSONResponse:
     return JSONResponse(output.result_dicts(results))
 
 
-def _unsupported(message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=415)
+def _unsupported(message: str) -> StarletteHTTPException:
+    """A 415, answered by the service's error handler like every other refusal."""
+    return StarletteHTTPException(415, message)
 
 
 async def _search_photos(catalogue: Catalogue, photos: list[tuple[bytes, str]], form: Any) -> JSONResponse:
@@ -64,7 +66,7 @@ async def search(request: Request, state: State, catalogue: Shop) -> JSONRespons
         photos, form = await requests.upload(request, state.limits.max_upload_bytes, most=query.MAX_QUERY_PHOTOS)
         return await _search_photos(catalogue, photos, form)
     if kind != "application/json":
-        return _unsupported("send multipart/form-data with a photo in 'image', or application/json with 'vector'")
+        raise _unsupported("send multipart/form-data with a photo in 'image', or application/json with 'vector'")
     hint = 'send a JSON object with a "vector" of 512 numbers or an "image_url"'
     body = await requests.json_object(request, "", hint)
     if "vector" not in body and "image_url" not in body:
@@ -154,7 +156,7 @@ def cheaper(
 )
 async def embed(request: Request, state: State) -> JSONResponse:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
-        return _unsupported("send multipart/form-data with a photo in 'image'")
+        raise _unsupported("send multipart/form-data with a photo in 'image'")
     ((data, name),), _ = await requests.upload(request, state.limits.max_upload_bytes)
     assert state.gate is not None
     vector = await run_in_threadpool(state.gate.embed, data, name)
