@@ -210,7 +210,8 @@ def clear(bind: Bind) -> None:
         conn.execute(
             sa.text(
                 "TRUNCATE products, product_images, photo_features, visual_word_postings, visual_word_photos, "
-                "visual_vocabularies, embedding_space, tuned_images, search_space_rows, search_spaces"
+                "visual_word_frequencies, visual_vocabularies, embedding_space, tuned_images, search_space_rows, "
+                "search_spaces"
             )
         )
 

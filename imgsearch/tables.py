@@ -286,6 +286,19 @@ class VisualWordPosting(Base):
     image_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
 
 
+class VisualWordFrequency(Base):
+    """How many photos had a word when its vocabulary was activated: the query's rarest words are read first."""
+
+    __tablename__ = "visual_word_frequencies"
+    __table_args__ = (CheckConstraint("word >= 0 AND photos > 0", name="ck_visual_word_frequencies_counts"),)
+
+    vocabulary_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("visual_vocabularies.id", ondelete="CASCADE"), primary_key=True
+    )
+    word: Mapped[int] = mapped_column(Integer, primary_key=True)
+    photos: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
 class SearchEvent(Base):
     """Something a shopper did with a list of results, as the website reported it (imgsearch.feedback)."""
 

@@ -205,6 +205,11 @@ _INSERT_VOCABULARY = sa.text(
     "INSERT INTO visual_vocabularies (extractor, coarse_cells, fine_words, descriptors, coarse, fine) "
     "VALUES (:extractor, :coarse_cells, :fine_words, :descriptors, :coarse, :fine) RETURNING id"
 )
+# Each word's photos when a vocabulary is activated (visual_word_frequencies).
+_COUNT_WORDS = sa.text(
+    "INSERT INTO visual_word_frequencies (vocabulary_id, word, photos) "
+    "SELECT :id, word, count(*) FROM visual_word_postings WHERE vocabulary_id = :id GROUP BY word"
+)
 # A photo's words replace any it had under this vocabulary; features changed or removed since they were read
 # (another xmin) get none, so that no word outlives the descriptors it came from. A photo whose words another
 # writer (a concurrent build's catch-up) wrote meanwhile keeps those: only the photos inserted here get postings.
@@ -516,6 +521,8 @@ def _build(
             ),
             {"id": vocabulary_id},
         ).scalar_one()
+        # Each word's photos as of now, beside the photo count above: searches read the rarest words first.
+        conn.execute(_COUNT_WORDS, {"id": vocabulary_id})
         conn.execute(
             sa.text("DELETE FROM visual_vocabularies WHERE extractor = :e AND id <> :id"),
             {"e": extractor, "id": vocabulary_id},

@@ -292,6 +292,93 @@ def test_the_migration_down_and_up_keeps_the_catalogue(catalogue_engine: Engine)
         assert conn.execute(sa.text("SELECT to_regproc('imgsearch_word_candidates') IS NOT NULL")).scalar_one()
 
 
+def _word_counts(engine: Engine) -> dict[int, int]:
+    with engine.connect() as conn:
+        return dict(
+            conn.execute(
+                sa.text(
+                    "SELECT word, count(*) FROM visual_word_postings p JOIN visual_vocabularies v "
+                    "ON v.id = p.vocabulary_id AND v.active GROUP BY word"
+                )
+            ).all()
+        )
+
+
+def test_every_words_photos_are_counted_when_the_vocabulary_is_activated(catalogue_engine: Engine) -> None:
+    with catalogue_engine.connect() as conn:
+        counted = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT word, f.photos FROM visual_word_frequencies f JOIN visual_vocabularies v "
+                    "ON v.id = f.vocabulary_id AND v.active"
+                )
+            ).all()
+        )
+    assert counted == _word_counts(catalogue_engine)
+    # A rebuild counts again under the new vocabulary; the old counts go with the old vocabulary.
+    visual_words.build(catalogue_engine, **SMALL, seed=1)
+    assert _count(catalogue_engine, "visual_word_frequencies") == len(_word_counts(catalogue_engine))
+
+
+def _read_words(engine: Engine, words: list[int], budget: str) -> list[str]:
+    """The products imgsearch_word_candidates ranks under a postings budget (imgsearch.word_postings)."""
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT set_config('imgsearch.word_postings', :b, false)"), {"b": budget})
+        rows = conn.execute(
+            sa.text("SELECT sku FROM imgsearch_word_candidates(CAST(:w AS integer[]), 30, :e, in_stock_only => false)"),
+            {"w": words, "e": local_features.EXTRACTOR},
+        ).all()
+    return [r.sku for r in rows]
+
+
+def test_a_postings_budget_reads_the_rarest_words_first(catalogue_engine: Engine) -> None:
+    counts = _word_counts(catalogue_engine)
+    common = max(counts, key=lambda w: (counts[w], w))
+    rare = min((w for w in counts if counts[w] == 1), key=lambda w: w)
+    with catalogue_engine.connect() as conn:
+        (owner,) = conn.execute(
+            sa.text(
+                "SELECT DISTINCT p.sku FROM visual_word_postings w JOIN product_images i ON i.id = w.image_id "
+                "JOIN products p ON p.id = i.product_id WHERE w.word = :w"
+            ),
+            {"w": rare},
+        ).one()
+    assert counts[common] > 2
+    # Every posting read: every product with the common word, and the rare word's owner.
+    everything = _read_words(catalogue_engine, [common, rare], "0")
+    assert len(set(everything)) >= counts[common] and owner in everything
+    # A budget of one posting reads the rare word only (the first word is always read): its owner alone.
+    assert set(_read_words(catalogue_engine, [common, rare], "1")) == {owner}
+    # The default budget is far above this catalogue's postings: the same answer as reading everything.
+    assert _read_words(catalogue_engine, [common, rare], "") == everything
+    # Words no photo had when counting are read first and cost nothing.
+    assert set(_read_words(catalogue_engine, [common, rare, 10**6], "1")) == {owner}
+
+
+def test_a_bad_postings_budget_is_refused(catalogue_engine: Engine) -> None:
+    for bad in ("-1", "lots", "1e99"):
+        with pytest.raises(sa.exc.DBAPIError, match=r"imgsearch\.word_postings must be a whole number"):
+            _read_words(catalogue_engine, [1, 2], bad)
+
+
+def test_0015_counts_the_words_of_a_built_catalogue_and_goes_back(catalogue_engine: Engine) -> None:
+    postings = _count(catalogue_engine, "visual_word_postings")
+    products = _count(catalogue_engine, "products")
+    counts = _word_counts(catalogue_engine)
+    schema.downgrade(catalogue_engine, "0014")
+    assert "visual_word_frequencies" not in sa.inspect(catalogue_engine).get_table_names()
+    assert _count(catalogue_engine, "visual_word_postings") == postings
+    # The search of 0009 is back, and reads every posting.
+    some = list(counts)[:50]
+    assert _read_words(catalogue_engine, some, "1") == _read_words(catalogue_engine, some, "0")
+    schema.upgrade(catalogue_engine)
+    with catalogue_engine.connect() as conn:
+        counted = dict(conn.execute(sa.text("SELECT word, photos FROM visual_word_frequencies")).all())
+    assert counted == counts
+    assert _count(catalogue_engine, "visual_word_postings") == postings
+    assert _count(catalogue_engine, "products") == products
+
+
 def test_ingestion_during_a_rebuild_loses_no_photo_and_one_build_runs_at_a_time(
     catalogue_engine: Engine, features: list[LocalFeatures]
 ) -> None:

@@ -19,7 +19,8 @@
 -- - embedding_space, search_spaces and search_space_rows become reference tables (a copy on every node).
 -- - photo_features, visual_word_photos and visual_word_postings (revision 0009: local features and visual words)
 --   are hash-distributed by image_id, co-located with each other but not with the photos (they have no product_id):
---   a photo's features, its words and their cascade stay on one node; visual_vocabularies is a reference table.
+--   a photo's features, its words and their cascade stay on one node; visual_vocabularies is a reference table,
+--   and so is visual_word_frequencies (revision 0015: a count per word and vocabulary, read by every photo search).
 --   Their link to product_images cannot be enforced across co-location groups: the foreign key and the trigger
 --   that drops a re-embedded photo's features go (searches reach features through the photos, so features of a
 --   removed photo are never used; ingestion rewrites a changed photo's features).
@@ -64,13 +65,13 @@ DO $$
 DECLARE
     tables text;
 BEGIN
-    -- The tables and constraint names below are those of imgsearch's schema since revision 0013 (API keys).
+    -- The tables and constraint names below are those of imgsearch's schema since revision 0015 (word counts).
     SELECT string_agg(relname, ' ' ORDER BY relname) INTO tables
     FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relkind IN ('r', 'p');
     IF tables IS DISTINCT FROM
             'alembic_version api_keys embedding_space photo_features product_images products search_event_counts '
             'search_events search_space_rows search_spaces search_summaries tuned_images visual_vocabularies '
-            'visual_word_photos visual_word_postings' THEN
+            'visual_word_frequencies visual_word_photos visual_word_postings' THEN
         RAISE EXCEPTION 'distribute.sql does not know this schema''s tables: %', tables
             USING HINT = 'an unfinished imgsearch tune leaves tuned_images_next; a newer imgsearch may have added '
                          'a table distribute.sql must place';
@@ -105,6 +106,7 @@ SELECT create_reference_table('embedding_space');
 SELECT create_reference_table('search_spaces');
 SELECT create_reference_table('search_space_rows');
 SELECT create_reference_table('visual_vocabularies');
+SELECT create_reference_table('visual_word_frequencies');
 
 -- Sharded by product, co-located. Rows already in the tables are copied into the shards.
 SELECT create_distributed_table('products', 'id');
@@ -131,7 +133,7 @@ ALTER TABLE visual_word_postings ADD CONSTRAINT fk_visual_word_postings_photo
 SELECT truncate_local_data_after_distributing_table(t::regclass)
 FROM unnest(ARRAY['tuned_images', 'product_images', 'products', 'search_space_rows', 'search_spaces',
                   'embedding_space', 'visual_word_postings', 'visual_word_photos', 'photo_features',
-                  'visual_vocabularies']) AS t;
+                  'visual_word_frequencies', 'visual_vocabularies']) AS t;
 COMMIT;
 
 -- The search function's SET clauses (hnsw.iterative_scan, hnsw.ef_search, hnsw.max_scan_tuples) apply on the
