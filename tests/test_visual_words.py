@@ -355,6 +355,32 @@ def test_a_postings_budget_reads_the_rarest_words_first(catalogue_engine: Engine
     assert set(_read_words(catalogue_engine, [common, rare, 10**6], "1")) == {owner}
 
 
+def test_a_filter_the_best_scoring_photos_fail_still_gets_n_products(
+    catalogue_engine: Engine, features: list[LocalFeatures]
+) -> None:
+    # 450 copies of P00's photo in a category of their own: the 400 best-scoring photos for P00's features are
+    # all in it, and a search in another category has to look further.
+    copies = [
+        ProductRecord(
+            sku=f"C{i:03d}",
+            images=(ImageRecord(f"/photos/c{i}.jpg", _unit(5000 + i), features=features[0]),),
+            category="copies",
+            price=Decimal(1),
+            name="copy",
+        )
+        for i in range(450)
+    ]
+    catalogue.upsert_products(catalogue_engine, copies)
+    visual_words.catch_up(catalogue_engine)
+    assert _count(catalogue_engine, "visual_word_photos") == PRODUCTS + 450
+    first = _skus(visual_words.word_candidates(catalogue_engine, features[0], 400, in_stock_only=False))
+    assert len(first) == 400 and {s[0] for s in first[1:]} == {"C"}
+    covers = _skus(
+        visual_words.word_candidates(catalogue_engine, features[0], 5, categories=["covers"], in_stock_only=False)
+    )
+    assert len(covers) == 5 and all(int(s[1:]) % 2 == 1 for s in covers)
+
+
 def test_a_bad_postings_budget_is_refused(catalogue_engine: Engine) -> None:
     for bad in ("-1", "lots", "1e99"):
         with pytest.raises(sa.exc.DBAPIError, match=r"imgsearch\.word_postings must be a whole number"):
