@@ -260,6 +260,10 @@ def queries(groceries_sample: int, seed: int, vectors: dict[str, np.ndarray]) ->
     return out
 
 
+#: The tables of the visual words (their sizes are added up in the results).
+WORD_TABLES = ("visual_word_photos", "visual_word_postings", "visual_word_frequencies")
+
+
 def _sizes(engine: Any) -> dict[str, int]:
     import sqlalchemy as sa
 
@@ -270,6 +274,7 @@ def _sizes(engine: Any) -> dict[str, int]:
         "photo_features",
         "visual_word_photos",
         "visual_word_postings",
+        "visual_word_frequencies",
         "visual_vocabularies",
     )
     with engine.connect() as conn:
@@ -305,7 +310,13 @@ def _words_per_photo(engine: Any) -> dict[str, float]:
 
 
 def measure(
-    engine: Any, qs: list[dict[str, Any]], matrix: np.ndarray, skus: list[str], full_every: int, warmup: int
+    engine: Any,
+    qs: list[dict[str, Any]],
+    matrix: np.ndarray,
+    skus: list[str],
+    full_every: int,
+    warmup: int,
+    cap: int,
 ) -> dict[str, Any]:
     """Recall of the global top 50, the word top 25 and their union as the search forms it; SQL timings."""
     import sqlalchemy as sa
@@ -331,6 +342,10 @@ def measure(
         "text[]), :in_stock_only, CAST(:max_price AS numeric), CAST(:exclude AS text[]), :vocabulary, "
         "CAST(:query AS vector))"
     )
+    released_sql = sa.text(
+        "SELECT rank, sku FROM pg_temp.word_candidates_0009(CAST(:words AS integer[]), :n, :extractor, "
+        "in_stock_only => true, vocabulary => :vocabulary)"
+    )
     position = {s: i for i, s in enumerate(skus)}
     ranks: dict[str, dict[str, list[Any]]] = {}
     timings: dict[str, list[float]] = {
@@ -338,10 +353,13 @@ def measure(
         "global_sql_wide": [],
         "assign": [],
         "word_rank_sql": [],
+        "word_rank_sql_capped": [],
+        "word_rank_sql_0009": [],
         "word_search_sql": [],
     }
     mismatches = checked = 0
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        _install_released_word_search(conn)
         for n, q in enumerate([*qs[:warmup], *qs]):
             record = n >= warmup
             params = {
@@ -370,6 +388,22 @@ def measure(
                 word_rank_sql, {"words": words, "n": WORD_READ, "extractor": EXTRACTOR, "vocabulary": vocabulary.id}
             ).all()
             t3 = time.perf_counter()
+            # The search as revision 0009 released it (every posting read, products looked up for every photo
+            # scored), installed for this session only: the anchor, in the same run.
+            t3r = time.perf_counter()
+            conn.execute(
+                released_sql, {"words": words, "n": WORD_READ, "extractor": EXTRACTOR, "vocabulary": vocabulary.id}
+            ).all()
+            released_ms = (time.perf_counter() - t3r) * 1000
+            # The same with the postings read capped (imgsearch.word_postings): the rarest words only.
+            conn.execute(sa.text("SELECT set_config('imgsearch.word_postings', :cap, false)"), {"cap": str(cap)})
+            t3a = time.perf_counter()
+            found_capped = conn.execute(
+                word_rank_sql, {"words": words, "n": WORD_READ, "extractor": EXTRACTOR, "vocabulary": vocabulary.id}
+            ).all()
+            t3b = time.perf_counter()
+            conn.execute(sa.text("SELECT set_config('imgsearch.word_postings', '', false)"))
+            capped_skus = [r.sku for r in sorted(found_capped, key=lambda r: r.rank)]
             global_skus = list(dict.fromkeys(r.sku for r in sorted(rows, key=lambda r: r.rank)))
             word_skus = [r.sku for r in sorted(found, key=lambda r: r.rank)]
             in_global = set(global_skus)
@@ -380,6 +414,8 @@ def measure(
             timings["global_sql_wide"].append(timings_wide)
             timings["assign"].append((t2 - t1w) * 1000)
             timings["word_rank_sql"].append((t3 - t2) * 1000)
+            timings["word_rank_sql_capped"].append((t3b - t3a) * 1000)
+            timings["word_rank_sql_0009"].append(released_ms)
             if full_every and (n - warmup) % full_every == 0:
                 text_vector = "[" + ",".join(f"{float(v):.8g}" for v in q["vector"]) + "]"
                 t4 = time.perf_counter()
@@ -412,6 +448,8 @@ def measure(
                 sku in global_skus or sku in word_skus[:WORD_K],
                 sku in wide_skus,
                 sku in wide_skus or sku in word_skus[:WORD_K],
+                sku in capped_skus[:WORD_K],
+                sku in global_skus or sku in capped_skus[:WORD_K],
             )
             for key in ("all", q["kind"]):
                 ranks.setdefault(q["set"], {}).setdefault(key, []).append(entry)
@@ -426,6 +464,8 @@ def measure(
                 "union_plain": round(float(np.mean([x[4] for x in e])), 3),
                 "global_top50_wide": round(float(np.mean([x[5] for x in e])), 3),
                 "union_wide": round(float(np.mean([x[6] for x in e])), 3),
+                "word_top25_capped": round(float(np.mean([x[7] for x in e])), 3),
+                "union_capped": round(float(np.mean([x[8] for x in e])), 3),
             }
             for kind, e in kinds.items()
         }
@@ -438,6 +478,17 @@ def measure(
         "word_search_calls_checked": checked,
         "word_search_calls_differing_from_derived": mismatches,
     }
+
+
+def _install_released_word_search(conn: Any) -> None:
+    """imgsearch_word_candidates as revision 0009 released it, as pg_temp.word_candidates_0009 (this session's)."""
+    from imgsearch import sql
+
+    text = sql.load("0009", "imgsearch_word_candidates")
+    text = text.replace("FUNCTION imgsearch_word_candidates(", "FUNCTION pg_temp.word_candidates_0009(", 1)
+    text = text.replace("imgsearch_word_candidates.extractor", "word_candidates_0009.extractor")
+    conn.exec_driver_sql("SELECT 1")  # a live connection for the driver-level execute below
+    sql.execute(conn, text)
 
 
 def _build_vocabulary(engine: Any) -> dict[str, Any]:
@@ -503,7 +554,7 @@ def run(args: argparse.Namespace) -> None:
         built = _build_vocabulary(engine)
         vacuum_s = _vacuum(engine)
         log(f"vocabulary {built}; measuring at {real} products")
-        m = measure(engine, qs, matrix, skus, args.full_every, args.warmup)
+        m = measure(engine, qs, matrix, skus, args.full_every, args.warmup, args.word_postings_cap)
         result["sizes"][str(real)] = {
             "products": real,
             "load_s": load_s,
@@ -536,7 +587,7 @@ def run(args: argparse.Namespace) -> None:
             matrix = np.concatenate([matrix, dv])
             skus = skus + dskus
             log(f"vocabulary {built}; measuring at {len(skus):,} products")
-            m = measure(engine, qs, matrix, skus, args.full_every, args.warmup)
+            m = measure(engine, qs, matrix, skus, args.full_every, args.warmup, args.word_postings_cap)
             # Realism of the distractor vectors: cosine to the nearest real Myntra vector (itself excluded for
             # the real ones).
             sample = np.random.default_rng(args.seed).choice(len(dv), min(2000, len(dv)), replace=False)
@@ -599,7 +650,9 @@ def markdown(result: dict[str, Any]) -> str:
         "photos whose product is among them. `union` is that set; `word top 25` is the word ranking alone; "
         "`global exact` is the brute-force cosine top 50 (what the HNSW call should return); `ef 400` is the "
         f"same HNSW call with `imgsearch.ef_search = {WIDE_EF}` (default 100), and `union ef 400` its union with "
-        "the word top 25.",
+        "the word top 25. The word ranking reads every posting of the photo's words (the default); `capped` "
+        f"columns are the same call with `imgsearch.word_postings = {a['word_postings_cap']}` (the rarest words "
+        "only, within that many postings), in the same run.",
         "",
     ]
     headers = [
@@ -613,6 +666,8 @@ def markdown(result: dict[str, Any]) -> str:
         "word top 25",
         "union",
         "union ef 400",
+        "word top 25, capped",
+        "union, capped",
     ]
     rows = []
     for size in result["sizes"].values():
@@ -630,6 +685,8 @@ def markdown(result: dict[str, Any]) -> str:
                         r["word_top25"],
                         r["union_as_searched"],
                         r.get("union_wide", ""),
+                        r.get("word_top25_capped", ""),
+                        r.get("union_capped", ""),
                     ]
                 )
     lines += [md_table(headers, rows), ""]
@@ -683,6 +740,9 @@ def markdown(result: dict[str, Any]) -> str:
         "global_sql": "imgsearch_verification_candidates (top 50, all columns)",
         "global_sql_wide": f"imgsearch_verification_candidates, imgsearch.ef_search = {WIDE_EF}",
         "assign": "query word assignment (Python)",
+        "word_rank_sql_0009": "imgsearch_word_candidates as revision 0009 released it (top 75, rank and sku)",
+        "word_rank_sql_capped": f"imgsearch_word_candidates (top 75, rank and sku), within {a['word_postings_cap']} "
+        "postings",
         "word_rank_sql": f"imgsearch_word_candidates (top {WORD_READ}, rank and sku)",
         "word_search_sql": "imgsearch_word_candidates as the search calls it (top 25, all columns, global excluded)",
     }
@@ -699,7 +759,7 @@ def markdown(result: dict[str, Any]) -> str:
             [
                 f"{size['products']:,}",
                 f"{b['photo_features'] / 2**20:,.0f}",
-                f"{(b['visual_word_postings'] + b['visual_word_photos']) / 2**20:,.0f}",
+                f"{sum(b.get(t, 0) for t in WORD_TABLES) / 2**20:,.0f}",
                 f"{b['ix_product_images_embedding'] / 2**20:,.0f}",
                 f"{b['product_images'] / 2**20:,.0f}",
                 size["load_s"],
@@ -741,6 +801,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="queries run first, not recorded")
     parser.add_argument("--check-vectors", type=int, default=5, help="photos embedded by the library to compare")
     parser.add_argument("--home", help="server home (default: a temporary folder, removed)")
+    parser.add_argument(
+        "--word-postings-cap", type=int, default=100_000, help="imgsearch.word_postings of the capped variant"
+    )
     parser.add_argument("--name", default=None, help="results file name (default candidates-<N/1000>k)")
     run(parser.parse_args())
 

@@ -11,12 +11,11 @@
 -- replaced, and assigns them again). No active vocabulary, or no words: no rows.
 --
 -- The photos with each word are those counted when the vocabulary was activated (visual_word_frequencies), scaled
--- up by the photos indexed since: the idf comes from them, and so does the choice of the words read. Words are
--- read rarest first while the postings before them stay under the setting imgsearch.word_postings (default
--- 100000; 0 reads every posting): a catalogue of up to about 30,000 photos reads every word of a photo, a larger
--- one leaves out its most common words, which weigh least, so that the cost stops growing with the catalogue.
--- The first word is always read. Products are then looked up for the best-scoring photos only (8n, at least
--- 400), and for every scored photo only when those hold fewer than n products under the filters.
+-- up by the photos indexed since: the idf comes from them. Products are looked up for the best-scoring photos
+-- only (8n, at least 400), and for every scored photo only when those hold fewer than n products under the
+-- filters. Every posting of every word is read unless the setting imgsearch.word_postings (default 0: no limit)
+-- caps them: then words are read rarest first while the postings before them stay under it (the first word
+-- always), which bounds the cost of a large catalogue's search at some loss of recall (docs/quality.md).
 CREATE OR REPLACE FUNCTION imgsearch_word_candidates(
     words integer[],
     n integer,
@@ -68,7 +67,7 @@ BEGIN
         RETURN;
     END IF;
     BEGIN
-        budget := coalesce(nullif(current_setting('imgsearch.word_postings', true), ''), '100000')::bigint;
+        budget := coalesce(nullif(current_setting('imgsearch.word_postings', true), ''), '0')::bigint;
     EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
         budget := -1;
     END;
@@ -76,7 +75,7 @@ BEGIN
         RAISE EXCEPTION 'imgsearch: imgsearch.word_postings must be a whole number >= 0, got %',
             current_setting('imgsearch.word_postings', true) USING ERRCODE = '22023';
     END IF;
-    -- The words read, rarest first while the postings estimated before each stay under the budget (a word not
+    -- The words read, rarest first while the postings estimated before each stay under a budget (a word not
     -- counted, which no photo had then, is the rarest of all), and their weights idf^2.
     SELECT array_agg(r.word), array_agg(power(ln(greatest(photos, r.df) / r.df), 2))
     INTO chosen, weights
