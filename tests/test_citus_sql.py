@@ -145,6 +145,7 @@ def test_every_key_left_is_one_citus_can_enforce(admin: psycopg.Connection) -> N
         ("imgsearch.visual_word_photos", "imgsearch.photo_features"),
         ("imgsearch.visual_word_photos", "imgsearch.visual_vocabularies"),
         ("imgsearch.visual_word_postings", "imgsearch.visual_word_photos"),
+        ("imgsearch.visual_word_frequencies", "imgsearch.visual_vocabularies"),
     }
     for table, columns, partkey, target, target_columns, target_partkey, on_delete in foreign:
         assert on_delete == "c", f"{table} -> {target} lost its ON DELETE CASCADE"
