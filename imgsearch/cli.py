@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -891,19 +891,29 @@ class _PriceType(click.ParamType):
         return price
 
 
+#: The units of a lifetime or an age on the command line (90d, 12h, 30m).
+_AGE_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+
+
+def _age(text: str) -> timedelta | None:
+    """A number and a unit of :data:`_AGE_UNITS` (``90d``, ``12h``, ``30m``) as a timedelta; None if it is not one."""
+    if len(text) < 2 or text[-1] not in _AGE_UNITS or not text[:-1].isdigit():
+        return None
+    return timedelta(**{_AGE_UNITS[text[-1]]: int(text[:-1])})
+
+
 class _DurationType(click.ParamType):
     """A lifetime: a number and a unit, d(ays), h(ours) or m(inutes): 90d, 12h, 30m."""
 
     name = "duration"
-    _UNITS: ClassVar[dict[str, str]] = {"d": "days", "h": "hours", "m": "minutes"}
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
         if isinstance(value, timedelta):
             return value
-        text = str(value).strip().lower()
-        if len(text) < 2 or text[-1] not in self._UNITS or not text[:-1].isdigit() or int(text[:-1]) == 0:
+        lifetime = _age(str(value).strip().lower())
+        if not lifetime:  # None, or zero
             self.fail(f"{value!r} is not a duration such as 90d, 12h or 30m", param, ctx)
-        return timedelta(**{self._UNITS[text[-1]]: int(text[:-1])})
+        return lifetime
 
 
 @dataclass(frozen=True)
@@ -1537,7 +1547,6 @@ class _TimeType(click.ParamType):
     """A point in time: an ISO 8601 date or time (UTC unless it says otherwise), or an age such as 7d, 24h, 30m."""
 
     name = "time"
-    _UNITS: ClassVar[dict[str, str]] = {"d": "days", "h": "hours", "m": "minutes"}
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
         if isinstance(value, datetime):
@@ -1545,8 +1554,9 @@ class _TimeType(click.ParamType):
         text = str(value).strip()
         if text == "now":
             return datetime.now(UTC)
-        if len(text) > 1 and text[-1] in self._UNITS and text[:-1].isdigit():
-            return datetime.now(UTC) - timedelta(**{self._UNITS[text[-1]]: int(text[:-1])})
+        age = _age(text)
+        if age is not None:
+            return datetime.now(UTC) - age
         try:
             when = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
