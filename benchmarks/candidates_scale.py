@@ -487,7 +487,6 @@ def _install_released_word_search(conn: Any) -> None:
     text = sql.load("0009", "imgsearch_word_candidates")
     text = text.replace("FUNCTION imgsearch_word_candidates(", "FUNCTION pg_temp.word_candidates_0009(", 1)
     text = text.replace("imgsearch_word_candidates.extractor", "word_candidates_0009.extractor")
-    conn.exec_driver_sql("SELECT 1")  # a live connection for the driver-level execute below
     sql.execute(conn, text)
 
 
