@@ -287,7 +287,7 @@ class VisualWordPosting(Base):
 
 
 class VisualWordFrequency(Base):
-    """How many photos had a word when its vocabulary was activated: the query's rarest words are read first."""
+    """How many photos had a word when its vocabulary was activated: the word search's idf comes from it."""
 
     __tablename__ = "visual_word_frequencies"
     __table_args__ = (CheckConstraint("word >= 0 AND photos > 0", name="ck_visual_word_frequencies_counts"),)

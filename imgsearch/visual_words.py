@@ -10,7 +10,8 @@ The vocabulary is learnt without labels from the catalogue's own stored features
 k-means on RootSIFT descriptors (a coarse level, then each coarse cell split again), so that a query's thousand
 descriptors are assigned in a few milliseconds. Each photo's distinct words go into ``visual_word_postings``
 (one row per word and photo, read by index-only scans); ``imgsearch_word_candidates`` ranks products by shared
-words in one round trip, idf computed on the fly from the postings it reads.
+words in one round trip, idf from each word's photo count taken when the vocabulary was activated
+(``visual_word_frequencies``).
 """
 
 from __future__ import annotations

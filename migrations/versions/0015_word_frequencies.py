@@ -1,13 +1,14 @@
-"""Visual word frequencies: a search by photo reads only its rarest words' postings.
+"""Visual word frequencies: the word search takes its idf from counts and looks up fewer products.
 
 Revision ID: 0015
 Revises: 0014
 Create Date: 2026-12-07
 
 Adds visual_word_frequencies (how many photos had each word when its vocabulary was activated), counted here for
-the vocabularies already built, and makes imgsearch_word_candidates read the query's words rarest first within a
-budget of postings (the setting imgsearch.word_postings), so that its cost stops growing with the catalogue.
-Downgrading drops the counts and puts back the search that reads every posting; no other row is touched.
+the vocabularies already built. imgsearch_word_candidates takes the idf from those counts instead of aggregating
+the postings it reads, looks up products for the best-scoring photos only, and reads the query's words rarest
+first when the setting imgsearch.word_postings caps the postings read (no cap by default). Same arguments and
+answer. Downgrading drops the counts and puts back revision 0009's function; no other row is touched.
 """
 
 from collections.abc import Sequence

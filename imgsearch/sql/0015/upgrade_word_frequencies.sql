@@ -1,7 +1,7 @@
--- How many photos have each visual word, counted when a vocabulary is activated (imgsearch.visual_words.build), so
--- that a search by photo can pick the query's rarest words before it reads any posting: at 100,000 photos a query's
--- ~1,000 words have ~300,000 postings, most of them in a few common words that tell little (Sivic and Zisserman's
--- stop list), and reading them all took a second. The idf of the words read still comes from the postings.
+-- How many photos have each visual word, counted when a vocabulary is activated (imgsearch.visual_words.build): a
+-- search by photo takes its idf from these counts instead of aggregating every posting it reads (at 100,000 photos
+-- a query's ~1,000 words have ~300,000 postings), and, where imgsearch.word_postings caps the postings read, picks
+-- the query's rarest words before it reads any.
 -- Run by revision 0015 inside imgsearch's schema; the counts of the vocabularies already there are made here.
 
 CREATE TABLE visual_word_frequencies (
