@@ -145,10 +145,7 @@ class Distractors:
         self.rng = np.random.default_rng(seed)
         self.vector_noise, self.descriptor_noise = vector_noise, descriptor_noise
 
-    def make(self) -> tuple[str, np.ndarray, Any, list[int]]:
-        """One distractor: its category, vector, features and the Myntra photos it came from."""
-        from imgsearch.local_features import LocalFeatures
-
+    def _mix(self) -> tuple[str, np.ndarray, list[int], np.ndarray]:
         rng = self.rng
         category = self.names[rng.choice(len(self.names), p=self.weights)]
         pool = self.by_category[category]
@@ -157,7 +154,19 @@ class Distractors:
         w = rng.dirichlet(np.ones(count))
         v = (w[:, None] * self.vectors[sources]).sum(axis=0) + rng.normal(0, self.vector_noise, 512)
         v = np.maximum(v, 0.0)
-        v = (v / np.linalg.norm(v)).astype(np.float32)
+        return category, (v / np.linalg.norm(v)).astype(np.float32), sources, w
+
+    def make_vector(self) -> tuple[str, np.ndarray, list[int]]:
+        """One distractor without local features: its category, vector and the Myntra photos it came from."""
+        category, v, sources, _ = self._mix()
+        return category, v, sources
+
+    def make(self) -> tuple[str, np.ndarray, Any, list[int]]:
+        """One distractor: its category, vector, features and the Myntra photos it came from."""
+        from imgsearch.local_features import LocalFeatures
+
+        rng = self.rng
+        category, v, sources, w = self._mix()
         first = self.features[sources[0]]
         total = len(first)
         take = np.floor(w * total).astype(int)
