@@ -153,7 +153,8 @@ class Catalogue:
 
     def search(self, vector: Any, k: int = 10, **filters: Any) -> list[query.SearchResult]:
         """The ``k`` products nearest to a vector (or several: a product's photos); ``filters`` as
-        :func:`imgsearch.query.search` (``categories``, ``in_stock_only``, ``max_price``, ``exclude_skus``)."""
+        :func:`imgsearch.query.search` (``categories``, ``in_stock_only``, ``max_price``, ``exclude_skus``, and
+        ``offset`` or ``cursor`` for a page further down)."""
         return query.search(self.engine("reader"), vector, k, **filters)
 
     def search_many(self, vectors: Any, k: int = 10, **filters: Any) -> list[list[query.SearchResult]]:
@@ -209,9 +210,10 @@ class Catalogue:
         """Products that look like catalogue product ``sku`` (itself excluded; :func:`query.similar_to_sku`)."""
         return query.similar_to_sku(self.engine("reader"), sku, k, **filters)
 
-    def cheaper(self, sku: str, k: int = 10, *, same_category: bool = True) -> list[query.SearchResult]:
-        """Look-alikes of ``sku`` in stock and strictly cheaper (:func:`query.cheaper_alternatives`)."""
-        return query.cheaper_alternatives(self.engine("reader"), sku, k, same_category=same_category)
+    def cheaper(self, sku: str, k: int = 10, *, same_category: bool = True, **page: Any) -> list[query.SearchResult]:
+        """Look-alikes of ``sku`` in stock and strictly cheaper (:func:`query.cheaper_alternatives`); ``page``:
+        ``offset`` or ``cursor``."""
+        return query.cheaper_alternatives(self.engine("reader"), sku, k, same_category=same_category, **page)
 
     def duplicates(
         self,

@@ -996,13 +996,27 @@ def _search_options(func: Any) -> Any:
         sheet: Path | None,
         histogram: Path | None,
         image_roots: tuple[Path, ...],
+        offset: int,
+        cursor: str | None,
         **kwargs: Any,
     ) -> Any:
-        return func(*args, out=_Output(fmt, sheet, histogram, image_roots), **kwargs)
+        page = {"offset": offset, "cursor": cursor}
+        return func(*args, out=_Output(fmt, sheet, histogram, image_roots), page=page, **kwargs)
 
     options = [
         click.option(
             "-k", "k", type=click.IntRange(1, query.MAX_K), default=8, show_default=True, help="How many results."
+        ),
+        click.option(
+            "--offset",
+            type=click.IntRange(0, query.MAX_K - 1),
+            default=0,
+            help="Skip that many results first: the next page is --offset k (offset + k at most 1000).",
+        ),
+        click.option(
+            "--cursor",
+            default=None,
+            help="A result's cursor (--format json or csv): the results after it, however the catalogue changed since.",
         ),
         click.option(
             "--format",
@@ -1011,7 +1025,7 @@ def _search_options(func: Any) -> Any:
             default="table",
             show_default=True,
             help="table for people; json or csv for programs (fields: rank, sku, name, category, price, "
-            "in_stock, distance, image, match, inliers, box).",
+            "in_stock, distance, image, match, inliers, box, cursor).",
         ),
         click.option(
             "--sheet",
@@ -1158,7 +1172,14 @@ def _stored_image(shop: Catalogue, sku: str) -> str | None:
 @_search_options
 @pass_app
 def search(
-    app: App, images: tuple[str, ...], crop: Crop | None, no_verify: bool, filters: _Filters, k: int, out: _Output
+    app: App,
+    images: tuple[str, ...],
+    crop: Crop | None,
+    no_verify: bool,
+    filters: _Filters,
+    k: int,
+    out: _Output,
+    page: dict[str, Any],
 ) -> None:
     """Products that look like the photo IMAGE (JPEG, PNG, WebP, GIF, BMP, TIFF; a file, an http(s):// address,
     or '-' for stdin), or like several photos of one thing (up to 5: the front and the back, a label).
@@ -1176,6 +1197,7 @@ def search(
       imgsearch search https://cdn.example.com/look.jpg -k 5
       cat photo.jpg | imgsearch search - --sheet results.png
       imgsearch search front.jpg back.jpg -k 5
+      imgsearch search photo.jpg -k 20 --offset 20
     """
     if len(images) > query.MAX_QUERY_PHOTOS:
         _fail(f"give at most {query.MAX_QUERY_PHOTOS} photos of one thing, got {len(images)}")
@@ -1186,12 +1208,12 @@ def search(
     shop = app.catalogue
     if len(images) == 1:
         source, picture, label = _read_query(images[0])
-        results = shop.search_image(source, k, crop=crop, verify=not no_verify, **filters.query_args())
+        results = shop.search_image(source, k, crop=crop, verify=not no_verify, **filters.query_args(), **page)
     else:
         read = [_read_query(image) for image in images]
         sources = [source for source, _, _ in read]
         picture, label = read[0][1], f"{len(images)} photos"
-        results = shop.search_images(sources, k, verify=not no_verify, **filters.query_args())
+        results = shop.search_images(sources, k, verify=not no_verify, **filters.query_args(), **page)
     _emit(shop, results, out, query_image=picture, query_label=label)
 
 
@@ -1201,7 +1223,7 @@ def search(
 @_filter_options
 @_search_options
 @pass_app
-def similar(app: App, sku: str, cheaper: bool, filters: _Filters, k: int, out: _Output) -> None:
+def similar(app: App, sku: str, cheaper: bool, filters: _Filters, k: int, out: _Output, page: dict[str, Any]) -> None:
     """Products that look like catalogue product SKU (its stored vector; SKU itself excluded).
 
     \b
@@ -1214,9 +1236,9 @@ def similar(app: App, sku: str, cheaper: bool, filters: _Filters, k: int, out: _
     if cheaper:
         if filters.given:
             _fail("--cheaper already means same category, in stock and cheaper: drop the other filters")
-        results = _by_sku(shop, lambda: shop.cheaper(sku, k))
+        results = _by_sku(shop, lambda: shop.cheaper(sku, k, **page))
     else:
-        results = _by_sku(shop, lambda: shop.similar(sku, k, **filters.query_args()))
+        results = _by_sku(shop, lambda: shop.similar(sku, k, **filters.query_args(), **page))
     _emit(shop, results, out, query_image=_stored_image(shop, sku) if out.sheet else None, query_label=sku)
 
 
@@ -1225,7 +1247,7 @@ def similar(app: App, sku: str, cheaper: bool, filters: _Filters, k: int, out: _
 @click.option("--any-category", is_flag=True, help="Also suggest products of other categories.")
 @_search_options
 @pass_app
-def cheaper(app: App, sku: str, any_category: bool, k: int, out: _Output) -> None:
+def cheaper(app: App, sku: str, any_category: bool, k: int, out: _Output, page: dict[str, Any]) -> None:
     """Visually similar products that are in stock and strictly cheaper than SKU (same category by default).
 
     \b
@@ -1234,7 +1256,7 @@ def cheaper(app: App, sku: str, any_category: bool, k: int, out: _Output) -> Non
       imgsearch cheaper dress-19e4de0d --sheet cheaper.png --image-root examples
     """
     shop = app.catalogue
-    results = _by_sku(shop, lambda: shop.cheaper(sku, k, same_category=not any_category))
+    results = _by_sku(shop, lambda: shop.cheaper(sku, k, same_category=not any_category, **page))
     _emit(shop, results, out, query_image=_stored_image(shop, sku) if out.sheet else None, query_label=sku)
 
 

@@ -34,13 +34,22 @@ class Filters(_Request):
     )
 
 
-class VectorSearch(Filters):
+class Page(_Request):
+    """Which page of the ranking: after ``offset`` results, or after the result a ``cursor`` came from."""
+
+    offset: int = Field(0, ge=0, lt=query.MAX_K, description="results skipped first (offset + k at most 1000)")
+    cursor: str | None = Field(
+        None, description="a result's `cursor`: the results after it, even if the catalogue changed since"
+    )
+
+
+class VectorSearch(Filters, Page):
     """A search by a vector (for example one from `POST /v1/embed`, or kept from an earlier search)."""
 
     vector: list[float] = Field(..., min_length=1, description="512 numbers (or a photo's vectors: see the docs)")
 
 
-class UrlSearch(Filters):
+class UrlSearch(Filters, Page):
     """A search by the photo at a web address, fetched by the service."""
 
     image_url: str = Field(..., description="http(s) address of a photo; private addresses refused by default")
@@ -93,6 +102,7 @@ class SearchResult(BaseModel):
     )
     inliers: int | None = Field(..., description="keypoints agreeing with one homography (verified searches)")
     box: list[float] | None = Field(..., description="where the product lies in the photo: left, top, right, bottom")
+    cursor: str | None = Field(..., description="send it as `cursor` with the same search for the results after this")
 
 
 class Error(BaseModel):

@@ -4,7 +4,8 @@ Search results in JSON and CSV are a stable interface: one record per result, be
 (:data:`RESULT_FIELDS`, in this order as the CSV columns; new fields may be added at the end, none removed):
 
 =========  =================================================================================================
-rank       1 for the closest product, then 2, 3...
+rank       1 for the closest product, then 2, 3... (a page further down, ``--offset`` or ``--cursor``,
+           continues the count)
 sku        the product's SKU
 name       product name; JSON ``null`` / CSV empty when the catalogue has none
 category   product category
@@ -19,6 +20,7 @@ inliers    searches by photo: keypoints of the product's photo found again in th
            one perspective (``exact`` from 12); ``null`` / empty otherwise
 box        an ``exact`` match's place in the query photo: JSON ``[left, top, right, bottom]`` in its pixels, CSV
            the four numbers separated by spaces; ``null`` / empty otherwise
+cursor     give it to the same search (``--cursor``, ``cursor``) for the results after this one
 =========  =================================================================================================
 
 JSON is one array of objects (``[]`` when nothing matches); CSV is a header row then one row per result
@@ -44,7 +46,20 @@ from imgsearch.street_to_shop import StreetToShop
 from imgsearch.tuning import SpaceStatus
 
 FORMATS = ("table", "json", "csv")
-RESULT_FIELDS = ("rank", "sku", "name", "category", "price", "in_stock", "distance", "image", "match", "inliers", "box")
+RESULT_FIELDS = (
+    "rank",
+    "sku",
+    "name",
+    "category",
+    "price",
+    "in_stock",
+    "distance",
+    "image",
+    "match",
+    "inliers",
+    "box",
+    "cursor",
+)
 
 
 def printable(text: str) -> str:
@@ -64,7 +79,7 @@ def result_dicts(results: Sequence[SearchResult]) -> list[dict[str, object]]:
     """Results as plain dicts with the documented field names, in rank order (rank starts at 1)."""
     return [
         {
-            "rank": rank,
+            "rank": r.rank or rank,
             "sku": r.sku,
             "name": r.name,
             "category": r.category,
@@ -75,6 +90,7 @@ def result_dicts(results: Sequence[SearchResult]) -> list[dict[str, object]]:
             "match": r.match,
             "inliers": r.inliers,
             "box": None if r.box is None else list(r.box),
+            "cursor": r.cursor,
         }
         for rank, r in enumerate(results, start=1)
     ]
@@ -146,7 +162,7 @@ def format_results(results: Sequence[SearchResult], fmt: str = "table", width: i
     headers = ["#", "sku", "name", "category", "price", "stock", "distance", "image"]
     rows = [
         [
-            str(rank),
+            str(r.rank or rank),
             r.sku,
             r.name or "",
             r.category,

@@ -7,7 +7,10 @@ get the same results from the same code. See docs/filtered-search.md for how fil
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import base64
+import binascii
+import json
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -65,6 +68,13 @@ class SearchResult(Listing):
     match: str | None = None
     inliers: int | None = None
     box: tuple[float, float, float, float] | None = None
+    #: Its place in the whole ranking (1 = best), counting the pages before this one.
+    rank: int | None = None
+
+    @property
+    def cursor(self) -> str | None:
+        """Pass it as ``cursor`` to the same search for the results after this one (:func:`page`)."""
+        return None if self.rank is None else _encode_cursor(self, self.rank)
 
 
 def validate_vector(vector: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -222,6 +232,8 @@ def search(
     below_price: Price | None = None,
     exact: bool = False,
     max_distance: float | None = None,
+    offset: int = 0,
+    cursor: str | None = None,
 ) -> list[SearchResult]:
     """The ``k`` products closest to ``vector`` by cosine distance, best first.
 
@@ -239,9 +251,11 @@ def search(
         exact: force exact search instead of the HNSW index (for measuring recall).
         max_distance: only results at most this cosine distance away (0 to 2): fewer than ``k``, or none, when
             nothing that close matches; ``None``, no threshold.
+        offset: skip that many results first (a page further down: ``offset + k`` at most 1000).
+        cursor: the ``cursor`` of a result of the same search: the ``k`` results after it (:func:`page`).
 
     Raises:
-        InvalidQueryError: bad vector, k, price or distance.
+        InvalidQueryError: bad vector, k, price, distance, offset or cursor.
     """
     limit = distance_limit(max_distance)
     # An array says its shape; anything else is looked at as objects (a list of lists, of arrays, ragged).
@@ -253,11 +267,13 @@ def search(
         query_vectors: np.ndarray | list[np.ndarray] = [validate_vector(v) for v in vectors]
     else:
         query_vectors = validate_vector(vector)
-    params = {
-        "query": query_vectors,
-        **_filter_params(k, categories, in_stock_only, max_price, exclude_skus, below_price),
-    }
-    return within(_run(bind, _SIMILAR_MULTI if several else _SIMILAR, params, exact=exact), limit)
+    filters = _filter_params(k, categories, in_stock_only, max_price, exclude_skus, below_price)
+
+    def ranking(n: int) -> list[SearchResult]:
+        params = {"query": query_vectors, **filters, "k": n}
+        return within(_run(bind, _SIMILAR_MULTI if several else _SIMILAR, params, exact=exact), limit)
+
+    return page(ranking, k, offset, cursor)
 
 
 def distance_limit(value: object) -> float | None:
@@ -281,6 +297,77 @@ def within(results: list[SearchResult], limit: float | None) -> list[SearchResul
     if limit is None:
         return results
     return [r for r in results if r.distance <= limit or r.match == "exact"]
+
+
+def _validate_offset(offset: object) -> int:
+    if isinstance(offset, bool) or not isinstance(offset, int | np.integer) or not 0 <= offset < MAX_K:
+        raise InvalidQueryError(f"offset must be an integer from 0 to {MAX_K - 1}, got {offset!r}")
+    return int(offset)
+
+
+def _order(r: SearchResult) -> tuple[int, int, float, str]:
+    """Where a result stands in a ranking: verified matches first (most inliers first), then by distance."""
+    exact = r.match == "exact"
+    return (0 if exact else 1, -(r.inliers or 0) if exact else 0, round(r.distance, 9), r.sku)
+
+
+def _encode_cursor(r: SearchResult, rank: int) -> str:
+    key = _order(r)
+    text = json.dumps([rank, key[0], key[1], key[2], key[3]], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: object) -> tuple[int, tuple[int, int, float, str]]:
+    problem = InvalidQueryError("cursor is not one a search returned (pass a result's cursor unchanged)")
+    if not isinstance(cursor, str) or not 0 < len(cursor) <= 2000:
+        raise problem
+    try:
+        rank, exact, inliers, distance, sku = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError, binascii.Error):
+        raise problem from None
+    fields = ((rank, int), (exact, int), (inliers, int), (distance, int | float), (sku, str))
+    if not all(isinstance(v, t) and not isinstance(v, bool) for v, t in fields) or not 1 <= rank <= MAX_K:
+        raise problem
+    return rank, (exact, inliers, float(distance), sku)
+
+
+def page(
+    ranking: Callable[[int], list[SearchResult]], k: int, offset: int = 0, cursor: str | None = None
+) -> list[SearchResult]:
+    """One page of a search: ``k`` results after skipping ``offset``, or after the result whose ``cursor`` is
+    given, each with its ``rank`` in the whole ranking and its own ``cursor``. ``ranking(n)`` is the search asked
+    for its ``n`` best.
+
+    A cursor names the result it was taken from, so the next page starts right after that product even when
+    products were added, removed or re-priced ahead of it since (an offset would shift: repeat or skip results).
+    Pages reach down to the :data:`MAX_K`-th result.
+
+    Raises:
+        InvalidQueryError: bad k or offset, both offset and cursor, or a cursor no search returned.
+    """
+    k, offset = _validate_k(k), _validate_offset(offset)
+    if cursor is None:
+        found, start, before = ranking(min(MAX_K, offset + k)), offset, offset
+    else:
+        if offset:
+            raise InvalidQueryError("give offset or cursor, not both")
+        before, key = _decode_cursor(cursor)
+        # Room for products added ahead of the cursor since its page; asked again for more when they were many.
+        want = min(MAX_K, before + 2 * k)
+        while True:
+            found = ranking(want)
+            at = next((i for i, r in enumerate(found) if r.sku == key[3]), None)
+            # The product the cursor names was removed or moved: continue after every result ranked before it.
+            start = at + 1 if at is not None else sum(1 for r in found if _order(r) <= key)
+            if len(found) - start >= k or len(found) < want or want == MAX_K:
+                break
+            want = min(MAX_K, 2 * want)
+    return _numbered(found[start : start + min(k, MAX_K - before)], before)
+
+
+def _numbered(results: list[SearchResult], before: int = 0) -> list[SearchResult]:
+    """``results`` with their rank (after ``before`` others) and cursor."""
+    return [replace(r, rank=before + i) for i, r in enumerate(results, 1)]
 
 
 def _filter_params(
@@ -332,7 +419,7 @@ def search_many(
     answers: list[list[SearchResult]] = [[] for _ in rows]
     for row in _rows(bind, _SIMILAR_MANY, params):
         answers[row.query_index - 1].append(_result(row))
-    return [within(answer, limit) for answer in answers]
+    return [_numbered(within(answer, limit)) for answer in answers]
 
 
 def similar_to_sku(
@@ -345,42 +432,50 @@ def similar_to_sku(
     max_price: Price | None = None,
     exclude_skus: Iterable[str] | None = None,
     max_distance: float | None = None,
+    offset: int = 0,
+    cursor: str | None = None,
 ) -> list[SearchResult]:
     """Products that look like catalogue product ``sku`` (its stored vector), the product itself excluded, and
     the ``exclude_skus`` too (asked for that many more, then left out: still exactly k whenever k others match);
-    ``max_distance`` as :func:`search`.
+    ``max_distance``, ``offset`` and ``cursor`` as :func:`search`.
 
     Raises:
         UnknownSkuError: ``sku`` is not in the catalogue.
-        InvalidQueryError: bad k or price.
+        InvalidQueryError: bad k, price, offset or cursor.
     """
     k, limit = _validate_k(k), distance_limit(max_distance)
     excluded = set(_text_list(exclude_skus, "exclude_skus") or ())
     params = {
         "sku": _query_text(sku, "sku"),
-        "k": min(k + len(excluded), MAX_K),
         "categories": _text_list(categories, "categories"),
         "in_stock_only": bool(in_stock_only),
         "max_price": price_limit(max_price, "max_price"),
     }
-    results = _run(bind, _SIMILAR_TO_SKU, params)
-    if excluded:
-        results = [r for r in results if r.sku not in excluded][:k]
-    return within(results, limit)
+
+    def ranking(n: int) -> list[SearchResult]:
+        results = _run(bind, _SIMILAR_TO_SKU, {**params, "k": min(n + len(excluded), MAX_K)})
+        if excluded:
+            results = [r for r in results if r.sku not in excluded][:n]
+        return within(results, limit)
+
+    return page(ranking, k, offset, cursor)
 
 
-def cheaper_alternatives(bind: Bind, sku: str, k: int = 10, *, same_category: bool = True) -> list[SearchResult]:
+def cheaper_alternatives(
+    bind: Bind, sku: str, k: int = 10, *, same_category: bool = True, offset: int = 0, cursor: str | None = None
+) -> list[SearchResult]:
     """Visually similar products that are in stock and strictly cheaper than ``sku``.
 
     This answers the shop's complaint: a customer looking at an expensive item should see the near-identical
-    cheaper ones. Same category as ``sku`` unless ``same_category`` is false.
+    cheaper ones. Same category as ``sku`` unless ``same_category`` is false. ``offset`` and ``cursor`` as
+    :func:`search`.
 
     Raises:
         UnknownSkuError: ``sku`` is not in the catalogue.
-        InvalidQueryError: ``sku`` has no price, or bad k.
+        InvalidQueryError: ``sku`` has no price, or bad k, offset or cursor.
     """
-    params = {"sku": _query_text(sku, "sku"), "k": _validate_k(k), "same_category": bool(same_category)}
-    return _run(bind, _CHEAPER, params)
+    params = {"sku": _query_text(sku, "sku"), "same_category": bool(same_category)}
+    return page(lambda n: _run(bind, _CHEAPER, {**params, "k": n}), k, offset, cursor)
 
 
 def search_image(
@@ -397,6 +492,8 @@ def search_image(
     verify: bool = True,
     candidates: int = VERIFY_CANDIDATES,
     max_distance: float | None = None,
+    offset: int = 0,
+    cursor: str | None = None,
 ) -> list[SearchResult]:
     """The ``k`` products that look most like a photo (path, bytes or binary file object), best first.
 
@@ -404,17 +501,21 @@ def search_image(
     ``candidates`` nearest products by the global vector are checked with local features and geometric
     verification (:mod:`imgsearch.local_features`), and the ones the photo provably shows (``match="exact"``)
     come first, most inliers first; the rest follow by distance (``match="similar"``). ``crop`` limits the
-    search to a box of the photo (:data:`imgsearch.images.Crop`, pixels of the upright photo).
+    search to a box of the photo (:data:`imgsearch.images.Crop`, pixels of the upright photo). ``offset`` and
+    ``cursor`` page through the ranking as :func:`search` does (the photo is described again for every page).
 
     Raises:
         EmbeddingSpaceMismatchError: ``featurizer`` makes vectors unlike the catalogue's (other weights or
             preprocessing), so distances would be meaningless.
         ImageError: the photo cannot be read, or ``crop`` lies outside it.
-        InvalidQueryError: bad k, price, crop, candidates or distance.
+        InvalidQueryError: bad k, price, crop, candidates, distance, offset or cursor.
     """
     k, crop = _validate_k(k), validate_crop(crop)
     distance_limit(max_distance)  # checked before the photo is read
     _validate_k(candidates, "candidates")
+    _validate_offset(offset)
+    if cursor is not None:
+        _decode_cursor(cursor)
     source = read_source(image)
     if not verify:
         check_space(bind, featurizer.space)
@@ -428,6 +529,8 @@ def search_image(
             max_price=max_price,
             exclude_skus=exclude_skus,
             max_distance=max_distance,
+            offset=offset,
+            cursor=cursor,
         )
     # The local features of the photo are computed while the network embeds it (both release the GIL).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgsearch-features") as pool:
@@ -448,6 +551,8 @@ def search_image(
         crop=crop,
         space=featurizer.space,
         max_distance=max_distance,
+        offset=offset,
+        cursor=cursor,
     )
 
 
@@ -468,12 +573,14 @@ def search_images(
     verify: bool = True,
     candidates: int = VERIFY_CANDIDATES,
     max_distance: float | None = None,
+    offset: int = 0,
+    cursor: str | None = None,
 ) -> list[SearchResult]:
     """The ``k`` products that look most like several photos of one thing (up to :data:`MAX_QUERY_PHOTOS`: the
     front and the back, a label): a product's distance is that of its photo closest to any of them. With
     ``verify``, every photo is checked as :func:`search_image` checks one, and a product any of them proves
     (``match="exact"``, its most inliers) comes first; the others follow by that distance as ``"similar"``.
-    One photo is :func:`search_image`.
+    One photo is :func:`search_image`. ``offset`` and ``cursor`` as :func:`search`.
 
     Raises:
         EmbeddingSpaceMismatchError, ImageError, InvalidQueryError: as :func:`search_image`, and for no photo or
@@ -484,6 +591,9 @@ def search_images(
         raise InvalidQueryError(f"give 1 to {MAX_QUERY_PHOTOS} photos, got {count}")
     k, limit = _validate_k(k), distance_limit(max_distance)
     _validate_k(candidates, "candidates")
+    _validate_offset(offset)
+    if cursor is not None:
+        _decode_cursor(cursor)
     filters = {
         "categories": categories,
         "in_stock_only": in_stock_only,
@@ -493,29 +603,43 @@ def search_images(
     sources = [read_source(image) for image in images]
     if len(sources) == 1:
         return search_image(
-            bind, featurizer, sources[0], k, verify=verify, candidates=candidates, max_distance=limit, **filters
+            bind,
+            featurizer,
+            sources[0],
+            k,
+            verify=verify,
+            candidates=candidates,
+            max_distance=limit,
+            offset=offset,
+            cursor=cursor,
+            **filters,
         )
     check_space(bind, featurizer.space)
     vectors = [featurizer.embed_image(source) for source in sources]
-    ranked = search(bind, np.stack(vectors), k, **filters)
     if not verify:
-        return within(ranked, limit)
-    proven: dict[str, SearchResult] = {}
-    inliers: dict[str, int] = {}
-    for source, vector in zip(sources, vectors, strict=True):
-        features = local_features.features_of(source, local_features.QUERY_KEYPOINTS)
-        found = search_verified(bind, vector, features, k, candidates=candidates, size=photo_size(source), **filters)
-        for r in found:
-            inliers[r.sku] = max(inliers.get(r.sku, 0), r.inliers or 0)
-            if r.match == "exact" and (r.sku not in proven or (r.inliers or 0) > (proven[r.sku].inliers or 0)):
-                proven[r.sku] = r
-    nearest = {r.sku: r.distance for r in ranked}
-    exact = [
-        replace(r, distance=min(r.distance, nearest.get(r.sku, r.distance)))
-        for r in sorted(proven.values(), key=lambda r: -(r.inliers or 0))
-    ]
-    similar = [replace(r, match="similar", inliers=inliers.get(r.sku, 0)) for r in ranked if r.sku not in proven]
-    return within((exact + similar)[:k], limit)
+        return search(bind, np.stack(vectors), k, max_distance=limit, offset=offset, cursor=cursor, **filters)
+    features = [local_features.features_of(source, local_features.QUERY_KEYPOINTS) for source in sources]
+
+    def ranking(n: int) -> list[SearchResult]:
+        ranked = search(bind, np.stack(vectors), n, **filters)
+        proven: dict[str, SearchResult] = {}
+        inliers: dict[str, int] = {}
+        for source, vector, found_features in zip(sources, vectors, features, strict=True):
+            size = photo_size(source)
+            found = search_verified(bind, vector, found_features, n, candidates=candidates, size=size, **filters)
+            for r in found:
+                inliers[r.sku] = max(inliers.get(r.sku, 0), r.inliers or 0)
+                if r.match == "exact" and (r.sku not in proven or (r.inliers or 0) > (proven[r.sku].inliers or 0)):
+                    proven[r.sku] = r
+        nearest = {r.sku: r.distance for r in ranked}
+        exact = [
+            replace(r, distance=min(r.distance, nearest.get(r.sku, r.distance)))
+            for r in sorted(proven.values(), key=lambda r: -(r.inliers or 0))
+        ]
+        similar = [replace(r, match="similar", inliers=inliers.get(r.sku, 0)) for r in ranked if r.sku not in proven]
+        return within((exact + similar)[:n], limit)
+
+    return page(ranking, k, offset, cursor)
 
 
 def search_verified(
@@ -533,6 +657,8 @@ def search_verified(
     crop: Crop | None = None,
     space: SpaceLike | None = None,
     max_distance: float | None = None,
+    offset: int = 0,
+    cursor: str | None = None,
 ) -> list[SearchResult]:
     """The search of :func:`search_image` from a photo's vector and local features already computed (a service
     that embeds photos its own way): one round trip for both candidate sources (``imgsearch_photo_candidates``),
@@ -540,16 +666,18 @@ def search_verified(
 
     ``size`` (the photo's width and height) or ``crop`` (the box the features were computed on) place the
     matched ``box`` in the photo's pixels. ``space``, the vector's embedding space, is checked against the
-    catalogue's in the same round trip.
+    catalogue's in the same round trip. ``offset`` and ``cursor`` as :func:`search`: a page further down
+    verifies that many more candidates.
 
     Raises:
-        InvalidQueryError: bad vector, k, price or candidates.
+        InvalidQueryError: bad vector, k, price, candidates, offset or cursor.
         EmbeddingSpaceMismatchError: ``space`` is not the catalogue's.
     """
     query, limit = validate_vector(vector), distance_limit(max_distance)
+    _validate_k(k)
+    candidates = _validate_k(candidates, "candidates")
     params: dict[str, object] = {
         "query": query,
-        "k": max(_validate_k(k), _validate_k(candidates, "candidates")),
         "extractor": local_features.EXTRACTOR,
         "word_n": WORD_CANDIDATES,
         "model": space.model_name if space is not None else None,
@@ -560,19 +688,24 @@ def search_verified(
         "max_price": price_limit(max_price, "max_price"),
         "exclude": _text_list(exclude_skus, "exclude_skus"),
     }
-    for attempt in range(2):
-        # The photo's visual words under the vocabulary last seen active; the database refuses a replaced one.
-        params["vocabulary"], params["words"] = visual_words.photo_words(bind, features, refresh=attempt > 0)
-        try:
-            rows = _rows(bind, _PHOTO_CANDIDATES, params)
-            break
-        except StaleVocabularyError:
-            if attempt:
-                raise
-    found = [r for r in rows if r.source == "global"]
-    by_words = [r for r in rows if r.source == "words"]
-    ranked = verified_ranking(found, features, k, size=size, crop=validate_crop(crop), word_rows=by_words)
-    return within(ranked, limit)
+    crop = validate_crop(crop)
+
+    def ranking(n: int) -> list[SearchResult]:
+        asked = {**params, "k": max(n, candidates)}
+        for attempt in range(2):
+            # The photo's visual words under the vocabulary last seen active; the database refuses a replaced one.
+            asked["vocabulary"], asked["words"] = visual_words.photo_words(bind, features, refresh=attempt > 0)
+            try:
+                rows = _rows(bind, _PHOTO_CANDIDATES, asked)
+                break
+            except StaleVocabularyError:
+                if attempt:
+                    raise
+        found = [r for r in rows if r.source == "global"]
+        by_words = [r for r in rows if r.source == "words"]
+        return within(verified_ranking(found, features, n, size=size, crop=crop, word_rows=by_words), limit)
+
+    return page(ranking, k, offset, cursor)
 
 
 def verified_ranking(

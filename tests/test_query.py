@@ -331,6 +331,91 @@ def test_cheaper_alternatives(filled: Engine, data: Catalogue) -> None:
         query.cheaper_alternatives(filled, "NOPE")
 
 
+# --- pages ----------------------------------------------------------------------------------------------------
+
+
+def test_pages_by_offset_and_by_cursor_make_up_the_one_long_ranking(filled: Engine, data: Catalogue) -> None:
+    q = data.query_vector(3)
+    whole = query.search(filled, q, 60, exact=True, categories=["big", "mid"])
+    assert [r.rank for r in whole] == list(range(1, 61)) and len({r.cursor for r in whole}) == 60
+    by_offset = [
+        r
+        for start in (0, 20, 40)
+        for r in query.search(filled, q, 20, exact=True, categories=["big", "mid"], offset=start)
+    ]
+    assert [(r.sku, r.rank) for r in by_offset] == [(r.sku, r.rank) for r in whole]
+    by_cursor: list[query.SearchResult] = []
+    for _ in range(3):
+        after = by_cursor[-1].cursor if by_cursor else None
+        by_cursor += query.search(filled, q, 20, exact=True, categories=["big", "mid"], cursor=after)
+    assert [(r.sku, r.rank) for r in by_cursor] == [(r.sku, r.rank) for r in whole]
+    # Through the index too: every page new, and together as good as one search for all of them.
+    walked = query.search(filled, q, 20) + query.search(filled, q, 20, offset=20)
+    assert len({r.sku for r in walked}) == 40
+    assert recall([r.sku for r in walked], data.exact(q, 40, data.in_stock)) >= 0.9
+    # The last pages stop at the 1000th result.
+    tail = query.search(filled, q, 10, in_stock_only=False, offset=995)
+    assert [r.rank for r in tail] == [996, 997, 998, 999, 1000]
+    assert query.search(filled, q, 10, in_stock_only=False, cursor=tail[-1].cursor) == []
+
+
+def test_similar_and_cheaper_page_too(filled: Engine, data: Catalogue) -> None:
+    sku = data.skus[42]
+    whole = query.similar_to_sku(filled, sku, 12, in_stock_only=False, categories=["big"])
+    first = query.similar_to_sku(filled, sku, 6, in_stock_only=False, categories=["big"])
+    second = query.similar_to_sku(filled, sku, 6, in_stock_only=False, categories=["big"], cursor=first[-1].cursor)
+    assert [r.sku for r in first + second] == [r.sku for r in whole]
+    dearest = int(np.argmax(np.where(data.category == "mid", data.price, -1)))
+    cheaper = query.cheaper_alternatives(filled, data.skus[dearest], 10)
+    assert query.cheaper_alternatives(filled, data.skus[dearest], 5, offset=5) == cheaper[5:]
+
+
+def test_a_cursor_continues_after_its_product_while_the_catalogue_changes(engine: Engine, data: Catalogue) -> None:
+    records = data.records()[:300]
+    catalogue.upsert_products(engine, records)
+    q = data.vectors[7]
+    first = query.search(engine, q, 10, exact=True, in_stock_only=False)
+    second_before = query.search(engine, q, 10, exact=True, in_stock_only=False, offset=10)
+    # New products nearer to the query than anything shown: an offset would show page 1's last ones again.
+    rng = np.random.default_rng(0)
+    catalogue.upsert_products(
+        engine,
+        [
+            ProductRecord(sku=f"new-{i}", category="big", embedding=q + 0.01 * rng.normal(size=512).astype(np.float32))
+            for i in range(4)
+        ],
+    )
+    shifted = query.search(engine, q, 10, exact=True, in_stock_only=False, offset=10)
+    assert {r.sku for r in shifted} & {r.sku for r in first}
+    after = query.search(engine, q, 10, exact=True, in_stock_only=False, cursor=first[-1].cursor)
+    assert [r.sku for r in after] == [r.sku for r in second_before]
+    assert [r.rank for r in after] == list(range(11, 21))
+    # The product a cursor names removed: the page still starts right after where it stood.
+    catalogue.remove(engine, [first[-1].sku])
+    assert [r.sku for r in query.search(engine, q, 10, exact=True, in_stock_only=False, cursor=first[-1].cursor)] == [
+        r.sku for r in second_before
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"offset": -1}, "offset must"),
+        ({"offset": 1000}, "offset must"),
+        ({"offset": True}, "offset must"),
+        ({"offset": "2"}, "offset must"),
+        ({"cursor": "not a cursor"}, "cursor is not"),
+        ({"cursor": ""}, "cursor is not"),
+        ({"cursor": "WzAsMSwwLDAuNSwieCJd"}, "cursor is not"),  # [0,1,0,0.5,"x"]: no result has rank 0
+        ({"cursor": "WyIxIiwxLDAsMC41LCJ4Il0"}, "cursor is not"),  # ["1",1,0,0.5,"x"]
+        ({"offset": 10, "cursor": "WzEsMSwwLDAuNSwieCJd"}, "offset or cursor"),
+    ],
+)
+def test_bad_pages_raise(filled: Engine, extra: dict, message: str) -> None:
+    with pytest.raises(InvalidQueryError, match=message):
+        query.search(filled, np.ones(512), 10, **extra)
+
+
 @pytest.mark.parametrize(
     ("vector", "k", "extra", "message"),
     [

@@ -118,6 +118,24 @@ def test_exclude_leaves_skus_out_of_photo_and_sku_searches(cli: Invoke) -> None:
     assert_one_line_error(refused, 1, "--cheaper already means")
 
 
+def test_pages_follow_on_by_offset_and_by_cursor(cli: Invoke, ranking: list[dict[str, Any]]) -> None:
+    args = ("--include-out-of-stock", "--no-verify", "--format", "json")
+    whole = as_json(cli("search", str(PHOTO), "-k", "9", *args))
+    second = as_json(cli("search", str(PHOTO), "-k", "3", "--offset", "3", *args))
+    assert [(r["sku"], r["rank"]) for r in second] == [(r["sku"], r["rank"]) for r in whole[3:6]]
+    third = as_json(cli("search", str(PHOTO), "-k", "3", "--cursor", second[-1]["cursor"], *args))
+    assert [(r["sku"], r["rank"]) for r in third] == [(r["sku"], r["rank"]) for r in whole[6:9]]
+    similar = as_json(cli("similar", PHOTO_SKU, "-k", "4", "--format", "json"))
+    after = as_json(cli("similar", PHOTO_SKU, "-k", "2", "--cursor", similar[1]["cursor"], "--format", "json"))
+    assert skus(after) == skus(similar[2:])
+    table = cli("similar", PHOTO_SKU, "-k", "2", "--offset", "2").stdout.splitlines()
+    assert [line.split()[0] for line in table[2:]] == ["3", "4"]  # the ranks go on
+    assert_one_line_error(cli("similar", PHOTO_SKU, "--cursor", "nonsense", expect=None), 1, "cursor is not")
+    both = cli("similar", PHOTO_SKU, "--cursor", similar[1]["cursor"], "--offset", "2", expect=None)
+    assert_one_line_error(both, 1, "offset or cursor")
+    assert_one_line_error(cli("similar", PHOTO_SKU, "--offset", "1000", expect=None), 2, "--offset")
+
+
 def test_max_distance_keeps_only_close_results(cli: Invoke) -> None:
     similar = as_json(cli("similar", PHOTO_SKU, "-k", "4", "--format", "json"))
     limit = str((similar[1]["distance"] + similar[2]["distance"]) / 2)  # between the 2nd and 3rd (rounded)

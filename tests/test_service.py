@@ -328,6 +328,31 @@ def test_a_distance_threshold_over_http(service: Service) -> None:
     assert "max_distance" in _error(service.client.get(f"/v1/products/{PHOTO_SKU}/similar?max_distance=-1"), 422)
 
 
+def test_pages_over_http_by_offset_and_by_cursor(service: Service) -> None:
+    vector = {"vector": [0.1] * 512, "in_stock_only": False}
+    whole = service.client.post("/v1/search", json={**vector, "k": 9}).json()
+    second = service.client.post("/v1/search", json={**vector, "k": 3, "offset": 3}).json()
+    assert [(r["sku"], r["rank"]) for r in second] == [(r["sku"], r["rank"]) for r in whole[3:6]]
+    third = service.client.post("/v1/search", json={**vector, "k": 3, "cursor": second[-1]["cursor"]}).json()
+    assert [r["sku"] for r in third] == [r["sku"] for r in whole[6:9]]
+    by_photo = service.client.post("/v1/search", files=_photo(), data={"k": "4", "verify": "false"}).json()
+    next_photo = service.client.post(
+        "/v1/search", files=_photo(), data={"k": "2", "verify": "false", "cursor": by_photo[1]["cursor"]}
+    ).json()
+    assert [r["sku"] for r in next_photo] == [r["sku"] for r in by_photo[2:]]
+    similar = service.client.get(f"/v1/products/{PHOTO_SKU}/similar", params={"k": 4}).json()
+    page = service.client.get(f"/v1/products/{PHOTO_SKU}/similar", params={"k": 2, "cursor": similar[1]["cursor"]})
+    assert [r["sku"] for r in page.json()] == [r["sku"] for r in similar[2:]]
+    assert [r["rank"] for r in page.json()] == [3, 4]
+    cheaper = service.client.get(f"/v1/products/{PHOTO_SKU}/cheaper", params={"k": 2, "offset": 1}).json()
+    assert [r["rank"] for r in cheaper] == [2, 3][: len(cheaper)]
+    assert "cursor is not" in _error(service.client.post("/v1/search", json={**vector, "cursor": "x"}), 400)
+    assert "offset" in _error(service.client.post("/v1/search", json={**vector, "offset": -1}), 400)
+    assert "offset" in _error(service.client.post("/v1/search", files=_photo(), data={"offset": "two"}), 400)
+    assert "offset" in _error(service.client.get(f"/v1/products/{PHOTO_SKU}/similar?offset=1000"), 422)
+    assert "offset" in _error(service.client.post("/v1/search/many", json={"vectors": [[0.1] * 512], "offset": 1}), 422)
+
+
 def test_a_stopping_service_finishes_the_requests_under_way(catalogue_url: str, fake_weights: str) -> None:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 

@@ -71,6 +71,17 @@ SEARCH_BODY = {
                         "maximum": 2,
                         "description": "only results this close (cosine distance); verified matches always kept",
                     },
+                    "offset": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": query.MAX_K - 1,
+                        "default": 0,
+                        "description": "results skipped first (offset + k at most 1000)",
+                    },
+                    "cursor": {
+                        "type": "string",
+                        "description": "a result's cursor: the results after it, even if the catalogue changed since",
+                    },
                     "crop": {
                         "type": "string",
                         "description": "Search only this box of the photo: left,top,right,bottom in its pixels.",

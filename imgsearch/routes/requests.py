@@ -99,10 +99,25 @@ def flag(value: Any, name: str, default: bool) -> bool:
 
 
 def filters(
-    *, k: Any, categories: Any, in_stock_only: Any, max_price: Any, exclude_skus: Any = None, max_distance: Any = None
+    *,
+    k: Any,
+    categories: Any,
+    in_stock_only: Any,
+    max_price: Any,
+    exclude_skus: Any = None,
+    max_distance: Any = None,
+    offset: Any = None,
+    cursor: Any = None,
 ) -> dict[str, Any]:
     """Search options from form fields or JSON values, checked like the library checks them."""
     options: dict[str, Any] = {}
+    if offset not in (None, ""):
+        try:
+            options["offset"] = offset if isinstance(offset, int) else int(str(offset))
+        except ValueError:
+            raise InvalidQueryError(f"offset must be an integer from 0 to {query.MAX_K - 1}") from None
+    if cursor not in (None, ""):
+        options["cursor"] = cursor
     if exclude_skus:
         if not isinstance(exclude_skus, list) or not all(isinstance(e, str) for e in exclude_skus):
             raise InvalidQueryError("exclude_skus must be a list of SKUs")
@@ -140,6 +155,8 @@ def form_filters(form: Any) -> dict[str, Any]:
         max_price=form.get("max_price"),
         exclude_skus=form.getlist("exclude_sku"),
         max_distance=form.get("max_distance"),
+        offset=form.get("offset"),
+        cursor=form.get("cursor"),
     )
 
 
@@ -153,6 +170,8 @@ def json_filters(body: dict[str, Any]) -> dict[str, Any]:
         max_price=body.get("max_price"),
         exclude_skus=body.get("exclude_skus"),
         max_distance=body.get("max_distance"),
+        offset=body.get("offset"),
+        cursor=body.get("cursor"),
     )
 
 

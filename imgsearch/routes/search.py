@@ -122,12 +122,23 @@ def similar(
     max_price: float | None = None,
     exclude_sku: Annotated[list[str] | None, Query()] = None,
     max_distance: Annotated[float | None, Query(ge=0, le=2)] = None,
+    offset: Annotated[int, Query(ge=0, lt=query.MAX_K)] = 0,
+    cursor: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> JSONResponse:
     options: dict[str, Any] = {"exclude_skus": exclude_sku} if exclude_sku else {}
     if max_distance is not None:
         options["max_distance"] = max_distance
     return _results(
-        catalogue.similar(sku, k, categories=category, in_stock_only=in_stock_only, max_price=max_price, **options)
+        catalogue.similar(
+            sku,
+            k,
+            categories=category,
+            in_stock_only=in_stock_only,
+            max_price=max_price,
+            offset=offset,
+            cursor=cursor,
+            **options,
+        )
     )
 
 
@@ -140,9 +151,14 @@ def similar(
     response_model=list[http_models.SearchResult],
 )
 def cheaper(
-    catalogue: Shop, sku: str, k: Annotated[int, Query(ge=1, le=query.MAX_K)] = 8, any_category: bool = False
+    catalogue: Shop,
+    sku: str,
+    k: Annotated[int, Query(ge=1, le=query.MAX_K)] = 8,
+    any_category: bool = False,
+    offset: Annotated[int, Query(ge=0, lt=query.MAX_K)] = 0,
+    cursor: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> JSONResponse:
-    return _results(catalogue.cheaper(sku, k, same_category=not any_category))
+    return _results(catalogue.cheaper(sku, k, same_category=not any_category, offset=offset, cursor=cursor))
 
 
 @router.post(
