@@ -419,6 +419,31 @@ def test_a_click_shows_similar_then_cheaper_products(browser: webdriver.Chrome, 
     assert _shown(_tile_data(browser)) == _expected(cheaper)
 
 
+def test_more_results_adds_the_next_page_of_the_same_search(browser: webdriver.Chrome, base_url: str) -> None:
+    _open(browser, base_url)
+    assert _upload(browser, PHOTO) == "done"
+    more = browser.find_element(By.ID, "more")
+    assert more.is_displayed() and more.text == "More results"
+    first = _tile_data(browser)
+    more.click()
+    WebDriverWait(browser, WAIT).until(lambda d: len(_tiles(d)) == 16)
+    # The next 8 of the API's own ranking for the same photo, after the first page's (nothing shown twice).
+    status, rows = _post_photo(f"{base_url}/search", PHOTO.read_bytes(), PHOTO.name, [("k", "16")])
+    assert status == 200
+    tiles = _tile_data(browser)
+    assert _shown(tiles[:8]) == _shown(first) and _shown(tiles) == _expected(rows)
+    # The same for the products like one of them; a new search starts again from its first page.
+    assert _act(browser, lambda: _tiles(browser)[0].click()) == "done"
+    assert len(_tiles(browser)) == 8 and browser.find_element(By.ID, "more").is_displayed()
+    browser.find_element(By.ID, "more").click()
+    WebDriverWait(browser, WAIT).until(lambda d: len(_tiles(d)) == 16)
+    similar = _get(f"{base_url}/products/{PHOTO_SKU}/similar?k=16&in_stock_only=true")
+    assert _shown(_tile_data(browser)) == _expected(similar)
+    # Cheaper keeps a price ceiling on the page itself: no next page to ask for there.
+    assert _act(browser, lambda: browser.find_element(By.ID, "cheaper").click()) == "done"
+    assert not browser.find_element(By.ID, "more").is_displayed()
+
+
 def test_the_apis_error_line_is_shown(browser: webdriver.Chrome, base_url: str, tmp_path: Path) -> None:
     _open(browser, base_url)
     assert _upload(browser, PHOTO) == "done"

@@ -33,6 +33,7 @@
     health: $("health"),
     keyPanel: $("key-panel"),
     apiKey: $("api-key"),
+    more: $("more"),
   };
   const KEY_STORE = "imgsearch.key";
 
@@ -49,6 +50,9 @@
   let drawing = null; // the drag under way: {pointer, x0, y0, x1, y1} as fractions of the shown photo
   let photoFile = null; // the photo shown
   let matched = []; // the exact matches of the photo's results that have a box, outlined on the photo
+  // The search whose results are shown, for "More results": {query: a function of the cursor that makes the next
+  // page's {url, init}, cursor: the last result's}; null when there is no next page to ask for.
+  let paging = null;
 
   // --- formatting ------------------------------------------------------------------------------------------
 
@@ -170,6 +174,7 @@
     inFlight = controller;
     const number = ++request;
     el.results.dataset.request = String(number);
+    showMore(null);
     setState("loading");
     showMessage("");
     let rows;
@@ -202,6 +207,7 @@
     if (options && options.keep) rows = rows.filter(options.keep);
     if (options && options.limit) rows = rows.slice(0, options.limit);
     render(rows);
+    if (options && options.next && rows.length === K) showMore({ query: options.next, cursor: rows[K - 1].cursor });
     showMatches(options && options.photo ? rows : []);
     if (rows.length === 0) {
       showMessage(options && options.empty ? options.empty : "No products match the filters.", "empty");
@@ -225,7 +231,14 @@
     if (price !== null) form.append("max_price", price);
     if (crop) form.append("crop", crop.join(","));
     const key = ["photo", photos, el.category.value, el.soldOut.checked, price, crop ? crop.join(",") : ""].join("|");
-    return { key: key, url: "/v1/search", init: { method: "POST", body: form }, options: { photo: true } };
+    // The next page: the same form with the last result's cursor.
+    const next = (cursor) => {
+      const again = new FormData();
+      for (const [name, value] of form.entries()) again.append(name, value);
+      again.append("cursor", cursor);
+      return { url: "/v1/search", init: { method: "POST", body: again } };
+    };
+    return { key: key, url: "/v1/search", init: { method: "POST", body: form }, options: { photo: true, next: next } };
   }
 
   function productQuery(product, kind) {
@@ -247,7 +260,44 @@
       };
     }
     const url = productPath(product.sku, "similar") + "?" + filterParams(new URLSearchParams({ k: String(K) }));
-    return { key: "similar|" + url, url: url, init: {}, options: {} };
+    const next = (cursor) => ({ url: url + "&" + new URLSearchParams({ cursor: cursor }), init: {} });
+    return { key: "similar|" + url, url: url, init: {}, options: { next: next } };
+  }
+
+  // Shows "More results" for a search with a next page (null hides it).
+  function showMore(next) {
+    paging = next;
+    el.more.hidden = !next;
+    el.more.disabled = false;
+  }
+
+  // The next page of the search shown, added after its results; a new search meanwhile drops the answer.
+  async function more() {
+    if (!paging) return;
+    const number = request;
+    const page = paging.query(paging.cursor);
+    el.more.disabled = true;
+    let rows;
+    try {
+      const headers = { ...(page.init.headers || {}), ...authHeaders() };
+      const response = await fetch(page.url, { ...page.init, headers: headers });
+      if (number !== request) return;
+      if (!response.ok) {
+        showMessage(await errorLine(response), "error");
+        el.more.disabled = false;
+        return;
+      }
+      rows = await response.json();
+    } catch (err) {
+      if (number !== request) return;
+      showMessage("cannot reach the search service; is it running?", "error");
+      el.more.disabled = false;
+      return;
+    }
+    if (number !== request) return;
+    el.results.append(...rows.map(tile));
+    el.results.dataset.shown = String(el.results.children.length);
+    showMore(rows.length === K ? { query: paging.query, cursor: rows[K - 1].cursor } : null);
   }
 
   function searchPhoto(file) {
@@ -562,6 +612,7 @@
     event.preventDefault();
     rerun();
   });
+  el.more.addEventListener("click", more);
 
   // --- start -----------------------------------------------------------------------------------------------
 
