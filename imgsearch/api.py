@@ -153,8 +153,9 @@ class Catalogue:
 
     def search(self, vector: Any, k: int = 10, **filters: Any) -> list[query.SearchResult]:
         """The ``k`` products nearest to a vector (or several: a product's photos); ``filters`` as
-        :func:`imgsearch.query.search` (``categories``, ``in_stock_only``, ``max_price``, ``exclude_skus``, and
-        ``offset`` or ``cursor`` for a page further down)."""
+        :func:`imgsearch.query.search` (``categories``, ``in_stock_only``, ``max_price``, ``exclude_skus``,
+        ``offset`` or ``cursor`` for a page further down, ``search_space="raw"`` for the raw vectors while a tuned
+        space is active)."""
         return query.search(self.engine("reader"), vector, k, **filters)
 
     def search_many(self, vectors: Any, k: int = 10, **filters: Any) -> list[list[query.SearchResult]]:
@@ -210,10 +211,10 @@ class Catalogue:
         """Products that look like catalogue product ``sku`` (itself excluded; :func:`query.similar_to_sku`)."""
         return query.similar_to_sku(self.engine("reader"), sku, k, **filters)
 
-    def cheaper(self, sku: str, k: int = 10, *, same_category: bool = True, **page: Any) -> list[query.SearchResult]:
-        """Look-alikes of ``sku`` in stock and strictly cheaper (:func:`query.cheaper_alternatives`); ``page``:
-        ``offset`` or ``cursor``."""
-        return query.cheaper_alternatives(self.engine("reader"), sku, k, same_category=same_category, **page)
+    def cheaper(self, sku: str, k: int = 10, *, same_category: bool = True, **options: Any) -> list[query.SearchResult]:
+        """Look-alikes of ``sku`` in stock and strictly cheaper (:func:`query.cheaper_alternatives`); ``options``:
+        ``offset`` or ``cursor``, ``search_space``."""
+        return query.cheaper_alternatives(self.engine("reader"), sku, k, same_category=same_category, **options)
 
     def duplicates(
         self,

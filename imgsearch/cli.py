@@ -998,10 +998,11 @@ def _search_options(func: Any) -> Any:
         image_roots: tuple[Path, ...],
         offset: int,
         cursor: str | None,
+        search_space: str | None,
         **kwargs: Any,
     ) -> Any:
-        page = {"offset": offset, "cursor": cursor}
-        return func(*args, out=_Output(fmt, sheet, histogram, image_roots), page=page, **kwargs)
+        ranking = {"offset": offset, "cursor": cursor, "search_space": search_space}
+        return func(*args, out=_Output(fmt, sheet, histogram, image_roots), ranking=ranking, **kwargs)
 
     options = [
         click.option(
@@ -1017,6 +1018,12 @@ def _search_options(func: Any) -> Any:
             "--cursor",
             default=None,
             help="A result's cursor (--format json or csv): the results after it, however the catalogue changed since.",
+        ),
+        click.option(
+            "--search-space",
+            type=click.Choice(query.SEARCH_SPACES),
+            default=None,
+            help="raw: search the raw VGG16 vectors while a tuned space is active (default: the active space).",
         ),
         click.option(
             "--format",
@@ -1179,7 +1186,7 @@ def search(
     filters: _Filters,
     k: int,
     out: _Output,
-    page: dict[str, Any],
+    ranking: dict[str, Any],
 ) -> None:
     """Products that look like the photo IMAGE (JPEG, PNG, WebP, GIF, BMP, TIFF; a file, an http(s):// address,
     or '-' for stdin), or like several photos of one thing (up to 5: the front and the back, a label).
@@ -1208,12 +1215,12 @@ def search(
     shop = app.catalogue
     if len(images) == 1:
         source, picture, label = _read_query(images[0])
-        results = shop.search_image(source, k, crop=crop, verify=not no_verify, **filters.query_args(), **page)
+        results = shop.search_image(source, k, crop=crop, verify=not no_verify, **filters.query_args(), **ranking)
     else:
         read = [_read_query(image) for image in images]
         sources = [source for source, _, _ in read]
         picture, label = read[0][1], f"{len(images)} photos"
-        results = shop.search_images(sources, k, verify=not no_verify, **filters.query_args(), **page)
+        results = shop.search_images(sources, k, verify=not no_verify, **filters.query_args(), **ranking)
     _emit(shop, results, out, query_image=picture, query_label=label)
 
 
@@ -1223,7 +1230,9 @@ def search(
 @_filter_options
 @_search_options
 @pass_app
-def similar(app: App, sku: str, cheaper: bool, filters: _Filters, k: int, out: _Output, page: dict[str, Any]) -> None:
+def similar(
+    app: App, sku: str, cheaper: bool, filters: _Filters, k: int, out: _Output, ranking: dict[str, Any]
+) -> None:
     """Products that look like catalogue product SKU (its stored vector; SKU itself excluded).
 
     \b
@@ -1236,9 +1245,9 @@ def similar(app: App, sku: str, cheaper: bool, filters: _Filters, k: int, out: _
     if cheaper:
         if filters.given:
             _fail("--cheaper already means same category, in stock and cheaper: drop the other filters")
-        results = _by_sku(shop, lambda: shop.cheaper(sku, k, **page))
+        results = _by_sku(shop, lambda: shop.cheaper(sku, k, **ranking))
     else:
-        results = _by_sku(shop, lambda: shop.similar(sku, k, **filters.query_args(), **page))
+        results = _by_sku(shop, lambda: shop.similar(sku, k, **filters.query_args(), **ranking))
     _emit(shop, results, out, query_image=_stored_image(shop, sku) if out.sheet else None, query_label=sku)
 
 
@@ -1247,7 +1256,7 @@ def similar(app: App, sku: str, cheaper: bool, filters: _Filters, k: int, out: _
 @click.option("--any-category", is_flag=True, help="Also suggest products of other categories.")
 @_search_options
 @pass_app
-def cheaper(app: App, sku: str, any_category: bool, k: int, out: _Output, page: dict[str, Any]) -> None:
+def cheaper(app: App, sku: str, any_category: bool, k: int, out: _Output, ranking: dict[str, Any]) -> None:
     """Visually similar products that are in stock and strictly cheaper than SKU (same category by default).
 
     \b
@@ -1256,7 +1265,7 @@ def cheaper(app: App, sku: str, any_category: bool, k: int, out: _Output, page: 
       imgsearch cheaper dress-19e4de0d --sheet cheaper.png --image-root examples
     """
     shop = app.catalogue
-    results = _by_sku(shop, lambda: shop.cheaper(sku, k, same_category=not any_category, **page))
+    results = _by_sku(shop, lambda: shop.cheaper(sku, k, same_category=not any_category, **ranking))
     _emit(shop, results, out, query_image=_stored_image(shop, sku) if out.sheet else None, query_label=sku)
 
 

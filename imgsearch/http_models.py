@@ -32,6 +32,9 @@ class Filters(_Request):
     max_distance: float | None = Field(
         None, ge=0, le=2, description="only results this close (cosine distance); verified matches always kept"
     )
+    search_space: Literal["active", "raw"] | None = Field(
+        None, description='"raw": the raw VGG16 vectors while a tuned space is active (an A/B test of tune)'
+    )
 
 
 class Page(_Request):

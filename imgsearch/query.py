@@ -153,8 +153,27 @@ VERIFY_CANDIDATES = 50
 WORD_CANDIDATES = 25
 
 
-def _run(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact: bool = False) -> list[SearchResult]:
-    return [_result(r) for r in _rows(bind, statement, params, exact)]
+#: What ``search_space`` may say: the active search space (a tuned one when ``imgsearch tune`` made one), or the raw
+#: VGG16 vectors whatever is active (the SQL setting ``imgsearch.search_space``, read by ``imgsearch_search_space``).
+SEARCH_SPACES = ("active", "raw")
+
+
+def _settings(exact: bool = False, search_space: str | None = None) -> dict[str, str]:
+    """The SQL session settings a search sets for itself (in its own transaction)."""
+    settings = {"imgsearch.exact_search": "on"} if exact else {}
+    if search_space is not None:
+        if search_space not in SEARCH_SPACES:
+            choices = ", ".join(SEARCH_SPACES)
+            raise InvalidQueryError(f"search_space must be one of {choices}, got {str(search_space)[:40]!r}")
+        if search_space != "active":
+            settings["imgsearch.search_space"] = search_space
+    return settings
+
+
+def _run(
+    bind: Bind, statement: sa.TextClause, params: dict[str, object], settings: dict[str, str] | None = None
+) -> list[SearchResult]:
+    return [_result(r) for r in _rows(bind, statement, params, settings)]
 
 
 def _result(row: sa.Row, **verification: object) -> SearchResult:
@@ -171,13 +190,15 @@ def _result(row: sa.Row, **verification: object) -> SearchResult:
     )
 
 
-def _rows(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact: bool = False) -> list[sa.Row]:
+def _rows(
+    bind: Bind, statement: sa.TextClause, params: dict[str, object], settings: dict[str, str] | None = None
+) -> list[sa.Row]:
     # A search is read-only, so a connection lost to a server restart is simply tried again on a new one (the
     # pool drops the dead ones); a server that stays away is DatabaseUnavailableError after a few seconds.
     # So is one chosen as a deadlock's victim (a schema change taking its locks while searches run).
     own = isinstance(bind, Engine)
     return retrying(
-        lambda: retrying(lambda: _execute(bind, statement, params, exact), RETRY_WAITS if own else (), is_conflict),
+        lambda: retrying(lambda: _execute(bind, statement, params, settings), RETRY_WAITS if own else (), is_conflict),
         _SEARCH_RECONNECT_WAITS if own else (),
         is_outage,
     )
@@ -187,12 +208,15 @@ def _rows(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact
 _SEARCH_RECONNECT_WAITS = tuple(reconnect_waits(3.5))
 
 
-def _execute(bind: Bind, statement: sa.TextClause, params: dict[str, object], exact: bool) -> list[sa.Row]:
+def _execute(
+    bind: Bind, statement: sa.TextClause, params: dict[str, object], settings: dict[str, str] | None
+) -> list[sa.Row]:
     try:
-        if exact:
-            # The setting is local to a transaction, so it needs one around both statements.
+        if settings:
+            # The settings are local to a transaction, so it needs one around them and the search.
             with transaction(bind) as conn:
-                conn.execute(sa.text("SELECT set_config('imgsearch.exact_search', 'on', true)"))
+                for name, value in settings.items():
+                    conn.execute(sa.text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value})
                 return conn.execute(statement, _bound(conn, statement, params)).all()
         if isinstance(bind, Engine) and statement in (_SIMILAR, _SIMILAR_MANY):
             # The common search, straight through psycopg on a pooled connection: one round trip in autocommit.
@@ -234,6 +258,7 @@ def search(
     max_distance: float | None = None,
     offset: int = 0,
     cursor: str | None = None,
+    search_space: str | None = None,
 ) -> list[SearchResult]:
     """The ``k`` products closest to ``vector`` by cosine distance, best first.
 
@@ -253,9 +278,11 @@ def search(
             nothing that close matches; ``None``, no threshold.
         offset: skip that many results first (a page further down: ``offset + k`` at most 1000).
         cursor: the ``cursor`` of a result of the same search: the ``k`` results after it (:func:`page`).
+        search_space: ``"raw"`` searches the raw VGG16 vectors while a tuned space is active (one arm of an A/B
+            test of ``imgsearch tune``); ``"active"`` or ``None``, the catalogue's active space.
 
     Raises:
-        InvalidQueryError: bad vector, k, price, distance, offset or cursor.
+        InvalidQueryError: bad vector, k, price, distance, offset, cursor or search space.
     """
     limit = distance_limit(max_distance)
     # An array says its shape; anything else is looked at as objects (a list of lists, of arrays, ragged).
@@ -268,10 +295,11 @@ def search(
     else:
         query_vectors = validate_vector(vector)
     filters = _filter_params(k, categories, in_stock_only, max_price, exclude_skus, below_price)
+    settings = _settings(exact, search_space)
 
     def ranking(n: int) -> list[SearchResult]:
         params = {"query": query_vectors, **filters, "k": n}
-        return within(_run(bind, _SIMILAR_MULTI if several else _SIMILAR, params, exact=exact), limit)
+        return within(_run(bind, _SIMILAR_MULTI if several else _SIMILAR, params, settings), limit)
 
     return page(ranking, k, offset, cursor)
 
@@ -400,13 +428,15 @@ def search_many(
     exclude_skus: Iterable[str] | None = None,
     below_price: Price | None = None,
     max_distance: float | None = None,
+    search_space: str | None = None,
 ) -> list[list[SearchResult]]:
     """One search per vector, all in one round trip: ``result[i]`` is :func:`search` of ``vectors[i]`` with the same
     ``k`` and filters. For work that asks many questions at once (similar products for every product page, an
-    evaluation): it saves each search's round trip and call overhead.
+    evaluation): it saves each search's round trip and call overhead. ``search_space`` as :func:`search`.
 
     Raises:
-        InvalidQueryError: no vectors or more than :data:`MAX_SEARCHES`, a bad vector, k, price or distance.
+        InvalidQueryError: no vectors or more than :data:`MAX_SEARCHES`, a bad vector, k, price, distance or
+            search space.
     """
     limit = distance_limit(max_distance)
     rows = list(vectors)
@@ -417,7 +447,7 @@ def search_many(
         **_filter_params(k, categories, in_stock_only, max_price, exclude_skus, below_price),
     }
     answers: list[list[SearchResult]] = [[] for _ in rows]
-    for row in _rows(bind, _SIMILAR_MANY, params):
+    for row in _rows(bind, _SIMILAR_MANY, params, _settings(search_space=search_space)):
         answers[row.query_index - 1].append(_result(row))
     return [_numbered(within(answer, limit)) for answer in answers]
 
@@ -434,14 +464,15 @@ def similar_to_sku(
     max_distance: float | None = None,
     offset: int = 0,
     cursor: str | None = None,
+    search_space: str | None = None,
 ) -> list[SearchResult]:
     """Products that look like catalogue product ``sku`` (its stored vector), the product itself excluded, and
     the ``exclude_skus`` too (asked for that many more, then left out: still exactly k whenever k others match);
-    ``max_distance``, ``offset`` and ``cursor`` as :func:`search`.
+    ``max_distance``, ``offset``, ``cursor`` and ``search_space`` as :func:`search`.
 
     Raises:
         UnknownSkuError: ``sku`` is not in the catalogue.
-        InvalidQueryError: bad k, price, offset or cursor.
+        InvalidQueryError: bad k, price, offset, cursor or search space.
     """
     k, limit = _validate_k(k), distance_limit(max_distance)
     excluded = set(_text_list(exclude_skus, "exclude_skus") or ())
@@ -451,9 +482,10 @@ def similar_to_sku(
         "in_stock_only": bool(in_stock_only),
         "max_price": price_limit(max_price, "max_price"),
     }
+    settings = _settings(search_space=search_space)
 
     def ranking(n: int) -> list[SearchResult]:
-        results = _run(bind, _SIMILAR_TO_SKU, {**params, "k": min(n + len(excluded), MAX_K)})
+        results = _run(bind, _SIMILAR_TO_SKU, {**params, "k": min(n + len(excluded), MAX_K)}, settings)
         if excluded:
             results = [r for r in results if r.sku not in excluded][:n]
         return within(results, limit)
@@ -462,20 +494,28 @@ def similar_to_sku(
 
 
 def cheaper_alternatives(
-    bind: Bind, sku: str, k: int = 10, *, same_category: bool = True, offset: int = 0, cursor: str | None = None
+    bind: Bind,
+    sku: str,
+    k: int = 10,
+    *,
+    same_category: bool = True,
+    offset: int = 0,
+    cursor: str | None = None,
+    search_space: str | None = None,
 ) -> list[SearchResult]:
     """Visually similar products that are in stock and strictly cheaper than ``sku``.
 
     This answers the shop's complaint: a customer looking at an expensive item should see the near-identical
-    cheaper ones. Same category as ``sku`` unless ``same_category`` is false. ``offset`` and ``cursor`` as
-    :func:`search`.
+    cheaper ones. Same category as ``sku`` unless ``same_category`` is false. ``offset``, ``cursor`` and
+    ``search_space`` as :func:`search`.
 
     Raises:
         UnknownSkuError: ``sku`` is not in the catalogue.
-        InvalidQueryError: ``sku`` has no price, or bad k, offset or cursor.
+        InvalidQueryError: ``sku`` has no price, or bad k, offset, cursor or search space.
     """
     params = {"sku": _query_text(sku, "sku"), "same_category": bool(same_category)}
-    return page(lambda n: _run(bind, _CHEAPER, {**params, "k": n}), k, offset, cursor)
+    settings = _settings(search_space=search_space)
+    return page(lambda n: _run(bind, _CHEAPER, {**params, "k": n}, settings), k, offset, cursor)
 
 
 def search_image(
@@ -494,6 +534,7 @@ def search_image(
     max_distance: float | None = None,
     offset: int = 0,
     cursor: str | None = None,
+    search_space: str | None = None,
 ) -> list[SearchResult]:
     """The ``k`` products that look most like a photo (path, bytes or binary file object), best first.
 
@@ -502,15 +543,17 @@ def search_image(
     verification (:mod:`imgsearch.local_features`), and the ones the photo provably shows (``match="exact"``)
     come first, most inliers first; the rest follow by distance (``match="similar"``). ``crop`` limits the
     search to a box of the photo (:data:`imgsearch.images.Crop`, pixels of the upright photo). ``offset`` and
-    ``cursor`` page through the ranking as :func:`search` does (the photo is described again for every page).
+    ``cursor`` page through the ranking as :func:`search` does (the photo is described again for every page);
+    ``search_space`` as :func:`search`.
 
     Raises:
         EmbeddingSpaceMismatchError: ``featurizer`` makes vectors unlike the catalogue's (other weights or
             preprocessing), so distances would be meaningless.
         ImageError: the photo cannot be read, or ``crop`` lies outside it.
-        InvalidQueryError: bad k, price, crop, candidates, distance, offset or cursor.
+        InvalidQueryError: bad k, price, crop, candidates, distance, offset, cursor or search space.
     """
     k, crop = _validate_k(k), validate_crop(crop)
+    _settings(search_space=search_space)
     distance_limit(max_distance)  # checked before the photo is read
     _validate_k(candidates, "candidates")
     _validate_offset(offset)
@@ -531,6 +574,7 @@ def search_image(
             max_distance=max_distance,
             offset=offset,
             cursor=cursor,
+            search_space=search_space,
         )
     # The local features of the photo are computed while the network embeds it (both release the GIL).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgsearch-features") as pool:
@@ -553,6 +597,7 @@ def search_image(
         max_distance=max_distance,
         offset=offset,
         cursor=cursor,
+        search_space=search_space,
     )
 
 
@@ -575,12 +620,13 @@ def search_images(
     max_distance: float | None = None,
     offset: int = 0,
     cursor: str | None = None,
+    search_space: str | None = None,
 ) -> list[SearchResult]:
     """The ``k`` products that look most like several photos of one thing (up to :data:`MAX_QUERY_PHOTOS`: the
     front and the back, a label): a product's distance is that of its photo closest to any of them. With
     ``verify``, every photo is checked as :func:`search_image` checks one, and a product any of them proves
     (``match="exact"``, its most inliers) comes first; the others follow by that distance as ``"similar"``.
-    One photo is :func:`search_image`. ``offset`` and ``cursor`` as :func:`search`.
+    One photo is :func:`search_image`. ``offset``, ``cursor`` and ``search_space`` as :func:`search`.
 
     Raises:
         EmbeddingSpaceMismatchError, ImageError, InvalidQueryError: as :func:`search_image`, and for no photo or
@@ -592,6 +638,7 @@ def search_images(
     k, limit = _validate_k(k), distance_limit(max_distance)
     _validate_k(candidates, "candidates")
     _validate_offset(offset)
+    _settings(search_space=search_space)
     if cursor is not None:
         _decode_cursor(cursor)
     filters = {
@@ -599,6 +646,7 @@ def search_images(
         "in_stock_only": in_stock_only,
         "max_price": max_price,
         "exclude_skus": exclude_skus,
+        "search_space": search_space,
     }
     sources = [read_source(image) for image in images]
     if len(sources) == 1:
@@ -659,6 +707,7 @@ def search_verified(
     max_distance: float | None = None,
     offset: int = 0,
     cursor: str | None = None,
+    search_space: str | None = None,
 ) -> list[SearchResult]:
     """The search of :func:`search_image` from a photo's vector and local features already computed (a service
     that embeds photos its own way): one round trip for both candidate sources (``imgsearch_photo_candidates``),
@@ -666,16 +715,17 @@ def search_verified(
 
     ``size`` (the photo's width and height) or ``crop`` (the box the features were computed on) place the
     matched ``box`` in the photo's pixels. ``space``, the vector's embedding space, is checked against the
-    catalogue's in the same round trip. ``offset`` and ``cursor`` as :func:`search`: a page further down
-    verifies that many more candidates.
+    catalogue's in the same round trip. ``offset``, ``cursor`` and ``search_space`` as :func:`search`: a page
+    further down verifies that many more candidates.
 
     Raises:
-        InvalidQueryError: bad vector, k, price, candidates, offset or cursor.
+        InvalidQueryError: bad vector, k, price, candidates, offset, cursor or search space.
         EmbeddingSpaceMismatchError: ``space`` is not the catalogue's.
     """
     query, limit = validate_vector(vector), distance_limit(max_distance)
     _validate_k(k)
     candidates = _validate_k(candidates, "candidates")
+    settings = _settings(search_space=search_space)
     params: dict[str, object] = {
         "query": query,
         "extractor": local_features.EXTRACTOR,
@@ -696,7 +746,7 @@ def search_verified(
             # The photo's visual words under the vocabulary last seen active; the database refuses a replaced one.
             asked["vocabulary"], asked["words"] = visual_words.photo_words(bind, features, refresh=attempt > 0)
             try:
-                rows = _rows(bind, _PHOTO_CANDIDATES, asked)
+                rows = _rows(bind, _PHOTO_CANDIDATES, asked, settings)
                 break
             except StaleVocabularyError:
                 if attempt:

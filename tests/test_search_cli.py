@@ -134,6 +134,9 @@ def test_pages_follow_on_by_offset_and_by_cursor(cli: Invoke, ranking: list[dict
     both = cli("similar", PHOTO_SKU, "--cursor", similar[1]["cursor"], "--offset", "2", expect=None)
     assert_one_line_error(both, 1, "offset or cursor")
     assert_one_line_error(cli("similar", PHOTO_SKU, "--offset", "1000", expect=None), 2, "--offset")
+    raw = as_json(cli("similar", PHOTO_SKU, "-k", "4", "--search-space", "raw", "--format", "json"))
+    assert skus(raw) == skus(similar)  # untuned, the raw space is the active one
+    assert_one_line_error(cli("similar", PHOTO_SKU, "--search-space", "tuned", expect=None), 2, "--search-space")
 
 
 def test_max_distance_keeps_only_close_results(cli: Invoke) -> None:

@@ -353,6 +353,19 @@ def test_pages_over_http_by_offset_and_by_cursor(service: Service) -> None:
     assert "offset" in _error(service.client.post("/v1/search/many", json={"vectors": [[0.1] * 512], "offset": 1}), 422)
 
 
+def test_the_search_space_is_chosen_per_request(service: Service) -> None:
+    # Untuned, the raw space is the active one: the same answers (tests/test_tuning.py has a tuned catalogue).
+    vector = {"vector": [0.1] * 512, "k": 4}
+    active = service.client.post("/v1/search", json=vector).json()
+    assert service.client.post("/v1/search", json={**vector, "search_space": "raw"}).json() == active
+    raw = service.client.post("/v1/search/many", json={"vectors": [[0.1] * 512], "k": 4, "search_space": "raw"})
+    assert raw.json() == [active]
+    similar = service.client.get(f"/v1/products/{PHOTO_SKU}/similar", params={"k": 2, "search_space": "raw"})
+    assert similar.status_code == 200 and len(similar.json()) == 2
+    assert "search_space" in _error(service.client.post("/v1/search", json={**vector, "search_space": "x"}), 400)
+    assert "search_space" in _error(service.client.get(f"/v1/products/{PHOTO_SKU}/cheaper?search_space=x"), 422)
+
+
 def test_a_stopping_service_finishes_the_requests_under_way(catalogue_url: str, fake_weights: str) -> None:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from imgsearch import catalogue, db, evaluation, projection, query, schema, tuning
 from imgsearch.catalogue import ImageRecord, ProductRecord
 from imgsearch.cli import main
-from imgsearch.errors import TuningError
+from imgsearch.errors import InvalidQueryError, TuningError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "catalogue"
 PHOTOS = sorted(SAMPLES.glob("*/*.jpg"))  # the order of the ``sample_vectors`` fixture
@@ -166,6 +166,63 @@ def test_tune_search_drop(engine: Engine, sample_vectors: np.ndarray) -> None:
         kept = conn.execute(sa.text("SELECT id, active, retired_at IS NOT NULL FROM search_spaces")).all()
         assert [tuple(r) for r in kept] == [(space.id, False, True)]
         assert conn.execute(sa.text("SELECT count(*) FROM search_space_rows")).scalar_one() == 0
+
+
+def test_both_arms_of_an_ab_test_search_one_catalogue(engine: Engine, sample_vectors: np.ndarray) -> None:
+    skus = _fill(engine, sample_vectors)
+    queries = sample_vectors[::12]
+    raw = [[r.sku for r in query.search(engine, q, 10, in_stock_only=False)] for q in queries]
+    raw_similar = [r.sku for r in query.similar_to_sku(engine, skus[0], 5, in_stock_only=False)]
+    tuning.tune(engine)
+    tuned = [[r.sku for r in query.search(engine, q, 10, in_stock_only=False)] for q in queries]
+    assert tuned != raw
+    # The raw arm, while the tuned space stays active: exactly the rankings from before tuning, on every path.
+    for q, before, now in zip(queries, raw, tuned, strict=True):
+        assert [r.sku for r in query.search(engine, q, 10, in_stock_only=False, search_space="raw")] == before
+        assert [r.sku for r in query.search(engine, q, 10, in_stock_only=False, search_space="active")] == now
+    assert [r.sku for r in query.search_many(engine, queries, 10, in_stock_only=False, search_space="raw")[0]] == raw[0]
+    shoes = query.search(engine, queries[0], 5, categories="shoes", in_stock_only=False, search_space="raw")
+    assert len(shoes) == 5 and all(r.category == "shoes" for r in shoes)
+    again = query.similar_to_sku(engine, skus[0], 5, in_stock_only=False, search_space="raw")
+    assert [r.sku for r in again] == raw_similar
+    # In SQL, per session or per transaction; a value it does not know is an error, not the default.
+    with engine.connect() as conn:
+        conn.execute(sa.text("SET LOCAL imgsearch.search_space = 'raw'"))
+        assert conn.execute(sa.text("SELECT imgsearch_search_space()")).scalar() is None
+        conn.rollback()
+        assert conn.execute(sa.text("SELECT imgsearch_search_space()")).scalar() == tuning.status(engine).space.id
+        conn.execute(sa.text("SET LOCAL imgsearch.search_space = 'tuned'"))
+        with pytest.raises(sa.exc.DBAPIError, match=r"imgsearch\.search_space must be raw or active"):
+            conn.execute(sa.text("SELECT imgsearch_search_space()"))
+    with pytest.raises(InvalidQueryError, match="search_space must be one of active, raw"):
+        query.search(engine, queries[0], 10, search_space="tuned")
+
+
+def test_0016_goes_back_and_forth_on_a_tuned_catalogue_keeping_every_row(
+    engine: Engine, sample_vectors: np.ndarray
+) -> None:
+    _fill(engine, sample_vectors)
+    queries = sample_vectors[::24]
+    raw = [r.sku for r in query.search(engine, queries[0], 10, in_stock_only=False)]
+    tuning.tune(engine)
+    tuned = [[r.sku for r in query.search(engine, q, 10, in_stock_only=False)] for q in queries]
+    rows = _tuned_rows(engine)
+    with engine.connect() as conn:
+        products = conn.execute(sa.text("SELECT sku, category, price FROM products ORDER BY sku")).all()
+
+    def unchanged() -> None:
+        assert [[r.sku for r in query.search(engine, q, 10, in_stock_only=False)] for q in queries] == tuned
+        assert {i: v.tolist() for i, v in _tuned_rows(engine).items()} == {i: v.tolist() for i, v in rows.items()}
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT sku, category, price FROM products ORDER BY sku")).all() == products
+
+    schema.downgrade(engine, "0015")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT to_regproc('imgsearch_search_space')")).scalar() is None
+    unchanged()
+    schema.upgrade(engine)
+    unchanged()
+    assert [r.sku for r in query.search(engine, queries[0], 10, in_stock_only=False, search_space="raw")] == raw
 
 
 def test_photos_after_tuning_are_projected_and_new_categories_stay_searchable(

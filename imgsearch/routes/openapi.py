@@ -71,6 +71,11 @@ SEARCH_BODY = {
                         "maximum": 2,
                         "description": "only results this close (cosine distance); verified matches always kept",
                     },
+                    "search_space": {
+                        "type": "string",
+                        "enum": ["active", "raw"],
+                        "description": "raw: the raw VGG16 vectors while a tuned space is active (an A/B test of tune)",
+                    },
                     "offset": {
                         "type": "integer",
                         "minimum": 0,

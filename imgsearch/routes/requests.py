@@ -108,6 +108,7 @@ def filters(
     max_distance: Any = None,
     offset: Any = None,
     cursor: Any = None,
+    search_space: Any = None,
 ) -> dict[str, Any]:
     """Search options from form fields or JSON values, checked like the library checks them."""
     options: dict[str, Any] = {}
@@ -118,6 +119,8 @@ def filters(
             raise InvalidQueryError(f"offset must be an integer from 0 to {query.MAX_K - 1}") from None
     if cursor not in (None, ""):
         options["cursor"] = cursor
+    if search_space not in (None, ""):
+        options["search_space"] = search_space
     if exclude_skus:
         if not isinstance(exclude_skus, list) or not all(isinstance(e, str) for e in exclude_skus):
             raise InvalidQueryError("exclude_skus must be a list of SKUs")
@@ -157,6 +160,7 @@ def form_filters(form: Any) -> dict[str, Any]:
         max_distance=form.get("max_distance"),
         offset=form.get("offset"),
         cursor=form.get("cursor"),
+        search_space=form.get("search_space"),
     )
 
 
@@ -172,6 +176,7 @@ def json_filters(body: dict[str, Any]) -> dict[str, Any]:
         max_distance=body.get("max_distance"),
         offset=body.get("offset"),
         cursor=body.get("cursor"),
+        search_space=body.get("search_space"),
     )
 
 

@@ -4,7 +4,7 @@ whose answers are the CLI's ``--format json`` records."""
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
@@ -124,6 +124,7 @@ def similar(
     max_distance: Annotated[float | None, Query(ge=0, le=2)] = None,
     offset: Annotated[int, Query(ge=0, lt=query.MAX_K)] = 0,
     cursor: Annotated[str | None, Query(max_length=2000)] = None,
+    search_space: Literal["active", "raw"] | None = None,
 ) -> JSONResponse:
     options: dict[str, Any] = {"exclude_skus": exclude_sku} if exclude_sku else {}
     if max_distance is not None:
@@ -137,6 +138,7 @@ def similar(
             max_price=max_price,
             offset=offset,
             cursor=cursor,
+            search_space=search_space,
             **options,
         )
     )
@@ -157,8 +159,12 @@ def cheaper(
     any_category: bool = False,
     offset: Annotated[int, Query(ge=0, lt=query.MAX_K)] = 0,
     cursor: Annotated[str | None, Query(max_length=2000)] = None,
+    search_space: Literal["active", "raw"] | None = None,
 ) -> JSONResponse:
-    return _results(catalogue.cheaper(sku, k, same_category=not any_category, offset=offset, cursor=cursor))
+    answer = catalogue.cheaper(
+        sku, k, same_category=not any_category, offset=offset, cursor=cursor, search_space=search_space
+    )
+    return _results(answer)
 
 
 @router.post(

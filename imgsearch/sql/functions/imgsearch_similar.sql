@@ -58,7 +58,7 @@ BEGIN
     END IF;
 
     q := l2_normalize(query);
-    space := imgsearch_active_space();
+    space := imgsearch_search_space();
     IF space IS NOT NULL THEN
         q := imgsearch_project(q, space);
     END IF;

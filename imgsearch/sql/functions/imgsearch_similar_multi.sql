@@ -27,7 +27,8 @@
 --
 -- Search space: when a tuned space is active (imgsearch tune), the queries are projected into it
 -- (imgsearch_project) and everything above runs on tuned_images, the photos' projected vectors, instead of
--- product_images; callers pass raw VGG16 vectors either way.
+-- product_images; callers pass raw VGG16 vectors either way. SET imgsearch.search_space = 'raw' searches the raw
+-- space while a tuned one is active (imgsearch_search_space: both arms of an A/B test in one catalogue).
 CREATE OR REPLACE FUNCTION imgsearch_similar_multi(
     queries vector[],
     k integer DEFAULT 10,
@@ -50,7 +51,7 @@ AS $fn$
 DECLARE
     exact_below integer := coalesce(
         nullif(current_setting('imgsearch.exact_search_below', true), '')::integer, 1000);
-    space integer := imgsearch_active_space();
+    space integer := imgsearch_search_space();
     -- The searched vectors (s) and their photos (i): one table in the raw space, two in a tuned one.
     photos_from text := 'product_images s JOIN LATERAL (SELECT s.image, s.position) i ON true';
     -- Each product with its best photo for the queries ($1), computed exactly over all its photos.
