@@ -123,7 +123,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"Page n of a search (k {K}) through the Python API, by `offset` ((n-1)k) and by the `cursor` of result "
         f"(n-1)k (taken from an earlier search, not timed), interleaved, {result['args']['queries']} queries per "
         "page (stored photo vectors plus noise); p50 / p95 in ms. `same page`: share of queries whose two pages "
-        "were the same products in the same order (the catalogue did not change).",
+        "were the same products in the same order (the catalogue did not change). Below 1 where the HNSW index is "
+        "walked: a walk asked for more results finds a few products a shorter walk missed (approximate search), "
+        "so the two ways differ by those; ranking is exact on what was found, so a cursor page never repeats a "
+        "product ranked before its cursor.",
         "",
     ]
     for c in result["classes"]:
