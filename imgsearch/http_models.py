@@ -65,6 +65,8 @@ class UrlSearch(Filters, Page):
 class ManySearch(Filters):
     """Several searches by vector in one round trip."""
 
+    offset: int = Field(0, ge=0, lt=query.MAX_K, description="results skipped first in every search")
+
     vectors: list[list[float]] = Field(..., min_length=1, max_length=query.MAX_SEARCHES)
 
 

@@ -429,27 +429,30 @@ def search_many(
     below_price: Price | None = None,
     max_distance: float | None = None,
     search_space: str | None = None,
+    offset: int = 0,
 ) -> list[list[SearchResult]]:
     """One search per vector, all in one round trip: ``result[i]`` is :func:`search` of ``vectors[i]`` with the same
     ``k`` and filters. For work that asks many questions at once (similar products for every product page, an
-    evaluation): it saves each search's round trip and call overhead. ``search_space`` as :func:`search`.
+    evaluation): it saves each search's round trip and call overhead. ``search_space`` and ``offset`` (the same
+    page of every search) as :func:`search`; a cursor belongs to one search, so give it to :func:`search`.
 
     Raises:
-        InvalidQueryError: no vectors or more than :data:`MAX_SEARCHES`, a bad vector, k, price, distance or
-            search space.
+        InvalidQueryError: no vectors or more than :data:`MAX_SEARCHES`, a bad vector, k, price, distance, offset
+            or search space.
     """
     limit = distance_limit(max_distance)
     rows = list(vectors)
     if not 1 <= len(rows) <= MAX_SEARCHES:
         raise InvalidQueryError(f"give 1 to {MAX_SEARCHES} query vectors, got {len(rows)}")
+    k, offset = _validate_k(k), _validate_offset(offset)
     params = {
         "query": [validate_vector(v) for v in rows],
-        **_filter_params(k, categories, in_stock_only, max_price, exclude_skus, below_price),
+        **_filter_params(min(MAX_K, offset + k), categories, in_stock_only, max_price, exclude_skus, below_price),
     }
     answers: list[list[SearchResult]] = [[] for _ in rows]
     for row in _rows(bind, _SIMILAR_MANY, params, _settings(search_space=search_space)):
         answers[row.query_index - 1].append(_result(row))
-    return [_numbered(within(answer, limit)) for answer in answers]
+    return [_numbered(within(answer, limit)[offset : offset + k], offset) for answer in answers]
 
 
 def similar_to_sku(

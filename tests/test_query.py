@@ -353,6 +353,11 @@ def test_pages_by_offset_and_by_cursor_make_up_the_one_long_ranking(filled: Engi
     walked = query.search(filled, q, 20) + query.search(filled, q, 20, offset=20)
     assert len({r.sku for r in walked}) == 40
     assert recall([r.sku for r in walked], data.exact(q, 40, data.in_stock)) >= 0.9
+    # search_many: the same page of every search.
+    queries = [q, data.query_vector(4)]
+    pages = query.search_many(filled, queries, 20, offset=20)
+    for page, whole_many in zip(pages, query.search_many(filled, queries, 40), strict=True):
+        assert [(r.sku, r.rank) for r in page] == [(r.sku, r.rank) for r in whole_many[20:]]
     # The last pages stop at the 1000th result.
     tail = query.search(filled, q, 10, in_stock_only=False, offset=995)
     assert [r.rank for r in tail] == [996, 997, 998, 999, 1000]

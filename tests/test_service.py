@@ -350,7 +350,11 @@ def test_pages_over_http_by_offset_and_by_cursor(service: Service) -> None:
     assert "offset" in _error(service.client.post("/v1/search", json={**vector, "offset": -1}), 400)
     assert "offset" in _error(service.client.post("/v1/search", files=_photo(), data={"offset": "two"}), 400)
     assert "offset" in _error(service.client.get(f"/v1/products/{PHOTO_SKU}/similar?offset=1000"), 422)
-    assert "offset" in _error(service.client.post("/v1/search/many", json={"vectors": [[0.1] * 512], "offset": 1}), 422)
+    many = service.client.post("/v1/search/many", json={"vectors": [[0.1] * 512], "k": 3, "offset": 3}).json()
+    assert [r["sku"] for r in many[0]] == [r["sku"] for r in whole[3:6]] and many[0][0]["rank"] == 4
+    assert "cursor" in _error(
+        service.client.post("/v1/search/many", json={"vectors": [[0.1] * 512], "cursor": "x"}), 422
+    )
 
 
 def test_the_search_space_is_chosen_per_request(service: Service) -> None:
