@@ -356,6 +356,8 @@ def _decode_cursor(cursor: object) -> tuple[int, tuple[int, int, float, str]]:
     fields = ((rank, int), (exact, int), (inliers, int), (distance, int | float), (sku, str))
     if not all(isinstance(v, t) and not isinstance(v, bool) for v, t in fields) or not 1 <= rank <= MAX_K:
         raise problem
+    if not 0 <= distance <= 2 or exact not in (0, 1):  # NaN fails too
+        raise problem
     return rank, (exact, inliers, float(distance), sku)
 
 

@@ -413,6 +413,7 @@ def test_a_cursor_continues_after_its_product_while_the_catalogue_changes(engine
         ({"cursor": ""}, "cursor is not"),
         ({"cursor": "WzAsMSwwLDAuNSwieCJd"}, "cursor is not"),  # [0,1,0,0.5,"x"]: no result has rank 0
         ({"cursor": "WyIxIiwxLDAsMC41LCJ4Il0"}, "cursor is not"),  # ["1",1,0,0.5,"x"]
+        ({"cursor": "WzEsMSwwLE5hTiwieCJd"}, "cursor is not"),  # [1,1,0,NaN,"x"]
         ({"offset": 10, "cursor": "WzEsMSwwLDAuNSwieCJd"}, "offset or cursor"),
     ],
 )
