@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Protocol
 
@@ -21,7 +21,7 @@ from imgsearch.db import run_transaction, transaction
 from imgsearch.errors import EmbeddingSpaceMismatchError, InvalidProductError, InvalidQueryError, UnknownSkuError
 from imgsearch.local_features import EXTRACTOR, LocalFeatures
 from imgsearch.tables import DIMENSION, IMAGE_MAX_LENGTH
-from imgsearch.validation import check_product_fields, check_text, unit_vector
+from imgsearch.validation import check_product_fields, check_shop_fields, check_text, unit_vector
 
 Bind = Engine | Connection
 
@@ -85,6 +85,10 @@ class ProductRecord:
     image: str | None = None
     image_sha256: str | None = None
     images: tuple[ImageRecord, ...] = ()
+    #: The shop's own id of the product and its page on the shop's site: carried into every result, so that a
+    #: result joins back to the shop's database. ``None`` keeps what is stored; ``""`` clears it.
+    shop_product_id: str | None = None
+    page_url: str | None = None
 
     def photos(self) -> tuple[ImageRecord, ...]:
         """The record's photos, the shorthand included."""
@@ -221,6 +225,7 @@ def _validated(record: ProductRecord) -> ProductRecord:
     label = record.sku if isinstance(record.sku, str) and len(record.sku) <= 80 else "a product"
     try:
         check_product_fields(record.sku, record.category, record.name, None, record.price)
+        shop_product_id, page_url = check_shop_fields(record.shop_product_id, record.page_url)
         photos = []
         for position, photo in enumerate(record.photos()):
             check_text(photo.image, "image", IMAGE_MAX_LENGTH, required=False)
@@ -237,21 +242,35 @@ def _validated(record: ProductRecord) -> ProductRecord:
             raise InvalidProductError("the same image is given twice")
     except InvalidQueryError as exc:
         raise InvalidProductError(f"{label}: {exc}") from None
-    return replace(record, embedding=None, image=None, image_sha256=None, images=tuple(photos))
+    return replace(
+        record,
+        embedding=None,
+        image=None,
+        image_sha256=None,
+        images=tuple(photos),
+        shop_product_id=shop_product_id,
+        page_url=page_url,
+    )
 
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
+#: The shop's own product id and page address of product row ``p``, as columns ``shop_product_id`` and
+#: ``page_url``. Read by name from the row, so that the statements reading them also run on a catalogue an older
+#: revision left (NULL there): migrations are tested on catalogues filled before them.
+SHOP_FIELDS_SQL = "to_jsonb(p) ->> 'shop_product_id' AS shop_product_id, to_jsonb(p) ->> 'page_url' AS page_url"
+
 _STAGING = (
-    "CREATE TEMP TABLE IF NOT EXISTS imgsearch_staging_products (sku text, name text, category text, price numeric, "
-    "in_stock boolean) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS imgsearch_staging_products (sku text, name text, category text, "
+    "price numeric, in_stock boolean, shop_product_id text, page_url text) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS imgsearch_staging_images (sku text, image text, position integer, "
     "image_sha256 text, etag text, last_modified text, embedding vector(512), colour vector(44), extractor text, "
     "feature_width integer, feature_height integer, points bytea, descriptors bytea) ON COMMIT DELETE ROWS",
     "TRUNCATE imgsearch_staging_products, imgsearch_staging_images",
 )
 _PRODUCT_COLUMNS = "sku, name, category, price, in_stock"
-_PRODUCT_TYPES = ["text", "text", "text", "numeric", "bool"]
+_STAGING_PRODUCT_COLUMNS = _PRODUCT_COLUMNS + ", shop_product_id, page_url"
+_PRODUCT_TYPES = ["text", "text", "text", "numeric", "bool", "text", "text"]
 _IMAGE_COLUMNS = (
     "sku, image, position, image_sha256, etag, last_modified, embedding, colour, extractor, feature_width, "
     "feature_height, points, descriptors"
@@ -273,6 +292,23 @@ _MERGE_PRODUCTS = sa.text(
     WHERE (p.name, p.category, p.price, p.in_stock)
           IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.category, EXCLUDED.price, EXCLUDED.in_stock)
     RETURNING p.sku, (xmax = 0) AS inserted
+    """
+)
+# The shop's own product id and page address, on the rows the merge above wrote (already locked, in SKU order): a
+# staged NULL keeps the stored value, '' clears it (revision 0017). Run only when a record gives either, so that
+# writing a catalogue an older revision left works as it did.
+_MERGE_SHOP_FIELDS = sa.text(
+    """
+    UPDATE products p SET
+        shop_product_id = CASE WHEN s.shop_product_id IS NULL THEN p.shop_product_id
+                               ELSE nullif(s.shop_product_id, '') END,
+        page_url = CASE WHEN s.page_url IS NULL THEN p.page_url ELSE nullif(s.page_url, '') END
+    FROM imgsearch_staging_products s
+    WHERE p.sku = s.sku AND (s.shop_product_id IS NOT NULL OR s.page_url IS NOT NULL)
+      AND (p.shop_product_id, p.page_url) IS DISTINCT FROM (
+          CASE WHEN s.shop_product_id IS NULL THEN p.shop_product_id ELSE nullif(s.shop_product_id, '') END,
+          CASE WHEN s.page_url IS NULL THEN p.page_url ELSE nullif(s.page_url, '') END)
+    RETURNING p.sku
     """
 )
 # A photo without a vector keeps the stored one; if that is gone (removed meanwhile), it is left out here and
@@ -373,10 +409,13 @@ def upsert_products(bind: Bind, records: Sequence[ProductRecord], *, prune_image
             conn.execute(sa.text(statement))
         with raw.cursor() as cur:
             register_vector_info(cur, TypeInfo.fetch(raw, "vector"))
-            with cur.copy(f"COPY imgsearch_staging_products ({_PRODUCT_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy_products = f"COPY imgsearch_staging_products ({_STAGING_PRODUCT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+            with cur.copy(copy_products) as copy:
                 copy.set_types(_PRODUCT_TYPES)
                 for r in records:
-                    copy.write_row((r.sku, r.name, r.category, r.price, bool(r.in_stock)))
+                    copy.write_row(
+                        (r.sku, r.name, r.category, r.price, bool(r.in_stock), r.shop_product_id, r.page_url)
+                    )
             with cur.copy(f"COPY imgsearch_staging_images ({_IMAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_IMAGE_TYPES)
                 for r in records:
@@ -402,6 +441,10 @@ def upsert_products(bind: Bind, records: Sequence[ProductRecord], *, prune_image
         try:
             with conn.begin_nested():
                 products = conn.execute(_MERGE_PRODUCTS).all()
+                if any(r.shop_product_id is not None or r.page_url is not None for r in records):
+                    shop_changed = set(conn.execute(_MERGE_SHOP_FIELDS).scalars())
+                else:
+                    shop_changed = set()
                 changed_photos = set(conn.execute(_MERGE_IMAGES).scalars())
                 if any(photo.features is not None for r in records for photo in r.images):
                     written = conn.execute(_MERGE_FEATURES).all()
@@ -426,7 +469,7 @@ def upsert_products(bind: Bind, records: Sequence[ProductRecord], *, prune_image
         if prune_images:
             with_photos = [r.sku for r in records if r.images and r.sku not in vanished]
             pruned = list(conn.execute(_PRUNE, {"skus": with_photos}).scalars())
-        updated = (updated | changed_photos | set(pruned)) - added - vanished
+        updated = (updated | shop_changed | changed_photos | set(pruned)) - added - vanished
         return UpsertCounts(
             added=len(added),
             updated=len(updated),
@@ -678,6 +721,9 @@ class Listing:
     price: Decimal | None
     in_stock: bool
     image: str | None
+    #: The shop's own id of the product and its page on the shop's site, when the catalogue has them.
+    shop_product_id: str | None = field(default=None, kw_only=True)
+    page_url: str | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -693,7 +739,7 @@ def get_product(bind: Bind, sku: str) -> Product | None:
     with transaction(bind) as conn:
         row = conn.execute(
             sa.text(
-                "SELECT p.sku, p.name, p.category, p.price, p.in_stock, "
+                f"SELECT p.sku, p.name, p.category, p.price, p.in_stock, {SHOP_FIELDS_SQL}, "
                 "array_agg(nullif(i.image, '') ORDER BY i.position, i.id) AS images, "
                 "(array_agg(i.image_sha256 ORDER BY i.position, i.id))[1] AS sha "
                 "FROM products p LEFT JOIN product_images i ON i.product_id = p.id WHERE p.sku = :sku "
@@ -705,7 +751,16 @@ def get_product(bind: Bind, sku: str) -> Product | None:
         return None
     images = tuple(image for image in row.images if image is not None)
     return Product(
-        row.sku, row.name, row.category, row.price, row.in_stock, images[0] if images else None, row.sha, images
+        row.sku,
+        row.name,
+        row.category,
+        row.price,
+        row.in_stock,
+        images[0] if images else None,
+        row.sha,
+        images,
+        shop_product_id=row.shop_product_id,
+        page_url=row.page_url,
     )
 
 

@@ -1032,7 +1032,7 @@ def _search_options(func: Any) -> Any:
             default="table",
             show_default=True,
             help="table for people; json or csv for programs (fields: rank, sku, name, category, price, "
-            "in_stock, distance, image, match, inliers, box, cursor).",
+            "in_stock, distance, image, match, inliers, box, cursor, shop_product_id, page_url).",
         ),
         click.option(
             "--sheet",

@@ -23,7 +23,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
-from imgsearch.catalogue import Bind, Listing
+from imgsearch.catalogue import SHOP_FIELDS_SQL, Bind, Listing
 from imgsearch.db import transaction, translate_error
 from imgsearch.errors import InvalidQueryError
 from imgsearch.validation import price_limit
@@ -125,7 +125,10 @@ def find_duplicate_groups(
     skus = sorted({sku for members in components for sku in members})
     with transaction(bind) as conn:
         rows = conn.execute(
-            sa.text("SELECT sku, name, category, price, in_stock FROM products WHERE sku = ANY(:skus)"),
+            sa.text(
+                f"SELECT p.sku, p.name, p.category, p.price, p.in_stock, {SHOP_FIELDS_SQL} FROM products p "
+                "WHERE p.sku = ANY(:skus)"
+            ),
             {"skus": skus},
         ).all()
     products = {row.sku: row for row in rows}
@@ -145,6 +148,8 @@ def find_duplicate_groups(
                         products[sku].price,
                         products[sku].in_stock,
                         images.get(sku),
+                        shop_product_id=products[sku].shop_product_id,
+                        page_url=products[sku].page_url,
                     )
                     for sku in members
                     if sku in products  # removed since the pairs were found

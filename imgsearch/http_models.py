@@ -108,6 +108,8 @@ class SearchResult(BaseModel):
     inliers: int | None = Field(..., description="keypoints agreeing with one homography (verified searches)")
     box: list[float] | None = Field(..., description="where the product lies in the photo: left, top, right, bottom")
     cursor: str | None = Field(..., description="send it as `cursor` with the same search for the results after this")
+    shop_product_id: str | None = Field(..., description="the shop's own id of the product, when the catalogue has it")
+    page_url: str | None = Field(..., description="the product's page on the shop's site, when the catalogue has it")
 
 
 class Error(BaseModel):

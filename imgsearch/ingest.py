@@ -394,6 +394,8 @@ def _records(
                 price=entry.price,
                 in_stock=entry.in_stock,
                 images=tuple(images),
+                shop_product_id=entry.shop_product_id,
+                page_url=entry.page_url,
             )
         )
     return records

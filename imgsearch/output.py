@@ -3,25 +3,27 @@
 Search results in JSON and CSV are a stable interface: one record per result, best first, with these fields
 (:data:`RESULT_FIELDS`, in this order as the CSV columns; new fields may be added at the end, none removed):
 
-=========  =================================================================================================
-rank       1 for the closest product, then 2, 3... (a page further down, ``--offset`` or ``--cursor``,
-           continues the count)
-sku        the product's SKU
-name       product name; JSON ``null`` / CSV empty when the catalogue has none
-category   product category
-price      JSON number, CSV decimal text with 2 places (``14.99``); ``null`` / empty when the product has none
-in_stock   JSON ``true``/``false``, CSV ``true``/``false``
-distance   cosine distance to the query, 0 (same direction) to 2, smaller is closer; 6 decimals
-image      the image location as the catalogue recorded it (manifest images: relative to the manifest's
-           folder); ``null`` / empty when unknown
-match      searches by photo: ``exact`` when local features proved that the photo shows this very product,
-           ``similar`` for a visual neighbour; ``null`` / empty for searches that verify nothing
-inliers    searches by photo: keypoints of the product's photo found again in the query photo, consistent with
-           one perspective (``exact`` from 12); ``null`` / empty otherwise
-box        an ``exact`` match's place in the query photo: JSON ``[left, top, right, bottom]`` in its pixels, CSV
-           the four numbers separated by spaces; ``null`` / empty otherwise
-cursor     give it to the same search (``--cursor``, ``cursor``) for the results after this one
-=========  =================================================================================================
+===============  =================================================================================================
+rank             1 for the closest product, then 2, 3... (a page further down, ``--offset`` or ``--cursor``,
+                 continues the count)
+sku              the product's SKU
+name             product name; JSON ``null`` / CSV empty when the catalogue has none
+category         product category
+price            JSON number, CSV decimal text with 2 places (``14.99``); ``null`` / empty when the product has none
+in_stock         JSON ``true``/``false``, CSV ``true``/``false``
+distance         cosine distance to the query, 0 (same direction) to 2, smaller is closer; 6 decimals
+image            the image location as the catalogue recorded it (manifest images: relative to the manifest's
+                 folder); ``null`` / empty when unknown
+match            searches by photo: ``exact`` when local features proved that the photo shows this very product,
+                 ``similar`` for a visual neighbour; ``null`` / empty for searches that verify nothing
+inliers          searches by photo: keypoints of the product's photo found again in the query photo, consistent with
+                 one perspective (``exact`` from 12); ``null`` / empty otherwise
+box              an ``exact`` match's place in the query photo: JSON ``[left, top, right, bottom]`` in its pixels, CSV
+                 the four numbers separated by spaces; ``null`` / empty otherwise
+cursor           give it to the same search (``--cursor``, ``cursor``) for the results after this one
+shop_product_id  the shop's own id of the product (manifest column ``shop_product_id``); ``null`` / empty if none
+page_url         the product's page on the shop's site (manifest column ``page_url``); ``null`` / empty if none
+===============  =================================================================================================
 
 JSON is one array of objects (``[]`` when nothing matches); CSV is a header row then one row per result
 (only the header when nothing matches), comma-separated, quoted where needed, UTF-8.
@@ -59,6 +61,8 @@ RESULT_FIELDS = (
     "inliers",
     "box",
     "cursor",
+    "shop_product_id",
+    "page_url",
 )
 
 
@@ -91,6 +95,8 @@ def result_dicts(results: Sequence[SearchResult]) -> list[dict[str, object]]:
             "inliers": r.inliers,
             "box": None if r.box is None else list(r.box),
             "cursor": r.cursor,
+            "shop_product_id": r.shop_product_id,
+            "page_url": r.page_url,
         }
         for rank, r in enumerate(results, start=1)
     ]

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch import local_features, visual_words
-from imgsearch.catalogue import Listing, SpaceLike, check_space
+from imgsearch.catalogue import SHOP_FIELDS_SQL, Listing, SpaceLike, check_space
 from imgsearch.db import (
     RETRY_WAITS,
     binary_vector,
@@ -113,34 +113,43 @@ def _query_text(value: str, what: str) -> str:
     return value
 
 
+def _with_shop_fields(call: str) -> sa.TextClause:
+    """A search function's rows, in its order, each with its product's ``shop_product_id`` and ``page_url``
+    (revision 0017): still one statement, one round trip. The two are read by name from the product's row
+    (:data:`imgsearch.catalogue.SHOP_FIELDS_SQL`)."""
+    return sa.text(
+        f"SELECT s.*, {SHOP_FIELDS_SQL} FROM {call} WITH ORDINALITY AS s "
+        "LEFT JOIN products p ON p.sku = s.sku ORDER BY s.ordinality"
+    )
+
+
 # The query vector is bound as pgvector's binary form (db.binary_vector), not as text.
-_SIMILAR = sa.text(
-    "SELECT * FROM imgsearch_similar(CAST(:query AS vector), :k, CAST(:categories AS text[]), :in_stock_only, "
+_SIMILAR = _with_shop_fields(
+    "imgsearch_similar(CAST(:query AS vector), :k, CAST(:categories AS text[]), :in_stock_only, "
     "CAST(:max_price AS numeric), CAST(:exclude AS text[]), CAST(:below_price AS numeric))"
 )
-_SIMILAR_MULTI = sa.text(
-    "SELECT * FROM imgsearch_similar_multi(CAST(:query AS vector[]), :k, CAST(:categories AS text[]), :in_stock_only, "
+_SIMILAR_MULTI = _with_shop_fields(
+    "imgsearch_similar_multi(CAST(:query AS vector[]), :k, CAST(:categories AS text[]), :in_stock_only, "
     "CAST(:max_price AS numeric), CAST(:exclude AS text[]), CAST(:below_price AS numeric))"
 ).bindparams(sa.bindparam("query", type_=postgresql.ARRAY(Vector(DIMENSION))))
 #: Most query vectors one search takes (a shopper's photos, a product's photos).
 MAX_QUERY_VECTORS = 100
-_SIMILAR_MANY = sa.text(
-    "SELECT * FROM imgsearch_similar_many(CAST(:query AS vector[]), :k, CAST(:categories AS text[]), :in_stock_only, "
+_SIMILAR_MANY = _with_shop_fields(
+    "imgsearch_similar_many(CAST(:query AS vector[]), :k, CAST(:categories AS text[]), :in_stock_only, "
     "CAST(:max_price AS numeric), CAST(:exclude AS text[]), CAST(:below_price AS numeric))"
 ).bindparams(sa.bindparam("query", type_=postgresql.ARRAY(Vector(DIMENSION))))
 #: Most searches one call of :func:`search_many` makes (imgsearch_similar_many's limit).
 MAX_SEARCHES = 1000
-_SIMILAR_TO_SKU = sa.text(
-    "SELECT * FROM imgsearch_similar_to_sku(:sku, :k, CAST(:categories AS text[]), :in_stock_only, "
-    "CAST(:max_price AS numeric))"
+_SIMILAR_TO_SKU = _with_shop_fields(
+    "imgsearch_similar_to_sku(:sku, :k, CAST(:categories AS text[]), :in_stock_only, CAST(:max_price AS numeric))"
 )
-_CHEAPER = sa.text("SELECT * FROM imgsearch_cheaper(:sku, :k, :same_category)")
-_VERIFICATION_CANDIDATES = sa.text(
-    "SELECT * FROM imgsearch_verification_candidates(CAST(:query AS vector), :k, :extractor, "
+_CHEAPER = _with_shop_fields("imgsearch_cheaper(:sku, :k, :same_category)")
+_VERIFICATION_CANDIDATES = _with_shop_fields(
+    "imgsearch_verification_candidates(CAST(:query AS vector), :k, :extractor, "
     "CAST(:categories AS text[]), :in_stock_only, CAST(:max_price AS numeric), CAST(:exclude AS text[]))"
 )
-_PHOTO_CANDIDATES = sa.text(
-    "SELECT * FROM imgsearch_photo_candidates(CAST(:query AS vector), :k, :extractor, CAST(:words AS integer[]), "
+_PHOTO_CANDIDATES = _with_shop_fields(
+    "imgsearch_photo_candidates(CAST(:query AS vector), :k, :extractor, CAST(:words AS integer[]), "
     ":word_n, :vocabulary, :model, :weights_id, :preprocessing, CAST(:categories AS text[]), :in_stock_only, "
     "CAST(:max_price AS numeric), CAST(:exclude AS text[]))"
 )
@@ -186,6 +195,8 @@ def _result(row: sa.Row, **verification: object) -> SearchResult:
         in_stock=row.in_stock,
         image=row.image,
         distance=float(row.distance),
+        shop_product_id=row.shop_product_id,
+        page_url=row.page_url,
         **verification,  # type: ignore[arg-type]
     )
 

@@ -7,7 +7,9 @@ A product has one or more photos, each given as a file or an ``http(s)://`` URL:
 - a folder tree ``<category>/<image>`` (one photo; the SKU is ``<category>/<file name without extension>``) or
   ``<category>/<sku>/<image>...`` (a folder of photos; the SKU is ``<category>/<folder>``);
 - a CSV manifest with columns ``sku,name,category,price,in_stock`` and ``image`` and/or ``images`` (several
-  references separated by ``|``); rows repeating a SKU add photos, and must then agree on the other fields.
+  references separated by ``|``), and optionally ``shop_product_id`` (the shop's own id of the product) and
+  ``page_url`` (its page on the shop's site); rows repeating a SKU add photos, and must then agree on the other
+  fields.
 
 File photos are stored with their absolute path (or relative to the configured image root), so that a backend
 or a contact sheet run from anywhere finds them; URLs are stored as given.
@@ -28,16 +30,25 @@ from imgsearch.errors import InvalidProductError, ManifestError
 from imgsearch.fetch import is_url
 from imgsearch.images import has_supported_extension
 from imgsearch.tables import SKU_MAX_LENGTH
-from imgsearch.validation import check_product_fields, check_text, parse_bool, parse_price, text_problem
+from imgsearch.validation import (
+    check_product_fields,
+    check_shop_fields,
+    check_text,
+    parse_bool,
+    parse_price,
+    text_problem,
+)
 
-MANIFEST_COLUMNS = ("sku", "name", "category", "price", "in_stock", "image", "images")
+MANIFEST_COLUMNS = ("sku", "name", "category", "price", "in_stock", "image", "images", "shop_product_id", "page_url")
 REQUIRED_COLUMNS = ("sku", "category")
 #: Separator of the references in a manifest's ``images`` column.
 IMAGES_SEPARATOR = "|"
 #: Columns whose values are one line: a line break inside one means a quote was left open (the name may wrap).
-_ONE_LINE_COLUMNS = frozenset({"sku", "category", "price", "in_stock", "image", "images"})
+_ONE_LINE_COLUMNS = frozenset(
+    {"sku", "category", "price", "in_stock", "image", "images", "shop_product_id", "page_url"}
+)
 #: Product fields that every row of one SKU must repeat identically.
-_PRODUCT_FIELDS = ("name", "category", "price", "in_stock")
+_PRODUCT_FIELDS = ("name", "category", "price", "in_stock", "shop_product_id", "page_url")
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,8 @@ class CatalogueEntry:
     name: str | None = None
     price: Decimal | None = None
     in_stock: bool = True
+    shop_product_id: str | None = None
+    page_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -223,11 +236,14 @@ def _product_fields(row: dict[str, str]) -> dict[str, object]:
         if not row.get(column):
             raise ValueError(f"missing {column}")
     check_product_fields(row["sku"], row["category"], row.get("name") or None)
+    shop_product_id, page_url = check_shop_fields(row.get("shop_product_id"), row.get("page_url"))
     return {
         "category": row["category"],
         "name": row.get("name") or None,
         "price": parse_price(row.get("price", "")),
         "in_stock": parse_bool(row["in_stock"]) if row.get("in_stock") else True,
+        "shop_product_id": shop_product_id,
+        "page_url": page_url,
     }
 
 

@@ -41,6 +41,8 @@ SKU_MAX_LENGTH = 255
 CATEGORY_MAX_LENGTH = 255
 NAME_MAX_LENGTH = 2000
 IMAGE_MAX_LENGTH = 4096
+SHOP_PRODUCT_ID_MAX_LENGTH = 255
+PAGE_URL_MAX_LENGTH = 4096
 MAX_PRICE = Decimal("9999999999.99")  # numeric(12, 2)
 
 
@@ -81,6 +83,14 @@ class Product(Base):
         CheckConstraint(f"length(btrim(sku)) > 0 AND length(sku) <= {SKU_MAX_LENGTH}", name="ck_products_sku"),
         CheckConstraint("length(btrim(category)) > 0", name="ck_products_category"),
         CheckConstraint("price >= 0", name="ck_products_price"),
+        CheckConstraint(
+            f"length(btrim(shop_product_id)) > 0 AND length(shop_product_id) <= {SHOP_PRODUCT_ID_MAX_LENGTH}",
+            name="ck_products_shop_product_id",
+        ),
+        CheckConstraint(
+            f"page_url ~ '^https?://[^[:space:]]+$' AND length(page_url) <= {PAGE_URL_MAX_LENGTH}",
+            name="ck_products_page_url",
+        ),
         # Serve the bounded count that picks exact or index search (category, price); in_stock is in no index,
         # so that a stock sync's updates are HOT.
         Index("ix_products_category_price", "category", "price"),
@@ -95,6 +105,9 @@ class Product(Base):
     category: Mapped[str] = mapped_column(Text, nullable=False)
     price: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
     in_stock: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    #: The shop's own id of the product and its page on the shop's site (revision 0017), to join results back.
+    shop_product_id: Mapped[str | None] = mapped_column(Text)
+    page_url: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 

@@ -20,6 +20,8 @@ from imgsearch.tables import (
     IMAGE_MAX_LENGTH,
     MAX_PRICE,
     NAME_MAX_LENGTH,
+    PAGE_URL_MAX_LENGTH,
+    SHOP_PRODUCT_ID_MAX_LENGTH,
     SKU_MAX_LENGTH,
 )
 
@@ -107,6 +109,22 @@ def check_text(value: object, what: str, max_length: int, *, required: bool) -> 
     if len(value) > max_length:
         raise InvalidProductError(f"{what} is {len(value)} characters long, the limit is {max_length}")
     return value
+
+
+_PAGE_URL = re.compile(r"^https?://\S+$")
+
+
+def check_shop_fields(shop_product_id: object, page_url: object) -> tuple[str | None, str | None]:
+    """The shop's own product id and page address as a write takes them: ``None`` (keep the stored value), ``""``
+    (blank: clear it) or the checked value; or :class:`InvalidProductError`."""
+    product_id = check_text(shop_product_id, "shop_product_id", SHOP_PRODUCT_ID_MAX_LENGTH, required=False)
+    url = check_text(page_url, "page_url", PAGE_URL_MAX_LENGTH, required=False)
+    if url is not None and not _PAGE_URL.match(url):
+        raise InvalidProductError(f"page_url must be an http:// or https:// address, got {url[:60]!r}")
+    return (
+        "" if shop_product_id is not None and product_id is None else product_id,
+        "" if page_url is not None and url is None else url,
+    )
 
 
 def check_product_fields(
