@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch import local_features, visual_words
-from imgsearch.catalogue import SHOP_FIELDS_SQL, Listing, SpaceLike, check_space
+from imgsearch.catalogue import Listing, SpaceLike, check_space
 from imgsearch.db import (
     RETRY_WAITS,
     binary_vector,
@@ -115,11 +115,15 @@ def _query_text(value: str, what: str) -> str:
 
 def _with_shop_fields(call: str) -> sa.TextClause:
     """A search function's rows, in its order, each with its product's ``shop_product_id`` and ``page_url``
-    (revision 0017): still one statement, one round trip. The two are read by name from the product's row
-    (:data:`imgsearch.catalogue.SHOP_FIELDS_SQL`)."""
+    (revision 0017): still one statement, one round trip. The two are read by name from the product's row, as
+    :data:`imgsearch.catalogue.SHOP_FIELDS_SQL` reads them (NULL on a catalogue an older revision left)."""
+    # Looked up row by row (a scalar subquery the planner keeps as such): joined, the planner takes the function
+    # for 1000 rows and may hash the whole products table.
     return sa.text(
-        f"SELECT s.*, {SHOP_FIELDS_SQL} FROM {call} WITH ORDINALITY AS s "
-        "LEFT JOIN products p ON p.sku = s.sku ORDER BY s.ordinality"
+        f"SELECT s.*, x.j ->> 'shop_product_id' AS shop_product_id, x.j ->> 'page_url' AS page_url "
+        f"FROM {call} WITH ORDINALITY AS s "
+        "CROSS JOIN LATERAL (SELECT (SELECT to_jsonb(p) FROM products p WHERE p.sku = s.sku) AS j) x "
+        "ORDER BY s.ordinality"
     )
 
 
