@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rng = np.random.default_rng(args.seed)
         for name, options in _classes(engine):
             queries = _queries(engine, options, args.queries, rng)
-            for q in queries[:5]:  # warm
-                query.search(engine, q, K, **options)
+            for q in queries:  # warm: the server was just started; every query's deepest page once
+                query.search(engine, q, K, offset=1000 - K, **options)
             rows = []
             for depth in DEPTHS:
                 rows.append(measure(engine, options, queries, depth))
