@@ -255,10 +255,16 @@ def _validated(record: ProductRecord) -> ProductRecord:
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-#: The shop's own product id and page address of product row ``p``, as columns ``shop_product_id`` and
-#: ``page_url``. Read by name from the row, so that the statements reading them also run on a catalogue an older
-#: revision left (NULL there): migrations are tested on catalogues filled before them.
-SHOP_FIELDS_SQL = "to_jsonb(p) ->> 'shop_product_id' AS shop_product_id, to_jsonb(p) ->> 'page_url' AS page_url"
+
+def shop_fields_sql(row: str) -> str:
+    """The shop's own product id and page address, as columns ``shop_product_id`` and ``page_url``, from ``row``: a
+    products row as JSON. Read by name, so that the statements reading them also run on a catalogue an older
+    revision left (NULL there): migrations are tested on catalogues filled before them."""
+    return f"{row} ->> 'shop_product_id' AS shop_product_id, {row} ->> 'page_url' AS page_url"
+
+
+#: :func:`shop_fields_sql` of product row ``p``.
+SHOP_FIELDS_SQL = shop_fields_sql("to_jsonb(p)")
 
 _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS imgsearch_staging_products (sku text, name text, category text, "
@@ -304,10 +310,9 @@ _MERGE_SHOP_FIELDS = sa.text(
                                ELSE nullif(s.shop_product_id, '') END,
         page_url = CASE WHEN s.page_url IS NULL THEN p.page_url ELSE nullif(s.page_url, '') END
     FROM imgsearch_staging_products s
-    WHERE p.sku = s.sku AND (s.shop_product_id IS NOT NULL OR s.page_url IS NOT NULL)
-      AND (p.shop_product_id, p.page_url) IS DISTINCT FROM (
-          CASE WHEN s.shop_product_id IS NULL THEN p.shop_product_id ELSE nullif(s.shop_product_id, '') END,
-          CASE WHEN s.page_url IS NULL THEN p.page_url ELSE nullif(s.page_url, '') END)
+    WHERE p.sku = s.sku
+      AND (s.shop_product_id IS NOT NULL AND p.shop_product_id IS DISTINCT FROM nullif(s.shop_product_id, '')
+           OR s.page_url IS NOT NULL AND p.page_url IS DISTINCT FROM nullif(s.page_url, ''))
     RETURNING p.sku
     """
 )

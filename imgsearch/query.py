@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch import local_features, visual_words
-from imgsearch.catalogue import Listing, SpaceLike, check_space
+from imgsearch.catalogue import Listing, SpaceLike, check_space, shop_fields_sql
 from imgsearch.db import (
     RETRY_WAITS,
     binary_vector,
@@ -115,13 +115,11 @@ def _query_text(value: str, what: str) -> str:
 
 def _with_shop_fields(call: str) -> sa.TextClause:
     """A search function's rows, in its order, each with its product's ``shop_product_id`` and ``page_url``
-    (revision 0017): still one statement, one round trip. The two are read by name from the product's row, as
-    :data:`imgsearch.catalogue.SHOP_FIELDS_SQL` reads them (NULL on a catalogue an older revision left)."""
+    (revision 0017, :func:`imgsearch.catalogue.shop_fields_sql`): still one statement, one round trip."""
     # Looked up row by row (a scalar subquery the planner keeps as such): joined, the planner takes the function
     # for 1000 rows and may hash the whole products table.
     return sa.text(
-        f"SELECT s.*, x.j ->> 'shop_product_id' AS shop_product_id, x.j ->> 'page_url' AS page_url "
-        f"FROM {call} WITH ORDINALITY AS s "
+        f"SELECT s.*, {shop_fields_sql('x.j')} FROM {call} WITH ORDINALITY AS s "
         "CROSS JOIN LATERAL (SELECT (SELECT to_jsonb(p) FROM products p WHERE p.sku = s.sku) AS j) x "
         "ORDER BY s.ordinality"
     )
@@ -376,6 +374,17 @@ def _decode_cursor(cursor: object) -> tuple[int, tuple[int, int, float, str]]:
     return rank, (exact, inliers, float(distance), sku)
 
 
+def _page_args(offset: object, cursor: object) -> tuple[int, tuple[int, tuple[int, int, float, str]] | None]:
+    """The checked ``offset`` and the decoded ``cursor`` (None without one): a search checks them before it
+    reads a photo or runs the network."""
+    offset = _validate_offset(offset)
+    if cursor is None:
+        return offset, None
+    if offset:
+        raise InvalidQueryError("give offset or cursor, not both")
+    return offset, _decode_cursor(cursor)
+
+
 def page(
     ranking: Callable[[int], list[SearchResult]], k: int, offset: int = 0, cursor: str | None = None
 ) -> list[SearchResult]:
@@ -390,13 +399,12 @@ def page(
     Raises:
         InvalidQueryError: bad k or offset, both offset and cursor, or a cursor no search returned.
     """
-    k, offset = _validate_k(k), _validate_offset(offset)
-    if cursor is None:
+    k = _validate_k(k)
+    offset, after = _page_args(offset, cursor)
+    if after is None:
         found, start, before = ranking(min(MAX_K, offset + k)), offset, offset
     else:
-        if offset:
-            raise InvalidQueryError("give offset or cursor, not both")
-        before, key = _decode_cursor(cursor)
+        before, key = after
         # Room for products added ahead of the cursor since its page; asked again for more when they were many.
         want = min(MAX_K, before + 2 * k)
         while True:
@@ -576,9 +584,7 @@ def search_image(
     _settings(search_space=search_space)
     distance_limit(max_distance)  # checked before the photo is read
     _validate_k(candidates, "candidates")
-    _validate_offset(offset)
-    if cursor is not None:
-        _decode_cursor(cursor)
+    _page_args(offset, cursor)
     source = read_source(image)
     if not verify:
         check_space(bind, featurizer.space)
@@ -657,10 +663,8 @@ def search_images(
         raise InvalidQueryError(f"give 1 to {MAX_QUERY_PHOTOS} photos, got {count}")
     k, limit = _validate_k(k), distance_limit(max_distance)
     _validate_k(candidates, "candidates")
-    _validate_offset(offset)
+    _page_args(offset, cursor)
     _settings(search_space=search_space)
-    if cursor is not None:
-        _decode_cursor(cursor)
     filters = {
         "categories": categories,
         "in_stock_only": in_stock_only,
@@ -687,13 +691,14 @@ def search_images(
     if not verify:
         return search(bind, np.stack(vectors), k, max_distance=limit, offset=offset, cursor=cursor, **filters)
     features = [local_features.features_of(source, local_features.QUERY_KEYPOINTS) for source in sources]
+    sizes = [photo_size(source) for source in sources]
+    stacked = np.stack(vectors)
 
     def ranking(n: int) -> list[SearchResult]:
-        ranked = search(bind, np.stack(vectors), n, **filters)
+        ranked = search(bind, stacked, n, **filters)
         proven: dict[str, SearchResult] = {}
         inliers: dict[str, int] = {}
-        for source, vector, found_features in zip(sources, vectors, features, strict=True):
-            size = photo_size(source)
+        for vector, found_features, size in zip(vectors, features, sizes, strict=True):
             found = search_verified(bind, vector, found_features, n, candidates=candidates, size=size, **filters)
             for r in found:
                 inliers[r.sku] = max(inliers.get(r.sku, 0), r.inliers or 0)
