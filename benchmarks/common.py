@@ -188,6 +188,22 @@ def cached_embeddings(
 NAIVE_ORDER = "i.embedding::halfvec(512) <=> %s::halfvec(512)"
 
 
+def stored_query_vectors(engine: Any, categories: list[str] | None, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` stored photo vectors (of ``categories``, as a shopper browsing them would send; all when None)
+    plus a little noise, so that the queries are not in the catalogue."""
+    import sqlalchemy as sa
+    from pgvector.sqlalchemy import Vector
+
+    where = "WHERE category = ANY(:c)" if categories else ""
+    statement = sa.text(f"SELECT embedding FROM product_images {where} ORDER BY random() LIMIT :n").columns(
+        embedding=Vector(512)
+    )
+    with engine.connect() as conn:
+        stored = conn.execute(statement, {"c": categories, "n": count}).scalars()
+        base = np.stack([np.asarray(v, dtype=np.float32) for v in stored])
+    return base + rng.normal(scale=0.02, size=base.shape).astype(np.float32)
+
+
 def build_photo_index(conn: Any) -> None:
     """Build the catalogue-wide photo index after a bulk load (the head revision's definition)."""
     from imgsearch import sql

@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks.candidates_scale import (
-    BATCH,
     SERVER_CONFIG,
     Distractors,
     _rows,
     queries,
     real_vectors,
 )
+from benchmarks.candidates_scale import _upsert as upsert_in_batches
 from benchmarks.common import (
     git_commit,
     load_average,
@@ -64,22 +64,14 @@ REAL_CATALOGUES = ("covers-catalogue", "groceries-catalogue", "myntra-catalogue"
 
 
 def _upsert(engine: Any, skus: list[str], categories: list[str], vectors: np.ndarray) -> None:
-    from imgsearch import catalogue
+    """Products of one photo each, vectors only, in candidates_scale's batches."""
     from imgsearch.catalogue import ImageRecord, ProductRecord
 
-    for start in range(0, len(skus), BATCH):
-        catalogue.upsert_products(
-            engine,
-            [
-                ProductRecord(
-                    sku=skus[i],
-                    category=categories[i],
-                    price=Decimal("10.00"),
-                    images=(ImageRecord(f"bench/{skus[i]}", vectors[i]),),
-                )
-                for i in range(start, min(len(skus), start + BATCH))
-            ],
-        )
+    records = [
+        ProductRecord(sku=s, category=c, price=Decimal("10.00"), images=(ImageRecord(f"bench/{s}", v),))
+        for s, c, v in zip(skus, categories, vectors, strict=True)
+    ]
+    upsert_in_batches(engine, records)
 
 
 def load_real(engine: Any, vectors: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:

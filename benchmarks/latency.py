@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from pgvector.sqlalchemy import Vector
 
 from benchmarks.common import (
     git_commit,
@@ -29,6 +28,7 @@ from benchmarks.common import (
     percentiles,
     start_server,
     stop_server,
+    stored_query_vectors,
     wait_for_quiet,
     write_results,
 )
@@ -44,18 +44,6 @@ def _filter_classes(engine: sa.Engine) -> list[tuple[str, dict[str, Any]]]:
         category, count = min(sizes, key=lambda row: abs(row[1] / total - share))
         classes.append((f"~{share:.1%} category ({count / total:.2%}) + in stock", {"categories": [category]}))
     return classes
-
-
-def _queries(engine: sa.Engine, categories: list[str] | None, count: int, rng: np.random.Generator) -> np.ndarray:
-    """Stored vectors (of the filtered category, as a shopper browsing it would send) plus a little noise."""
-    where = "WHERE category = ANY(:c)" if categories else ""
-    statement = sa.text(f"SELECT embedding FROM products {where} ORDER BY random() LIMIT :n").columns(
-        embedding=Vector(512)
-    )
-    with engine.connect() as conn:
-        stored = conn.execute(statement, {"c": categories, "n": count}).scalars()
-        base = np.stack([np.asarray(v, dtype=np.float32) for v in stored])
-    return base + rng.normal(scale=0.02, size=base.shape).astype(np.float32)
 
 
 def main() -> None:
@@ -78,7 +66,7 @@ def main() -> None:
     rows, result = [], {"machine": machine(), "commit": git_commit(), "products": n, "quiet": quiet, "classes": {}}
     with db.psycopg_connect(url, autocommit=True) as raw:
         for label, kwargs in _filter_classes(engine):
-            queries = _queries(engine, kwargs.get("categories"), args.queries + 20, rng)
+            queries = stored_query_vectors(engine, kwargs.get("categories"), args.queries + 20, rng)
             for q in queries[:20]:  # warm the caches
                 query.search(engine, q, 10, **kwargs)
             python_ms, sql_ms = [], []

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from pgvector.sqlalchemy import Vector
 
 from benchmarks.common import (
     git_commit,
@@ -30,6 +29,7 @@ from benchmarks.common import (
     percentiles,
     start_server,
     stop_server,
+    stored_query_vectors,
     write_results,
 )
 from imgsearch import db, query, schema
@@ -47,17 +47,6 @@ def _classes(engine: sa.Engine) -> list[tuple[str, dict[str, Any]]]:
         ("none", {"in_stock_only": False}),
         (f"in stock + a category of {count / total:.1%}", {"categories": [category]}),
     ]
-
-
-def _queries(engine: sa.Engine, options: dict[str, Any], count: int, rng: np.random.Generator) -> np.ndarray:
-    where = "WHERE category = ANY(:c)" if options.get("categories") else ""
-    statement = sa.text(f"SELECT embedding FROM product_images {where} ORDER BY random() LIMIT :n").columns(
-        embedding=Vector(512)
-    )
-    with engine.connect() as conn:
-        stored = conn.execute(statement, {"c": options.get("categories"), "n": count}).scalars()
-        base = np.stack([np.asarray(v, dtype=np.float32) for v in stored])
-    return base + rng.normal(scale=0.02, size=base.shape).astype(np.float32)
 
 
 def measure(engine: sa.Engine, options: dict[str, Any], queries: np.ndarray, depth: int) -> dict[str, Any]:
@@ -95,7 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["products"] = conn.execute(sa.text("SELECT count(*) FROM products")).scalar_one()
         rng = np.random.default_rng(args.seed)
         for name, options in _classes(engine):
-            queries = _queries(engine, options, args.queries, rng)
+            queries = stored_query_vectors(engine, options.get("categories"), args.queries, rng)
             for q in queries:  # warm: the server was just started; every query's deepest page once
                 query.search(engine, q, K, offset=1000 - K, **options)
             rows = []
