@@ -338,7 +338,7 @@ class Catalogue:
         # A first pass counts the products (for progress) and collects the source's SKUs (for a full sync).
         feed_skus: set[str] = set()
         total = total_photos = 0
-        for item in read(None):
+        for item in read():
             if isinstance(item, CatalogueEntry):
                 total += 1
                 total_photos += len(item.images)
@@ -357,7 +357,7 @@ class Catalogue:
             embedder = RayEmbedder(self.featurizer, address=address, concurrency=ray_concurrency)
         report = ingestion.ingest(
             engine,
-            read(warn),
+            read(),
             self.featurizer,
             total=total,
             total_photos=total_photos,
@@ -551,13 +551,13 @@ def _require_embedded_owner(engine: Engine) -> None:
         )
 
 
-def _reader(source: Source) -> Callable[[Callable[[str], None] | None], Iterable[CatalogueEntry | Failure]]:
-    """A function that reads ``source`` from the start each time it is called (given where to send warnings)."""
+def _reader(source: Source) -> Callable[[], Iterable[CatalogueEntry | Failure]]:
+    """A function that reads ``source`` from the start each time it is called."""
     if isinstance(source, str | Path):
         path = Path(source)
         if path.is_dir():
-            return lambda _warn: scan_folder(path)
-        return lambda warn: read_manifest(path, warn=warn)
+            return lambda: scan_folder(path)
+        return lambda: read_manifest(path)
     # Entries given in Python are read twice (count, then ingest): kept in memory once.
     entries = list(source)
-    return lambda _warn: entries
+    return lambda: entries

@@ -13,9 +13,11 @@ import sqlalchemy as sa
 from pgvector.psycopg.vector import register_vector_info
 from pgvector.sqlalchemy import Vector
 from psycopg.types import TypeInfo
+from psycopg.types.json import Jsonb
 from sqlalchemy.engine import Connection, Engine
 
 from imgsearch import visual_words
+from imgsearch.attributes import AttributeValue, check_attributes
 from imgsearch.colour import COLOUR_BINS
 from imgsearch.db import run_transaction, transaction
 from imgsearch.errors import EmbeddingSpaceMismatchError, InvalidProductError, InvalidQueryError, UnknownSkuError
@@ -89,6 +91,9 @@ class ProductRecord:
     #: result joins back to the shop's database. ``None`` keeps what is stored; ``""`` clears it.
     shop_product_id: str | None = None
     page_url: str | None = None
+    #: The shop's attributes of the product (:mod:`imgsearch.attributes`): replace the stored ones whole; ``None``
+    #: keeps them, ``{}`` clears them.
+    attributes: Mapping[str, AttributeValue] | None = None
 
     def photos(self) -> tuple[ImageRecord, ...]:
         """The record's photos, the shorthand included."""
@@ -226,6 +231,7 @@ def _validated(record: ProductRecord) -> ProductRecord:
     try:
         check_product_fields(record.sku, record.category, record.name, None, record.price)
         shop_product_id, page_url = check_shop_fields(record.shop_product_id, record.page_url)
+        attributes = check_attributes(record.attributes)
         photos = []
         for position, photo in enumerate(record.photos()):
             check_text(photo.image, "image", IMAGE_MAX_LENGTH, required=False)
@@ -250,6 +256,7 @@ def _validated(record: ProductRecord) -> ProductRecord:
         images=tuple(photos),
         shop_product_id=shop_product_id,
         page_url=page_url,
+        attributes=attributes,
     )
 
 
@@ -257,10 +264,14 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def shop_fields_sql(row: str) -> str:
-    """The shop's own product id and page address, as columns ``shop_product_id`` and ``page_url``, from ``row``: a
-    products row as JSON. Read by name, so that the statements reading them also run on a catalogue an older
-    revision left (NULL there): migrations are tested on catalogues filled before them."""
-    return f"{row} ->> 'shop_product_id' AS shop_product_id, {row} ->> 'page_url' AS page_url"
+    """The shop's own product id, page address and attributes, as columns ``shop_product_id``, ``page_url`` and
+    ``attributes``, from ``row``: a products row as JSON. Read by name, so that the statements reading them also
+    run on a catalogue an older revision left (NULL, ``{}`` there): migrations are tested on catalogues filled
+    before them."""
+    return (
+        f"{row} ->> 'shop_product_id' AS shop_product_id, {row} ->> 'page_url' AS page_url, "
+        f"coalesce({row} -> 'attributes', '{{}}'::jsonb) AS attributes"
+    )
 
 
 #: :func:`shop_fields_sql` of product row ``p``.
@@ -268,15 +279,15 @@ SHOP_FIELDS_SQL = shop_fields_sql("to_jsonb(p)")
 
 _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS imgsearch_staging_products (sku text, name text, category text, "
-    "price numeric, in_stock boolean, shop_product_id text, page_url text) ON COMMIT DELETE ROWS",
+    "price numeric, in_stock boolean, shop_product_id text, page_url text, attributes jsonb) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS imgsearch_staging_images (sku text, image text, position integer, "
     "image_sha256 text, etag text, last_modified text, embedding vector(512), colour vector(44), extractor text, "
     "feature_width integer, feature_height integer, points bytea, descriptors bytea) ON COMMIT DELETE ROWS",
     "TRUNCATE imgsearch_staging_products, imgsearch_staging_images",
 )
 _PRODUCT_COLUMNS = "sku, name, category, price, in_stock"
-_STAGING_PRODUCT_COLUMNS = _PRODUCT_COLUMNS + ", shop_product_id, page_url"
-_PRODUCT_TYPES = ["text", "text", "text", "numeric", "bool", "text", "text"]
+_STAGING_PRODUCT_COLUMNS = _PRODUCT_COLUMNS + ", shop_product_id, page_url, attributes"
+_PRODUCT_TYPES = ["text", "text", "text", "numeric", "bool", "text", "text", "jsonb"]
 _IMAGE_COLUMNS = (
     "sku, image, position, image_sha256, etag, last_modified, embedding, colour, extractor, feature_width, "
     "feature_height, points, descriptors"
@@ -313,6 +324,16 @@ _MERGE_SHOP_FIELDS = sa.text(
     WHERE p.sku = s.sku
       AND (s.shop_product_id IS NOT NULL AND p.shop_product_id IS DISTINCT FROM nullif(s.shop_product_id, '')
            OR s.page_url IS NOT NULL AND p.page_url IS DISTINCT FROM nullif(s.page_url, ''))
+    RETURNING p.sku
+    """
+)
+# The attributes the records give replace the stored ones whole (revision 0018); a staged NULL keeps them. Run only
+# when a record gives attributes, like the shop's fields above.
+_MERGE_ATTRIBUTES = sa.text(
+    """
+    UPDATE products p SET attributes = s.attributes
+    FROM imgsearch_staging_products s
+    WHERE p.sku = s.sku AND s.attributes IS NOT NULL AND p.attributes IS DISTINCT FROM s.attributes
     RETURNING p.sku
     """
 )
@@ -419,7 +440,16 @@ def upsert_products(bind: Bind, records: Sequence[ProductRecord], *, prune_image
                 copy.set_types(_PRODUCT_TYPES)
                 for r in records:
                     copy.write_row(
-                        (r.sku, r.name, r.category, r.price, bool(r.in_stock), r.shop_product_id, r.page_url)
+                        (
+                            r.sku,
+                            r.name,
+                            r.category,
+                            r.price,
+                            bool(r.in_stock),
+                            r.shop_product_id,
+                            r.page_url,
+                            None if r.attributes is None else Jsonb(r.attributes),
+                        )
                     )
             with cur.copy(f"COPY imgsearch_staging_images ({_IMAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_IMAGE_TYPES)
@@ -450,6 +480,8 @@ def upsert_products(bind: Bind, records: Sequence[ProductRecord], *, prune_image
                     shop_changed = set(conn.execute(_MERGE_SHOP_FIELDS).scalars())
                 else:
                     shop_changed = set()
+                if any(r.attributes is not None for r in records):
+                    shop_changed |= set(conn.execute(_MERGE_ATTRIBUTES).scalars())
                 changed_photos = set(conn.execute(_MERGE_IMAGES).scalars())
                 if any(photo.features is not None for r in records for photo in r.images):
                     written = conn.execute(_MERGE_FEATURES).all()
@@ -729,6 +761,8 @@ class Listing:
     #: The shop's own id of the product and its page on the shop's site, when the catalogue has them.
     shop_product_id: str | None = field(default=None, kw_only=True)
     page_url: str | None = field(default=None, kw_only=True)
+    #: The shop's attributes of the product (:mod:`imgsearch.attributes`): brand, size, colour...
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict, kw_only=True, hash=False)
 
 
 @dataclass(frozen=True)
@@ -766,6 +800,7 @@ def get_product(bind: Bind, sku: str) -> Product | None:
         images,
         shop_product_id=row.shop_product_id,
         page_url=row.page_url,
+        attributes=row.attributes,
     )
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from imgsearch import catalogue, db, embedded_server, indexes, output, query, roles, urls
+from imgsearch import attributes, catalogue, db, embedded_server, indexes, output, query, roles, urls
 from imgsearch import schema as imgsearch_schema
 from imgsearch.api import Catalogue, PruneRefusedError
 from imgsearch.config import PRECISIONS, RUNTIMES, Settings
@@ -988,6 +988,14 @@ def _filter_options(func: Any) -> Any:
     return wrapper
 
 
+def _where(_ctx: click.Context, param: click.Parameter, conditions: tuple[str, ...]) -> dict[str, object] | None:
+    """--where conditions as the searches' attribute filters (a usage error for one that says nothing)."""
+    try:
+        return attributes.parse_where(conditions)
+    except InvalidQueryError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
 def _search_options(func: Any) -> Any:
     @functools.wraps(func)
     def wrapper(
@@ -999,14 +1007,24 @@ def _search_options(func: Any) -> Any:
         offset: int,
         cursor: str | None,
         search_space: str | None,
+        where: dict[str, object] | None,
         **kwargs: Any,
     ) -> Any:
-        ranking = {"offset": offset, "cursor": cursor, "search_space": search_space}
+        # What every search command passes on as it is: the page, the space and the attribute filters.
+        ranking = {"offset": offset, "cursor": cursor, "search_space": search_space, "filters": where}
         return func(*args, out=_Output(fmt, sheet, histogram, image_roots), ranking=ranking, **kwargs)
 
     options = [
         click.option(
             "-k", "k", type=click.IntRange(1, query.MAX_K), default=8, show_default=True, help="How many results."
+        ),
+        click.option(
+            "--where",
+            multiple=True,
+            metavar="CONDITION",
+            callback=_where,
+            help="Only products whose attributes say so (repeatable, all must hold): KEY=VALUE, KEY=A|B (any of), "
+            "KEY>=N, KEY<=N, KEY>N, KEY<N, KEY (has it), !KEY (has it not).",
         ),
         click.option(
             "--offset",
@@ -1032,7 +1050,7 @@ def _search_options(func: Any) -> Any:
             default="table",
             show_default=True,
             help="table for people; json or csv for programs (fields: rank, sku, name, category, price, "
-            "in_stock, distance, image, match, inliers, box, cursor, shop_product_id, page_url).",
+            "in_stock, distance, image, match, inliers, box, cursor, shop_product_id, page_url, attributes).",
         ),
         click.option(
             "--sheet",

@@ -150,6 +150,7 @@ def find_duplicate_groups(
                         images.get(sku),
                         shop_product_id=products[sku].shop_product_id,
                         page_url=products[sku].page_url,
+                        attributes=products[sku].attributes,
                     )
                     for sku in members
                     if sku in products  # removed since the pairs were found

@@ -35,6 +35,13 @@ class Filters(_Request):
     search_space: Literal["active", "raw"] | None = Field(
         None, description='"raw": the raw VGG16 vectors while a tuned space is active (an A/B test of tune)'
     )
+    where: dict[str, Any] | list[str] | None = Field(
+        None,
+        description="only products whose attributes match, all conditions at once: "
+        '{"brand": "Acme"} equal, {"brand": ["Acme", "Zenith"]} any of, {"rating": {">=": 4, "<": 5}} a range, '
+        '{"size": {"has": true}} has it; or the CLI\'s conditions: ["brand=Acme|Zenith", "rating>=4"]',
+        examples=[{"brand": ["Acme", "Zenith"], "rating": {">=": 4}}],
+    )
 
 
 class Page(_Request):
@@ -110,6 +117,7 @@ class SearchResult(BaseModel):
     cursor: str | None = Field(..., description="send it as `cursor` with the same search for the results after this")
     shop_product_id: str | None = Field(..., description="the shop's own id of the product, when the catalogue has it")
     page_url: str | None = Field(..., description="the product's page on the shop's site, when the catalogue has it")
+    attributes: dict[str, Any] = Field(..., description="the shop's attributes of the product (brand, size...)")
 
 
 class Error(BaseModel):

@@ -396,6 +396,7 @@ def _records(
                 images=tuple(images),
                 shop_product_id=entry.shop_product_id,
                 page_url=entry.page_url,
+                attributes=entry.attributes,
             )
         )
     return records

@@ -23,6 +23,8 @@ box              an ``exact`` match's place in the query photo: JSON ``[left, to
 cursor           give it to the same search (``--cursor``, ``cursor``) for the results after this one
 shop_product_id  the shop's own id of the product (manifest column ``shop_product_id``); ``null`` / empty if none
 page_url         the product's page on the shop's site (manifest column ``page_url``); ``null`` / empty if none
+attributes       the shop's attributes of the product (a manifest's other columns): a JSON object, ``{}`` if none; CSV
+                 the same object as JSON text
 ===============  =================================================================================================
 
 JSON is one array of objects (``[]`` when nothing matches); CSV is a header row then one row per result
@@ -37,6 +39,7 @@ import json
 from collections.abc import Sequence
 from decimal import Decimal
 
+from imgsearch.attributes import attributes_text
 from imgsearch.catalogue import CatalogueStats
 from imgsearch.duplicates import DuplicateGroup
 from imgsearch.evaluation import Evaluation
@@ -63,6 +66,7 @@ RESULT_FIELDS = (
     "cursor",
     "shop_product_id",
     "page_url",
+    "attributes",
 )
 
 
@@ -97,6 +101,7 @@ def result_dicts(results: Sequence[SearchResult]) -> list[dict[str, object]]:
             "cursor": r.cursor,
             "shop_product_id": r.shop_product_id,
             "page_url": r.page_url,
+            "attributes": dict(r.attributes),
         }
         for rank, r in enumerate(results, start=1)
     ]
@@ -160,7 +165,13 @@ def format_results(results: Sequence[SearchResult], fmt: str = "table", width: i
         for row, result in zip(result_dicts(results), results, strict=True):
             box = "" if result.box is None else " ".join(f"{v:g}" for v in result.box)
             writer.writerow(
-                {**row, "price": _price(result.price), "in_stock": str(result.in_stock).lower(), "box": box}
+                {
+                    **row,
+                    "price": _price(result.price),
+                    "in_stock": str(result.in_stock).lower(),
+                    "box": box,
+                    "attributes": json.dumps(row["attributes"], ensure_ascii=False, separators=(",", ":")),
+                }
             )
         return buffer.getvalue().rstrip("\n")
     if fmt != "table":
@@ -179,13 +190,21 @@ def format_results(results: Sequence[SearchResult], fmt: str = "table", width: i
         ]
         for rank, r in enumerate(results, start=1)
     ]
+    image = 7
     if any(r.match is not None for r in results):
         # Searches by photo say which results are the photographed product itself, and how sure that is.
         headers.insert(7, "match")
         for row, r in zip(rows, results, strict=True):
             row.insert(7, f"exact {r.inliers}" if r.match == "exact" else (r.match or ""))
-        return table(headers, rows, width=width, shrink=(8, 2, 3, 1), keep_end=(8,))
-    return table(headers, rows, width=width, shrink=(7, 2, 3, 1), keep_end=(7,))
+        image = 8
+    shrink: tuple[int, ...] = (image, 2, 3, 1)
+    if any(r.attributes for r in results):
+        # The shop's attributes last, the first column to narrow (JSON and CSV carry them whole).
+        headers.append("attributes")
+        for row, r in zip(rows, results, strict=True):
+            row.append(attributes_text(r.attributes))
+        shrink = (len(headers) - 1, *shrink)
+    return table(headers, rows, width=width, shrink=shrink, keep_end=(image,))
 
 
 def format_stats(stats: CatalogueStats, tuned: SpaceStatus | None = None, fmt: str = "table") -> str:

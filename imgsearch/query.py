@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from imgsearch import local_features, visual_words
+from imgsearch.attributes import filters_json
 from imgsearch.catalogue import Listing, SpaceLike, check_space, shop_fields_sql
 from imgsearch.db import (
     RETRY_WAITS,
@@ -125,36 +126,53 @@ def _with_shop_fields(call: str) -> sa.TextClause:
     )
 
 
+#: Each search statement's twin that passes the attribute filters (revision 0018), by statement.
+_FILTERED: dict[sa.TextClause, sa.TextClause] = {}
+
+
+def _search_call(call: str, *binds: sa.BindParameter[object]) -> sa.TextClause:
+    """The statement of a search function's ``call`` (:func:`_with_shop_fields`), and its twin with the attribute
+    filters in :data:`_FILTERED`: only a search that filters passes that argument, so that the others also run on a
+    catalogue an older revision left."""
+    plain = _with_shop_fields(call).bindparams(*binds)
+    _FILTERED[plain] = _with_shop_fields(call.removesuffix(")") + ", filters => CAST(:filters AS jsonb))").bindparams(
+        *binds
+    )
+    return plain
+
+
+_VECTORS = sa.bindparam("query", type_=postgresql.ARRAY(Vector(DIMENSION)))
 # The query vector is bound as pgvector's binary form (db.binary_vector), not as text.
-_SIMILAR = _with_shop_fields(
+_SIMILAR = _search_call(
     "imgsearch_similar(CAST(:query AS vector), :k, CAST(:categories AS text[]), :in_stock_only, "
     "CAST(:max_price AS numeric), CAST(:exclude AS text[]), CAST(:below_price AS numeric))"
 )
-_SIMILAR_MULTI = _with_shop_fields(
+_SIMILAR_MULTI = _search_call(
     "imgsearch_similar_multi(CAST(:query AS vector[]), :k, CAST(:categories AS text[]), :in_stock_only, "
-    "CAST(:max_price AS numeric), CAST(:exclude AS text[]), CAST(:below_price AS numeric))"
-).bindparams(sa.bindparam("query", type_=postgresql.ARRAY(Vector(DIMENSION))))
+    "CAST(:max_price AS numeric), CAST(:exclude AS text[]), CAST(:below_price AS numeric))",
+    _VECTORS,
+)
 #: Most query vectors one search takes (a shopper's photos, a product's photos).
 MAX_QUERY_VECTORS = 100
-_SIMILAR_MANY = _with_shop_fields(
+_SIMILAR_MANY = _search_call(
     "imgsearch_similar_many(CAST(:query AS vector[]), :k, CAST(:categories AS text[]), :in_stock_only, "
-    "CAST(:max_price AS numeric), CAST(:exclude AS text[]), CAST(:below_price AS numeric))"
-).bindparams(sa.bindparam("query", type_=postgresql.ARRAY(Vector(DIMENSION))))
+    "CAST(:max_price AS numeric), CAST(:exclude AS text[]), CAST(:below_price AS numeric))",
+    _VECTORS,
+)
 #: Most searches one call of :func:`search_many` makes (imgsearch_similar_many's limit).
 MAX_SEARCHES = 1000
-_SIMILAR_TO_SKU = _with_shop_fields(
+_SIMILAR_TO_SKU = _search_call(
     "imgsearch_similar_to_sku(:sku, :k, CAST(:categories AS text[]), :in_stock_only, CAST(:max_price AS numeric))"
 )
-_CHEAPER = _with_shop_fields("imgsearch_cheaper(:sku, :k, :same_category)")
-_VERIFICATION_CANDIDATES = _with_shop_fields(
-    "imgsearch_verification_candidates(CAST(:query AS vector), :k, :extractor, "
-    "CAST(:categories AS text[]), :in_stock_only, CAST(:max_price AS numeric), CAST(:exclude AS text[]))"
-)
-_PHOTO_CANDIDATES = _with_shop_fields(
+_CHEAPER = _search_call("imgsearch_cheaper(:sku, :k, :same_category)")
+_PHOTO_CANDIDATES = _search_call(
     "imgsearch_photo_candidates(CAST(:query AS vector), :k, :extractor, CAST(:words AS integer[]), "
     ":word_n, :vocabulary, :model, :weights_id, :preprocessing, CAST(:categories AS text[]), :in_stock_only, "
     "CAST(:max_price AS numeric), CAST(:exclude AS text[]))"
 )
+#: Statements run straight through psycopg (:func:`imgsearch.db.execute_direct`), and those taking one query vector.
+_DIRECT = (_SIMILAR, _SIMILAR_MANY, _FILTERED[_SIMILAR], _FILTERED[_SIMILAR_MANY])
+_ONE_VECTOR = (_SIMILAR, _PHOTO_CANDIDATES, _FILTERED[_SIMILAR], _FILTERED[_PHOTO_CANDIDATES])
 #: Products a verified photo search checks with local features: the global search's top ones. Enough to hold
 #: the photographed product for most shopper photos (docs/quality.md), few enough to verify in ~0.1 s.
 VERIFY_CANDIDATES = 50
@@ -199,6 +217,7 @@ def _result(row: sa.Row, **verification: object) -> SearchResult:
         distance=float(row.distance),
         shop_product_id=row.shop_product_id,
         page_url=row.page_url,
+        attributes=row.attributes,
         **verification,  # type: ignore[arg-type]
     )
 
@@ -210,6 +229,8 @@ def _rows(
     # pool drops the dead ones); a server that stays away is DatabaseUnavailableError after a few seconds.
     # So is one chosen as a deadlock's victim (a schema change taking its locks while searches run).
     own = isinstance(bind, Engine)
+    if params.get("filters") is not None:
+        statement = _FILTERED[statement]
     return retrying(
         lambda: retrying(lambda: _execute(bind, statement, params, settings), RETRY_WAITS if own else (), is_conflict),
         _SEARCH_RECONNECT_WAITS if own else (),
@@ -231,7 +252,7 @@ def _execute(
                 for name, value in settings.items():
                     conn.execute(sa.text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value})
                 return conn.execute(statement, _bound(conn, statement, params)).all()
-        if isinstance(bind, Engine) and statement in (_SIMILAR, _SIMILAR_MANY):
+        if isinstance(bind, Engine) and any(statement is s for s in _DIRECT):
             # The common search, straight through psycopg on a pooled connection: one round trip in autocommit.
             return execute_direct(bind, statement, {**params, "query": _binary(params["query"])})
         if isinstance(bind, Engine):
@@ -245,7 +266,7 @@ def _execute(
 
 
 def _bound(conn: Connection, statement: sa.TextClause, params: dict[str, object]) -> dict[str, object]:
-    if statement is _SIMILAR or statement is _VERIFICATION_CANDIDATES or statement is _PHOTO_CANDIDATES:
+    if any(statement is s for s in _ONE_VECTOR):
         return {**params, "query": binary_vector(conn, params["query"])}
     return params
 
@@ -267,6 +288,7 @@ def search(
     max_price: Price | None = None,
     exclude_skus: Iterable[str] | None = None,
     below_price: Price | None = None,
+    filters: Mapping[str, object] | None = None,
     exact: bool = False,
     max_distance: float | None = None,
     offset: int = 0,
@@ -286,6 +308,8 @@ def search(
         max_price: price ceiling, inclusive. Products without a price are excluded when it is set.
         exclude_skus: never return these SKUs.
         below_price: strict price ceiling (``price < below_price``).
+        filters: only products whose attributes match, e.g. ``{"brand": ["Acme", "Zenith"], "rating": {">=": 4}}``
+            (:mod:`imgsearch.attributes`): still exactly ``k`` whenever ``k`` products match.
         exact: force exact search instead of the HNSW index (for measuring recall).
         max_distance: only results at most this cosine distance away (0 to 2): fewer than ``k``, or none, when
             nothing that close matches; ``None``, no threshold.
@@ -295,7 +319,7 @@ def search(
             test of ``imgsearch tune``); ``"active"`` or ``None``, the catalogue's active space.
 
     Raises:
-        InvalidQueryError: bad vector, k, price, distance, offset, cursor or search space.
+        InvalidQueryError: bad vector, k, price, filters, distance, offset, cursor or search space.
     """
     limit = distance_limit(max_distance)
     # An array says its shape; anything else is looked at as objects (a list of lists, of arrays, ragged).
@@ -307,11 +331,11 @@ def search(
         query_vectors: np.ndarray | list[np.ndarray] = [validate_vector(v) for v in vectors]
     else:
         query_vectors = validate_vector(vector)
-    filters = _filter_params(k, categories, in_stock_only, max_price, exclude_skus, below_price)
+    conditions = _filter_params(k, categories, in_stock_only, max_price, exclude_skus, below_price, filters)
     settings = _settings(exact, search_space)
 
     def ranking(n: int) -> list[SearchResult]:
-        params = {"query": query_vectors, **filters, "k": n}
+        params = {"query": query_vectors, **conditions, "k": n}
         return within(_run(bind, _SIMILAR_MULTI if several else _SIMILAR, params, settings), limit)
 
     return page(ranking, k, offset, cursor)
@@ -430,9 +454,11 @@ def _filter_params(
     max_price: Price | None,
     exclude_skus: Iterable[str] | None,
     below_price: Price | None,
+    filters: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
     """The checked ``k`` and filters as the search functions take them (everything but the query vectors)."""
     return {
+        "filters": filters_json(filters),
         "k": _validate_k(k),
         "categories": _text_list(categories, "categories"),
         "in_stock_only": bool(in_stock_only),
@@ -452,14 +478,16 @@ def search_many(
     max_price: Price | None = None,
     exclude_skus: Iterable[str] | None = None,
     below_price: Price | None = None,
+    filters: Mapping[str, object] | None = None,
     max_distance: float | None = None,
     search_space: str | None = None,
     offset: int = 0,
 ) -> list[list[SearchResult]]:
     """One search per vector, all in one round trip: ``result[i]`` is :func:`search` of ``vectors[i]`` with the same
-    ``k`` and filters. For work that asks many questions at once (similar products for every product page, an
-    evaluation): it saves each search's round trip and call overhead. ``search_space`` and ``offset`` (the same
-    page of every search) as :func:`search`; a cursor belongs to one search, so give it to :func:`search`.
+    ``k`` and filters (attribute ``filters`` too). For work that asks many questions at once (similar products for
+    every product page, an evaluation): it saves each search's round trip and call overhead. ``search_space`` and
+    ``offset`` (the same page of every search) as :func:`search`; a cursor belongs to one search, so give it to
+    :func:`search`.
 
     Raises:
         InvalidQueryError: no vectors or more than :data:`MAX_SEARCHES`, a bad vector, k, price, distance, offset
@@ -472,7 +500,9 @@ def search_many(
     k, offset = _validate_k(k), _validate_offset(offset)
     params = {
         "query": [validate_vector(v) for v in rows],
-        **_filter_params(min(MAX_K, offset + k), categories, in_stock_only, max_price, exclude_skus, below_price),
+        **_filter_params(
+            min(MAX_K, offset + k), categories, in_stock_only, max_price, exclude_skus, below_price, filters
+        ),
     }
     answers: list[list[SearchResult]] = [[] for _ in rows]
     for row in _rows(bind, _SIMILAR_MANY, params, _settings(search_space=search_space)):
@@ -489,6 +519,7 @@ def similar_to_sku(
     in_stock_only: bool = True,
     max_price: Price | None = None,
     exclude_skus: Iterable[str] | None = None,
+    filters: Mapping[str, object] | None = None,
     max_distance: float | None = None,
     offset: int = 0,
     cursor: str | None = None,
@@ -496,11 +527,11 @@ def similar_to_sku(
 ) -> list[SearchResult]:
     """Products that look like catalogue product ``sku`` (its stored vector), the product itself excluded, and
     the ``exclude_skus`` too (asked for that many more, then left out: still exactly k whenever k others match);
-    ``max_distance``, ``offset``, ``cursor`` and ``search_space`` as :func:`search`.
+    ``filters``, ``max_distance``, ``offset``, ``cursor`` and ``search_space`` as :func:`search`.
 
     Raises:
         UnknownSkuError: ``sku`` is not in the catalogue.
-        InvalidQueryError: bad k, price, offset, cursor or search space.
+        InvalidQueryError: bad k, price, filters, offset, cursor or search space.
     """
     k, limit = _validate_k(k), distance_limit(max_distance)
     excluded = set(_text_list(exclude_skus, "exclude_skus") or ())
@@ -509,6 +540,7 @@ def similar_to_sku(
         "categories": _text_list(categories, "categories"),
         "in_stock_only": bool(in_stock_only),
         "max_price": price_limit(max_price, "max_price"),
+        "filters": filters_json(filters),
     }
     settings = _settings(search_space=search_space)
 
@@ -527,6 +559,7 @@ def cheaper_alternatives(
     k: int = 10,
     *,
     same_category: bool = True,
+    filters: Mapping[str, object] | None = None,
     offset: int = 0,
     cursor: str | None = None,
     search_space: str | None = None,
@@ -534,14 +567,14 @@ def cheaper_alternatives(
     """Visually similar products that are in stock and strictly cheaper than ``sku``.
 
     This answers the shop's complaint: a customer looking at an expensive item should see the near-identical
-    cheaper ones. Same category as ``sku`` unless ``same_category`` is false. ``offset``, ``cursor`` and
-    ``search_space`` as :func:`search`.
+    cheaper ones. Same category as ``sku`` unless ``same_category`` is false. ``filters``, ``offset``, ``cursor``
+    and ``search_space`` as :func:`search`.
 
     Raises:
         UnknownSkuError: ``sku`` is not in the catalogue.
-        InvalidQueryError: ``sku`` has no price, or bad k, offset, cursor or search space.
+        InvalidQueryError: ``sku`` has no price, or bad k, filters, offset, cursor or search space.
     """
-    params = {"sku": _query_text(sku, "sku"), "same_category": bool(same_category)}
+    params = {"sku": _query_text(sku, "sku"), "same_category": bool(same_category), "filters": filters_json(filters)}
     settings = _settings(search_space=search_space)
     return page(lambda n: _run(bind, _CHEAPER, {**params, "k": n}, settings), k, offset, cursor)
 
@@ -556,6 +589,7 @@ def search_image(
     in_stock_only: bool = True,
     max_price: Price | None = None,
     exclude_skus: Iterable[str] | None = None,
+    filters: Mapping[str, object] | None = None,
     crop: Crop | None = None,
     verify: bool = True,
     candidates: int = VERIFY_CANDIDATES,
@@ -572,15 +606,16 @@ def search_image(
     come first, most inliers first; the rest follow by distance (``match="similar"``). ``crop`` limits the
     search to a box of the photo (:data:`imgsearch.images.Crop`, pixels of the upright photo). ``offset`` and
     ``cursor`` page through the ranking as :func:`search` does (the photo is described again for every page);
-    ``search_space`` as :func:`search`.
+    ``filters`` and ``search_space`` as :func:`search`.
 
     Raises:
         EmbeddingSpaceMismatchError: ``featurizer`` makes vectors unlike the catalogue's (other weights or
             preprocessing), so distances would be meaningless.
         ImageError: the photo cannot be read, or ``crop`` lies outside it.
-        InvalidQueryError: bad k, price, crop, candidates, distance, offset, cursor or search space.
+        InvalidQueryError: bad k, price, filters, crop, candidates, distance, offset, cursor or search space.
     """
     k, crop = _validate_k(k), validate_crop(crop)
+    filters_json(filters)
     _settings(search_space=search_space)
     distance_limit(max_distance)  # checked before the photo is read
     _validate_k(candidates, "candidates")
@@ -597,6 +632,7 @@ def search_image(
             in_stock_only=in_stock_only,
             max_price=max_price,
             exclude_skus=exclude_skus,
+            filters=filters,
             max_distance=max_distance,
             offset=offset,
             cursor=cursor,
@@ -616,6 +652,7 @@ def search_image(
         in_stock_only=in_stock_only,
         max_price=max_price,
         exclude_skus=exclude_skus,
+        filters=filters,
         candidates=candidates,
         size=photo_size(source) if crop is None else None,
         crop=crop,
@@ -641,6 +678,7 @@ def search_images(
     in_stock_only: bool = True,
     max_price: Price | None = None,
     exclude_skus: Iterable[str] | None = None,
+    filters: Mapping[str, object] | None = None,
     verify: bool = True,
     candidates: int = VERIFY_CANDIDATES,
     max_distance: float | None = None,
@@ -652,7 +690,7 @@ def search_images(
     front and the back, a label): a product's distance is that of its photo closest to any of them. With
     ``verify``, every photo is checked as :func:`search_image` checks one, and a product any of them proves
     (``match="exact"``, its most inliers) comes first; the others follow by that distance as ``"similar"``.
-    One photo is :func:`search_image`. ``offset``, ``cursor`` and ``search_space`` as :func:`search`.
+    One photo is :func:`search_image`. ``filters``, ``offset``, ``cursor`` and ``search_space`` as :func:`search`.
 
     Raises:
         EmbeddingSpaceMismatchError, ImageError, InvalidQueryError: as :func:`search_image`, and for no photo or
@@ -665,11 +703,13 @@ def search_images(
     _validate_k(candidates, "candidates")
     _page_args(offset, cursor)
     _settings(search_space=search_space)
-    filters = {
+    filters_json(filters)
+    conditions = {
         "categories": categories,
         "in_stock_only": in_stock_only,
         "max_price": max_price,
         "exclude_skus": exclude_skus,
+        "filters": filters,
         "search_space": search_space,
     }
     sources = [read_source(image) for image in images]
@@ -684,22 +724,22 @@ def search_images(
             max_distance=limit,
             offset=offset,
             cursor=cursor,
-            **filters,
+            **conditions,
         )
     check_space(bind, featurizer.space)
     vectors = [featurizer.embed_image(source) for source in sources]
     if not verify:
-        return search(bind, np.stack(vectors), k, max_distance=limit, offset=offset, cursor=cursor, **filters)
+        return search(bind, np.stack(vectors), k, max_distance=limit, offset=offset, cursor=cursor, **conditions)
     features = [local_features.features_of(source, local_features.QUERY_KEYPOINTS) for source in sources]
     sizes = [photo_size(source) for source in sources]
     stacked = np.stack(vectors)
 
     def ranking(n: int) -> list[SearchResult]:
-        ranked = search(bind, stacked, n, **filters)
+        ranked = search(bind, stacked, n, **conditions)
         proven: dict[str, SearchResult] = {}
         inliers: dict[str, int] = {}
         for vector, found_features, size in zip(vectors, features, sizes, strict=True):
-            found = search_verified(bind, vector, found_features, n, candidates=candidates, size=size, **filters)
+            found = search_verified(bind, vector, found_features, n, candidates=candidates, size=size, **conditions)
             for r in found:
                 inliers[r.sku] = max(inliers.get(r.sku, 0), r.inliers or 0)
                 if r.match == "exact" and (r.sku not in proven or (r.inliers or 0) > (proven[r.sku].inliers or 0)):
@@ -725,6 +765,7 @@ def search_verified(
     in_stock_only: bool = True,
     max_price: Price | None = None,
     exclude_skus: Iterable[str] | None = None,
+    filters: Mapping[str, object] | None = None,
     candidates: int = VERIFY_CANDIDATES,
     size: tuple[int, int] | None = None,
     crop: Crop | None = None,
@@ -740,11 +781,11 @@ def search_verified(
 
     ``size`` (the photo's width and height) or ``crop`` (the box the features were computed on) place the
     matched ``box`` in the photo's pixels. ``space``, the vector's embedding space, is checked against the
-    catalogue's in the same round trip. ``offset``, ``cursor`` and ``search_space`` as :func:`search`: a page
-    further down verifies that many more candidates.
+    catalogue's in the same round trip. ``filters``, ``offset``, ``cursor`` and ``search_space`` as :func:`search`:
+    a page further down verifies that many more candidates.
 
     Raises:
-        InvalidQueryError: bad vector, k, price, candidates, offset, cursor or search space.
+        InvalidQueryError: bad vector, k, price, filters, candidates, offset, cursor or search space.
         EmbeddingSpaceMismatchError: ``space`` is not the catalogue's.
     """
     query, limit = validate_vector(vector), distance_limit(max_distance)
@@ -762,6 +803,7 @@ def search_verified(
         "in_stock_only": bool(in_stock_only),
         "max_price": price_limit(max_price, "max_price"),
         "exclude": _text_list(exclude_skus, "exclude_skus"),
+        "filters": filters_json(filters),
     }
     crop = validate_crop(crop)
 

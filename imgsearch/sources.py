@@ -8,8 +8,8 @@ A product has one or more photos, each given as a file or an ``http(s)://`` URL:
   ``<category>/<sku>/<image>...`` (a folder of photos; the SKU is ``<category>/<folder>``);
 - a CSV manifest with columns ``sku,name,category,price,in_stock`` and ``image`` and/or ``images`` (several
   references separated by ``|``), and optionally ``shop_product_id`` (the shop's own id of the product) and
-  ``page_url`` (its page on the shop's site); rows repeating a SKU add photos, and must then agree on the other
-  fields.
+  ``page_url`` (its page on the shop's site); every other column is an attribute of the product (brand, size...,
+  :mod:`imgsearch.attributes`); rows repeating a SKU add photos, and must then agree on the other fields.
 
 File photos are stored with their absolute path (or relative to the configured image root), so that a backend
 or a contact sheet run from anywhere finds them; URLs are stored as given.
@@ -20,12 +20,13 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import TextIO
 
+from imgsearch.attributes import AttributeValue, attribute_columns, parse_cell
 from imgsearch.errors import InvalidProductError, ManifestError
 from imgsearch.fetch import is_url
 from imgsearch.images import has_supported_extension
@@ -48,7 +49,7 @@ _ONE_LINE_COLUMNS = frozenset(
     {"sku", "category", "price", "in_stock", "image", "images", "shop_product_id", "page_url"}
 )
 #: Product fields that every row of one SKU must repeat identically.
-_PRODUCT_FIELDS = ("name", "category", "price", "in_stock", "shop_product_id", "page_url")
+_PRODUCT_FIELDS = ("name", "category", "price", "in_stock", "shop_product_id", "page_url", "attributes")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class CatalogueEntry:
     in_stock: bool = True
     shop_product_id: str | None = None
     page_url: str | None = None
+    #: The product's attributes (a manifest's extra columns); ``None`` when the source has none to say (a folder,
+    #: a manifest without extra columns): the stored ones are kept.
+    attributes: dict[str, AttributeValue] | None = None
 
 
 @dataclass(frozen=True)
@@ -150,11 +154,12 @@ def count_folder(root: Path | str) -> int:
 # --- manifests -------------------------------------------------------------------------------------------------
 
 
-def read_manifest(path: Path | str, warn: Callable[[str], None] | None = None) -> Iterator[CatalogueEntry | Failure]:
+def read_manifest(path: Path | str) -> Iterator[CatalogueEntry | Failure]:
     """Products from a CSV manifest (see the module's description of the columns).
 
     Image paths are relative to the CSV's folder, or absolute; URLs are kept as given. ``name``, ``price`` and
-    ``in_stock`` may be missing or empty (in stock by default). Unknown columns are ignored with a warning.
+    ``in_stock`` may be missing or empty (in stock by default). Every other column is an attribute: a product's
+    attributes are its non-empty cells of them (so an emptied cell removes that attribute on the next ingest).
     Every row that cannot be used is a failure naming its line and what is wrong, and the other rows go on:
     a missing SKU, category or image, a bad price or stock flag, a row whose product fields differ from the
     SKU's first row, a photo given twice, a field that is too long, not valid UTF-8 or holds a NUL, a row with
@@ -162,7 +167,8 @@ def read_manifest(path: Path | str, warn: Callable[[str], None] | None = None) -
     A product is yielded after its last row.
 
     Raises:
-        ManifestError: the file cannot be read at all or lacks a required column.
+        ManifestError: the file cannot be read at all, lacks a required column, or has a column that cannot name
+            an attribute (or more than 100 of them).
     """
     path = Path(path)
     header = _csv_header(path)
@@ -171,9 +177,10 @@ def read_manifest(path: Path | str, warn: Callable[[str], None] | None = None) -
         missing.append("image (or images)")
     if missing:
         raise ManifestError(f"{path}: missing required column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
-    extra = [c for c in header if c not in MANIFEST_COLUMNS]
-    if extra and warn:
-        warn(f"{path}: ignoring unknown column{'s' if len(extra) > 1 else ''}: {', '.join(extra)}")
+    try:
+        attributes = attribute_columns(header, MANIFEST_COLUMNS)
+    except ValueError as exc:
+        raise ManifestError(f"{path}: {exc}") from None
     last_row: dict[str, int] = {}
     for number, row in enumerate(_csv_rows(path, header)):
         if isinstance(row, _CsvRow) and row.fields.get("sku"):
@@ -187,7 +194,7 @@ def read_manifest(path: Path | str, warn: Callable[[str], None] | None = None) -
         sku = row.fields.get("sku", "")
         building = open_products.get(sku)
         try:
-            fields = _product_fields(row.fields)
+            fields = _product_fields(row.fields, attributes or None)
             images = _references(row.fields, base)
             if building is None:
                 building = open_products[sku] = _Building(fields, row.where)
@@ -230,8 +237,9 @@ class _Building:
         return CatalogueEntry(sku=sku, images=tuple(self.images), **self.fields)  # type: ignore[arg-type]
 
 
-def _product_fields(row: dict[str, str]) -> dict[str, object]:
-    """The product's own fields of a manifest row, checked; ValueError says what is wrong."""
+def _product_fields(row: dict[str, str], attributes: list[str] | None = None) -> dict[str, object]:
+    """The product's own fields of a manifest row, checked, with its ``attributes`` columns' non-empty cells
+    (``None``: the manifest has no such columns); ValueError says what is wrong."""
     for column in REQUIRED_COLUMNS:
         if not row.get(column):
             raise ValueError(f"missing {column}")
@@ -244,7 +252,17 @@ def _product_fields(row: dict[str, str]) -> dict[str, object]:
         "in_stock": parse_bool(row["in_stock"]) if row.get("in_stock") else True,
         "shop_product_id": shop_product_id,
         "page_url": page_url,
+        "attributes": None if attributes is None else _attributes(row, attributes),
     }
+
+
+def _attributes(row: dict[str, str], columns: list[str]) -> dict[str, AttributeValue]:
+    values = {}
+    for column in columns:
+        value = parse_cell(row.get(column, ""), column)
+        if value is not None:
+            values[column] = value
+    return values
 
 
 def _references(row: dict[str, str], base: Path) -> list[str]:

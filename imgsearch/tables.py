@@ -91,10 +91,18 @@ class Product(Base):
             f"page_url ~ '^https?://[^[:space:]]+$' AND length(page_url) <= {PAGE_URL_MAX_LENGTH}",
             name="ck_products_page_url",
         ),
+        CheckConstraint("jsonb_typeof(attributes) = 'object'", name="ck_products_attributes"),
         # Serve the bounded count that picks exact or index search (category, price); in_stock is in no index,
         # so that a stock sync's updates are HOT.
         Index("ix_products_category_price", "category", "price"),
         Index("ix_products_price", "price"),
+        # Equality and any-of filters on the shop's attributes (revision 0018: p.attributes @@ jsonpath).
+        Index(
+            "ix_products_attributes",
+            "attributes",
+            postgresql_using="gin",
+            postgresql_ops={"attributes": "jsonb_path_ops"},
+        ),
         # Room in every page for updated rows, so that those updates stay on their page (revision 0007).
         {"postgresql_with": {"fillfactor": 80}},
     )
@@ -108,6 +116,9 @@ class Product(Base):
     #: The shop's own id of the product and its page on the shop's site (revision 0017), to join results back.
     shop_product_id: Mapped[str | None] = mapped_column(Text)
     page_url: Mapped[str | None] = mapped_column(Text)
+    #: The shop's attributes of the product (revision 0018): a JSON object of text, numbers, booleans and lists of
+    #: text, which searches filter on (imgsearch_attribute_filter).
+    attributes: Mapped[dict[str, object]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 

@@ -48,6 +48,14 @@ FILTER_PROPERTIES = {
     "in_stock_only": {"type": "boolean", "default": True},
     "max_price": {"type": "number", "minimum": 0, "description": "price ceiling, inclusive"},
 }
+#: The attribute filters of a form: the CLI's --where conditions, the field repeated.
+WHERE_PROPERTY = {
+    "type": "array",
+    "items": {"type": "string"},
+    "maxItems": 32,
+    "description": "only products whose attributes say so, all at once: brand=Acme, brand=Acme|Zenith (any of), "
+    "rating>=4, rating<5, size (has it), !size (has it not)",
+}
 SEARCH_BODY = {
     "required": True,
     "content": {
@@ -87,6 +95,7 @@ SEARCH_BODY = {
                         "type": "string",
                         "description": "a result's cursor: the results after it, even if the catalogue changed since",
                     },
+                    "where": WHERE_PROPERTY,
                     "crop": {
                         "type": "string",
                         "description": "Search only this box of the photo: left,top,right,bottom in its pixels.",

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imgsearch import http_models, query
+from imgsearch import attributes, http_models, query
 from imgsearch.errors import InvalidQueryError
 from imgsearch.images import Crop, parse_crop
 
@@ -109,9 +109,12 @@ def filters(
     offset: Any = None,
     cursor: Any = None,
     search_space: Any = None,
+    where: Any = None,
 ) -> dict[str, Any]:
     """Search options from form fields or JSON values, checked like the library checks them."""
     options: dict[str, Any] = {}
+    if where not in (None, "", []):
+        options["filters"] = where_filters(where)
     if offset not in (None, ""):
         try:
             options["offset"] = offset if isinstance(offset, int) else int(str(offset))
@@ -149,6 +152,20 @@ def filters(
     return options
 
 
+def where_filters(where: Any) -> dict[str, Any] | None:
+    """``where``: attribute filters as a JSON object (:mod:`imgsearch.attributes`), or conditions as the CLI's
+    ``--where`` writes them (a list of texts: form fields and query parameters repeated)."""
+    if isinstance(where, dict):
+        return where
+    conditions = [where] if isinstance(where, str) else where
+    if not isinstance(conditions, list) or not all(isinstance(c, str) for c in conditions):
+        raise InvalidQueryError(
+            'where must be a JSON object such as {"brand": "Acme", "rating": {">=": 4}}, or conditions such as '
+            '"brand=Acme"'
+        )
+    return attributes.parse_where(conditions)
+
+
 def form_filters(form: Any) -> dict[str, Any]:
     """Search options from a multipart form (``category`` and ``exclude_sku`` repeated)."""
     return filters(
@@ -161,6 +178,7 @@ def form_filters(form: Any) -> dict[str, Any]:
         offset=form.get("offset"),
         cursor=form.get("cursor"),
         search_space=form.get("search_space"),
+        where=form.getlist("where"),
     )
 
 
@@ -177,6 +195,7 @@ def json_filters(body: dict[str, Any]) -> dict[str, Any]:
         offset=body.get("offset"),
         cursor=body.get("cursor"),
         search_space=body.get("search_space"),
+        where=body.get("where"),
     )
 
 

@@ -22,6 +22,15 @@ router = APIRouter()
 
 State = Annotated[Runtime, Depends(runtime)]
 Shop = Annotated[Catalogue, Depends(shop)]
+#: Attribute filters in a URL's query: the CLI's --where conditions, the parameter repeated.
+Where = Annotated[
+    list[str] | None,
+    Query(
+        max_length=32,
+        description="only products whose attributes say so, all at once: brand=Acme, brand=Acme|Zenith (any of), "
+        "rating>=4, rating<5, size (has it), !size (has it not)",
+    ),
+]
 
 
 def _results(results: list[query.SearchResult]) -> JSONResponse:
@@ -125,8 +134,11 @@ def similar(
     offset: Annotated[int, Query(ge=0, lt=query.MAX_K)] = 0,
     cursor: Annotated[str | None, Query(max_length=2000)] = None,
     search_space: Literal["active", "raw"] | None = None,
+    where: Where = None,
 ) -> JSONResponse:
     options: dict[str, Any] = {"exclude_skus": exclude_sku} if exclude_sku else {}
+    if where:
+        options["filters"] = requests.where_filters(where)
     if max_distance is not None:
         options["max_distance"] = max_distance
     return _results(
@@ -160,9 +172,16 @@ def cheaper(
     offset: Annotated[int, Query(ge=0, lt=query.MAX_K)] = 0,
     cursor: Annotated[str | None, Query(max_length=2000)] = None,
     search_space: Literal["active", "raw"] | None = None,
+    where: Where = None,
 ) -> JSONResponse:
     answer = catalogue.cheaper(
-        sku, k, same_category=not any_category, offset=offset, cursor=cursor, search_space=search_space
+        sku,
+        k,
+        same_category=not any_category,
+        offset=offset,
+        cursor=cursor,
+        search_space=search_space,
+        filters=requests.where_filters(where) if where else None,
     )
     return _results(answer)
 

@@ -2,7 +2,8 @@
 CREATE OR REPLACE FUNCTION imgsearch_cheaper(
     target_sku text,
     k integer DEFAULT 10,
-    same_category boolean DEFAULT true
+    same_category boolean DEFAULT true,
+    filters jsonb DEFAULT NULL
 ) RETURNS TABLE (
     sku text, name text, category text, price numeric, in_stock boolean, image text, distance double precision
 )
@@ -23,6 +24,6 @@ BEGIN
     RETURN QUERY SELECT * FROM imgsearch_similar_multi(
         imgsearch_product_photos(target_sku), k,
         CASE WHEN coalesce(same_category, true) THEN ARRAY[target.category] END,
-        true, NULL, ARRAY[target_sku], target.price);
+        true, NULL, ARRAY[target_sku], target.price, filters);
 END
 $fn$;

@@ -21,7 +21,8 @@ CREATE OR REPLACE FUNCTION imgsearch_photo_candidates(
     categories text[] DEFAULT NULL,
     in_stock_only boolean DEFAULT true,
     max_price numeric DEFAULT NULL,
-    exclude_skus text[] DEFAULT NULL
+    exclude_skus text[] DEFAULT NULL,
+    filters jsonb DEFAULT NULL
 ) RETURNS TABLE (
     source text, rank bigint, sku text, name text, category text, price numeric, in_stock boolean, image text,
     distance double precision, photo text, width integer, height integer, points bytea, descriptors bytea
@@ -49,14 +50,14 @@ BEGIN
     RETURN QUERY
     WITH g AS MATERIALIZED (
         SELECT * FROM imgsearch_verification_candidates(query, n, extractor, categories, in_stock_only, max_price,
-                                                        exclude_skus)
+                                                        exclude_skus, filters)
     )
     SELECT 'global'::text, g.* FROM g
     UNION ALL
     SELECT 'words'::text, w.*
     FROM imgsearch_word_candidates(
         words, greatest(word_n, 1), extractor, categories, in_stock_only, max_price,
-        coalesce(exclude_skus, '{}') || ARRAY(SELECT DISTINCT g.sku FROM g), vocabulary, query
+        coalesce(exclude_skus, '{}') || ARRAY(SELECT DISTINCT g.sku FROM g), vocabulary, query, filters
     ) w
     WHERE words IS NOT NULL AND word_n > 0;
 END

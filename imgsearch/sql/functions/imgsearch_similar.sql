@@ -4,8 +4,8 @@
 -- optionally one category that has its own index. Those searches walk the photo index (or the category's, over
 -- half-precision vectors, embedding::halfvec(512), as they hold them) with pgvector's iterative scan (ef_search
 -- 100, or imgsearch.ef_search), with no estimate first; the nearest candidates' best photos are then ranked
--- exactly, as on every other path. Anything else (other categories, prices, exclusions, invalid input for its
--- error, fewer than k products found) goes through imgsearch_similar_multi.
+-- exactly, as on every other path. Anything else (other categories, prices, exclusions, attribute filters, invalid
+-- input for its error, fewer than k products found) goes through imgsearch_similar_multi.
 --
 -- The statements are planned once per session and their plans reused (generic plans): planning the walk, a
 -- join over a table with dozens of partial indexes, cost more than running it. A generic plan cannot know the
@@ -18,7 +18,8 @@ CREATE OR REPLACE FUNCTION imgsearch_similar(
     in_stock_only boolean DEFAULT true,
     max_price numeric DEFAULT NULL,
     exclude_skus text[] DEFAULT NULL,
-    below_price numeric DEFAULT NULL
+    below_price numeric DEFAULT NULL,
+    filters jsonb DEFAULT NULL
 ) RETURNS TABLE (
     sku text, name text, category text, price numeric, in_stock boolean, image text, distance double precision
 )
@@ -50,10 +51,11 @@ BEGIN
     END IF;
     IF cardinality(categories) <> 1 OR max_price IS NOT NULL OR below_price IS NOT NULL OR exclude_skus IS NOT NULL
        OR k IS NULL OR k < 1 OR k > 1000 OR vector_dims(query) <> 512 OR vector_norm(query) = 0
+       OR imgsearch_attribute_filter(filters) IS NOT NULL
        OR current_setting('imgsearch.exact_search', true) = 'on' THEN
         PERFORM imgsearch_planner_defaults();
         RETURN QUERY SELECT * FROM imgsearch_similar_multi(
-            ARRAY[query], k, categories, in_stock_only, max_price, exclude_skus, below_price);
+            ARRAY[query], k, categories, in_stock_only, max_price, exclude_skus, below_price, filters);
         RETURN;
     END IF;
 
@@ -74,7 +76,7 @@ BEGIN
                 ELSE imgsearch_tuned_category_index_name(walk_category) END))) THEN
             PERFORM imgsearch_planner_defaults();
             RETURN QUERY SELECT * FROM imgsearch_similar_multi(
-                ARRAY[query], k, categories, in_stock_only, max_price, exclude_skus, below_price);
+                ARRAY[query], k, categories, in_stock_only, max_price, exclude_skus, below_price, filters);
             RETURN;
         END IF;
     END IF;
@@ -120,7 +122,7 @@ BEGIN
         -- Fewer than k products near the query pass the stock filter (or the catalogue is that small).
         PERFORM imgsearch_planner_defaults();
         RETURN QUERY SELECT * FROM imgsearch_similar_multi(
-            ARRAY[query], k, categories, in_stock_only, max_price, exclude_skus, below_price);
+            ARRAY[query], k, categories, in_stock_only, max_price, exclude_skus, below_price, filters);
         RETURN;
     END IF;
 

@@ -9,7 +9,8 @@ CREATE OR REPLACE FUNCTION imgsearch_similar_many(
     in_stock_only boolean DEFAULT true,
     max_price numeric DEFAULT NULL,
     exclude_skus text[] DEFAULT NULL,
-    below_price numeric DEFAULT NULL
+    below_price numeric DEFAULT NULL,
+    filters jsonb DEFAULT NULL
 ) RETURNS TABLE (
     query_index integer, sku text, name text, category text, price numeric, in_stock boolean, image text,
     distance double precision
@@ -24,7 +25,7 @@ BEGIN
     END IF;
     FOR n IN 1..cardinality(queries) LOOP
         RETURN QUERY SELECT n, s.* FROM imgsearch_similar(
-            queries[n], k, categories, in_stock_only, max_price, exclude_skus, below_price) s;
+            queries[n], k, categories, in_stock_only, max_price, exclude_skus, below_price, filters) s;
     END LOOP;
 END
 $fn$;

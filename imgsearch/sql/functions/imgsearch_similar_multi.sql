@@ -29,6 +29,11 @@
 -- (imgsearch_project) and everything above runs on tuned_images, the photos' projected vectors, instead of
 -- product_images; callers pass raw VGG16 vectors either way. SET imgsearch.search_space = 'raw' searches the raw
 -- space while a tuned one is active (imgsearch_search_space: both arms of an A/B test in one catalogue).
+--
+-- Attribute filters (filters: a JSON object, see imgsearch_attribute_filter) hold on the products' attributes
+-- like stock and price: in the walk's lookup of each walked product and in the exact ranking, where the GIN index
+-- ix_products_attributes serves equalities and any-of lists. How many products match is the planner's estimate
+-- from the column's statistics, as for every other filter.
 CREATE OR REPLACE FUNCTION imgsearch_similar_multi(
     queries vector[],
     k integer DEFAULT 10,
@@ -36,7 +41,8 @@ CREATE OR REPLACE FUNCTION imgsearch_similar_multi(
     in_stock_only boolean DEFAULT true,
     max_price numeric DEFAULT NULL,
     exclude_skus text[] DEFAULT NULL,
-    below_price numeric DEFAULT NULL
+    below_price numeric DEFAULT NULL,
+    filters jsonb DEFAULT NULL
 ) RETURNS TABLE (
     sku text, name text, category text, price numeric, in_stock boolean, image text, distance double precision
 )
@@ -52,6 +58,7 @@ DECLARE
     exact_below integer := coalesce(
         nullif(current_setting('imgsearch.exact_search_below', true), '')::integer, 1000);
     space integer := imgsearch_search_space();
+    attribute_filter jsonpath := imgsearch_attribute_filter(filters);
     -- The searched vectors (s) and their photos (i): one table in the raw space, two in a tuned one.
     photos_from text := 'product_images s JOIN LATERAL (SELECT s.image, s.position) i ON true';
     -- Each product with its best photo for the queries ($1), computed exactly over all its photos.
@@ -125,6 +132,7 @@ BEGIN
     IF coalesce(in_stock_only, true) THEN own_where := own_where || ' AND p.in_stock'; END IF;
     IF max_price IS NOT NULL THEN own_where := own_where || ' AND p.price <= $3'; END IF;
     IF below_price IS NOT NULL THEN own_where := own_where || ' AND p.price < $4'; END IF;
+    IF attribute_filter IS NOT NULL THEN own_where := own_where || ' AND p.attributes @@ $11'; END IF;
     product_where := product_where || own_where;
     IF categories IS NOT NULL THEN
         product_where := product_where || ' AND p.category = ANY($2)';
@@ -136,7 +144,8 @@ BEGIN
 
     IF current_setting('imgsearch.exact_search', true) = 'on' THEN
         RETURN QUERY EXECUTE ranked_sql || product_where || ' ORDER BY b.d, p.sku LIMIT $6'
-            USING queries, categories, max_price, below_price, exclude_skus, k;
+            USING queries, categories, max_price, below_price, exclude_skus, k, NULL::integer, NULL::vector,
+                  NULL::bigint[], NULL::text, attribute_filter;
         RETURN;
     END IF;
 
@@ -172,7 +181,8 @@ BEGIN
         matches := n_walked / per_product;
     ELSE
         EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM products p ' || product_where
-            INTO plan USING queries, categories, max_price, below_price, exclude_skus;
+            INTO plan USING queries, categories, max_price, below_price, exclude_skus, k, NULL::integer, NULL::vector,
+                            NULL::bigint[], NULL::text, attribute_filter;
         matches := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
     END IF;
     ef := greatest(k, coalesce(nullif(current_setting('imgsearch.ef_search', true), '')::integer, 100));
@@ -181,7 +191,8 @@ BEGIN
     IF exact_below > 0 AND product_where <> 'WHERE true' AND (matches < exact_below
             OR matches * per_product < walk_cost * greatest(ef * per_product, walk_limit / share)) THEN
         RETURN QUERY EXECUTE ranked_sql || product_where || ' ORDER BY b.d, p.sku LIMIT $6'
-            USING queries, categories, max_price, below_price, exclude_skus, k;
+            USING queries, categories, max_price, below_price, exclude_skus, k, NULL::integer, NULL::vector,
+                  NULL::bigint[], NULL::text, attribute_filter;
         RETURN;
     END IF;
 
@@ -203,7 +214,7 @@ BEGIN
         'SELECT w.product_id, w.embedding, row_number() OVER () AS n FROM ('
         'SELECT s.product_id, s.embedding FROM ' || CASE WHEN space IS NULL THEN 'product_images' ELSE 'tuned_images' END
         || ' s WHERE s.category = $10 ORDER BY s.embedding::halfvec(512) <=> $8::halfvec(512)) w) i '
-        || CASE WHEN own_where <> '' THEN 'CROSS JOIN LATERAL (SELECT p.in_stock, p.price FROM products p '
+        || CASE WHEN own_where <> '' THEN 'CROSS JOIN LATERAL (SELECT p.in_stock, p.price, p.attributes FROM products p '
             'WHERE p.id = i.product_id LIMIT 1) p ' ELSE '' END
         || 'WHERE true' || own_where || CASE WHEN excluded IS NOT NULL THEN ' AND i.product_id <> ALL($9)' ELSE '' END
         || ' LIMIT $7) c';
@@ -223,7 +234,7 @@ BEGIN
                 IF walk_categories IS NOT NULL THEN
                     EXECUTE walk_sql INTO ids, distances, returned, visited
                         USING queries, categories, max_price, below_price, exclude_skus, k, walk_limit, q, excluded,
-                              walk_category;
+                              walk_category, attribute_filter;
                 ELSIF space IS NULL THEN
                     SELECT array_agg(c.product_id), array_agg(c.d), count(*), max(c.n)
                     INTO ids, distances, returned, visited FROM (
@@ -232,9 +243,10 @@ BEGIN
                             SELECT s.product_id, s.embedding, s.category FROM product_images s
                             ORDER BY s.embedding::halfvec(512) <=> q::halfvec(512)) w) i
                         CROSS JOIN LATERAL (
-                            SELECT p.in_stock, p.price FROM products p WHERE p.id = i.product_id LIMIT 1) p
+                            SELECT p.in_stock, p.price, p.attributes FROM products p WHERE p.id = i.product_id LIMIT 1) p
                         WHERE (p.in_stock OR NOT only_in_stock) AND (max_price IS NULL OR p.price <= max_price)
                           AND (below_price IS NULL OR p.price < below_price)
+                          AND (attribute_filter IS NULL OR p.attributes @@ attribute_filter)
                           AND (categories IS NULL OR i.category = ANY(categories))
                           AND (excluded IS NULL OR i.product_id <> ALL(excluded))
                         LIMIT walk_limit) c;
@@ -246,9 +258,10 @@ BEGIN
                             SELECT s.product_id, s.embedding, s.category FROM tuned_images s
                             ORDER BY s.embedding::halfvec(512) <=> q::halfvec(512)) w) i
                         CROSS JOIN LATERAL (
-                            SELECT p.in_stock, p.price FROM products p WHERE p.id = i.product_id LIMIT 1) p
+                            SELECT p.in_stock, p.price, p.attributes FROM products p WHERE p.id = i.product_id LIMIT 1) p
                         WHERE (p.in_stock OR NOT only_in_stock) AND (max_price IS NULL OR p.price <= max_price)
                           AND (below_price IS NULL OR p.price < below_price)
+                          AND (attribute_filter IS NULL OR p.attributes @@ attribute_filter)
                           AND (categories IS NULL OR i.category = ANY(categories))
                           AND (excluded IS NULL OR i.product_id <> ALL(excluded))
                         LIMIT walk_limit) c;
@@ -312,6 +325,7 @@ BEGIN
 
     -- The walk ran out of budget before k products passed the filter, or the catalogue holds fewer than k.
     RETURN QUERY EXECUTE ranked_sql || product_where || ' ORDER BY b.d, p.sku LIMIT $6'
-        USING queries, categories, max_price, below_price, exclude_skus, k;
+        USING queries, categories, max_price, below_price, exclude_skus, k, NULL::integer, NULL::vector,
+                  NULL::bigint[], NULL::text, attribute_filter;
 END
 $fn$;

@@ -4,7 +4,8 @@ CREATE OR REPLACE FUNCTION imgsearch_similar_to_sku(
     k integer DEFAULT 10,
     categories text[] DEFAULT NULL,
     in_stock_only boolean DEFAULT true,
-    max_price numeric DEFAULT NULL
+    max_price numeric DEFAULT NULL,
+    filters jsonb DEFAULT NULL
 ) RETURNS TABLE (
     sku text, name text, category text, price numeric, in_stock boolean, image text, distance double precision
 )
@@ -18,6 +19,6 @@ BEGIN
         RAISE EXCEPTION 'imgsearch: unknown SKU %', target_sku USING ERRCODE = 'P0002';
     END IF;
     RETURN QUERY SELECT * FROM imgsearch_similar_multi(
-        photos, k, categories, in_stock_only, max_price, ARRAY[target_sku]);
+        photos, k, categories, in_stock_only, max_price, ARRAY[target_sku], NULL, filters);
 END
 $fn$;

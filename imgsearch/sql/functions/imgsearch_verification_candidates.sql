@@ -10,7 +10,8 @@ CREATE OR REPLACE FUNCTION imgsearch_verification_candidates(
     categories text[] DEFAULT NULL,
     in_stock_only boolean DEFAULT true,
     max_price numeric DEFAULT NULL,
-    exclude_skus text[] DEFAULT NULL
+    exclude_skus text[] DEFAULT NULL,
+    filters jsonb DEFAULT NULL
 ) RETURNS TABLE (
     rank bigint, sku text, name text, category text, price numeric, in_stock boolean, image text,
     distance double precision, photo text, width integer, height integer, points bytea, descriptors bytea
@@ -20,7 +21,7 @@ SET search_path FROM CURRENT
 AS $fn$
     SELECT s.rank, s.sku, s.name, s.category, s.price, s.in_stock, s.image, s.distance,
            i.image, f.width, f.height, f.points, f.descriptors
-    FROM imgsearch_similar(query, n, categories, in_stock_only, max_price, exclude_skus)
+    FROM imgsearch_similar(query, n, categories, in_stock_only, max_price, exclude_skus, NULL, filters)
          WITH ORDINALITY AS s (sku, name, category, price, in_stock, image, distance, rank)
     JOIN products p ON p.sku = s.sku
     JOIN product_images i ON i.product_id = p.id

@@ -25,7 +25,8 @@ CREATE OR REPLACE FUNCTION imgsearch_word_candidates(
     max_price numeric DEFAULT NULL,
     exclude_skus text[] DEFAULT NULL,
     vocabulary integer DEFAULT NULL,
-    query vector DEFAULT NULL
+    query vector DEFAULT NULL,
+    filters jsonb DEFAULT NULL
 ) RETURNS TABLE (
     rank bigint, sku text, name text, category text, price numeric, in_stock boolean, image text,
     distance double precision, photo text, width integer, height integer, points bytea, descriptors bytea
@@ -45,6 +46,7 @@ DECLARE
     best_ids bigint[];
     best_images text[];
     only_in_stock boolean := coalesce(in_stock_only, true);
+    attribute_filter jsonpath := imgsearch_attribute_filter(filters);
 BEGIN
     IF n IS NULL OR n < 1 OR n > 1000 THEN
         RAISE EXCEPTION 'imgsearch: n must be between 1 and 1000, got %', n USING ERRCODE = '22023';
@@ -114,6 +116,7 @@ BEGIN
               AND (max_price IS NULL OR p.price <= max_price)
               AND (categories IS NULL OR p.category = ANY(categories))
               AND (exclude_skus IS NULL OR p.sku <> ALL(exclude_skus))
+              AND (attribute_filter IS NULL OR p.attributes @@ attribute_filter)
             ORDER BY p.id, s.score DESC, i.position, i.id
         )
         SELECT array_agg(b.id ORDER BY b.score DESC, b.sku), array_agg(b.image ORDER BY b.score DESC, b.sku)
