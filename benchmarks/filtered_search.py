@@ -166,6 +166,11 @@ def pgvector_sql(category: bool, in_stock: bool, price: bool, cte: bool) -> str:
     )
 
 
+def catalogue_key(n: int, seed: int, real_vectors: int, precision: str) -> str:
+    """What identifies a loaded catalogue (a home that holds it is reused)."""
+    return hashlib.sha256(repr((n, seed, NOISE, SPREAD, real_vectors, precision)).encode()).hexdigest()
+
+
 def load_catalogue(url: str, cat: Products, key: str) -> dict[str, Any]:
     """COPY the catalogue in and build the photo index (or reuse the same catalogue loaded in this home), build
     category indexes as ``imgsearch index auto`` does, VACUUM ANALYZE; return the times and the category indexes."""
@@ -537,7 +542,7 @@ def main(argv: list[str] | None = None) -> None:
     cat, classes, counts = build_catalogue(real, labels, args.products, args.seed)
     log(f"{cat.n:,} products from {len(real)} embeddings ({len(classes)} classes); queries and ground truth")
     cases = make_cases(cat, classes, counts, real, labels, args.queries, args.seed)
-    key = hashlib.sha256(repr((cat.n, args.seed, NOISE, SPREAD, len(real), args.precision)).encode()).hexdigest()
+    key = catalogue_key(cat.n, args.seed, len(real), args.precision)
     home = args.home or Path(tempfile.mkdtemp(prefix="imgsearch-filtered-"))
     url = start_server(home)
     try:

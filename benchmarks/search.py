@@ -286,7 +286,7 @@ def install_current_function(conn: Any) -> None:
     """Replace the search functions with their packaged .sql files as they are now (for tuning runs)."""
     from imgsearch import sql
 
-    for name in ("imgsearch_similar_multi", "imgsearch_similar"):
+    for name in ("imgsearch_attribute_filter", "imgsearch_similar_multi", "imgsearch_similar"):
         conn.execute(sql.current(name))
 
 

@@ -1,5 +1,5 @@
 -- A search's attribute filters, a JSON object, as the jsonpath predicate a product's attributes must match
--- (p.attributes @@ imgsearch_attribute_filter(filters)). NULL or {} filters nothing (NULL). Every key is an
+-- (p.attributes @@ imgsearch_attribute_filter(filters)). NULL, JSON null or {} filter nothing (NULL). Every key is an
 -- attribute and every one must hold:
 --   "brand": "Acme"                  equal (an attribute holding a list of text: one of its items is equal)
 --   "brand": ["Acme", "Zenith"]      any of (1 to 100 values)
@@ -25,7 +25,7 @@ DECLARE
     ranges text[];
     number_text text := '^-?(0|[1-9][0-9]*)(\.[0-9]+)?$';
 BEGIN
-    IF filters IS NULL OR filters = '{}'::jsonb THEN
+    IF filters IS NULL OR filters = '{}'::jsonb OR filters = 'null'::jsonb THEN
         RETURN NULL;
     END IF;
     IF jsonb_typeof(filters) <> 'object' THEN

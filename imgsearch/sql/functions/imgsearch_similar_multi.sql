@@ -61,11 +61,12 @@ DECLARE
     attribute_filter jsonpath := imgsearch_attribute_filter(filters);
     -- The searched vectors (s) and their photos (i): one table in the raw space, two in a tuned one.
     photos_from text := 'product_images s JOIN LATERAL (SELECT s.image, s.position) i ON true';
-    -- Each product with its best photo for the queries ($1), computed exactly over all its photos.
+    -- Each product with its best photo for the queries ($1; $8 when there is one), computed exactly over all its
+    -- photos.
     ranked_sql text :=
         'SELECT p.sku::text, p.name, p.category, p.price, p.in_stock, nullif(b.image, ''''), b.d '
         'FROM products p CROSS JOIN LATERAL ('
-        '  SELECT i.image, (SELECT min(s.embedding <=> q) FROM unnest($1) q)::double precision AS d '
+        '  SELECT i.image, %s::double precision AS d '
         '  FROM %s WHERE s.product_id = p.id ORDER BY 2, i.position LIMIT 1) b ';
     product_where text := 'WHERE true';
     own_where text := '';
@@ -119,7 +120,9 @@ BEGIN
         SELECT array_agg(imgsearch_project(x, space)) INTO queries FROM unnest(queries) x;
         photos_from := 'tuned_images s JOIN product_images i ON i.id = s.image_id';
     END IF;
-    ranked_sql := format(ranked_sql, photos_from);
+    -- One query vector (the common case) is compared directly: no subquery per photo.
+    ranked_sql := format(ranked_sql, CASE WHEN cardinality(queries) = 1 THEN '(s.embedding <=> $8)'
+        ELSE '(SELECT min(s.embedding <=> q) FROM unnest($1) q)' END, photos_from);
     IF k IS NULL OR k < 1 OR k > 1000 THEN
         RAISE EXCEPTION 'imgsearch: k must be between 1 and 1000, got %', k USING ERRCODE = '22023';
     END IF;
@@ -144,7 +147,7 @@ BEGIN
 
     IF current_setting('imgsearch.exact_search', true) = 'on' THEN
         RETURN QUERY EXECUTE ranked_sql || product_where || ' ORDER BY b.d, p.sku LIMIT $6'
-            USING queries, categories, max_price, below_price, exclude_skus, k, NULL::integer, NULL::vector,
+            USING queries, categories, max_price, below_price, exclude_skus, k, NULL::integer, queries[1],
                   NULL::bigint[], NULL::text, attribute_filter;
         RETURN;
     END IF;
@@ -191,7 +194,7 @@ BEGIN
     IF exact_below > 0 AND product_where <> 'WHERE true' AND (matches < exact_below
             OR matches * per_product < walk_cost * greatest(ef * per_product, walk_limit / share)) THEN
         RETURN QUERY EXECUTE ranked_sql || product_where || ' ORDER BY b.d, p.sku LIMIT $6'
-            USING queries, categories, max_price, below_price, exclude_skus, k, NULL::integer, NULL::vector,
+            USING queries, categories, max_price, below_price, exclude_skus, k, NULL::integer, queries[1],
                   NULL::bigint[], NULL::text, attribute_filter;
         RETURN;
     END IF;
@@ -325,7 +328,7 @@ BEGIN
 
     -- The walk ran out of budget before k products passed the filter, or the catalogue holds fewer than k.
     RETURN QUERY EXECUTE ranked_sql || product_where || ' ORDER BY b.d, p.sku LIMIT $6'
-        USING queries, categories, max_price, below_price, exclude_skus, k, NULL::integer, NULL::vector,
+        USING queries, categories, max_price, below_price, exclude_skus, k, NULL::integer, queries[1],
                   NULL::bigint[], NULL::text, attribute_filter;
 END
 $fn$;
