@@ -300,6 +300,8 @@ def test_the_feed_sets_changes_and_removes_them_and_the_cli_filters_and_shows_th
         assert "--where" in refused.output and "Traceback" not in refused.output
     twice = run("similar", "s1", "--where", "brand=Acme", "--where", "brand=Orbit", expect=2)
     assert "given twice" in twice.output
+    many = run("similar", "s1", *[f"--where=k{i}=1" for i in range(33)], expect=None)
+    assert many.exit_code != 0 and "at most 32" in many.output and "Traceback" not in many.output
 
     # The next feed changes a value, empties a cell (that attribute goes), drops a column (it goes everywhere).
     rows[0]["brand"] = "Zenith"
@@ -370,7 +372,7 @@ def test_http_where_as_an_object_or_as_conditions(
         )
         assert similar.status_code == 200, similar.text
         assert all(r["attributes"]["gender"] == "men" and r["attributes"]["rating"] >= 3 for r in similar.json())
-        for bad in ({"rating": {">=": "x"}}, ["rating>=x"], 7):
+        for bad in ({"rating": {">=": "x"}}, ["rating>=x"], 7, {f"k{i}": 1 for i in range(33)}, {"a": "\u0000"}):
             refused = service.client.post("/v1/search", json={**vector, "where": bad})
             assert refused.status_code in (400, 422) and "error" in refused.json(), refused.text
     finally:
