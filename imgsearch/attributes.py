@@ -171,10 +171,18 @@ def filters_json(filters: object) -> str | None:
         check_name(name, "a filter's attribute name")
     try:
         text = json.dumps(filters, allow_nan=False, default=_json_number, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidQueryError(f"filters must hold text, numbers, true/false, lists and objects: {exc}") from None
-    if problem := text_problem(text):
-        raise InvalidQueryError(f"filters {problem}")
+    # Every text in them as PostgreSQL can hold it (JSON would carry a NUL escaped, which jsonb refuses).
+    pending: list[object] = [filters]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Mapping):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple):
+            pending += item
+        elif isinstance(item, str) and (problem := text_problem(item)):
+            raise InvalidQueryError(f"filters: a text {problem}")
     return text
 
 
