@@ -207,6 +207,19 @@ class Catalogue:
             self.engine("reader"), self.featurizer, sources, k, verify=verify, candidates=candidates, **filters
         )
 
+    def search_words(self, text: str, k: int = 10, **filters: Any) -> list[query.SearchResult]:
+        """Products by words alone, no photo: :func:`imgsearch.query.search_words`."""
+        return query.search_words(self.engine("reader"), text, k, **filters)
+
+    def set_text_language(self, language: str) -> int:
+        """Read the catalogue's words in another language (a PostgreSQL text search configuration: ``english``,
+        ``german``, ``simple``...): every product's words are computed again. Returns the products changed.
+
+        Raises:
+            InvalidQueryError: PostgreSQL has no such configuration.
+        """
+        return query.set_text_language(self.engine("writer"), language)
+
     def similar(self, sku: str, k: int = 10, **filters: Any) -> list[query.SearchResult]:
         """Products that look like catalogue product ``sku`` (itself excluded; :func:`query.similar_to_sku`)."""
         return query.similar_to_sku(self.engine("reader"), sku, k, **filters)
@@ -338,7 +351,7 @@ class Catalogue:
         # A first pass counts the products (for progress) and collects the source's SKUs (for a full sync).
         feed_skus: set[str] = set()
         total = total_photos = 0
-        for item in read():
+        for item in read(None):
             if isinstance(item, CatalogueEntry):
                 total += 1
                 total_photos += len(item.images)
@@ -357,7 +370,7 @@ class Catalogue:
             embedder = RayEmbedder(self.featurizer, address=address, concurrency=ray_concurrency)
         report = ingestion.ingest(
             engine,
-            read(),
+            read(warn),
             self.featurizer,
             total=total,
             total_photos=total_photos,
@@ -551,13 +564,13 @@ def _require_embedded_owner(engine: Engine) -> None:
         )
 
 
-def _reader(source: Source) -> Callable[[], Iterable[CatalogueEntry | Failure]]:
-    """A function that reads ``source`` from the start each time it is called."""
+def _reader(source: Source) -> Callable[[Callable[[str], None] | None], Iterable[CatalogueEntry | Failure]]:
+    """A function that reads ``source`` from the start each time it is called (given where to send warnings)."""
     if isinstance(source, str | Path):
         path = Path(source)
         if path.is_dir():
-            return lambda: scan_folder(path)
-        return lambda: read_manifest(path)
+            return lambda _warn: scan_folder(path)
+        return lambda warn: read_manifest(path, warn=warn)
     # Entries given in Python are read twice (count, then ingest): kept in memory once.
     entries = list(source)
-    return lambda: entries
+    return lambda _warn: entries

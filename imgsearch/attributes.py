@@ -96,8 +96,12 @@ def _stored_value(name: str, value: object) -> AttributeValue:
     if isinstance(value, bool | str):
         return _check_text(value, name) if isinstance(value, str) else value
     if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise InvalidQueryError(f"attribute {name!r} must be a finite number, got {value!r}")
+        try:
+            finite = math.isfinite(value) and abs(value) < 1e300
+        except (OverflowError, ValueError):  # an int too large for a float, a signalling NaN
+            finite = False
+        if not finite:
+            raise InvalidQueryError(f"attribute {name!r} must be a finite number, got {str(value)[:40]}")
         if isinstance(value, Decimal):
             return int(value) if value == value.to_integral_value() else float(value)
         return value
@@ -122,7 +126,7 @@ def parse_cell(cell: str, name: str) -> AttributeValue | None:
     try:
         if text.lower() in _BOOLEANS:
             return _BOOLEANS[text.lower()]
-        if _NUMBER.fullmatch(text):
+        if len(text) <= 30 and _NUMBER.fullmatch(text):  # longer digit strings (codes) stay text
             number = Decimal(text)
             return int(number) if number == number.to_integral_value() and "." not in text else float(number)
         if LIST_SEPARATOR in text:
@@ -133,22 +137,25 @@ def parse_cell(cell: str, name: str) -> AttributeValue | None:
         raise ValueError(str(exc)) from None
 
 
-def attribute_columns(header: Iterable[str], known: Iterable[str]) -> list[str]:
-    """The columns of a manifest's header that are attributes: all but ``known``.
+def attribute_columns(header: Iterable[str], known: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The columns of a manifest's header that are attributes (all but ``known``), and those that cannot name one
+    (empty, too long: left out, with a warning by the caller).
 
     Raises:
-        ValueError: one cannot name an attribute, or there are more than 100.
+        ValueError: there are more than 100.
     """
     skip = set(known)
-    columns = [column for column in header if column not in skip]
-    if len(columns) > MAX_ATTRIBUTES:
-        raise ValueError(f"at most {MAX_ATTRIBUTES} attribute columns, got {len(columns)}")
-    for column in columns:
+    usable, unusable = [], []
+    for column in header:
+        if column in skip:
+            continue
         try:
-            check_name(column, "an attribute column's name")
-        except InvalidQueryError as exc:
-            raise ValueError(str(exc)) from None
-    return columns
+            usable.append(check_name(column))
+        except InvalidQueryError:
+            unusable.append(column)
+    if len(usable) > MAX_ATTRIBUTES:
+        raise ValueError(f"at most {MAX_ATTRIBUTES} attribute columns, got {len(usable)}")
+    return usable, unusable
 
 
 def filters_json(filters: object) -> str | None:
@@ -222,6 +229,8 @@ def parse_where(conditions: Iterable[str]) -> dict[str, object] | None:
         check_name(key, f"{condition!r:.60}: the attribute")
         if op == "=":
             values = [v.strip() for v in value.split(LIST_SEPARATOR)]
+            if value[:1] in ("=", "<", ">"):  # KEY==A, KEY=>N: a mistyped operator, not a value
+                raise InvalidQueryError(f"{condition!r:.60}: write KEY=VALUE, KEY>=N or KEY<=N")
             if not all(values):
                 raise InvalidQueryError(f"{condition!r:.60}: give a value after = (A|B for any of)")
             if key in filters:

@@ -23,7 +23,13 @@ from imgsearch.db import run_transaction, transaction
 from imgsearch.errors import EmbeddingSpaceMismatchError, InvalidProductError, InvalidQueryError, UnknownSkuError
 from imgsearch.local_features import EXTRACTOR, LocalFeatures
 from imgsearch.tables import DIMENSION, IMAGE_MAX_LENGTH
-from imgsearch.validation import check_product_fields, check_shop_fields, check_text, unit_vector
+from imgsearch.validation import (
+    check_description,
+    check_product_fields,
+    check_shop_fields,
+    check_text,
+    unit_vector,
+)
 
 Bind = Engine | Connection
 
@@ -94,6 +100,9 @@ class ProductRecord:
     #: The shop's attributes of the product (:mod:`imgsearch.attributes`): replace the stored ones whole; ``None``
     #: keeps them, ``{}`` clears them.
     attributes: Mapping[str, AttributeValue] | None = None
+    #: The shop's description of the product (its words are searched, revision 0019); ``None`` keeps the stored
+    #: one, ``""`` clears it.
+    description: str | None = None
 
     def photos(self) -> tuple[ImageRecord, ...]:
         """The record's photos, the shorthand included."""
@@ -232,6 +241,7 @@ def _validated(record: ProductRecord) -> ProductRecord:
         check_product_fields(record.sku, record.category, record.name, None, record.price)
         shop_product_id, page_url = check_shop_fields(record.shop_product_id, record.page_url)
         attributes = check_attributes(record.attributes)
+        description = check_description(record.description)
         photos = []
         for position, photo in enumerate(record.photos()):
             check_text(photo.image, "image", IMAGE_MAX_LENGTH, required=False)
@@ -257,6 +267,7 @@ def _validated(record: ProductRecord) -> ProductRecord:
         shop_product_id=shop_product_id,
         page_url=page_url,
         attributes=attributes,
+        description=description,
     )
 
 
@@ -279,15 +290,16 @@ SHOP_FIELDS_SQL = shop_fields_sql("to_jsonb(p)")
 
 _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS imgsearch_staging_products (sku text, name text, category text, "
-    "price numeric, in_stock boolean, shop_product_id text, page_url text, attributes jsonb) ON COMMIT DELETE ROWS",
+    "price numeric, in_stock boolean, shop_product_id text, page_url text, attributes jsonb, description text) "
+    "ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS imgsearch_staging_images (sku text, image text, position integer, "
     "image_sha256 text, etag text, last_modified text, embedding vector(512), colour vector(44), extractor text, "
     "feature_width integer, feature_height integer, points bytea, descriptors bytea) ON COMMIT DELETE ROWS",
     "TRUNCATE imgsearch_staging_products, imgsearch_staging_images",
 )
 _PRODUCT_COLUMNS = "sku, name, category, price, in_stock"
-_STAGING_PRODUCT_COLUMNS = _PRODUCT_COLUMNS + ", shop_product_id, page_url, attributes"
-_PRODUCT_TYPES = ["text", "text", "text", "numeric", "bool", "text", "text", "jsonb"]
+_STAGING_PRODUCT_COLUMNS = _PRODUCT_COLUMNS + ", shop_product_id, page_url, attributes, description"
+_PRODUCT_TYPES = ["text", "text", "text", "numeric", "bool", "text", "text", "jsonb", "text"]
 _IMAGE_COLUMNS = (
     "sku, image, position, image_sha256, etag, last_modified, embedding, colour, extractor, feature_width, "
     "feature_height, points, descriptors"
@@ -334,6 +346,15 @@ _MERGE_ATTRIBUTES = sa.text(
     UPDATE products p SET attributes = s.attributes
     FROM imgsearch_staging_products s
     WHERE p.sku = s.sku AND s.attributes IS NOT NULL AND p.attributes IS DISTINCT FROM s.attributes
+    RETURNING p.sku
+    """
+)
+# The description the records give (revision 0019): NULL keeps it, '' clears it; run only when a record gives one.
+_MERGE_DESCRIPTION = sa.text(
+    """
+    UPDATE products p SET description = nullif(s.description, '')
+    FROM imgsearch_staging_products s
+    WHERE p.sku = s.sku AND s.description IS NOT NULL AND p.description IS DISTINCT FROM nullif(s.description, '')
     RETURNING p.sku
     """
 )
@@ -449,6 +470,7 @@ def upsert_products(bind: Bind, records: Sequence[ProductRecord], *, prune_image
                             r.shop_product_id,
                             r.page_url,
                             None if r.attributes is None else Jsonb(r.attributes),
+                            r.description,
                         )
                     )
             with cur.copy(f"COPY imgsearch_staging_images ({_IMAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
@@ -482,6 +504,8 @@ def upsert_products(bind: Bind, records: Sequence[ProductRecord], *, prune_image
                     shop_changed = set()
                 if any(r.attributes is not None for r in records):
                     shop_changed |= set(conn.execute(_MERGE_ATTRIBUTES).scalars())
+                if any(r.description is not None for r in records):
+                    shop_changed |= set(conn.execute(_MERGE_DESCRIPTION).scalars())
                 changed_photos = set(conn.execute(_MERGE_IMAGES).scalars())
                 if any(photo.features is not None for r in records for photo in r.images):
                     written = conn.execute(_MERGE_FEATURES).all()

@@ -793,6 +793,22 @@ def remove(app: App, skus: tuple[str, ...], missing_ok: bool) -> None:
     click.echo(f"removed {removed} product{'s' if removed != 1 else ''}")
 
 
+@main.command("text-language")
+@click.argument("language")
+@pass_app
+def text_language(app: App, language: str) -> None:
+    """Read the products' words (names, categories, text attributes, descriptions) in LANGUAGE, a PostgreSQL
+    text search configuration: english (the default), german, french, simple (no stemming)... Every product's
+    words are computed again.
+
+    \b
+    Example:
+      imgsearch text-language german
+    """
+    changed = app.catalogue.set_text_language(language)
+    click.echo(f"words in {language}: {changed} product{'s' if changed != 1 else ''} changed")
+
+
 @main.command()
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @pass_app
@@ -1181,7 +1197,20 @@ def _stored_image(shop: Catalogue, sku: str) -> str | None:
 
 
 @main.command()
-@click.argument("images", metavar="IMAGE...", nargs=-1, required=True)
+@click.argument("images", metavar="[IMAGE]...", nargs=-1)
+@click.option(
+    "--text",
+    default=None,
+    help='Words too ("linen shirt", "slim fit" a phrase, -red without): their ranking is fused with the photo\'s; '
+    "with no photo, a search by words alone.",
+)
+@click.option("--text-filter", is_flag=True, help="Only products matching the --text words (a filter, not a ranking).")
+@click.option(
+    "--text-weight",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="How much the words' ranking counts against the photo's, 0 to 1 (default 0.3, by measurement).",
+)
 @click.option(
     "--crop",
     type=_CropType(),
@@ -1199,6 +1228,9 @@ def _stored_image(shop: Catalogue, sku: str) -> str | None:
 def search(
     app: App,
     images: tuple[str, ...],
+    text: str | None,
+    text_filter: bool,
+    text_weight: float | None,
     crop: Crop | None,
     no_verify: bool,
     filters: _Filters,
@@ -1223,7 +1255,23 @@ def search(
       cat photo.jpg | imgsearch search - --sheet results.png
       imgsearch search front.jpg back.jpg -k 5
       imgsearch search photo.jpg -k 20 --offset 20
+      imgsearch search photo.jpg --text "linen" --where brand=Acme
+      imgsearch search --text "red linen shirt" --max-price 60
     """
+    if not images:
+        # Words alone: no photo, no network.
+        if text is None:
+            raise click.UsageError("give a photo (IMAGE), or words with --text")
+        if crop is not None or filters.max_distance is not None:
+            _fail("--crop and --max-distance need a photo")
+        shop = app.catalogue
+        args = filters.query_args()
+        args.pop("max_distance")
+        ranking.pop("search_space")
+        results = shop.search_words(text, k, **args, **ranking)
+        _emit(shop, results, out, query_image=None, query_label=text)
+        return
+    words = {"text": text, "text_filter": text_filter, "text_weight": text_weight}
     if len(images) > query.MAX_QUERY_PHOTOS:
         _fail(f"give at most {query.MAX_QUERY_PHOTOS} photos of one thing, got {len(images)}")
     if len(images) > 1 and crop is not None:
@@ -1233,12 +1281,14 @@ def search(
     shop = app.catalogue
     if len(images) == 1:
         source, picture, label = _read_query(images[0])
-        results = shop.search_image(source, k, crop=crop, verify=not no_verify, **filters.query_args(), **ranking)
+        results = shop.search_image(
+            source, k, crop=crop, verify=not no_verify, **filters.query_args(), **ranking, **words
+        )
     else:
         read = [_read_query(image) for image in images]
         sources = [source for source, _, _ in read]
         picture, label = read[0][1], f"{len(images)} photos"
-        results = shop.search_images(sources, k, verify=not no_verify, **filters.query_args(), **ranking)
+        results = shop.search_images(sources, k, verify=not no_verify, **filters.query_args(), **ranking, **words)
     _emit(shop, results, out, query_image=picture, query_label=label)
 
 

@@ -53,13 +53,32 @@ class Page(_Request):
     )
 
 
-class VectorSearch(Filters, Page):
+class Words(_Request):
+    """Words that rank with the photo or vector (fused), filter (`text_filter`), or search alone."""
+
+    text: str | None = Field(
+        None,
+        max_length=1000,
+        description='words matched against names, categories, text attributes and descriptions ("slim fit" a '
+        "phrase, -red without); alone (no vector, no image_url), a search by words only",
+    )
+    text_filter: bool = Field(False, description="only products matching the words, instead of ranking by them")
+    text_weight: float | None = Field(
+        None, ge=0, le=1, description="the words' share of the fused ranking (default 0.3, by measurement)"
+    )
+
+
+class VectorSearch(Filters, Page, Words):
     """A search by a vector (for example one from `POST /v1/embed`, or kept from an earlier search)."""
 
     vector: list[float] = Field(..., min_length=1, description="512 numbers (or a photo's vectors: see the docs)")
 
 
-class UrlSearch(Filters, Page):
+class WordsSearch(Filters, Page, Words):
+    """A search by words alone."""
+
+
+class UrlSearch(Filters, Page, Words):
     """A search by the photo at a web address, fetched by the service."""
 
     image_url: str = Field(..., description="http(s) address of a photo; private addresses refused by default")
@@ -107,7 +126,9 @@ class SearchResult(BaseModel):
     category: str | None
     price: float | None
     in_stock: bool
-    distance: float = Field(..., description="cosine distance to the query: 0 same direction, 2 opposite")
+    distance: float | None = Field(
+        ..., description="cosine distance to the query: 0 same direction, 2 opposite; null for words alone"
+    )
     image: str | None = Field(..., description="the product's photo (a path or address)")
     match: Literal["exact", "similar"] | None = Field(
         ..., description='"exact": local features proved the photo shows this product; null when not verified'

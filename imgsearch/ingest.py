@@ -397,6 +397,7 @@ def _records(
                 shop_product_id=entry.shop_product_id,
                 page_url=entry.page_url,
                 attributes=entry.attributes,
+                description=entry.description,
             )
         )
     return records

@@ -11,7 +11,8 @@ name             product name; JSON ``null`` / CSV empty when the catalogue has 
 category         product category
 price            JSON number, CSV decimal text with 2 places (``14.99``); ``null`` / empty when the product has none
 in_stock         JSON ``true``/``false``, CSV ``true``/``false``
-distance         cosine distance to the query, 0 (same direction) to 2, smaller is closer; 6 decimals
+distance         cosine distance to the query, 0 (same direction) to 2, smaller is closer; 6 decimals; ``null`` /
+                 empty for a search by words alone
 image            the image location as the catalogue recorded it (manifest images: relative to the manifest's
                  folder); ``null`` / empty when unknown
 match            searches by photo: ``exact`` when local features proved that the photo shows this very product,
@@ -93,7 +94,7 @@ def result_dicts(results: Sequence[SearchResult]) -> list[dict[str, object]]:
             "category": r.category,
             "price": None if r.price is None else float(r.price),
             "in_stock": r.in_stock,
-            "distance": round(r.distance, 6),
+            "distance": None if r.distance is None else round(r.distance, 6),
             "image": r.image,
             "match": r.match,
             "inliers": r.inliers,
@@ -185,7 +186,7 @@ def format_results(results: Sequence[SearchResult], fmt: str = "table", width: i
             r.category,
             _price(r.price),
             "yes" if r.in_stock else "no",
-            f"{r.distance:.4f}",
+            "" if r.distance is None else f"{r.distance:.4f}",
             r.image or "",
         ]
         for rank, r in enumerate(results, start=1)

@@ -57,7 +57,8 @@ Price = Decimal | float | int | str
 class SearchResult(Listing):
     """One product returned by a search, best first.
 
-    ``distance`` is the cosine distance (0 = same direction, 2 = opposite); smaller is closer.
+    ``distance`` is the cosine distance (0 = same direction, 2 = opposite); smaller is closer; ``None`` for a search
+    by words alone (:func:`search_words`), which has no vector to measure it from.
 
     A search by photo with verification (:func:`search_image`) also says what the result is: ``match`` is
     ``"exact"`` when local features proved that the photo shows this very product (``inliers`` keypoints agree
@@ -65,7 +66,7 @@ class SearchResult(Listing):
     ``"similar"`` for a visual neighbour. Searches that verify nothing leave the three as ``None``.
     """
 
-    distance: float
+    distance: float | None
     match: str | None = None
     inliers: int | None = None
     box: tuple[float, float, float, float] | None = None
@@ -170,6 +171,17 @@ _PHOTO_CANDIDATES = _search_call(
     ":word_n, :vocabulary, :model, :weights_id, :preprocessing, CAST(:categories AS text[]), :in_stock_only, "
     "CAST(:max_price AS numeric), CAST(:exclude AS text[]))"
 )
+# A search by vectors and words, the two rankings fused; and by words alone (revision 0019).
+_SIMILAR_WORDS = _with_shop_fields(
+    "imgsearch_similar_words(CAST(:query AS vector[]), :text, :k, CAST(:categories AS text[]), :in_stock_only, "
+    "CAST(:max_price AS numeric), CAST(:exclude AS text[]), CAST(:filters AS jsonb), :text_weight)"
+).bindparams(_VECTORS)
+_SEARCH_WORDS = _with_shop_fields(
+    "imgsearch_search_words(:text, :k, CAST(:categories AS text[]), :in_stock_only, CAST(:max_price AS numeric), "
+    "CAST(:exclude AS text[]), CAST(:filters AS jsonb))"
+)
+#: Longest words of one search.
+MAX_TEXT = 1000
 #: Statements run straight through psycopg (:func:`imgsearch.db.execute_direct`), and those taking one query vector.
 _DIRECT = (_SIMILAR, _SIMILAR_MANY, _FILTERED[_SIMILAR], _FILTERED[_SIMILAR_MANY])
 _ONE_VECTOR = (_SIMILAR, _PHOTO_CANDIDATES, _FILTERED[_SIMILAR], _FILTERED[_PHOTO_CANDIDATES])
@@ -187,9 +199,12 @@ WORD_CANDIDATES = 25
 SEARCH_SPACES = ("active", "raw")
 
 
-def _settings(exact: bool = False, search_space: str | None = None) -> dict[str, str]:
-    """The SQL session settings a search sets for itself (in its own transaction)."""
+def _settings(exact: bool = False, search_space: str | None = None, words: str | None = None) -> dict[str, str]:
+    """The SQL session settings a search sets for itself (in its own transaction): ``words`` keeps only the
+    products matching them (``imgsearch.words``, read by every search function)."""
     settings = {"imgsearch.exact_search": "on"} if exact else {}
+    if words is not None:
+        settings["imgsearch.words"] = _words(words) or ""
     if search_space is not None:
         if search_space not in SEARCH_SPACES:
             choices = ", ".join(SEARCH_SPACES)
@@ -197,6 +212,24 @@ def _settings(exact: bool = False, search_space: str | None = None) -> dict[str,
         if search_space != "active":
             settings["imgsearch.search_space"] = search_space
     return settings
+
+
+def _words(text: object) -> str | None:
+    """A search's words, checked (the database reads them: imgsearch_words_query), or ``None``."""
+    if text is None:
+        return None
+    words = _query_text(text, "text")  # type: ignore[arg-type]
+    if not words.strip() or len(words) > MAX_TEXT:
+        raise InvalidQueryError(f"text must be 1 to {MAX_TEXT} characters of words to search for")
+    return words
+
+
+def _text_weight(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise InvalidQueryError(f"text_weight must be a number from 0 to 1, got {value!r:.40}")
+    return float(value)
 
 
 def _run(
@@ -214,7 +247,7 @@ def _result(row: sa.Row, **verification: object) -> SearchResult:
         price=row.price,
         in_stock=row.in_stock,
         image=row.image,
-        distance=float(row.distance),
+        distance=None if row.distance is None else float(row.distance),
         shop_product_id=row.shop_product_id,
         page_url=row.page_url,
         attributes=row.attributes,
@@ -229,7 +262,7 @@ def _rows(
     # pool drops the dead ones); a server that stays away is DatabaseUnavailableError after a few seconds.
     # So is one chosen as a deadlock's victim (a schema change taking its locks while searches run).
     own = isinstance(bind, Engine)
-    if params.get("filters") is not None:
+    if params.get("filters") is not None and statement in _FILTERED:
         statement = _FILTERED[statement]
     return retrying(
         lambda: retrying(lambda: _execute(bind, statement, params, settings), RETRY_WAITS if own else (), is_conflict),
@@ -289,6 +322,9 @@ def search(
     exclude_skus: Iterable[str] | None = None,
     below_price: Price | None = None,
     filters: Mapping[str, object] | None = None,
+    text: str | None = None,
+    text_filter: bool = False,
+    text_weight: float | None = None,
     exact: bool = False,
     max_distance: float | None = None,
     offset: int = 0,
@@ -310,6 +346,10 @@ def search(
         below_price: strict price ceiling (``price < below_price``).
         filters: only products whose attributes match, e.g. ``{"brand": ["Acme", "Zenith"], "rating": {">=": 4}}``
             (:mod:`imgsearch.attributes`): still exactly ``k`` whenever ``k`` products match.
+        text: words (web search syntax: ``"slim fit"`` a phrase, ``-red`` without) matched against the products'
+            names, categories, text attributes and descriptions. They rank: the visual ranking and the words'
+            are fused (``imgsearch_similar_words``; ``text_weight`` from 0, the photo only, to 1, the words only;
+            default 0.3, by measurement). With ``text_filter`` they filter instead: only products matching them.
         exact: force exact search instead of the HNSW index (for measuring recall).
         max_distance: only results at most this cosine distance away (0 to 2): fewer than ``k``, or none, when
             nothing that close matches; ``None``, no threshold.
@@ -332,13 +372,68 @@ def search(
     else:
         query_vectors = validate_vector(vector)
     conditions = _filter_params(k, categories, in_stock_only, max_price, exclude_skus, below_price, filters)
-    settings = _settings(exact, search_space)
+    words, weight = _words(text), _text_weight(text_weight)
+    settings = _settings(exact, search_space, words if text_filter else None)
+    if words is not None and not text_filter:
+        if below_price is not None:
+            raise InvalidQueryError("below_price does not combine with text; use max_price")
+        vectors = query_vectors if several else [query_vectors]
+
+        def fused(n: int) -> list[SearchResult]:
+            params = {"query": vectors, **conditions, "k": n, "text": words, "text_weight": weight}
+            return within(_run(bind, _SIMILAR_WORDS, params, settings), limit)
+
+        return page(fused, k, offset, cursor)
 
     def ranking(n: int) -> list[SearchResult]:
         params = {"query": query_vectors, **conditions, "k": n}
         return within(_run(bind, _SIMILAR_MULTI if several else _SIMILAR, params, settings), limit)
 
     return page(ranking, k, offset, cursor)
+
+
+def set_text_language(bind: Bind, language: str) -> int:
+    """Set the language of the catalogue's words (``imgsearch_set_text_language``) and compute them again; the
+    number of products whose words changed.
+
+    Raises:
+        InvalidQueryError: PostgreSQL has no text search configuration of that name.
+    """
+    name = _query_text(language, "language")
+    with transaction(bind) as conn:
+        known = conn.execute(sa.text("SELECT count(*) FROM pg_ts_config WHERE cfgname = :name"), {"name": name})
+        if known.scalar_one() != 1:
+            raise InvalidQueryError(f"no text search configuration {name[:40]!r} (try english, german, simple)")
+        changed = conn.execute(sa.text("SELECT imgsearch_set_text_language(CAST(:name AS regconfig))"), {"name": name})
+        return int(changed.scalar_one())
+
+
+def search_words(
+    bind: Bind,
+    text: str,
+    k: int = 10,
+    *,
+    categories: Iterable[str] | str | None = None,
+    in_stock_only: bool = True,
+    max_price: Price | None = None,
+    exclude_skus: Iterable[str] | None = None,
+    filters: Mapping[str, object] | None = None,
+    offset: int = 0,
+    cursor: str | None = None,
+) -> list[SearchResult]:
+    """The ``k`` products whose words best match ``text``, with no photo (``imgsearch_search_words``: names weigh
+    most, then categories and text attributes, then descriptions); the filters as :func:`search`. Results have no
+    ``distance`` (``None``).
+
+    Raises:
+        InvalidQueryError: no words (or only words such as "the"), bad k, price, filters, offset or cursor.
+    """
+    words = _words(text)
+    if words is None:
+        raise InvalidQueryError("give the words to search for")
+    conditions = _filter_params(k, categories, in_stock_only, max_price, exclude_skus, None, filters)
+    conditions.pop("below_price")
+    return page(lambda n: _run(bind, _SEARCH_WORDS, {**conditions, "k": n, "text": words}), k, offset, cursor)
 
 
 def distance_limit(value: object) -> float | None:
@@ -361,7 +456,7 @@ def within(results: list[SearchResult], limit: float | None) -> list[SearchResul
     (``match="exact"``) is kept whatever its global distance, since the keypoints proved it."""
     if limit is None:
         return results
-    return [r for r in results if r.distance <= limit or r.match == "exact"]
+    return [r for r in results if (r.distance is not None and r.distance <= limit) or r.match == "exact"]
 
 
 def _validate_offset(offset: object) -> int:
@@ -373,7 +468,8 @@ def _validate_offset(offset: object) -> int:
 def _order(r: SearchResult) -> tuple[int, int, float, str]:
     """Where a result stands in a ranking: verified matches first (most inliers first), then by distance."""
     exact = r.match == "exact"
-    return (0 if exact else 1, -(r.inliers or 0) if exact else 0, round(r.distance, 9), r.sku)
+    distance = 2.0 if r.distance is None else round(r.distance, 9)  # words alone: no distance
+    return (0 if exact else 1, -(r.inliers or 0) if exact else 0, distance, r.sku)
 
 
 def _encode_cursor(r: SearchResult, rank: int) -> str:
@@ -590,6 +686,9 @@ def search_image(
     max_price: Price | None = None,
     exclude_skus: Iterable[str] | None = None,
     filters: Mapping[str, object] | None = None,
+    text: str | None = None,
+    text_filter: bool = False,
+    text_weight: float | None = None,
     crop: Crop | None = None,
     verify: bool = True,
     candidates: int = VERIFY_CANDIDATES,
@@ -606,7 +705,8 @@ def search_image(
     come first, most inliers first; the rest follow by distance (``match="similar"``). ``crop`` limits the
     search to a box of the photo (:data:`imgsearch.images.Crop`, pixels of the upright photo). ``offset`` and
     ``cursor`` page through the ranking as :func:`search` does (the photo is described again for every page);
-    ``filters`` and ``search_space`` as :func:`search`.
+    ``filters``, ``text`` and ``search_space`` as :func:`search`: words that rank (not ``text_filter``) are fused
+    with the global vector's ranking, unverified.
 
     Raises:
         EmbeddingSpaceMismatchError: ``featurizer`` makes vectors unlike the catalogue's (other weights or
@@ -616,12 +716,13 @@ def search_image(
     """
     k, crop = _validate_k(k), validate_crop(crop)
     filters_json(filters)
+    _words(text), _text_weight(text_weight)
     _settings(search_space=search_space)
     distance_limit(max_distance)  # checked before the photo is read
     _validate_k(candidates, "candidates")
     _page_args(offset, cursor)
     source = read_source(image)
-    if not verify:
+    if not verify or (text is not None and not text_filter):
         check_space(bind, featurizer.space)
         vector = featurizer.embed_image(source, crop=crop)
         return search(
@@ -633,6 +734,9 @@ def search_image(
             max_price=max_price,
             exclude_skus=exclude_skus,
             filters=filters,
+            text=text,
+            text_filter=text_filter,
+            text_weight=text_weight,
             max_distance=max_distance,
             offset=offset,
             cursor=cursor,
@@ -653,6 +757,7 @@ def search_image(
         max_price=max_price,
         exclude_skus=exclude_skus,
         filters=filters,
+        text=text,
         candidates=candidates,
         size=photo_size(source) if crop is None else None,
         crop=crop,
@@ -679,6 +784,9 @@ def search_images(
     max_price: Price | None = None,
     exclude_skus: Iterable[str] | None = None,
     filters: Mapping[str, object] | None = None,
+    text: str | None = None,
+    text_filter: bool = False,
+    text_weight: float | None = None,
     verify: bool = True,
     candidates: int = VERIFY_CANDIDATES,
     max_distance: float | None = None,
@@ -690,7 +798,8 @@ def search_images(
     front and the back, a label): a product's distance is that of its photo closest to any of them. With
     ``verify``, every photo is checked as :func:`search_image` checks one, and a product any of them proves
     (``match="exact"``, its most inliers) comes first; the others follow by that distance as ``"similar"``.
-    One photo is :func:`search_image`. ``filters``, ``offset``, ``cursor`` and ``search_space`` as :func:`search`.
+    One photo is :func:`search_image`. ``filters``, ``text``, ``offset``, ``cursor`` and ``search_space`` as
+    :func:`search_image`.
 
     Raises:
         EmbeddingSpaceMismatchError, ImageError, InvalidQueryError: as :func:`search_image`, and for no photo or
@@ -704,6 +813,8 @@ def search_images(
     _page_args(offset, cursor)
     _settings(search_space=search_space)
     filters_json(filters)
+    _words(text), _text_weight(text_weight)
+    fused = text is not None and not text_filter
     conditions = {
         "categories": categories,
         "in_stock_only": in_stock_only,
@@ -724,22 +835,30 @@ def search_images(
             max_distance=limit,
             offset=offset,
             cursor=cursor,
+            text=text,
+            text_filter=text_filter,
+            text_weight=text_weight,
             **conditions,
         )
     check_space(bind, featurizer.space)
     vectors = [featurizer.embed_image(source) for source in sources]
-    if not verify:
-        return search(bind, np.stack(vectors), k, max_distance=limit, offset=offset, cursor=cursor, **conditions)
+    if not verify or fused:
+        words = {"text": text, "text_filter": text_filter, "text_weight": text_weight}
+        return search(
+            bind, np.stack(vectors), k, max_distance=limit, offset=offset, cursor=cursor, **conditions, **words
+        )
     features = [local_features.features_of(source, local_features.QUERY_KEYPOINTS) for source in sources]
     sizes = [photo_size(source) for source in sources]
     stacked = np.stack(vectors)
 
     def ranking(n: int) -> list[SearchResult]:
-        ranked = search(bind, stacked, n, **conditions)
+        ranked = search(bind, stacked, n, text=text, text_filter=True, **conditions)
         proven: dict[str, SearchResult] = {}
         inliers: dict[str, int] = {}
         for vector, found_features, size in zip(vectors, features, sizes, strict=True):
-            found = search_verified(bind, vector, found_features, n, candidates=candidates, size=size, **conditions)
+            found = search_verified(
+                bind, vector, found_features, n, candidates=candidates, size=size, text=text, **conditions
+            )
             for r in found:
                 inliers[r.sku] = max(inliers.get(r.sku, 0), r.inliers or 0)
                 if r.match == "exact" and (r.sku not in proven or (r.inliers or 0) > (proven[r.sku].inliers or 0)):
@@ -766,6 +885,7 @@ def search_verified(
     max_price: Price | None = None,
     exclude_skus: Iterable[str] | None = None,
     filters: Mapping[str, object] | None = None,
+    text: str | None = None,
     candidates: int = VERIFY_CANDIDATES,
     size: tuple[int, int] | None = None,
     crop: Crop | None = None,
@@ -782,7 +902,7 @@ def search_verified(
     ``size`` (the photo's width and height) or ``crop`` (the box the features were computed on) place the
     matched ``box`` in the photo's pixels. ``space``, the vector's embedding space, is checked against the
     catalogue's in the same round trip. ``filters``, ``offset``, ``cursor`` and ``search_space`` as :func:`search`:
-    a page further down verifies that many more candidates.
+    a page further down verifies that many more candidates; ``text``: only products matching these words.
 
     Raises:
         InvalidQueryError: bad vector, k, price, filters, candidates, offset, cursor or search space.
@@ -791,7 +911,7 @@ def search_verified(
     query, limit = validate_vector(vector), distance_limit(max_distance)
     _validate_k(k)
     candidates = _validate_k(candidates, "candidates")
-    settings = _settings(search_space=search_space)
+    settings = _settings(search_space=search_space, words=text)
     params: dict[str, object] = {
         "query": query,
         "extractor": local_features.EXTRACTOR,

@@ -152,7 +152,7 @@ def write_contact_sheet(
             origin,
             tile,
             [(f"{rank}. {result.sku}", _TEXT), (price, _TEXT), third],
-            right_of_second=f"dist {result.distance:.4f}",
+            right_of_second="" if result.distance is None else f"dist {result.distance:.4f}",
         )
     return _save_png(sheet, Path(path))
 
@@ -229,11 +229,11 @@ def write_distance_histogram(
     draw.text((left, 8), title, font=font, fill=_TEXT)
     draw.text((8, 8), "n", font=font, fill=_MUTED)
     draw.line([(left, top), (left, bottom), (right, bottom)], fill=_TEXT)
-    if not results:
+    if not any(r.distance is not None for r in results):
         draw.text((left + 10, (top + bottom) // 2), "no results", font=font, fill=_MUTED)
         return _save_png(image, Path(path))
 
-    distances = [r.distance for r in results]
+    distances = [r.distance for r in results if r.distance is not None]  # words alone measure none
     start, step, counts = _histogram(distances, bins)
     peak = max(counts)
     bar_width = (right - left) / len(counts)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -32,6 +32,7 @@ from imgsearch.fetch import is_url
 from imgsearch.images import has_supported_extension
 from imgsearch.tables import SKU_MAX_LENGTH
 from imgsearch.validation import (
+    check_description,
     check_product_fields,
     check_shop_fields,
     check_text,
@@ -40,7 +41,18 @@ from imgsearch.validation import (
     text_problem,
 )
 
-MANIFEST_COLUMNS = ("sku", "name", "category", "price", "in_stock", "image", "images", "shop_product_id", "page_url")
+MANIFEST_COLUMNS = (
+    "sku",
+    "name",
+    "category",
+    "price",
+    "in_stock",
+    "image",
+    "images",
+    "shop_product_id",
+    "page_url",
+    "description",
+)
 REQUIRED_COLUMNS = ("sku", "category")
 #: Separator of the references in a manifest's ``images`` column.
 IMAGES_SEPARATOR = "|"
@@ -49,7 +61,7 @@ _ONE_LINE_COLUMNS = frozenset(
     {"sku", "category", "price", "in_stock", "image", "images", "shop_product_id", "page_url"}
 )
 #: Product fields that every row of one SKU must repeat identically.
-_PRODUCT_FIELDS = ("name", "category", "price", "in_stock", "shop_product_id", "page_url", "attributes")
+_PRODUCT_FIELDS = ("name", "category", "price", "in_stock", "shop_product_id", "page_url", "attributes", "description")
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,8 @@ class CatalogueEntry:
     #: The product's attributes (a manifest's extra columns); ``None`` when the source has none to say (a folder,
     #: a manifest without extra columns): the stored ones are kept.
     attributes: dict[str, AttributeValue] | None = None
+    #: The product's description (a manifest's ``description`` column: an empty cell clears it; no column keeps it).
+    description: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,12 +168,14 @@ def count_folder(root: Path | str) -> int:
 # --- manifests -------------------------------------------------------------------------------------------------
 
 
-def read_manifest(path: Path | str) -> Iterator[CatalogueEntry | Failure]:
+def read_manifest(path: Path | str, warn: Callable[[str], None] | None = None) -> Iterator[CatalogueEntry | Failure]:
     """Products from a CSV manifest (see the module's description of the columns).
 
     Image paths are relative to the CSV's folder, or absolute; URLs are kept as given. ``name``, ``price`` and
     ``in_stock`` may be missing or empty (in stock by default). Every other column is an attribute: a product's
-    attributes are its non-empty cells of them (so an emptied cell removes that attribute on the next ingest).
+    attributes are its non-empty cells of them (so an emptied cell removes that attribute on the next ingest);
+    column names are read in lower case, and a column that cannot name one (empty, longer than 64 characters) is
+    left out with a ``warn``-ing.
     Every row that cannot be used is a failure naming its line and what is wrong, and the other rows go on:
     a missing SKU, category or image, a bad price or stock flag, a row whose product fields differ from the
     SKU's first row, a photo given twice, a field that is too long, not valid UTF-8 or holds a NUL, a row with
@@ -178,9 +194,12 @@ def read_manifest(path: Path | str) -> Iterator[CatalogueEntry | Failure]:
     if missing:
         raise ManifestError(f"{path}: missing required column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
     try:
-        attributes = attribute_columns(header, MANIFEST_COLUMNS)
+        attributes, unusable = attribute_columns(header, MANIFEST_COLUMNS)
     except ValueError as exc:
         raise ManifestError(f"{path}: {exc}") from None
+    if unusable and warn:
+        names = ", ".join(repr(name[:40]) for name in unusable)
+        warn(f"{path}: ignoring column{'s' if len(unusable) > 1 else ''} that cannot name an attribute: {names}")
     last_row: dict[str, int] = {}
     for number, row in enumerate(_csv_rows(path, header)):
         if isinstance(row, _CsvRow) and row.fields.get("sku"):
@@ -253,6 +272,7 @@ def _product_fields(row: dict[str, str], attributes: list[str] | None = None) ->
         "shop_product_id": shop_product_id,
         "page_url": page_url,
         "attributes": None if attributes is None else _attributes(row, attributes),
+        "description": check_description(row["description"]) if "description" in row else None,
     }
 
 

@@ -27,8 +27,9 @@ from sqlalchemy import (
     literal_column,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import UserDefinedType
 
 from imgsearch.colour import COLOUR_BINS
 
@@ -43,6 +44,7 @@ NAME_MAX_LENGTH = 2000
 IMAGE_MAX_LENGTH = 4096
 SHOP_PRODUCT_ID_MAX_LENGTH = 255
 PAGE_URL_MAX_LENGTH = 4096
+DESCRIPTION_MAX_LENGTH = 20000
 MAX_PRICE = Decimal("9999999999.99")  # numeric(12, 2)
 
 
@@ -92,6 +94,7 @@ class Product(Base):
             name="ck_products_page_url",
         ),
         CheckConstraint("jsonb_typeof(attributes) = 'object'", name="ck_products_attributes"),
+        CheckConstraint(f"length(description) <= {DESCRIPTION_MAX_LENGTH}", name="ck_products_description"),
         # Serve the bounded count that picks exact or index search (category, price); in_stock is in no index,
         # so that a stock sync's updates are HOT.
         Index("ix_products_category_price", "category", "price"),
@@ -103,6 +106,8 @@ class Product(Base):
             postgresql_using="gin",
             postgresql_ops={"attributes": "jsonb_path_ops"},
         ),
+        # Full-text search over the product's words (revision 0019).
+        Index("ix_products_words", "words", postgresql_using="gin"),
         # Room in every page for updated rows, so that those updates stay on their page (revision 0007).
         {"postgresql_with": {"fillfactor": 80}},
     )
@@ -119,8 +124,32 @@ class Product(Base):
     #: The shop's attributes of the product (revision 0018): a JSON object of text, numbers, booleans and lists of
     #: text, which searches filter on (imgsearch_attribute_filter).
     attributes: Mapped[dict[str, object]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    #: The shop's description of the product, and the product's words for full-text search (revision 0019: name,
+    #: category, text attributes and description, kept by the trigger trg_products_words).
+    description: Mapped[str | None] = mapped_column(Text)
+    words: Mapped[str | None] = mapped_column(TSVECTOR)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class RegConfig(UserDefinedType[str]):
+    """PostgreSQL's ``regconfig``: a text search configuration, by name."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: object) -> str:
+        return "regconfig"
+
+
+class CatalogueSettings(Base):
+    """Settings of the catalogue held in the database itself, one row (revision 0019)."""
+
+    __tablename__ = "catalogue_settings"
+    __table_args__ = (CheckConstraint("id", name="ck_catalogue_settings_one_row"),)
+
+    id: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    #: The language of the products' words (imgsearch_set_text_language).
+    text_language: Mapped[str] = mapped_column(RegConfig(), nullable=False, server_default=text("'english'"))
 
 
 class ProductImage(Base):

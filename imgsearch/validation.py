@@ -16,6 +16,7 @@ import numpy as np
 from imgsearch.errors import InvalidProductError, InvalidQueryError
 from imgsearch.tables import (
     CATEGORY_MAX_LENGTH,
+    DESCRIPTION_MAX_LENGTH,
     DIMENSION,
     IMAGE_MAX_LENGTH,
     MAX_PRICE,
@@ -125,6 +126,13 @@ def check_shop_fields(shop_product_id: object, page_url: object) -> tuple[str | 
         "" if shop_product_id is not None and product_id is None else product_id,
         "" if page_url is not None and url is None else url,
     )
+
+
+def check_description(description: object) -> str | None:
+    """A product's description as a write takes it: ``None`` (keep the stored one), ``""`` (clear it) or the
+    checked text; or :class:`InvalidProductError`."""
+    text = check_text(description, "description", DESCRIPTION_MAX_LENGTH, required=False)
+    return "" if description is not None and text is None else text
 
 
 def check_product_fields(

@@ -96,6 +96,9 @@ SEARCH_BODY = {
                         "description": "a result's cursor: the results after it, even if the catalogue changed since",
                     },
                     "where": WHERE_PROPERTY,
+                    "text": {"type": "string", "maxLength": 1000, "description": "words ranked with the photo"},
+                    "text_filter": {"type": "boolean", "default": False, "description": "the words filter instead"},
+                    "text_weight": {"type": "number", "minimum": 0, "maximum": 1, "description": "the words' share"},
                     "crop": {
                         "type": "string",
                         "description": "Search only this box of the photo: left,top,right,bottom in its pixels.",
@@ -115,6 +118,7 @@ SEARCH_BODY = {
                 "oneOf": [
                     http_models.json_schema(http_models.VectorSearch),
                     http_models.json_schema(http_models.UrlSearch),
+                    http_models.json_schema(http_models.WordsSearch),
                 ]
             }
         },

@@ -113,7 +113,7 @@ def filters(
 ) -> dict[str, Any]:
     """Search options from form fields or JSON values, checked like the library checks them."""
     options: dict[str, Any] = {}
-    if where not in (None, "", []):
+    if where not in (None, "", [], [""]):
         options["filters"] = where_filters(where)
     if offset not in (None, ""):
         try:
@@ -158,12 +158,32 @@ def where_filters(where: Any) -> dict[str, Any] | None:
     if isinstance(where, dict):
         return where
     conditions = [where] if isinstance(where, str) else where
+    if isinstance(conditions, list):
+        conditions = [c for c in conditions if c != ""]  # an empty form field says nothing, as elsewhere
     if not isinstance(conditions, list) or not all(isinstance(c, str) for c in conditions):
         raise InvalidQueryError(
             'where must be a JSON object such as {"brand": "Acme", "rating": {">=": 4}}, or conditions such as '
             '"brand=Acme"'
         )
     return attributes.parse_where(conditions)
+
+
+def text_options(text: Any, text_filter: Any, text_weight: Any) -> dict[str, Any]:
+    """A search's words (``text``), whether they filter instead of ranking, and their weight in the ranking, from
+    form fields or JSON values."""
+    if text in (None, ""):
+        return {}
+    if not isinstance(text, str):
+        raise InvalidQueryError("text must be the words to search for")
+    options: dict[str, Any] = {"text": text, "text_filter": flag(text_filter, "text_filter", default=False)}
+    if text_weight not in (None, ""):
+        try:
+            options["text_weight"] = text_weight if isinstance(text_weight, int | float) else float(str(text_weight))
+        except ValueError:
+            raise InvalidQueryError(
+                f"text_weight must be a number from 0 to 1, got {str(text_weight)[:20]!r}"
+            ) from None
+    return options
 
 
 def form_filters(form: Any) -> dict[str, Any]:

@@ -45,6 +45,7 @@ def _unsupported(message: str) -> StarletteHTTPException:
 async def _search_photos(catalogue: Catalogue, photos: list[tuple[bytes, str]], form: Any) -> JSONResponse:
     """A search by one photo or several of one thing (the network behind the gate)."""
     options = requests.form_filters(form)
+    options.update(requests.text_options(form.get("text"), form.get("text_filter"), form.get("text_weight")))
     crop = requests.crop_field(form.get("crop"))
     verify = requests.flag(form.get("verify"), "verify", default=True)
     if len(photos) > 1:
@@ -76,13 +77,25 @@ async def search(request: Request, state: State, catalogue: Shop) -> JSONRespons
         return await _search_photos(catalogue, photos, form)
     if kind != "application/json":
         raise _unsupported("send multipart/form-data with a photo in 'image', or application/json with 'vector'")
-    hint = 'send a JSON object with a "vector" of 512 numbers or an "image_url"'
+    hint = 'send a JSON object with a "vector" of 512 numbers, an "image_url" or words in "text"'
     body = await requests.json_object(request, "", hint)
-    if "vector" not in body and "image_url" not in body:
+    if "vector" not in body and "image_url" not in body and "text" not in body:
         raise InvalidQueryError(hint)
+    if "vector" not in body and "image_url" not in body:
+        # Words alone.
+        requests.known_fields(body, http_models.WordsSearch)
+        options = requests.json_filters(body)
+        words = requests.text_options(body.get("text"), body.get("text_filter"), body.get("text_weight"))
+        if "text" not in words:
+            raise InvalidQueryError(hint)
+        options.pop("search_space", None)
+        if options.pop("max_distance", None) is not None:
+            raise InvalidQueryError("max_distance needs a vector or a photo")
+        return _results(await run_in_threadpool(catalogue.search_words, words["text"], **options))
     by_url = "vector" not in body
     requests.known_fields(body, http_models.UrlSearch if by_url else http_models.VectorSearch)
     options = requests.json_filters(body)
+    options.update(requests.text_options(body.get("text"), body.get("text_filter"), body.get("text_weight")))
     if not by_url:
         return _results(await run_in_threadpool(catalogue.search, body["vector"], **options))
     data = await run_in_threadpool(fetch_photo, state, body["image_url"])

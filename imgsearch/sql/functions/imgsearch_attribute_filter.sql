@@ -3,7 +3,8 @@
 -- attribute and every one must hold:
 --   "brand": "Acme"                  equal (an attribute holding a list of text: one of its items is equal)
 --   "brand": ["Acme", "Zenith"]      any of (1 to 100 values)
---   "rating": {">=": 4, "<": 5}      numeric range: any of ">=", "<=", ">", "<" (numbers)
+--   "rating": {">=": 4, "<": 5}      numeric range: any of ">=", "<=", ">", "<" (numbers; an attribute holding
+--                                    a number, a numeric text or a list of them: one of its items is in range)
 --   "size": {"has": true}            has the attribute at all (false: has not); combines with a range
 -- A value compares as what it means, not as how it was typed: "42" matches the number 42 and 42 the text "42";
 -- "true" and "false" match booleans (a CSV feed's cells, a URL's query and a JSON body all say the same thing).
@@ -54,23 +55,30 @@ BEGIN
                         RAISE EXCEPTION 'imgsearch: "has" on % takes true or false', to_jsonb(attribute)::text
                             USING ERRCODE = '22023';
                     END IF;
-                    ranges := ranges || CASE WHEN bound = 'true' THEN format('exists (%s)', member)
-                                             ELSE format('!(exists (%s))', member) END;
+                    alternatives := alternatives || CASE WHEN bound = 'true' THEN format('exists (%s)', member)
+                                                         ELSE format('!(exists (%s))', member) END;
                 ELSIF operator IN ('>=', '<=', '>', '<') THEN
-                    IF jsonb_typeof(bound) = 'string' AND bound #>> '{}' ~ number_text THEN
+                    IF jsonb_typeof(bound) = 'string' AND length(bound #>> '{}') <= 40
+                       AND bound #>> '{}' ~ number_text THEN
                         bound := to_jsonb((bound #>> '{}')::numeric);
                     END IF;
                     IF jsonb_typeof(bound) <> 'number' THEN
                         RAISE EXCEPTION 'imgsearch: % on % takes a number, got %', operator, to_jsonb(attribute)::text,
                             left(bound::text, 40) USING ERRCODE = '22023';
                     END IF;
-                    ranges := ranges || format('%s %s %s', member, operator, bound::text);
+                    ranges := ranges || format('@ %s %s', operator, bound::text);
                 ELSE
                     RAISE EXCEPTION 'imgsearch: unknown condition % on % (use >=, <=, >, < or has)',
                         left(to_jsonb(operator)::text, 40), to_jsonb(attribute)::text USING ERRCODE = '22023';
                 END IF;
             END LOOP;
-            conditions := conditions || array_to_string(ranges, ' && ');
+            -- One value (or list item) within every bound; .double() reads numeric text as the number it says (its
+            -- errors, on other text, are suppressed by @@).
+            IF cardinality(ranges) > 0 THEN
+                alternatives := alternatives || format('exists (%s.double() ? (%s))', member,
+                                                       array_to_string(ranges, ' && '));
+            END IF;
+            conditions := conditions || array_to_string(alternatives, ' && ');
             CONTINUE;
         END IF;
         IF jsonb_typeof(condition) = 'array' THEN
@@ -92,7 +100,7 @@ BEGIN
             END IF;
             alternatives := alternatives || format('%s == %s', member, item::text);
             -- The same value in its other spellings.
-            IF jsonb_typeof(item) = 'string' AND item #>> '{}' ~ number_text THEN
+            IF jsonb_typeof(item) = 'string' AND length(item #>> '{}') <= 40 AND item #>> '{}' ~ number_text THEN
                 alternatives := alternatives || format('%s == %s', member, (item #>> '{}')::numeric);
             ELSIF jsonb_typeof(item) = 'string' AND lower(item #>> '{}') IN ('true', 'false') THEN
                 alternatives := alternatives || format('%s == %s', member, lower(item #>> '{}'));

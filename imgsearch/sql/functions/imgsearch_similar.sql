@@ -4,8 +4,9 @@
 -- optionally one category that has its own index. Those searches walk the photo index (or the category's, over
 -- half-precision vectors, embedding::halfvec(512), as they hold them) with pgvector's iterative scan (ef_search
 -- 100, or imgsearch.ef_search), with no estimate first; the nearest candidates' best photos are then ranked
--- exactly, as on every other path. Anything else (other categories, prices, exclusions, attribute filters, invalid
--- input for its error, fewer than k products found) goes through imgsearch_similar_multi.
+-- exactly, as on every other path. Anything else (other categories, prices, exclusions, attribute filters, words
+-- (imgsearch.words), invalid input for its error, fewer than k products found) goes through
+-- imgsearch_similar_multi.
 --
 -- The statements are planned once per session and their plans reused (generic plans): planning the walk, a
 -- join over a table with dozens of partial indexes, cost more than running it. A generic plan cannot know the
@@ -52,6 +53,7 @@ BEGIN
     IF cardinality(categories) <> 1 OR max_price IS NOT NULL OR below_price IS NOT NULL OR exclude_skus IS NOT NULL
        OR k IS NULL OR k < 1 OR k > 1000 OR vector_dims(query) <> 512 OR vector_norm(query) = 0
        OR imgsearch_attribute_filter(filters) IS NOT NULL
+       OR nullif(current_setting('imgsearch.words', true), '') IS NOT NULL
        OR current_setting('imgsearch.exact_search', true) = 'on' THEN
         PERFORM imgsearch_planner_defaults();
         RETURN QUERY SELECT * FROM imgsearch_similar_multi(

@@ -33,7 +33,8 @@
 -- Attribute filters (filters: a JSON object, see imgsearch_attribute_filter) hold on the products' attributes
 -- like stock and price: in the walk's lookup of each walked product and in the exact ranking, where the GIN index
 -- ix_products_attributes serves equalities and any-of lists. How many products match is the planner's estimate
--- from the column's statistics, as for every other filter.
+-- from the column's statistics, as for every other filter. So does the setting imgsearch.words (words a product's
+-- name, category, attributes or description must match, imgsearch_words_query), on products.words.
 CREATE OR REPLACE FUNCTION imgsearch_similar_multi(
     queries vector[],
     k integer DEFAULT 10,
@@ -59,6 +60,8 @@ DECLARE
         nullif(current_setting('imgsearch.exact_search_below', true), '')::integer, 1000);
     space integer := imgsearch_search_space();
     attribute_filter jsonpath := imgsearch_attribute_filter(filters);
+    -- Only products matching these words, when the session (or transaction) says so (imgsearch.words).
+    words_query tsquery := imgsearch_words_query(nullif(current_setting('imgsearch.words', true), ''));
     -- The searched vectors (s) and their photos (i): one table in the raw space, two in a tuned one.
     photos_from text := 'product_images s JOIN LATERAL (SELECT s.image, s.position) i ON true';
     -- Each product with its best photo for the queries ($1; $8 when there is one), computed exactly over all its
@@ -136,6 +139,7 @@ BEGIN
     IF max_price IS NOT NULL THEN own_where := own_where || ' AND p.price <= $3'; END IF;
     IF below_price IS NOT NULL THEN own_where := own_where || ' AND p.price < $4'; END IF;
     IF attribute_filter IS NOT NULL THEN own_where := own_where || ' AND p.attributes @@ $11'; END IF;
+    IF words_query IS NOT NULL THEN own_where := own_where || ' AND p.words @@ $12'; END IF;
     product_where := product_where || own_where;
     IF categories IS NOT NULL THEN
         product_where := product_where || ' AND p.category = ANY($2)';
@@ -148,7 +152,7 @@ BEGIN
     IF current_setting('imgsearch.exact_search', true) = 'on' THEN
         RETURN QUERY EXECUTE ranked_sql || product_where || ' ORDER BY b.d, p.sku LIMIT $6'
             USING queries, categories, max_price, below_price, exclude_skus, k, NULL::integer, queries[1],
-                  NULL::bigint[], NULL::text, attribute_filter;
+                  NULL::bigint[], NULL::text, attribute_filter, words_query;
         RETURN;
     END IF;
 
@@ -185,7 +189,7 @@ BEGIN
     ELSE
         EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM products p ' || product_where
             INTO plan USING queries, categories, max_price, below_price, exclude_skus, k, NULL::integer, NULL::vector,
-                            NULL::bigint[], NULL::text, attribute_filter;
+                            NULL::bigint[], NULL::text, attribute_filter, words_query;
         matches := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
     END IF;
     ef := greatest(k, coalesce(nullif(current_setting('imgsearch.ef_search', true), '')::integer, 100));
@@ -195,7 +199,7 @@ BEGIN
             OR matches * per_product < walk_cost * greatest(ef * per_product, walk_limit / share)) THEN
         RETURN QUERY EXECUTE ranked_sql || product_where || ' ORDER BY b.d, p.sku LIMIT $6'
             USING queries, categories, max_price, below_price, exclude_skus, k, NULL::integer, queries[1],
-                  NULL::bigint[], NULL::text, attribute_filter;
+                  NULL::bigint[], NULL::text, attribute_filter, words_query;
         RETURN;
     END IF;
 
@@ -217,7 +221,7 @@ BEGIN
         'SELECT w.product_id, w.embedding, row_number() OVER () AS n FROM ('
         'SELECT s.product_id, s.embedding FROM ' || CASE WHEN space IS NULL THEN 'product_images' ELSE 'tuned_images' END
         || ' s WHERE s.category = $10 ORDER BY s.embedding::halfvec(512) <=> $8::halfvec(512)) w) i '
-        || CASE WHEN own_where <> '' THEN 'CROSS JOIN LATERAL (SELECT p.in_stock, p.price, p.attributes FROM products p '
+        || CASE WHEN own_where <> '' THEN 'CROSS JOIN LATERAL (SELECT p.in_stock, p.price, p.attributes, p.words FROM products p '
             'WHERE p.id = i.product_id LIMIT 1) p ' ELSE '' END
         || 'WHERE true' || own_where || CASE WHEN excluded IS NOT NULL THEN ' AND i.product_id <> ALL($9)' ELSE '' END
         || ' LIMIT $7) c';
@@ -237,7 +241,7 @@ BEGIN
                 IF walk_categories IS NOT NULL THEN
                     EXECUTE walk_sql INTO ids, distances, returned, visited
                         USING queries, categories, max_price, below_price, exclude_skus, k, walk_limit, q, excluded,
-                              walk_category, attribute_filter;
+                              walk_category, attribute_filter, words_query;
                 ELSIF space IS NULL THEN
                     SELECT array_agg(c.product_id), array_agg(c.d), count(*), max(c.n)
                     INTO ids, distances, returned, visited FROM (
@@ -246,10 +250,12 @@ BEGIN
                             SELECT s.product_id, s.embedding, s.category FROM product_images s
                             ORDER BY s.embedding::halfvec(512) <=> q::halfvec(512)) w) i
                         CROSS JOIN LATERAL (
-                            SELECT p.in_stock, p.price, p.attributes FROM products p WHERE p.id = i.product_id LIMIT 1) p
+                            SELECT p.in_stock, p.price, p.attributes, p.words FROM products p
+                            WHERE p.id = i.product_id LIMIT 1) p
                         WHERE (p.in_stock OR NOT only_in_stock) AND (max_price IS NULL OR p.price <= max_price)
                           AND (below_price IS NULL OR p.price < below_price)
                           AND (attribute_filter IS NULL OR p.attributes @@ attribute_filter)
+                          AND (words_query IS NULL OR p.words @@ words_query)
                           AND (categories IS NULL OR i.category = ANY(categories))
                           AND (excluded IS NULL OR i.product_id <> ALL(excluded))
                         LIMIT walk_limit) c;
@@ -261,10 +267,12 @@ BEGIN
                             SELECT s.product_id, s.embedding, s.category FROM tuned_images s
                             ORDER BY s.embedding::halfvec(512) <=> q::halfvec(512)) w) i
                         CROSS JOIN LATERAL (
-                            SELECT p.in_stock, p.price, p.attributes FROM products p WHERE p.id = i.product_id LIMIT 1) p
+                            SELECT p.in_stock, p.price, p.attributes, p.words FROM products p
+                            WHERE p.id = i.product_id LIMIT 1) p
                         WHERE (p.in_stock OR NOT only_in_stock) AND (max_price IS NULL OR p.price <= max_price)
                           AND (below_price IS NULL OR p.price < below_price)
                           AND (attribute_filter IS NULL OR p.attributes @@ attribute_filter)
+                          AND (words_query IS NULL OR p.words @@ words_query)
                           AND (categories IS NULL OR i.category = ANY(categories))
                           AND (excluded IS NULL OR i.product_id <> ALL(excluded))
                         LIMIT walk_limit) c;
@@ -329,6 +337,6 @@ BEGIN
     -- The walk ran out of budget before k products passed the filter, or the catalogue holds fewer than k.
     RETURN QUERY EXECUTE ranked_sql || product_where || ' ORDER BY b.d, p.sku LIMIT $6'
         USING queries, categories, max_price, below_price, exclude_skus, k, NULL::integer, queries[1],
-                  NULL::bigint[], NULL::text, attribute_filter;
+                  NULL::bigint[], NULL::text, attribute_filter, words_query;
 END
 $fn$;

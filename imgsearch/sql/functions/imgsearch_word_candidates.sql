@@ -47,6 +47,7 @@ DECLARE
     best_images text[];
     only_in_stock boolean := coalesce(in_stock_only, true);
     attribute_filter jsonpath := imgsearch_attribute_filter(filters);
+    words_query tsquery := imgsearch_words_query(nullif(current_setting('imgsearch.words', true), ''));
 BEGIN
     IF n IS NULL OR n < 1 OR n > 1000 THEN
         RAISE EXCEPTION 'imgsearch: n must be between 1 and 1000, got %', n USING ERRCODE = '22023';
@@ -117,6 +118,7 @@ BEGIN
               AND (categories IS NULL OR p.category = ANY(categories))
               AND (exclude_skus IS NULL OR p.sku <> ALL(exclude_skus))
               AND (attribute_filter IS NULL OR p.attributes @@ attribute_filter)
+              AND (words_query IS NULL OR p.words @@ words_query)
             ORDER BY p.id, s.score DESC, i.position, i.id
         )
         SELECT array_agg(b.id ORDER BY b.score DESC, b.sku), array_agg(b.image ORDER BY b.score DESC, b.sku)
