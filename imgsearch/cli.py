@@ -1209,7 +1209,7 @@ def _stored_image(shop: Catalogue, sku: str) -> str | None:
     "--text-weight",
     type=click.FloatRange(0, 1),
     default=None,
-    help="How much the words' ranking counts against the photo's, 0 to 1 (default 0.3, by measurement).",
+    help="How much the words' ranking counts against the photo's, 0 to 1 (default 0.5, by measurement).",
 )
 @click.option(
     "--crop",

@@ -64,7 +64,7 @@ class Words(_Request):
     )
     text_filter: bool = Field(False, description="only products matching the words, instead of ranking by them")
     text_weight: float | None = Field(
-        None, ge=0, le=1, description="the words' share of the fused ranking (default 0.3, by measurement)"
+        None, ge=0, le=1, description="the words' share of the fused ranking (default 0.5, by measurement)"
     )
 
 
@@ -76,6 +76,8 @@ class VectorSearch(Filters, Page, Words):
 
 class WordsSearch(Filters, Page, Words):
     """A search by words alone."""
+
+    text: str = Field(..., min_length=1, max_length=1000, description="the words to search for")  # type: ignore[assignment]
 
 
 class UrlSearch(Filters, Page, Words):

@@ -349,7 +349,7 @@ def search(
         text: words (web search syntax: ``"slim fit"`` a phrase, ``-red`` without) matched against the products'
             names, categories, text attributes and descriptions. They rank: the visual ranking and the words'
             are fused (``imgsearch_similar_words``; ``text_weight`` from 0, the photo only, to 1, the words only;
-            default 0.3, by measurement). With ``text_filter`` they filter instead: only products matching them.
+            default 0.5, by measurement). With ``text_filter`` they filter instead: only products matching them.
         exact: force exact search instead of the HNSW index (for measuring recall).
         max_distance: only results at most this cosine distance away (0 to 2): fewer than ``k``, or none, when
             nothing that close matches; ``None``, no threshold.

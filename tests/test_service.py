@@ -280,7 +280,7 @@ def test_the_api_description_is_typed_and_answers_match_it(service: Service) -> 
     )
     assert search["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/Error")
     variants = search["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
-    assert [sorted(v["required"]) for v in variants] == [["vector"], ["image_url"]]
+    assert [sorted(v["required"]) for v in variants] == [["vector"], ["image_url"], ["text"]]
     assert all(v["additionalProperties"] is False for v in variants)
     for path, method, model in (
         ("/v1/products/{sku}/similar", "get", "SearchResult"),
