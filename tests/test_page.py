@@ -193,7 +193,7 @@ def _tile_data(driver: webdriver.Chrome) -> list[dict[str, str]]:
             skuText: t.querySelector('.sku').textContent,
             price: t.querySelector('.price').textContent,
             stock: t.querySelector('.stock').textContent,
-            distance: t.querySelector('.distance').textContent,
+            distance: (t.querySelector('.distance') || {}).textContent || '',
             alt: t.querySelector('img').alt,
             src: t.querySelector('img').getAttribute('src'),
             tag: t.tagName,
@@ -442,6 +442,28 @@ def test_more_results_adds_the_next_page_of_the_same_search(browser: webdriver.C
     # Cheaper keeps a price ceiling on the page itself: no next page to ask for there.
     assert _act(browser, lambda: browser.find_element(By.ID, "cheaper").click()) == "done"
     assert not browser.find_element(By.ID, "more").is_displayed()
+
+
+def test_words_search_alone_and_rank_with_the_photo(browser: webdriver.Chrome, base_url: str) -> None:
+    _open(browser, base_url)
+    browser.find_element(By.ID, "words-input").send_keys("dress")
+    assert _act(browser, lambda: browser.find_element(By.ID, "words-search").click()) == "done"
+    request = urllib.request.Request(
+        f"{base_url}/v1/search",
+        data=json.dumps({"text": "dress", "k": 8, "in_stock_only": True}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        alone = json.loads(response.read())
+    tiles = _tile_data(browser)
+    assert alone and {r["category"] for r in alone} == {"dress"}
+    assert [t["sku"] for t in tiles] == [r["sku"] for r in alone] and all(t["distance"] == "" for t in tiles)
+    assert "Results for the words dress" in _text(browser, "status")
+    # A photo with the words: the API's fused ranking of the same photo and words.
+    assert _upload(browser, PHOTO) == "done"
+    fields = [("k", "8"), ("text", "dress")]
+    status, fused = _post_photo(f"{base_url}/search", PHOTO.read_bytes(), PHOTO.name, fields)
+    assert status == 200 and _shown(_tile_data(browser)) == _expected(fused)
 
 
 def test_the_apis_error_line_is_shown(browser: webdriver.Chrome, base_url: str, tmp_path: Path) -> None:

@@ -34,6 +34,8 @@
     keyPanel: $("key-panel"),
     apiKey: $("api-key"),
     more: $("more"),
+    words: $("words"),
+    wordsInput: $("words-input"),
   };
   const KEY_STORE = "imgsearch.key";
 
@@ -63,6 +65,17 @@
   function formatDistance(distance) {
     const d = Number(distance);
     return (Math.abs(d) < 0.00005 ? 0 : d).toFixed(4); // never "-0.0000"
+  }
+
+  // The shop's attributes of a product as one line: "brand Acme · sizes 38, 39".
+  function formatAttributes(attributes) {
+    return Object.entries(attributes || {})
+      .map(([name, value]) => name + " " + (Array.isArray(value) ? value.join(", ") : String(value)))
+      .join(" · ");
+  }
+
+  function words() {
+    return el.wordsInput.value.trim();
   }
 
   function photoUrl(image) {
@@ -230,7 +243,9 @@
     const price = maxPrice();
     if (price !== null) form.append("max_price", price);
     if (crop) form.append("crop", crop.join(","));
-    const key = ["photo", photos, el.category.value, el.soldOut.checked, price, crop ? crop.join(",") : ""].join("|");
+    if (words()) form.append("text", words()); // ranked with the photo
+    const key = ["photo", photos, el.category.value, el.soldOut.checked, price, crop ? crop.join(",") : "", words()]
+      .join("|");
     // The next page: the same form with the last result's cursor.
     const next = (cursor) => {
       const again = new FormData();
@@ -239,6 +254,35 @@
       return { url: "/v1/search", init: { method: "POST", body: again } };
     };
     return { key: key, url: "/v1/search", init: { method: "POST", body: form }, options: { photo: true, next: next } };
+  }
+
+  // A search by words alone (no photo): the API's JSON body.
+  function wordsQuery(text) {
+    const body = { text: text, k: K, in_stock_only: !el.soldOut.checked };
+    if (el.category.value) body.category = el.category.value;
+    const price = maxPrice();
+    if (price !== null) body.max_price = Number(price);
+    const init = (extra) => ({
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ ...body, ...extra }),
+    });
+    const next = (cursor) => ({ url: "/v1/search", init: init({ cursor: cursor }) });
+    return {
+      key: "words|" + JSON.stringify(body),
+      url: "/v1/search",
+      init: init({}),
+      options: { next: next, empty: "No product matches these words and filters." },
+    };
+  }
+
+  function searchWords(text) {
+    const q = wordsQuery(text);
+    view = { kind: "words", text: text };
+    showMatches([]);
+    showCurrent(null);
+    setStatus("Results for the words " + text);
+    return run(q.key, q.url, q.init, q.options);
   }
 
   function productQuery(product, kind) {
@@ -323,6 +367,10 @@
       if (photoQuery(view.file).key !== lastKey) searchPhoto(view.file);
       return;
     }
+    if (view.kind === "words") {
+      if (wordsQuery(view.text).key !== lastKey) searchWords(view.text);
+      return;
+    }
     const kind = el.cheaper.checked ? "cheaper" : "similar";
     if (productQuery(view.product, kind).key !== lastKey) searchProduct(view.product, kind, false);
   }
@@ -369,11 +417,16 @@
     body.appendChild(line);
     const meta = node("span", "meta");
     if (row.category) meta.appendChild(node("span", "category", row.category));
-    const distance = node("span", "distance-field");
-    distance.appendChild(node("span", "label", "distance "));
-    distance.appendChild(node("span", "distance", formatDistance(row.distance)));
-    meta.appendChild(distance);
+    if (row.distance !== null && row.distance !== undefined) {
+      // (A search by words alone measures no distance.)
+      const distance = node("span", "distance-field");
+      distance.appendChild(node("span", "label", "distance "));
+      distance.appendChild(node("span", "distance", formatDistance(row.distance)));
+      meta.appendChild(distance);
+    }
     body.appendChild(meta);
+    const attributes = formatAttributes(row.attributes);
+    if (attributes) body.appendChild(node("span", "attributes", attributes));
     button.appendChild(body);
 
     button.addEventListener("click", () => {
@@ -613,6 +666,15 @@
     rerun();
   });
   el.more.addEventListener("click", more);
+  el.words.addEventListener("submit", (event) => {
+    event.preventDefault();
+    // With a photo shown, the words rank with it; without one (or once emptied), they search alone.
+    if (view && view.kind === "photo") {
+      rerun();
+    } else if (words()) {
+      searchWords(words());
+    }
+  });
 
   // --- start -----------------------------------------------------------------------------------------------
 
