@@ -76,6 +76,15 @@ FILTERS: list[tuple[str, dict[str, Any] | None, bool]] = [
         False,
     ),
 ]
+# The words (revision 0019): a product's words hold its category and text attributes here. name, words, how: alone
+# (imgsearch_search_words), fused with the query vector's ranking, or as a filter of the vector search.
+WORDS: list[tuple[str, str, str]] = [
+    ("words alone: women (50%)", "women", "alone"),
+    ("words alone: red (10%)", "red", "alone"),
+    ("words alone: brand-007 (0.2%)", "brand-007", "alone"),
+    ("vector + red, fused", "red", "fused"),
+    ("vector + red, filter", "red", "filter"),
+]
 SQL_FUNCTION = "SELECT sku FROM imgsearch_similar(%s::vector, 10, NULL, %s, filters => %s::jsonb)"
 SQL_BEFORE = "SELECT sku FROM imgsearch_similar_before(%s::vector, 10, NULL, %s)"
 PGVECTOR = (
@@ -236,6 +245,21 @@ class _Skus:
         return f"P{i:07d}"
 
 
+def measure_words(m: Methods, words: str, how: str, vectors: np.ndarray) -> dict[str, Any]:
+    """p50/p99 of a search with words through the Python API, and the share that returned 10."""
+    times, full = [], []
+    for j, v in enumerate(vectors):
+        started = time.perf_counter()
+        if how == "alone":
+            found = m.api.search_words(words, K)
+        else:
+            found = m.api.search(v, K, text=words, text_filter=how == "filter")
+        if j >= WARMUP:
+            times.append((time.perf_counter() - started) * 1000)
+            full.append(len(found) == K)
+    return {"exactly_k": round(float(np.mean(full)), 4), **percentiles(times)}
+
+
 def targets(row: dict[str, Any], unfiltered_before: dict[str, Any] | None) -> dict[str, bool]:
     """The issue's targets for one class."""
     ours = [row["methods"][m] for m in ("python-api", "sql-function")]
@@ -283,7 +307,13 @@ def markdown(r: dict[str, Any]) -> str:
                 ]
             )
     headers = ["filter", "matching", "planner's estimate", "method", "recall@10", "exactly 10", "p50 ms", "p99 ms"]
-    lines += [md_table(headers, rows), "", "## Targets", ""]
+    lines += [md_table(headers, rows), "", "## Words", ""]
+    lines.append("The products' words (revision 0019) hold their category and text attributes; Python API, 10 results.")
+    lines.append("")
+    word_rows = [
+        [w["name"], f"{w['exactly_k']:.2f}", f"{w['p50_ms']:.2f}", f"{w['p99_ms']:.2f}"] for w in r.get("words", [])
+    ]
+    lines += [md_table(["search", "exactly 10", "p50 ms", "p99 ms"], word_rows), "", "## Targets", ""]
     for row in r["filters"]:
         checks = ", ".join(f"{name} {'yes' if ok else '**no**'}" for name, ok in row["targets"].items())
         lines.append(f"- {row['name']}: {checks}")
@@ -336,6 +366,10 @@ def main(argv: list[str] | None = None) -> None:
                 {"name": name, "filters": filters, "matches": matches, "estimate": estimate, "methods": measured}
             )
             log(f"{name}: {json.dumps(measured)}")
+        word_rows = []
+        for word_name, words, how in WORDS:
+            word_rows.append({"name": word_name, **measure_words(methods, words, how, vectors)})
+            log(f"{word_name}: {word_rows[-1]}")
         before_p50 = {row["name"]: row["methods"][BEFORE] for row in rows if BEFORE in row["methods"]}
         for row in rows:
             row["targets"] = targets(row, before_p50.get(row["name"]))
@@ -368,6 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         "queries": args.queries,
         "load": load,
         "filters": rows,
+        "words": word_rows,
     }
     json_path, md_path = write_results(args.name or f"attributes-{cat.n // 1000}k", result, markdown(result))
     log(f"wrote {json_path} and {md_path}")
