@@ -157,6 +157,12 @@ def load_attributes(url: str, attributes: list[dict[str, Any]], key: str) -> dic
     return {**load, "reused": False}
 
 
+def db_connect(url: str) -> Any:
+    from imgsearch import db
+
+    return db.psycopg_connect(url, autocommit=True)
+
+
 def install_before(url: str) -> None:
     """revision 0016's imgsearch_similar (its frozen copy), as imgsearch_similar_before: the search of before."""
     from imgsearch import db, sql
@@ -356,6 +362,9 @@ def main(argv: list[str] | None = None) -> None:
         load = load_catalogue(url, cat, key[:16])
         load["attributes"] = load_attributes(url, attributes, f"{key[:16]}-{BRANDS}")
         install_before(url)
+        with db_connect(url) as conn:
+            # As autovacuum leaves the table after the upgrades (0019 writes every product's words once).
+            conn.execute("VACUUM ANALYZE products")
         prewarm(url)
         methods = Methods(url)
         rows = []

@@ -2,7 +2,7 @@
 -- imgsearch_similar: a search by words alone, with no photo. Ranked by ts_rank_cd (the words' weights: name over
 -- category and attributes over description; cover density), then SKU; distance is NULL (no vector was given).
 -- Every matching product is ranked (the GIN index ix_products_words finds them), so words that match a large part
--- of the catalogue cost more: benchmarks/results/words.md.
+-- of the catalogue cost more: benchmarks/results/attributes-200k.md.
 CREATE OR REPLACE FUNCTION imgsearch_search_words(
     words text,
     k integer DEFAULT 10,
