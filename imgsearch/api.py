@@ -327,6 +327,7 @@ class Catalogue:
         warn: Callable[[str], None] | None = None,
         ray: str | None = None,
         ray_concurrency: int | None = None,
+        ignore_columns: Iterable[str] = (),
         index: bool = True,
         on_index: Callable[[indexes.CategoryIndex], None] | None = None,
     ) -> IngestReport:
@@ -338,7 +339,7 @@ class Catalogue:
         would touch more than ``max_prune_share`` of the catalogue (unless ``force``). ``ray`` embeds on a Ray
         cluster (an address, or ``"local"``). Then, unless ``index`` is false, the category indexes are kept
         where they pay (``IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS``); a role that may not build them gets a
-        ``warn`` instead of an error.
+        ``warn`` instead of an error. A manifest's ``ignore_columns`` are not attributes (internal notes).
 
         Raises:
             PruneRefusedError: the sync would prune too much (nothing was changed).
@@ -347,7 +348,7 @@ class Catalogue:
         from imgsearch import ingest as ingestion
 
         share = ingestion.DEFAULT_MAX_PRUNE_SHARE if max_prune_share is None else max_prune_share
-        read = _reader(source)
+        read = _reader(source, ignore_columns)
         # A first pass counts the products (for progress) and collects the source's SKUs (for a full sync).
         feed_skus: set[str] = set()
         total = total_photos = 0
@@ -564,13 +565,16 @@ def _require_embedded_owner(engine: Engine) -> None:
         )
 
 
-def _reader(source: Source) -> Callable[[Callable[[str], None] | None], Iterable[CatalogueEntry | Failure]]:
+def _reader(
+    source: Source, ignore_columns: Iterable[str] = ()
+) -> Callable[[Callable[[str], None] | None], Iterable[CatalogueEntry | Failure]]:
     """A function that reads ``source`` from the start each time it is called (given where to send warnings)."""
+    ignored = tuple(ignore_columns)
     if isinstance(source, str | Path):
         path = Path(source)
         if path.is_dir():
             return lambda _warn: scan_folder(path)
-        return lambda warn: read_manifest(path, warn=warn)
+        return lambda warn: read_manifest(path, warn=warn, ignore_columns=ignored)
     # Entries given in Python are read twice (count, then ingest): kept in memory once.
     entries = list(source)
     return lambda _warn: entries

@@ -585,6 +585,14 @@ class _ProgressLine:
     show_default=True,
     help="Products per committed batch.",
 )
+@click.option(
+    "--ignore-column",
+    "ignore_columns",
+    multiple=True,
+    metavar="NAME",
+    help="A manifest column that is not an attribute of the product (internal notes, cost price, a photo's alt "
+    "text): left out of the catalogue and of every answer (repeatable).",
+)
 @click.option("--prune-images", is_flag=True, help="Delete stored photos of a product that the source no longer lists.")
 @click.option(
     "--prune",
@@ -629,6 +637,7 @@ def ingest(
     manifest: Path | None,
     errors_path: Path | None,
     commit_every: int,
+    ignore_columns: tuple[str, ...],
     prune_images: bool,
     prune: str | None,
     max_prune_share: float,
@@ -680,6 +689,7 @@ def ingest(
             warn=warn,
             ray=ray_address,
             ray_concurrency=ray_concurrency,
+            ignore_columns=ignore_columns,
             index=not no_index,
             on_index=lambda index: (progress.close(), _report_index(index)),
         )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -168,14 +168,16 @@ def count_folder(root: Path | str) -> int:
 # --- manifests -------------------------------------------------------------------------------------------------
 
 
-def read_manifest(path: Path | str, warn: Callable[[str], None] | None = None) -> Iterator[CatalogueEntry | Failure]:
+def read_manifest(
+    path: Path | str, warn: Callable[[str], None] | None = None, ignore_columns: Iterable[str] = ()
+) -> Iterator[CatalogueEntry | Failure]:
     """Products from a CSV manifest (see the module's description of the columns).
 
     Image paths are relative to the CSV's folder, or absolute; URLs are kept as given. ``name``, ``price`` and
     ``in_stock`` may be missing or empty (in stock by default). Every other column is an attribute: a product's
     attributes are its non-empty cells of them (so an emptied cell removes that attribute on the next ingest);
     column names are read in lower case, and a column that cannot name one (empty, longer than 64 characters) is
-    left out with a ``warn``-ing.
+    left out with a ``warn``-ing; so are ``ignore_columns`` (silently: they are not attributes, by choice).
     Every row that cannot be used is a failure naming its line and what is wrong, and the other rows go on:
     a missing SKU, category or image, a bad price or stock flag, a row whose product fields differ from the
     SKU's first row, a photo given twice, a field that is too long, not valid UTF-8 or holds a NUL, a row with
@@ -194,7 +196,8 @@ def read_manifest(path: Path | str, warn: Callable[[str], None] | None = None) -
     if missing:
         raise ManifestError(f"{path}: missing required column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
     try:
-        attributes, unusable = attribute_columns(header, MANIFEST_COLUMNS)
+        known = (*MANIFEST_COLUMNS, *(c.strip().lower() for c in ignore_columns))
+        attributes, unusable = attribute_columns(header, known)
     except ValueError as exc:
         raise ManifestError(f"{path}: {exc}") from None
     if unusable and warn:
