@@ -180,6 +180,16 @@ _SEARCH_WORDS = _with_shop_fields(
     "imgsearch_search_words(:text, :k, CAST(:categories AS text[]), :in_stock_only, CAST(:max_price AS numeric), "
     "CAST(:exclude AS text[]), CAST(:filters AS jsonb))"
 )
+# The page after a result, past the 1000th (revision 0020): by vectors, or by a catalogue product's photos.
+_SIMILAR_AFTER = _with_shop_fields(
+    "imgsearch_similar_after(CAST(:query AS vector[]), :after_distance, :after_sku, :k, CAST(:categories AS text[]), "
+    ":in_stock_only, CAST(:max_price AS numeric), CAST(:exclude AS text[]), CAST(:filters AS jsonb))"
+).bindparams(_VECTORS)
+_SIMILAR_TO_SKU_AFTER = _with_shop_fields(
+    "imgsearch_similar_after(imgsearch_product_photos(:sku), :after_distance, :after_sku, :k, "
+    "CAST(:categories AS text[]), :in_stock_only, CAST(:max_price AS numeric), CAST(:exclude AS text[]), "
+    "CAST(:filters AS jsonb))"
+)
 #: Longest words of one search.
 MAX_TEXT = 1000
 #: Statements run straight through psycopg (:func:`imgsearch.db.execute_direct`), and those taking one query vector.
@@ -389,7 +399,12 @@ def search(
         params = {"query": query_vectors, **conditions, "k": n}
         return within(_run(bind, _SIMILAR_MULTI if several else _SIMILAR, params, settings), limit)
 
-    return page(ranking, k, offset, cursor)
+    def deeper(key: tuple[int, int, float, str], n: int) -> list[SearchResult]:
+        params = {"query": query_vectors if several else [query_vectors], **conditions, "k": n}
+        params.update(after_distance=key[2], after_sku=key[3])
+        return within(_run(bind, _SIMILAR_AFTER, params, settings), limit)
+
+    return page(ranking, k, offset, cursor, after=None if below_price is not None else deeper)
 
 
 def set_text_language(bind: Bind, language: str) -> int:
@@ -487,7 +502,7 @@ def _decode_cursor(cursor: object) -> tuple[int, tuple[int, int, float, str]]:
     except (ValueError, TypeError, binascii.Error):
         raise problem from None
     fields = ((rank, int), (exact, int), (inliers, int), (distance, int | float), (sku, str))
-    if not all(isinstance(v, t) and not isinstance(v, bool) for v, t in fields) or not 1 <= rank <= MAX_K:
+    if not all(isinstance(v, t) and not isinstance(v, bool) for v, t in fields) or not 1 <= rank <= MAX_RANK:
         raise problem
     if not 0 <= distance <= 2 or exact not in (0, 1):  # NaN fails too
         raise problem
@@ -505,8 +520,18 @@ def _page_args(offset: object, cursor: object) -> tuple[int, tuple[int, tuple[in
     return offset, _decode_cursor(cursor)
 
 
+#: Deepest rank a cursor may name (pages past MAX_K go on by cursor; see :func:`page`).
+MAX_RANK = 10**9
+#: A search's results after a result's key (:func:`_order`), up to the count asked: pages past :data:`MAX_K`.
+After = Callable[[tuple[int, int, float, str], int], list[SearchResult]]
+
+
 def page(
-    ranking: Callable[[int], list[SearchResult]], k: int, offset: int = 0, cursor: str | None = None
+    ranking: Callable[[int], list[SearchResult]],
+    k: int,
+    offset: int = 0,
+    cursor: str | None = None,
+    after: After | None = None,
 ) -> list[SearchResult]:
     """One page of a search: ``k`` results after skipping ``offset``, or after the result whose ``cursor`` is
     given, each with its ``rank`` in the whole ranking and its own ``cursor``. ``ranking(n)`` is the search asked
@@ -514,17 +539,22 @@ def page(
 
     A cursor names the result it was taken from, so the next page starts right after that product even when
     products were added, removed or re-priced ahead of it since (an offset would shift: repeat or skip results).
-    Pages reach down to the :data:`MAX_K`-th result.
+    Pages reach down to the :data:`MAX_K`-th result; further by cursor when the search gives ``after`` (the
+    results after a key, ranked exactly: vector and SKU searches).
 
     Raises:
         InvalidQueryError: bad k or offset, both offset and cursor, or a cursor no search returned.
     """
     k = _validate_k(k)
-    offset, after = _page_args(offset, cursor)
-    if after is None:
+    offset, ahead = _page_args(offset, cursor)
+    if ahead is None:
         found, start, before = ranking(min(MAX_K, offset + k)), offset, offset
+    elif after is not None and ahead[0] + k > MAX_K:
+        # Past the 1000th result: the k after the cursor's product, wherever it now stands.
+        before, key = ahead
+        return _numbered(after(key, k), before)
     else:
-        before, key = after
+        before, key = ahead
         # Room for products added ahead of the cursor since its page; asked again for more when they were many.
         want = min(MAX_K, before + 2 * k)
         while True:
@@ -646,7 +676,11 @@ def similar_to_sku(
             results = [r for r in results if r.sku not in excluded][:n]
         return within(results, limit)
 
-    return page(ranking, k, offset, cursor)
+    def deeper(key: tuple[int, int, float, str], n: int) -> list[SearchResult]:
+        asked = {**params, "exclude": [params["sku"], *excluded], "k": n, "after_distance": key[2], "after_sku": key[3]}
+        return within(_run(bind, _SIMILAR_TO_SKU_AFTER, asked, settings), limit)
+
+    return page(ranking, k, offset, cursor, after=deeper)
 
 
 def cheaper_alternatives(

@@ -358,10 +358,14 @@ def test_pages_by_offset_and_by_cursor_make_up_the_one_long_ranking(filled: Engi
     pages = query.search_many(filled, queries, 20, offset=20)
     for page, whole_many in zip(pages, query.search_many(filled, queries, 40), strict=True):
         assert [(r.sku, r.rank) for r in page] == [(r.sku, r.rank) for r in whole_many[20:]]
-    # The last pages stop at the 1000th result.
+    # Offsets stop at the 1000th result; a cursor goes on (test_a_cursor_pages_past_the_1000th_result).
     tail = query.search(filled, q, 10, in_stock_only=False, offset=995)
     assert [r.rank for r in tail] == [996, 997, 998, 999, 1000]
-    assert query.search(filled, q, 10, in_stock_only=False, cursor=tail[-1].cursor) == []
+    assert [r.rank for r in query.search(filled, q, 3, in_stock_only=False, cursor=tail[-1].cursor)] == [
+        1001,
+        1002,
+        1003,
+    ]
 
 
 def test_similar_and_cheaper_page_too(filled: Engine, data: Catalogue) -> None:
@@ -489,3 +493,35 @@ def test_values_are_bound_not_formatted(filled: Engine, data: Catalogue) -> None
     assert query.search(filled, data.query_vector(1), 10, categories=[hostile]) == []
     with filled.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM products")).scalar_one() == N
+
+
+def test_a_cursor_pages_past_the_1000th_result(filled: Engine, data: Catalogue) -> None:
+    """Past the 1000th result a cursor goes on (revision 0020): the products after it, ranked exactly."""
+    q = data.query_vector(11)
+    with filled.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT p.sku, min(i.embedding <=> l2_normalize(CAST(:q AS vector))) FROM products p "
+                "JOIN product_images i ON i.product_id = p.id GROUP BY p.sku"
+            ),
+            {"q": str(q.tolist())},
+        ).all()
+    everything = sorted((round(float(d), 9), sku) for sku, d in rows)
+    first = query.search(filled, q, 1000, in_stock_only=False)
+    deep = query.search(filled, q, 50, in_stock_only=False, cursor=first[-1].cursor)
+    after_key = (round(first[-1].distance, 9), first[-1].sku)
+    assert [r.rank for r in deep] == list(range(1001, 1051))
+    assert [r.sku for r in deep] == [sku for d, sku in everything if (d, sku) > after_key][:50]
+    deeper = query.search(filled, q, 50, in_stock_only=False, cursor=deep[-1].cursor)
+    assert [r.rank for r in deeper] == list(range(1051, 1101))
+    assert not {r.sku for r in deeper} & {r.sku for r in deep + first}
+    # A page that starts before the 1000th and ends after it, with filters; and by a catalogue product.
+    filtered = query.search(filled, q, 995, categories=["big", "mid"])
+    across = query.search(filled, q, 10, categories=["big", "mid"], cursor=filtered[-1].cursor)
+    assert [r.rank for r in across] == list(range(996, 1006))
+    assert all(r.in_stock and r.category in ("big", "mid") for r in across)
+    assert not {r.sku for r in across} & {r.sku for r in filtered}
+    similar = query.similar_to_sku(filled, data.skus[7], 1000, in_stock_only=False)
+    beyond = query.similar_to_sku(filled, data.skus[7], 5, in_stock_only=False, cursor=similar[-1].cursor)
+    assert len(beyond) == 5 and data.skus[7] not in {r.sku for r in beyond}
+    assert not {r.sku for r in beyond} & {r.sku for r in similar}
