@@ -26,6 +26,8 @@ from tests.memo import once_per_input
 from tests.samples import SampleCatalogue
 
 if TYPE_CHECKING:
+    from click.testing import Result
+
     from imgsearch.embedding import Featurizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,6 +168,24 @@ def engine(make_database: Callable[..., str], migrated_template: str) -> Iterato
 def database_url(engine: Engine) -> str:
     """URL of the fresh catalogue database behind ``engine``."""
     return engine.url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def run(database_url: str, fake_weights: str) -> Callable[..., Result]:
+    """The ``imgsearch`` command on the fresh catalogue (the fake featurizer), in-process: ``run(*args)`` asserts
+    the exit status ``expect`` (0 unless said; ``None``: any)."""
+
+    from click.testing import CliRunner
+
+    from imgsearch.cli import main
+
+    def invoke(*args: str, expect: int | None = 0) -> Result:
+        result = CliRunner().invoke(main, ["--database-url", database_url, "--weights", fake_weights, *args])
+        if expect is not None:
+            assert result.exit_code == expect, result.output
+        return result
+
+    return invoke
 
 
 @pytest.fixture(scope="session")

@@ -36,17 +36,6 @@ PRODUCT_SPREAD = 0.4
 PHOTOS = {c: sorted((SAMPLE / c).glob("*.jpg")) for c in ("dress", "shoes", "hat", "skirt")}
 
 
-@pytest.fixture
-def run(database_url: str, fake_weights: str) -> Callable[..., Result]:
-    def invoke(*args: str, expect: int | None = 0) -> Result:
-        result = CliRunner().invoke(main, ["--database-url", database_url, "--weights", fake_weights, *args])
-        if expect is not None:
-            assert result.exit_code == expect, result.output
-        return result
-
-    return invoke
-
-
 def counts(result: Result) -> dict[str, int]:
     match = re.search(r"added (\d+), updated (\d+), unchanged (\d+), failed (\d+) \((\d+) images", result.stdout)
     assert match, result.output

@@ -12,27 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner, Result
+from click.testing import Result
 from sqlalchemy.engine import Engine
 
 from imgsearch import catalogue, db, duplicates, query, schema
 from imgsearch.catalogue import ProductRecord
-from imgsearch.cli import main
 from imgsearch.errors import InvalidProductError
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "catalogue"
 PHOTOS = sorted((SAMPLE / "shoes").glob("*.jpg"))[:4]
-
-
-@pytest.fixture
-def run(database_url: str, fake_weights: str) -> Callable[..., Result]:
-    def invoke(*args: str, expect: int | None = 0) -> Result:
-        result = CliRunner().invoke(main, ["--database-url", database_url, "--weights", fake_weights, *args])
-        if expect is not None:
-            assert result.exit_code == expect, result.output
-        return result
-
-    return invoke
 
 
 def _feed(path: Path, rows: list[dict[str, str]]) -> Path:

@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner, Result
+from click.testing import Result
 from sqlalchemy.engine import Engine
 
 from imgsearch import catalogue, db, query, schema
 from imgsearch.catalogue import ProductRecord
-from imgsearch.cli import main
 from imgsearch.errors import InvalidQueryError
 from tests.test_service import Service
 
@@ -119,17 +118,6 @@ def test_the_language_setting_reads_the_words_again(make_database: Callable[...,
         query.set_text_language(engine, "klingon")
     # Stock syncs never run the words' trigger, so they stay HOT: tests/test_schema.py checks it at head.
     engine.dispose()
-
-
-@pytest.fixture
-def run(database_url: str, fake_weights: str) -> Callable[..., Result]:
-    def invoke(*args: str, expect: int | None = 0) -> Result:
-        result = CliRunner().invoke(main, ["--database-url", database_url, "--weights", fake_weights, *args])
-        if expect is not None:
-            assert result.exit_code == expect, result.output
-        return result
-
-    return invoke
 
 
 def test_the_cli_searches_by_words_alone_or_with_a_photo(
