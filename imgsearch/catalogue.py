@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from functools import cache
 from typing import Protocol
 
 import numpy as np
@@ -323,41 +324,29 @@ _MERGE_PRODUCTS = sa.text(
     RETURNING p.sku, (xmax = 0) AS inserted
     """
 )
-# The shop's own product id and page address, on the rows the merge above wrote (already locked, in SKU order): a
-# staged NULL keeps the stored value, '' clears it (revision 0017). Run only when a record gives either, so that
-# writing a catalogue an older revision left works as it did.
-_MERGE_SHOP_FIELDS = sa.text(
-    """
-    UPDATE products p SET
-        shop_product_id = CASE WHEN s.shop_product_id IS NULL THEN p.shop_product_id
-                               ELSE nullif(s.shop_product_id, '') END,
-        page_url = CASE WHEN s.page_url IS NULL THEN p.page_url ELSE nullif(s.page_url, '') END
-    FROM imgsearch_staging_products s
-    WHERE p.sku = s.sku
-      AND (s.shop_product_id IS NOT NULL AND p.shop_product_id IS DISTINCT FROM nullif(s.shop_product_id, '')
-           OR s.page_url IS NOT NULL AND p.page_url IS DISTINCT FROM nullif(s.page_url, ''))
-    RETURNING p.sku
-    """
-)
-# The attributes the records give replace the stored ones whole (revision 0018); a staged NULL keeps them. Run only
-# when a record gives attributes, like the shop's fields above.
-_MERGE_ATTRIBUTES = sa.text(
-    """
-    UPDATE products p SET attributes = s.attributes
-    FROM imgsearch_staging_products s
-    WHERE p.sku = s.sku AND s.attributes IS NOT NULL AND p.attributes IS DISTINCT FROM s.attributes
-    RETURNING p.sku
-    """
-)
-# The description the records give (revision 0019): NULL keeps it, '' clears it; run only when a record gives one.
-_MERGE_DESCRIPTION = sa.text(
-    """
-    UPDATE products p SET description = nullif(s.description, '')
-    FROM imgsearch_staging_products s
-    WHERE p.sku = s.sku AND s.description IS NOT NULL AND p.description IS DISTINCT FROM nullif(s.description, '')
-    RETURNING p.sku
-    """
-)
+# The shop's optional fields of a product (revisions 0017-0019), each as a staged value replaces the stored one: ''
+# clears the text fields, attributes are replaced whole; a staged NULL keeps what is stored.
+_SHOP_FIELDS = {
+    "shop_product_id": "nullif(s.shop_product_id, '')",
+    "page_url": "nullif(s.page_url, '')",
+    "attributes": "s.attributes",
+    "description": "nullif(s.description, '')",
+}
+
+
+@cache
+def _merge_shop_fields(columns: tuple[str, ...]) -> sa.TextClause:
+    """The update of the shop's fields ``columns`` on the rows the product merge wrote (already locked, in SKU
+    order), returning the SKUs it changed. Only the fields some record gives, so that writing a catalogue an older
+    revision left (without the newer columns) works as it did."""
+    sets = ", ".join(f"{c} = CASE WHEN s.{c} IS NULL THEN p.{c} ELSE {_SHOP_FIELDS[c]} END" for c in columns)
+    changed = " OR ".join(f"s.{c} IS NOT NULL AND p.{c} IS DISTINCT FROM {_SHOP_FIELDS[c]}" for c in columns)
+    return sa.text(
+        f"UPDATE products p SET {sets} FROM imgsearch_staging_products s WHERE p.sku = s.sku AND ({changed}) "
+        "RETURNING p.sku"
+    )
+
+
 # A photo without a vector keeps the stored one; if that is gone (removed meanwhile), it is left out here and
 # found by _VANISHED.
 _MERGE_IMAGES = sa.text(
@@ -498,14 +487,8 @@ def upsert_products(bind: Bind, records: Sequence[ProductRecord], *, prune_image
         try:
             with conn.begin_nested():
                 products = conn.execute(_MERGE_PRODUCTS).all()
-                if any(r.shop_product_id is not None or r.page_url is not None for r in records):
-                    shop_changed = set(conn.execute(_MERGE_SHOP_FIELDS).scalars())
-                else:
-                    shop_changed = set()
-                if any(r.attributes is not None for r in records):
-                    shop_changed |= set(conn.execute(_MERGE_ATTRIBUTES).scalars())
-                if any(r.description is not None for r in records):
-                    shop_changed |= set(conn.execute(_MERGE_DESCRIPTION).scalars())
+                given = tuple(c for c in _SHOP_FIELDS if any(getattr(r, c) is not None for r in records))
+                shop_changed = set(conn.execute(_merge_shop_fields(given)).scalars()) if given else set()
                 changed_photos = set(conn.execute(_MERGE_IMAGES).scalars())
                 if any(photo.features is not None for r in records for photo in r.images):
                     written = conn.execute(_MERGE_FEATURES).all()

@@ -384,10 +384,11 @@ def search(
     conditions = _filter_params(k, categories, in_stock_only, max_price, exclude_skus, below_price, filters)
     words, weight = _words(text), _text_weight(text_weight)
     settings = _settings(exact, search_space, words if text_filter else None)
+    # The functions that take several vectors only (fused words, pages past the 1000th) take one as an array of one.
+    vectors = query_vectors if several else [query_vectors]
     if words is not None and not text_filter:
         if below_price is not None:
             raise InvalidQueryError("below_price does not combine with text; use max_price")
-        vectors = query_vectors if several else [query_vectors]
 
         def fused(n: int) -> list[SearchResult]:
             params = {"query": vectors, **conditions, "k": n, "text": words, "text_weight": weight}
@@ -400,8 +401,7 @@ def search(
         return within(_run(bind, _SIMILAR_MULTI if several else _SIMILAR, params, settings), limit)
 
     def deeper(key: tuple[int, int, float, str], n: int) -> list[SearchResult]:
-        params = {"query": query_vectors if several else [query_vectors], **conditions, "k": n}
-        params.update(after_distance=key[2], after_sku=key[3])
+        params = {"query": vectors, **conditions, "k": n, "after_distance": key[2], "after_sku": key[3]}
         return within(_run(bind, _SIMILAR_AFTER, params, settings), limit)
 
     return page(ranking, k, offset, cursor, after=None if below_price is not None else deeper)
