@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from imgsearch import catalogue, db, embedded_server, indexes, query
+from imgsearch import catalogue, db, embedded_server, indexes, query, scan_index
 from imgsearch import schema as imgsearch_schema
 from imgsearch.config import Settings
 from imgsearch.errors import ConfigurationError, ImgsearchError, PermissionDeniedError, UnknownCategoryError
@@ -338,7 +338,8 @@ class Catalogue:
         ``"sold-out"``) the catalogue becomes the source: a full sync, refused before anything changes when it
         would touch more than ``max_prune_share`` of the catalogue (unless ``force``). ``ray`` embeds on a Ray
         cluster (an address, or ``"local"``). Then, unless ``index`` is false, the category indexes are kept
-        where they pay (``IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS``); a role that may not build them gets a
+        where they pay (``IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS``) and the photos' IVF index once the catalogue is
+        large enough (:func:`imgsearch.scan_index.maintain`); a role that may not build them gets a
         ``warn`` instead of an error. A manifest's ``ignore_columns`` are not attributes (internal notes).
 
         Raises:
@@ -392,6 +393,15 @@ class Catalogue:
                         "category indexes not maintained: this role may not create indexes (run imgsearch index "
                         "auto as the schema's owner, or ingest with --no-index; on the embedded server, "
                         "imgsearch db upgrade once)"
+                    )
+        if index and (report.added or report.updated):
+            try:
+                report.scan_index = scan_index.maintain(engine)
+            except PermissionDeniedError:
+                if warn is not None:
+                    warn(
+                        "the photos' scan index not maintained: this role may not create indexes (run imgsearch "
+                        "index scan as the schema's owner, or ingest with --no-index)"
                     )
         return report
 
@@ -490,6 +500,19 @@ class Catalogue:
             if unknown:
                 raise UnknownCategoryError(f"no category index for {', '.join(map(repr, unknown))}; nothing dropped")
         return sum(indexes.drop_category_index(engine, c, missing_ok=True) for c in categories)
+
+    def build_scan_index(self, lists: int | None = None) -> scan_index.ScanIndex:
+        """Build the photos' IVF index now, or again (:func:`imgsearch.scan_index.build`): after a large change of
+        assortment, or on a catalogue smaller than ingestion builds it for."""
+        return scan_index.build(self.engine(), lists)
+
+    def scan_index_status(self) -> scan_index.ScanIndex | None:
+        """The photos' IVF index, or None when the catalogue has none yet."""
+        return scan_index.status(self.engine())
+
+    def drop_scan_index(self) -> bool:
+        """Drop the photos' IVF index (verified photo searches use the HNSW walk alone); whether there was one."""
+        return scan_index.drop(self.engine())
 
     def list_indexes(self) -> list[indexes.CategoryIndex]:
         """The category indexes: category, products, size."""

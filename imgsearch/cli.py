@@ -474,6 +474,37 @@ def index_words(app: App) -> None:
     )
 
 
+@index_group.command("scan")
+@click.option(
+    "--lists",
+    type=click.IntRange(1, 32768),
+    help="Lists of the index [default: one per 1,000 photos; the square root of the photos above a million].",
+)
+@click.option("--drop", is_flag=True, help="Drop the index instead (photo searches use the HNSW walk alone).")
+@pass_app
+def index_scan(app: App, lists: int | None, drop: bool) -> None:
+    """Build the photos' IVF index now, or again: a photo search's second source of nearest products.
+
+    A shopper's phone photo is unlike the catalogue's photos, and among many look-alike products the HNSW walk
+    can miss the product photographed; the IVF index reads whole lists of photos around the photo instead.
+    Ingestion builds it by itself once the catalogue has 10,000 photos and again when it has grown twofold.
+    Builds CONCURRENTLY, beside the old index: writes and searches go on meanwhile.
+
+    \b
+    Examples:
+      imgsearch index scan
+      imgsearch index scan --drop
+    """
+    if drop:
+        if lists is not None:
+            _fail("give --lists or --drop (not both)")
+        dropped = app.catalogue.drop_scan_index()
+        click.echo("dropped the photos' scan index" if dropped else "nothing to drop: there is no scan index")
+        return
+    built = app.catalogue.build_scan_index(lists)
+    click.echo(f"scan index: {built.lists} lists over {built.photos} photos ({output.format_size(built.size_bytes)})")
+
+
 @index_group.command("list")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @pass_app

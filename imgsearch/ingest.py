@@ -44,6 +44,7 @@ from imgsearch.sources import (
 
 if TYPE_CHECKING:
     from imgsearch.embedding import EmbedResult, Featurizer
+    from imgsearch.scan_index import ScanIndex
 
 __all__ = [
     "PRUNE_MODES",
@@ -83,6 +84,8 @@ class IngestReport:
     pruned: PruneResult | None = None
     #: The visual vocabulary learnt at the end of the run (the first one, or again after much growth), if any.
     vocabulary: visual_words.BuildResult | None = None
+    #: The photos' IVF index built at the end of the run (the first one, or again after much growth), if any.
+    scan_index: ScanIndex | None = None
 
     @property
     def failed(self) -> int:

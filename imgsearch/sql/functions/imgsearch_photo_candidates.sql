@@ -1,8 +1,13 @@
 -- Everything a verified photo search reads from the database, in one round trip (imgsearch/query.py
 -- search_verified): the check that the query vector comes from the catalogue's embedding space, then the n
--- products nearest to it (imgsearch_verification_candidates: source 'global', by global rank), then the word_n
--- products sharing the most visual words with the photo among the others (imgsearch_word_candidates: source
--- 'words', by their own rank). Each product comes with every one of its photos and their local features.
+-- products nearest to it (source 'global', by distance), then the word_n products sharing the most visual words
+-- with the photo among the others (imgsearch_word_candidates: source 'words', by their own rank). Each product
+-- comes with every one of its photos and their local features.
+--
+-- The n nearest are the nearest of two searches: the HNSW walk (imgsearch_verification_candidates: exactly n
+-- whenever n products match the filters) and the photos' IVF index (imgsearch_scan_candidates), which reaches
+-- the products a walk misses when the photo is unlike the catalogue's (a shopper's phone photo among many
+-- look-alike products). Both distances are exact, so the merged ranking is by distance.
 --
 -- model, weights_id, preprocessing: the space the caller's vector comes from. Another one than the catalogue's
 -- raises SQLSTATE IS001 (distances between spaces mean nothing); NULL: not checked. words, vocabulary: the
@@ -48,11 +53,27 @@ BEGIN
         RAISE EXCEPTION 'imgsearch: visual vocabulary (none) is no longer the active one' USING ERRCODE = '55000';
     END IF;
     RETURN QUERY
-    WITH g AS MATERIALIZED (
+    WITH walk AS MATERIALIZED (
         SELECT * FROM imgsearch_verification_candidates(query, n, extractor, categories, in_stock_only, max_price,
-                                                        exclude_skus, filters)
+                                                        exclude_skus, filters) WITH ORDINALITY AS w
+    ), scan AS MATERIALIZED (
+        SELECT * FROM imgsearch_scan_candidates(query, n, extractor, categories, in_stock_only, max_price,
+                                                exclude_skus, filters) WITH ORDINALITY AS s
+    ), found AS (
+        SELECT w.* FROM walk w
+        UNION ALL
+        SELECT s.* FROM scan s WHERE NOT EXISTS (SELECT 1 FROM walk w WHERE w.sku = s.sku)
+    ), ranks AS (
+        SELECT f.sku, row_number() OVER (ORDER BY min(f.distance), f.sku) AS place
+        FROM found f GROUP BY f.sku ORDER BY min(f.distance), f.sku LIMIT n
+    ), g AS (
+        SELECT r.place, f.sku, f.name, f.category, f.price, f.in_stock, f.image, f.distance, f.photo, f.width,
+               f.height, f.points, f.descriptors, f.ordinality
+        FROM found f JOIN ranks r ON r.sku = f.sku
     )
-    SELECT 'global'::text, g.* FROM g
+    SELECT 'global'::text, g.place, g.sku, g.name, g.category, g.price, g.in_stock, g.image, g.distance, g.photo,
+           g.width, g.height, g.points, g.descriptors
+    FROM (SELECT * FROM g ORDER BY g.place, g.ordinality) g
     UNION ALL
     SELECT 'words'::text, w.*
     FROM imgsearch_word_candidates(

@@ -1,0 +1,162 @@
+"""The photos' IVF index: the second source of a verified photo search's nearest products.
+
+A shopper's phone photo is unlike the catalogue's studio photos. Among many look-alike products, the catalogue-wide
+HNSW graph can lead the walk from such a photo into the dense part of the catalogue and never reach the product
+photographed, whatever ``ef_search`` (benchmarks/results/global-candidates-100k.md: at 100,000 products the HNSW
+top 50 held the shoppers' product for 0.000-0.013 of their photos, an exact scan for 0.36-0.62). An IVF index
+(pgvector ``ivfflat``) groups the photos into lists around k-means centroids and reads whole lists near the query,
+which an outlying photo does not defeat; with the square root of its lists probed, it found what an exact scan
+finds in a few milliseconds. ``imgsearch_scan_candidates`` reads it and ``imgsearch_photo_candidates`` ranks its
+products with the walk's by distance.
+
+An IVF index learns its lists from the photos present when it is built, so it is built once the catalogue has
+:data:`MIN_PHOTOS` photos (below that the walk finds what a scan finds) with a list per :data:`PHOTOS_PER_LIST`
+photos (pgvector's advice; the square root of the photos above a million), and built again, beside the old one,
+when the catalogue has grown :data:`REBUILD_GROWTH` times. Ingestion does that by itself (:func:`maintain`);
+``imgsearch index scan`` does it at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from psycopg import sql as pgsql
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+
+from imgsearch import sql
+from imgsearch.catalogue import Bind
+from imgsearch.db import transaction, translate_error
+from imgsearch.errors import InvalidQueryError
+from imgsearch.schema import LOCK_TIMEOUT
+
+#: The index's name (imgsearch_scan_candidates reads it by this name).
+INDEX = "ix_product_images_scan"
+#: Photos a catalogue needs before the index is built by ingestion.
+MIN_PHOTOS = 10_000
+#: Photos per list, up to a million photos.
+PHOTOS_PER_LIST = 1000
+#: The index is built again when the catalogue holds this many times the photos it was built for.
+REBUILD_GROWTH = 2
+
+_STATUS = """
+SELECT o.option_value::integer AS lists, x.indisvalid AS valid, pg_relation_size(x.indexrelid) AS size_bytes,
+       (SELECT count(*) FROM product_images) AS photos
+FROM pg_index x
+JOIN pg_class c ON c.oid = x.indexrelid
+CROSS JOIN LATERAL pg_options_to_table(c.reloptions) o
+WHERE x.indexrelid = to_regclass(:name) AND o.option_name = 'lists'
+"""
+
+
+@dataclass(frozen=True)
+class ScanIndex:
+    """The photos' IVF index as it stands: its lists, whether searches can use it, its size, the photos now."""
+
+    lists: int
+    valid: bool
+    size_bytes: int
+    photos: int
+
+
+def lists_for(photos: int) -> int:
+    """The lists an index over ``photos`` photos gets (pgvector's advice)."""
+    if photos <= 1_000_000:
+        return max(1, photos // PHOTOS_PER_LIST)
+    return int(math.sqrt(photos))
+
+
+def photos_for(lists: int) -> int:
+    """The catalogue size an index of ``lists`` lists was built for (the inverse of :func:`lists_for`)."""
+    return lists * PHOTOS_PER_LIST if lists <= 1000 else lists * lists
+
+
+def status(bind: Bind) -> ScanIndex | None:
+    """The index, or None when the catalogue has none."""
+    with transaction(bind) as conn:
+        row = conn.execute(sa.text(_STATUS), {"name": INDEX}).first()
+    return None if row is None else ScanIndex(row.lists, row.valid, row.size_bytes, row.photos)
+
+
+def maintain(engine: Engine, *, min_photos: int | None = None) -> ScanIndex | None:
+    """Build the index when the catalogue has ``min_photos`` photos (default :data:`MIN_PHOTOS`) and none (or only
+    a broken one), or has grown :data:`REBUILD_GROWTH` times since it was built; else nothing. Returns the index
+    built.
+
+    Raises:
+        InvalidQueryError: ``min_photos`` is below 1.
+        PermissionDeniedError: the connected role may not create indexes on the catalogue.
+    """
+    min_photos = MIN_PHOTOS if min_photos is None else min_photos
+    if min_photos < 1:
+        raise InvalidQueryError(f"min_photos must be at least 1, got {min_photos}")
+    now = status(engine)
+    with transaction(engine) as conn:
+        photos = conn.execute(sa.text("SELECT count(*) FROM product_images")).scalar_one()
+    if photos < min_photos:
+        return None
+    if now is not None and now.valid and photos < REBUILD_GROWTH * photos_for(now.lists):
+        return None
+    return build(engine)
+
+
+def build(engine: Engine, lists: int | None = None) -> ScanIndex:
+    """Build the index now (again, if there is one), with ``lists`` lists (default: :func:`lists_for` the photos).
+
+    The new index is built ``CONCURRENTLY`` beside the old one, which serves searches until it is swapped in:
+    writes and searches go on meanwhile.
+
+    Raises:
+        InvalidQueryError: ``lists`` is not between 1 and 32768 (pgvector's limit).
+        PermissionDeniedError: the connected role may not create indexes on the catalogue.
+    """
+    if lists is not None and not 1 <= lists <= 32768:
+        raise InvalidQueryError(f"lists must be between 1 and 32768, got {lists}")
+    raw = engine.raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    fresh = pgsql.Identifier(f"{INDEX}_new")
+    try:
+        driver.autocommit = True  # CONCURRENTLY cannot run inside a transaction block
+        driver.execute(pgsql.SQL("SET lock_timeout = {}").format(pgsql.Literal(LOCK_TIMEOUT)))
+        # Learning the lists samples the photos in memory: room for a million of them at half precision.
+        driver.execute("SET maintenance_work_mem = '1GB'")
+        if lists is None:
+            (photos,) = driver.execute("SELECT count(*) FROM product_images").fetchone() or (0,)
+            lists = lists_for(int(photos))
+        driver.execute(pgsql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(fresh))  # a failed build's
+        driver.execute(
+            pgsql.SQL(sql.command("create_scan_index_concurrently")).format(index=fresh, lists=pgsql.Literal(lists))
+        )
+        driver.execute(pgsql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(pgsql.Identifier(INDEX)))
+        driver.execute(pgsql.SQL("ALTER INDEX {} RENAME TO {}").format(fresh, pgsql.Identifier(INDEX)))
+    except psycopg.Error as exc:
+        raise translate_error(DBAPIError.instance("build the photos' scan index", None, exc, psycopg.Error)) from None
+    finally:
+        if not driver.closed:
+            driver.autocommit = False  # as the pool expects its connections back
+        raw.close()
+    built = status(engine)
+    assert built is not None
+    return built
+
+
+def drop(engine: Engine) -> bool:
+    """Drop the index (verified searches go back to the HNSW walk alone); whether there was one."""
+    existed = status(engine) is not None
+    raw = engine.raw_connection()
+    driver: Any = raw.driver_connection
+    try:
+        driver.autocommit = True
+        driver.execute(pgsql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(pgsql.Identifier(INDEX)))
+    except psycopg.Error as exc:
+        raise translate_error(DBAPIError.instance("drop the photos' scan index", None, exc, psycopg.Error)) from None
+    finally:
+        if not driver.closed:
+            driver.autocommit = False
+        raw.close()
+    return existed
