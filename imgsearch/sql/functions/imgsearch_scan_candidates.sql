@@ -8,8 +8,9 @@
 -- Returns nothing when the index does not exist (or is not valid yet), when a tuned search space is searched
 -- (its distances are not the raw ones these are compared with) or when the setting imgsearch.scan_probes is 0.
 -- Reads the imgsearch.scan_probes nearest lists (default: the square root of the index's lists, pgvector's
--- advice), takes the 20n photos nearest there and ranks their products by the exact distance of their nearest
--- photo (that photo is the product's image); fewer than n come back when fewer of those photos' products pass the filters. Each product comes with
+-- advice), takes the 4n photos nearest there, keeps the first n of their products that pass the filters and
+-- ranks those by the exact distance of their nearest photo (that photo is the product's image); fewer than n
+-- come back when fewer of those photos' products pass the filters. Each product comes with
 -- every one of its photos and their local features, as in imgsearch_verification_candidates.
 CREATE OR REPLACE FUNCTION imgsearch_scan_candidates(
     query vector,
@@ -67,33 +68,40 @@ BEGIN
     target := l2_normalize(query::halfvec(512))::halfvec(512);
     PERFORM set_config('ivfflat.probes', probes::text, true);
     WITH near AS MATERIALIZED (
-        SELECT DISTINCT i.product_id
+        -- The index's order (half precision); a product is placed by its first photo in it.
+        SELECT i.product_id, row_number() OVER () AS place
         FROM (
             SELECT i.product_id
             FROM product_images i
             ORDER BY l2_normalize(i.embedding::halfvec(512))::halfvec(512) <-> target
-            LIMIT 20 * n
+            LIMIT 4 * n
         ) i
-    ), ranked AS (
-        SELECT p.id, p.sku::text AS sku, nearest.image, nearest.distance
-        FROM near
-        JOIN products p ON p.id = near.product_id
-        CROSS JOIN LATERAL (
-            SELECT nullif(d.image, '') AS image, d.embedding <=> query AS distance
-            FROM product_images d WHERE d.product_id = p.id
-            ORDER BY 2, d.position, d.id LIMIT 1
-        ) nearest
+    ), kept AS (
+        SELECT p.id, p.sku::text AS sku
+        FROM (SELECT near.product_id, min(near.place) AS place FROM near GROUP BY near.product_id) f
+        JOIN products p ON p.id = f.product_id
         WHERE (p.in_stock OR NOT only_in_stock)
           AND (max_price IS NULL OR p.price <= max_price)
           AND (categories IS NULL OR p.category = ANY(categories))
           AND (exclude_skus IS NULL OR p.sku <> ALL(exclude_skus))
           AND (attribute_filter IS NULL OR p.attributes @@ attribute_filter)
           AND (words_query IS NULL OR p.words @@ words_query)
+        ORDER BY f.place
+        LIMIT n
+    ), ranked AS (
+        -- The exact distance of each product's nearest photo, and that photo.
+        SELECT kept.id, kept.sku, nearest.image, nearest.distance
+        FROM kept
+        CROSS JOIN LATERAL (
+            SELECT nullif(d.image, '') AS image, d.embedding <=> query AS distance
+            FROM product_images d WHERE d.product_id = kept.id
+            ORDER BY 2, d.position, d.id LIMIT 1
+        ) nearest
     )
     SELECT array_agg(b.id ORDER BY b.distance, b.sku), array_agg(b.distance ORDER BY b.distance, b.sku),
            array_agg(b.image ORDER BY b.distance, b.sku)
     INTO best_ids, best_distances, best_images
-    FROM (SELECT * FROM ranked ORDER BY distance, sku LIMIT n) b;
+    FROM ranked b;
     PERFORM set_config('ivfflat.probes', coalesce(previous, '1'), true);
     IF best_ids IS NULL THEN
         RETURN;
