@@ -7,8 +7,9 @@
 --
 -- Returns nothing when the index does not exist (or is not valid yet), when a tuned search space is searched
 -- (its distances are not the raw ones these are compared with) or when the setting imgsearch.scan_probes is 0.
--- Reads the imgsearch.scan_probes nearest lists (default: the square root of the index's lists, pgvector's
--- advice), takes the 4n photos nearest there, keeps the first n of their products that pass the filters and
+-- Reads the imgsearch.scan_probes nearest lists (default: twice the square root of the index's lists, twice
+-- pgvector's advice: a shopper's photo of loose produce has its neighbours in many lists; chosen by measurement,
+-- benchmarks/results/global-candidates-100k.md), takes the 4n photos nearest there, keeps the first n of their products that pass the filters and
 -- ranks those by the exact distance of their nearest photo (that photo is the product's image); fewer than n
 -- come back when fewer of those photos' products pass the filters. Each product comes with
 -- every one of its photos and their local features, as in imgsearch_verification_candidates.
@@ -64,7 +65,7 @@ BEGIN
     IF lists IS NULL OR probes = 0 OR imgsearch_search_space() IS NOT NULL THEN
         RETURN;
     END IF;
-    probes := least(coalesce(probes, greatest(round(sqrt(lists))::integer, 1)), lists);
+    probes := least(coalesce(probes, greatest(round(2 * sqrt(lists))::integer, 1)), lists);
     target := l2_normalize(query::halfvec(512))::halfvec(512);
     PERFORM set_config('ivfflat.probes', probes::text, true);
     WITH near AS MATERIALIZED (
