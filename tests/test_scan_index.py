@@ -6,18 +6,21 @@ PostgreSQL with pgvector; vectors made here."""
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from imgsearch import catalogue, db, local_features, query, scan_index, schema
+from imgsearch import Catalogue, Settings, catalogue, db, local_features, query, scan_index, schema
 from imgsearch.catalogue import ImageRecord, ProductRecord
 from imgsearch.errors import InvalidQueryError
 
+SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "catalogue"
 N = 400
 DIM = 512
 
@@ -214,3 +217,28 @@ def test_the_command_builds_and_drops_it(run, engine: Engine) -> None:
     assert scan_index.status(engine).lists == 1  # type: ignore[union-attr]
     failed = run("index", "scan", "--lists", "0", expect=2)
     assert "Invalid value for '--lists'" in failed.output
+
+
+def test_a_python_ingest_builds_it_once_the_catalogue_is_large_enough(
+    database_url: str, fake_weights: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scan_index, "MIN_PHOTOS", 12)
+
+    def add(category: str) -> None:
+        (tmp_path / category).mkdir()
+        for photo in sorted((SAMPLE / category).glob("*.jpg"))[:5]:
+            shutil.copy(photo, tmp_path / category / photo.name)
+
+    add("dress")
+    add("hat")
+    with Catalogue(database_url, settings=Settings(weights=fake_weights)) as shop:
+        first = shop.ingest(tmp_path)
+        assert first.added == 10 and first.scan_index is None and shop.scan_index_status() is None
+        add("shoes")
+        second = shop.ingest(tmp_path)
+        assert second.added == 5 and second.scan_index is not None
+        assert (second.scan_index.lists, second.scan_index.photos) == (1, 15)
+        assert shop.scan_index_status() == second.scan_index
+        assert shop.ingest(tmp_path).scan_index is None  # nothing changed: nothing built
+        assert shop.ingest(tmp_path, index=False).scan_index is None
+        assert shop.drop_scan_index() and shop.scan_index_status() is None
