@@ -502,7 +502,7 @@ def index_scan(app: App, lists: int | None, drop: bool) -> None:
         click.echo("dropped the photos' scan index" if dropped else "nothing to drop: there is no scan index")
         return
     built = app.catalogue.build_scan_index(lists)
-    click.echo(f"scan index: {built.lists} lists over {built.photos} photos ({output.format_size(built.size_bytes)})")
+    click.echo(output.format_scan_index(built))
 
 
 @index_group.command("list")

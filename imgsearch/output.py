@@ -48,6 +48,7 @@ from imgsearch.feedback import Report
 from imgsearch.indexes import CategoryIndex
 from imgsearch.ingest import IngestReport
 from imgsearch.query import SearchResult
+from imgsearch.scan_index import ScanIndex
 from imgsearch.street_to_shop import StreetToShop
 from imgsearch.tuning import SpaceStatus
 
@@ -319,6 +320,11 @@ def format_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def format_scan_index(index: ScanIndex) -> str:
+    """The photos' IVF index in one line (``imgsearch index scan``, and ingestion when it built one)."""
+    return f"scan index: {index.lists} lists over {index.photos} photos ({format_size(index.size_bytes)})"
+
+
 def format_ingest_summary(report: IngestReport) -> str:
     """Added, updated, unchanged, failed, how many photos were embedded at what rate; pruning if any."""
     rate = report.embedded / report.seconds if report.seconds > 0 else 0.0
@@ -334,6 +340,8 @@ def format_ingest_summary(report: IngestReport) -> str:
             f"visual words: a vocabulary of {v.words} words learnt from {v.sample_photos} photos, given to "
             f"{v.photos} photos ({v.learn_s + v.index_s:.0f} s)"
         )
+    if report.scan_index is not None:
+        lines.append(format_scan_index(report.scan_index))
     pruned = report.pruned
     if pruned is not None and not pruned.refused:
         what = "removed" if pruned.mode == "remove" else "marked sold out"

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from imgsearch import Catalogue, Settings, catalogue, db, local_features, query, scan_index, schema
+from imgsearch import Catalogue, Settings, catalogue, db, local_features, output, query, scan_index, schema
 from imgsearch.catalogue import ImageRecord, ProductRecord
 from imgsearch.errors import InvalidQueryError
 
@@ -237,6 +237,7 @@ def test_a_python_ingest_builds_it_once_the_catalogue_is_large_enough(
         add("shoes")
         second = shop.ingest(tmp_path)
         assert second.added == 5 and second.scan_index is not None
+        assert "\nscan index: 1 lists over 15 photos (" in output.format_ingest_summary(second)
         assert (second.scan_index.lists, second.scan_index.photos) == (1, 15)
         assert shop.scan_index_status() == second.scan_index
         assert shop.ingest(tmp_path).scan_index is None  # nothing changed: nothing built
