@@ -396,7 +396,7 @@ class Catalogue:
                     )
         if index and (report.added or report.updated):
             try:
-                report.scan_index = scan_index.maintain(engine)
+                report.scan_index = scan_index.maintain(self.engine("owner"))
             except PermissionDeniedError:
                 if warn is not None:
                     warn(
@@ -501,10 +501,16 @@ class Catalogue:
                 raise UnknownCategoryError(f"no category index for {', '.join(map(repr, unknown))}; nothing dropped")
         return sum(indexes.drop_category_index(engine, c, missing_ok=True) for c in categories)
 
+    def reset(self) -> None:
+        """Empty the catalogue (:func:`imgsearch.catalogue.clear`: before re-ingesting with another model) and drop
+        the photos' IVF index, whose lists were learnt from the vectors removed."""
+        catalogue.clear(self.engine())
+        self.drop_scan_index()
+
     def build_scan_index(self, lists: int | None = None) -> scan_index.ScanIndex:
         """Build the photos' IVF index now, or again (:func:`imgsearch.scan_index.build`): after a large change of
         assortment, or on a catalogue smaller than ingestion builds it for."""
-        return scan_index.build(self.engine(), lists)
+        return scan_index.build(self.engine("owner"), lists)
 
     def scan_index_status(self) -> scan_index.ScanIndex | None:
         """The photos' IVF index, or None when the catalogue has none yet."""
@@ -512,7 +518,7 @@ class Catalogue:
 
     def drop_scan_index(self) -> bool:
         """Drop the photos' IVF index (verified photo searches use the HNSW walk alone); whether there was one."""
-        return scan_index.drop(self.engine())
+        return scan_index.drop(self.engine("owner"))
 
     def list_indexes(self) -> list[indexes.CategoryIndex]:
         """The category indexes: category, products, size."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from imgsearch import attributes, catalogue, db, embedded_server, indexes, output, query, roles, urls
+from imgsearch import attributes, db, embedded_server, indexes, output, query, roles, urls
 from imgsearch import schema as imgsearch_schema
 from imgsearch.api import Catalogue, PruneRefusedError
 from imgsearch.config import PRECISIONS, RUNTIMES, Settings
@@ -326,7 +326,7 @@ def db_reset(app: App, yes: bool) -> None:
     another model)."""
     if not yes:
         _fail("this deletes every product: pass --yes to confirm")
-    catalogue.clear(app.engine())
+    app.catalogue.reset()
     click.echo("catalogue emptied")
 
 

@@ -196,6 +196,8 @@ def test_everyday_commands_open_no_superuser_session(home: Path, fake_weights: s
     _cli(home, "duplicates")
     _cli(home, "index", "list")
     _cli(home, "index", "words")
+    assert "scan index: 1 lists over" in _cli(home, "index", "scan")
+    assert "dropped" in _cli(home, "index", "scan", "--drop")
     _cli(home, "index", "drop", "hat")
     _cli(home, "tune", "--drop")
     _cli(home, "remove", hat)

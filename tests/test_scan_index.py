@@ -217,6 +217,9 @@ def test_the_command_builds_and_drops_it(run, engine: Engine) -> None:
     assert scan_index.status(engine).lists == 1  # type: ignore[union-attr]
     failed = run("index", "scan", "--lists", "0", expect=2)
     assert "Invalid value for '--lists'" in failed.output
+    # Emptying the catalogue (to re-ingest with another model) drops the lists learnt from the old vectors too.
+    assert run("db", "reset", "--yes").output == "catalogue emptied\n"
+    assert scan_index.status(engine) is None
 
 
 def test_a_python_ingest_builds_it_once_the_catalogue_is_large_enough(
