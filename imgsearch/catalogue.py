@@ -17,7 +17,7 @@ from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
 from sqlalchemy.engine import Connection, Engine
 
-from imgsearch import visual_words
+from imgsearch import sql, visual_words
 from imgsearch.attributes import AttributeValue, check_attributes
 from imgsearch.colour import COLOUR_BINS
 from imgsearch.db import run_transaction, transaction
@@ -148,6 +148,9 @@ class CatalogueStats:
     index_size_bytes: int | None
     table_size_bytes: int
     photos: int = 0
+    #: The photos' IVF index (imgsearch/scan_index.py): its lists and size, None when there is none.
+    scan_lists: int | None = None
+    scan_size_bytes: int | None = None
 
 
 def stored_space(bind: Bind) -> StoredSpace | None:
@@ -850,6 +853,7 @@ def stats(bind: Bind) -> CatalogueStats:
                 "AND a.amname = 'hnsw' AND i.indpred IS NULL"
             )
         ).one_or_none()
+        scan = conn.execute(sa.text(sql.command("scan_index_status"))).first()
         photos, table_size = conn.execute(
             sa.text(
                 "SELECT (SELECT count(*) FROM product_images), "
@@ -865,4 +869,6 @@ def stats(bind: Bind) -> CatalogueStats:
         index_size_bytes=index[1] if index else None,
         table_size_bytes=table_size,
         photos=photos,
+        scan_lists=scan.lists if scan is not None and scan.valid else None,
+        scan_size_bytes=scan.size_bytes if scan is not None and scan.valid else None,
     )

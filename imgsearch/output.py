@@ -228,6 +228,9 @@ def format_stats(stats: CatalogueStats, tuned: SpaceStatus | None = None, fmt: s
                     "dimension": space.dimension,
                 },
                 "index": {"name": stats.index_name, "size_bytes": stats.index_size_bytes},
+                "scan_index": None
+                if stats.scan_lists is None
+                else {"lists": stats.scan_lists, "size_bytes": stats.scan_size_bytes},
                 "table_size_bytes": stats.table_size_bytes,
                 "search_space": _search_space_json(tuned),
             },
@@ -248,6 +251,9 @@ def format_stats(stats: CatalogueStats, tuned: SpaceStatus | None = None, fmt: s
         lines.append(f"vector index: {stats.index_name} (HNSW, cosine), {format_size(stats.index_size_bytes or 0)}")
     else:
         lines.append("vector index: missing (run `imgsearch db upgrade`)")
+    if stats.scan_lists is not None:
+        size = format_size(stats.scan_size_bytes or 0)
+        lines.append(f"scan index: {stats.scan_lists} lists (IVF, for shoppers' photos), {size}")
     lines.append(f"table size: {format_size(stats.table_size_bytes)}")
     lines.append(_search_space_line(tuned))
     return "\n".join(lines)

@@ -45,15 +45,6 @@ PHOTOS_PER_LIST = 1000
 #: The index is built again when the catalogue holds this many times the photos it was built for.
 REBUILD_GROWTH = 2
 
-_STATUS = """
-SELECT o.option_value::integer AS lists, x.indisvalid AS valid, pg_relation_size(x.indexrelid) AS size_bytes,
-       (SELECT count(*) FROM product_images) AS photos
-FROM pg_index x
-JOIN pg_class c ON c.oid = x.indexrelid
-CROSS JOIN LATERAL pg_options_to_table(c.reloptions) o
-WHERE x.indexrelid = to_regclass(:name) AND o.option_name = 'lists'
-"""
-
 
 @dataclass(frozen=True)
 class ScanIndex:
@@ -80,7 +71,7 @@ def photos_for(lists: int) -> int:
 def status(bind: Bind) -> ScanIndex | None:
     """The index, or None when the catalogue has none."""
     with transaction(bind) as conn:
-        row = conn.execute(sa.text(_STATUS), {"name": INDEX}).first()
+        row = conn.execute(sa.text(sql.command("scan_index_status"))).first()
     return None if row is None else ScanIndex(row.lists, row.valid, row.size_bytes, row.photos)
 
 

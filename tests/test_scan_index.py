@@ -5,6 +5,7 @@ PostgreSQL with pgvector; vectors made here."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Callable
@@ -211,7 +212,10 @@ def test_the_command_builds_and_drops_it(run, engine: Engine) -> None:
         r"scan index: 3 lists over 40 photos \(\d+\.\d KiB\)\n", run("index", "scan", "--lists", "3").output
     )
     assert scan_index.status(engine).lists == 3  # type: ignore[union-attr]
+    assert "\nscan index: 3 lists (IVF, for shoppers' photos), " in run("stats").output
+    assert json.loads(run("stats", "--format", "json").output)["scan_index"]["lists"] == 3
     assert run("index", "scan", "--drop").output == "dropped the photos' scan index\n"
+    assert json.loads(run("stats", "--format", "json").output)["scan_index"] is None
     assert run("index", "scan", "--drop").output == "nothing to drop: there is no scan index\n"
     assert "lists over 40 photos" in run("index", "scan").output  # one list per 1,000 photos, at least one
     assert scan_index.status(engine).lists == 1  # type: ignore[union-attr]
