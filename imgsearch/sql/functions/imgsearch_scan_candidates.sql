@@ -9,10 +9,11 @@
 -- (its distances are not the raw ones these are compared with) or when the setting imgsearch.scan_probes is 0.
 -- Reads the imgsearch.scan_probes nearest lists (default: twice the square root of the index's lists, twice
 -- pgvector's advice: a shopper's photo of loose produce has its neighbours in many lists; chosen by measurement,
--- benchmarks/results/global-candidates-100k.md), takes the 4n photos nearest there, keeps the first n of their products that pass the filters and
--- ranks those by the exact distance of their nearest photo (that photo is the product's image); fewer than n
--- come back when fewer of those photos' products pass the filters. Each product comes with
--- every one of its photos and their local features, as in imgsearch_verification_candidates.
+-- benchmarks/results/global-candidates-100k.md), takes the 4n photos nearest there (40n when fewer than n of
+-- their products pass the filters), keeps the first n of their products that pass and ranks those by the exact
+-- distance of their nearest photo (that photo is the product's image); fewer than n come back when fewer of
+-- those photos' products pass. Each product comes with every one of its photos and their local features, as in
+-- imgsearch_verification_candidates.
 CREATE OR REPLACE FUNCTION imgsearch_scan_candidates(
     query vector,
     n integer,
@@ -41,6 +42,9 @@ DECLARE
     best_ids bigint[];
     best_distances double precision[];
     best_images text[];
+    photo_limit integer := 4 * n;
+    narrowed boolean := only_in_stock OR max_price IS NOT NULL OR categories IS NOT NULL OR exclude_skus IS NOT NULL
+                        OR attribute_filter IS NOT NULL OR words_query IS NOT NULL;
 BEGIN
     IF n IS NULL OR n < 1 OR n > 1000 THEN
         RAISE EXCEPTION 'imgsearch: n must be between 1 and 1000, got %', n USING ERRCODE = '22023';
@@ -68,6 +72,7 @@ BEGIN
     probes := least(coalesce(probes, greatest(round(2 * sqrt(lists))::integer, 1)), lists);
     target := l2_normalize(query::halfvec(512))::halfvec(512);
     PERFORM set_config('ivfflat.probes', probes::text, true);
+    LOOP
     WITH near AS MATERIALIZED (
         -- The index's order (half precision); a product is placed by its first photo in it.
         SELECT i.product_id, row_number() OVER () AS place
@@ -75,7 +80,7 @@ BEGIN
             SELECT i.product_id
             FROM product_images i
             ORDER BY l2_normalize(i.embedding::halfvec(512))::halfvec(512) <-> target
-            LIMIT 4 * n
+            LIMIT photo_limit
         ) i
     ), kept AS (
         SELECT p.id, p.sku::text AS sku
@@ -103,6 +108,10 @@ BEGIN
            array_agg(b.image ORDER BY b.distance, b.sku)
     INTO best_ids, best_distances, best_images
     FROM ranked b;
+    -- Under filters that left fewer than n, once more over ten times the photos.
+    EXIT WHEN coalesce(cardinality(best_ids), 0) >= n OR NOT narrowed OR photo_limit > 4 * n;
+    photo_limit := 40 * n;
+    END LOOP;
     PERFORM set_config('ivfflat.probes', coalesce(previous, '1'), true);
     IF best_ids IS NULL THEN
         RETURN;
