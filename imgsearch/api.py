@@ -403,6 +403,9 @@ class Catalogue:
                         "the photos' scan index not maintained: this role may not create indexes (run imgsearch "
                         "index scan as the schema's owner, or ingest with --no-index)"
                     )
+            except ImgsearchError as exc:  # the products are stored: searches go on with the walk alone
+                if warn is not None:
+                    warn(f"the photos' scan index not built ({exc}); run imgsearch index scan later")
         return report
 
     def sync(self, source: Source, *, prune: str = "remove", **options: Any) -> IngestReport:

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from imgsearch import Catalogue, Settings, catalogue, db, local_features, output, query, scan_index, schema
 from imgsearch.catalogue import ImageRecord, ProductRecord
-from imgsearch.errors import InvalidQueryError
+from imgsearch.errors import DatabaseUnavailableError, InvalidQueryError
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "catalogue"
 N = 400
@@ -252,3 +252,16 @@ def test_a_python_ingest_builds_it_once_the_catalogue_is_large_enough(
         assert shop.ingest(tmp_path).scan_index is None  # nothing changed: nothing built
         assert shop.ingest(tmp_path, index=False).scan_index is None
         assert shop.drop_scan_index() and shop.scan_index_status() is None
+
+        # A build that fails (a lock not granted in time, say) is a warning: the products are stored.
+        def fail(engine: Engine, lists: int | None = None) -> scan_index.ScanIndex:
+            raise DatabaseUnavailableError("canceling statement due to lock timeout")
+
+        monkeypatch.setattr(scan_index, "build", fail)
+        add("shirt")
+        warnings: list[str] = []
+        report = shop.ingest(tmp_path, warn=warnings.append)
+        assert report.added == 5 and report.scan_index is None and shop.stats().products == 20
+        assert warnings == [
+            "the photos' scan index not built (canceling statement due to lock timeout); run imgsearch index scan later"
+        ]
