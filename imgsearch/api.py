@@ -339,8 +339,9 @@ class Catalogue:
         would touch more than ``max_prune_share`` of the catalogue (unless ``force``). ``ray`` embeds on a Ray
         cluster (an address, or ``"local"``). Then, unless ``index`` is false, the category indexes are kept
         where they pay (``IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS``) and the photos' IVF index once the catalogue is
-        large enough (:func:`imgsearch.scan_index.maintain`); a role that may not build them gets a
-        ``warn`` instead of an error. A manifest's ``ignore_columns`` are not attributes (internal notes).
+        large enough (``IMGSEARCH_SCAN_INDEX_MIN_PHOTOS``, :func:`imgsearch.scan_index.maintain`); a role that
+        may not build them gets a ``warn`` instead of an error. A manifest's ``ignore_columns`` are not attributes
+        (internal notes).
 
         Raises:
             PruneRefusedError: the sync would prune too much (nothing was changed).
@@ -394,9 +395,11 @@ class Catalogue:
                         "auto as the schema's owner, or ingest with --no-index; on the embedded server, "
                         "imgsearch db upgrade once)"
                     )
-        if index and (report.added or report.updated):
+        if index and self.settings.scan_index_min_photos and (report.added or report.updated):
             try:
-                report.scan_index = scan_index.maintain(self.engine("owner"))
+                report.scan_index = scan_index.maintain(
+                    self.engine("owner"), min_photos=self.settings.scan_index_min_photos
+                )
             except PermissionDeniedError:
                 if warn is not None:
                     warn(

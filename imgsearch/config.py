@@ -21,6 +21,9 @@ RUNTIMES = ("auto", "tensorflow", "onnxruntime")
 #: it, ranking the whole category exactly takes a few milliseconds; above it, a walk of the catalogue-wide index
 #: that the photo leads away from the category would cost tens to hundreds.
 DEFAULT_CATEGORY_INDEX_MIN_PRODUCTS = 2000
+#: Ingestion builds the photos' IVF index (imgsearch/scan_index.py) from this many photos on: below it the HNSW
+#: walk finds what a scan finds (docs/quality.md, "Candidates at scale").
+DEFAULT_SCAN_INDEX_MIN_PHOTOS = 10_000
 #: Days a shopper's event is kept (imgsearch.feedback).
 DEFAULT_EVENT_RETENTION_DAYS = 400
 
@@ -81,6 +84,8 @@ class Settings:
             that it can share a database with the shop's own tables.
         category_index_min_products: ``imgsearch ingest`` keeps a category index for every category of at least
             this many products (``IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS``; 0: never on its own).
+        scan_index_min_photos: ``imgsearch ingest`` builds the photos' IVF index once the catalogue has this many
+            photos, and again after twofold growth (``IMGSEARCH_SCAN_INDEX_MIN_PHOTOS``; 0: never on its own).
         event_retention_days: shoppers' events older than this are deleted by ``imgsearch events forget``
             (``IMGSEARCH_EVENT_RETENTION_DAYS``, default 400: a year of comparisons and some).
     """
@@ -95,6 +100,7 @@ class Settings:
     schema: str = DEFAULT_SCHEMA
     image_root: Path | None = None
     category_index_min_products: int = DEFAULT_CATEGORY_INDEX_MIN_PRODUCTS
+    scan_index_min_photos: int = DEFAULT_SCAN_INDEX_MIN_PHOTOS
     event_retention_days: int = DEFAULT_EVENT_RETENTION_DAYS
 
     def __post_init__(self) -> None:
@@ -108,6 +114,10 @@ class Settings:
         if self.category_index_min_products < 0:
             raise ConfigurationError(
                 f"IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS must be 0 or more, got {self.category_index_min_products}"
+            )
+        if self.scan_index_min_photos < 0:
+            raise ConfigurationError(
+                f"IMGSEARCH_SCAN_INDEX_MIN_PHOTOS must be 0 or more, got {self.scan_index_min_photos}"
             )
         if self.precision not in PRECISIONS:
             raise ConfigurationError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
@@ -133,6 +143,7 @@ class Settings:
             category_index_min_products=_env_int(
                 "IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS", DEFAULT_CATEGORY_INDEX_MIN_PRODUCTS
             ),
+            scan_index_min_photos=_env_int("IMGSEARCH_SCAN_INDEX_MIN_PHOTOS", DEFAULT_SCAN_INDEX_MIN_PHOTOS),
             event_retention_days=_env_int("IMGSEARCH_EVENT_RETENTION_DAYS", DEFAULT_EVENT_RETENTION_DAYS),
         )
         changes = {k: v for k, v in overrides.items() if v is not None}

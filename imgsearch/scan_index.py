@@ -32,14 +32,15 @@ from sqlalchemy.exc import DBAPIError
 
 from imgsearch import sql
 from imgsearch.catalogue import Bind
+from imgsearch.config import DEFAULT_SCAN_INDEX_MIN_PHOTOS
 from imgsearch.db import transaction, translate_error
 from imgsearch.errors import InvalidQueryError
 from imgsearch.schema import LOCK_TIMEOUT
 
 #: The index's name (imgsearch_scan_candidates reads it by this name).
 INDEX = "ix_product_images_scan"
-#: Photos a catalogue needs before the index is built by ingestion.
-MIN_PHOTOS = 10_000
+#: Photos a catalogue needs before the index is built by ingestion (``IMGSEARCH_SCAN_INDEX_MIN_PHOTOS``).
+MIN_PHOTOS = DEFAULT_SCAN_INDEX_MIN_PHOTOS
 #: Photos per list, up to a million photos.
 PHOTOS_PER_LIST = 1000
 #: The index is built again when the catalogue holds this many times the photos it was built for.

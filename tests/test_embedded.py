@@ -180,7 +180,9 @@ def test_everyday_commands_open_no_superuser_session(home: Path, fake_weights: s
     hat = "hat/" + next((sample / "hat").glob("*.jpg")).stem
     with pytest.MonkeyPatch.context() as env:
         env.setenv("IMGSEARCH_CATEGORY_INDEX_MIN_PRODUCTS", "12")  # the sample's categories are worth an index
-        assert "indexed " in _cli(home, *weights, "ingest", "--quiet", str(sample))
+        env.setenv("IMGSEARCH_SCAN_INDEX_MIN_PHOTOS", "40")  # and so is the photos' scan index (built as the owner)
+        ingested = _cli(home, *weights, "ingest", "--quiet", str(sample))
+        assert "indexed " in ingested and "\nscan index: 1 lists over " in ingested
         _cli(home, "index", "auto")
     _cli(home, "stats")
     _cli(home, "stock", "--out", hat)

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from imgsearch import Catalogue, Settings, catalogue, db, local_features, output, query, scan_index, schema
 from imgsearch.catalogue import ImageRecord, ProductRecord
-from imgsearch.errors import DatabaseUnavailableError, InvalidQueryError
+from imgsearch.errors import ConfigurationError, DatabaseUnavailableError, InvalidQueryError
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "catalogue"
 N = 400
@@ -231,7 +231,6 @@ def test_the_command_builds_and_drops_it(run, engine: Engine) -> None:
 def test_a_python_ingest_builds_it_once_the_catalogue_is_large_enough(
     database_url: str, fake_weights: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(scan_index, "MIN_PHOTOS", 12)
 
     def add(category: str) -> None:
         (tmp_path / category).mkdir()
@@ -240,7 +239,14 @@ def test_a_python_ingest_builds_it_once_the_catalogue_is_large_enough(
 
     add("dress")
     add("hat")
-    with Catalogue(database_url, settings=Settings(weights=fake_weights)) as shop:
+    with pytest.raises(ConfigurationError, match="IMGSEARCH_SCAN_INDEX_MIN_PHOTOS must be 0 or more, got -1"):
+        Settings(scan_index_min_photos=-1)
+    with Catalogue(database_url, settings=Settings(weights=fake_weights, scan_index_min_photos=0)) as off:
+        said: list[str] = []
+        assert off.ingest(tmp_path, warn=said.append).scan_index is None  # 0: never by itself, and nothing to say
+        assert off.scan_index_status() is None and said == []
+        off.reset()
+    with Catalogue(database_url, settings=Settings(weights=fake_weights, scan_index_min_photos=12)) as shop:
         first = shop.ingest(tmp_path)
         assert first.added == 10 and first.scan_index is None and shop.scan_index_status() is None
         add("shoes")
