@@ -487,7 +487,8 @@ def index_scan(app: App, lists: int | None, drop: bool) -> None:
 
     A shopper's phone photo is unlike the catalogue's photos, and among many look-alike products the HNSW walk
     can miss the product photographed; the IVF index reads whole lists of photos around the photo instead.
-    Ingestion builds it by itself once the catalogue has 10,000 photos and again when it has grown twofold.
+    Ingestion builds it by itself once the catalogue has IMGSEARCH_SCAN_INDEX_MIN_PHOTOS photos (10,000) and
+    again when it has grown twofold.
     Builds CONCURRENTLY, beside the old index: writes and searches go on meanwhile.
 
     \b
