@@ -233,6 +233,24 @@ def transaction(bind: Engine | Connection) -> Iterator[Connection]:
         raise translated from None
 
 
+@contextmanager
+def autocommit_session(engine: Engine, what: str) -> Iterator[psycopg.Connection[Any]]:
+    """A pooled connection's psycopg session in autocommit, for what cannot run inside a transaction block
+    (``CREATE INDEX CONCURRENTLY``); its database errors leave as the library's exceptions, ``what`` naming the
+    work in them. The connection is closed afterwards, not returned to the pool, so that the session's settings
+    (``lock_timeout``, ``maintenance_work_mem``) never reach a search."""
+    raw = engine.raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    try:
+        driver.autocommit = True
+        yield driver
+    except psycopg.Error as exc:
+        raise translate_error(DBAPIError.instance(what, None, exc, psycopg.Error)) from None
+    finally:
+        raw.invalidate()
+
+
 T = TypeVar("T")
 
 #: SQLSTATEs after which the same transaction, run again, normally succeeds: deadlock, serialization failure.

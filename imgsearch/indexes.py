@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from imgsearch import sql
 from imgsearch.catalogue import Bind
 from imgsearch.config import DEFAULT_CATEGORY_INDEX_MIN_PRODUCTS
-from imgsearch.db import transaction, translate_error
+from imgsearch.db import autocommit_session, transaction, translate_error
 from imgsearch.errors import InvalidQueryError, UnknownCategoryError
 from imgsearch.schema import LOCK_TIMEOUT
 
@@ -172,11 +172,7 @@ def maintain_category_indexes(
     if not 0 < max_share <= 1:
         raise InvalidQueryError(f"max_share must be in (0, 1], got {max_share}")
     built: list[CategoryIndex] = []
-    raw = engine.raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None
-    try:
-        driver.autocommit = True  # CONCURRENTLY cannot run inside a transaction block
+    with autocommit_session(engine, "maintain category indexes") as driver:  # CONCURRENTLY: no transaction
         driver.execute(pgsql.SQL("SET lock_timeout = {}").format(pgsql.Literal(LOCK_TIMEOUT)))
         rows = driver.execute(sql.command("category_sizes")).fetchall()
         sizes = {category: products for category, products, _ in rows}
@@ -213,12 +209,6 @@ def maintain_category_indexes(
             built.append(index)
             if on_created is not None:
                 on_created(index)
-    except psycopg.Error as exc:
-        raise translate_error(DBAPIError.instance("maintain category indexes", None, exc, psycopg.Error)) from None
-    finally:
-        if not driver.closed:
-            driver.autocommit = False  # as the pool expects its connections back
-        raw.close()
     return built
 
 

@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
-import psycopg
 import sqlalchemy as sa
 from psycopg import sql as pgsql
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
 
 from imgsearch import sql
 from imgsearch.catalogue import Bind
 from imgsearch.config import DEFAULT_SCAN_INDEX_MIN_PHOTOS
-from imgsearch.db import transaction, translate_error
+from imgsearch.db import autocommit_session, transaction
 from imgsearch.errors import InvalidQueryError
 from imgsearch.schema import LOCK_TIMEOUT
 
@@ -110,12 +107,8 @@ def build(engine: Engine, lists: int | None = None) -> ScanIndex:
     """
     if lists is not None and not 1 <= lists <= 32768:
         raise InvalidQueryError(f"lists must be between 1 and 32768, got {lists}")
-    raw = engine.raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None
     fresh = pgsql.Identifier(f"{INDEX}_new")
-    try:
-        driver.autocommit = True  # CONCURRENTLY cannot run inside a transaction block
+    with autocommit_session(engine, "build the photos' scan index") as driver:  # CONCURRENTLY: no transaction
         driver.execute(pgsql.SQL("SET lock_timeout = {}").format(pgsql.Literal(LOCK_TIMEOUT)))
         # Learning the lists samples the photos in memory: room for a million of them at half precision.
         driver.execute("SET maintenance_work_mem = '1GB'")
@@ -128,12 +121,6 @@ def build(engine: Engine, lists: int | None = None) -> ScanIndex:
         )
         driver.execute(pgsql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(pgsql.Identifier(INDEX)))
         driver.execute(pgsql.SQL("ALTER INDEX {} RENAME TO {}").format(fresh, pgsql.Identifier(INDEX)))
-    except psycopg.Error as exc:
-        raise translate_error(DBAPIError.instance("build the photos' scan index", None, exc, psycopg.Error)) from None
-    finally:
-        if not driver.closed:
-            driver.autocommit = False  # as the pool expects its connections back
-        raw.close()
     built = status(engine)
     assert built is not None
     return built
@@ -142,15 +129,6 @@ def build(engine: Engine, lists: int | None = None) -> ScanIndex:
 def drop(engine: Engine) -> bool:
     """Drop the index (verified searches go back to the HNSW walk alone); whether there was one."""
     existed = status(engine) is not None
-    raw = engine.raw_connection()
-    driver: Any = raw.driver_connection
-    try:
-        driver.autocommit = True
+    with autocommit_session(engine, "drop the photos' scan index") as driver:
         driver.execute(pgsql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(pgsql.Identifier(INDEX)))
-    except psycopg.Error as exc:
-        raise translate_error(DBAPIError.instance("drop the photos' scan index", None, exc, psycopg.Error)) from None
-    finally:
-        if not driver.closed:
-            driver.autocommit = False
-        raw.close()
     return existed
