@@ -6,8 +6,8 @@ photographed, whatever ``ef_search`` (benchmarks/results/global-candidates-100k.
 top 50 held the shoppers' product for 0.00-0.08 of their photos, an exact top 50 for 0.32-0.72). An IVF index
 (pgvector ``ivfflat``) groups the photos into lists around k-means centroids and reads whole lists near the query,
 which an outlying photo does not defeat: with twice the square root of its lists probed it finds the printed
-and packaged products an exact scan finds and most of the loose produce (0.31-0.67 of the photos), for 11 ms more
-per search at 100,000 photos.
+and packaged products an exact scan finds and most of the loose produce (0.31-0.67 of the photos), for 10-11 ms
+more per search at 100,000 photos (37 ms more at a million, where produce keeps about half its exact recall).
 ``imgsearch_scan_candidates`` reads it and ``imgsearch_photo_candidates`` ranks its products with the walk's by
 distance.
 
