@@ -12,10 +12,10 @@ more per search at 100,000 photos (37 ms more at a million, where produce keeps 
 distance.
 
 An IVF index learns its lists from the photos present when it is built, so it is built once the catalogue has
-:data:`MIN_PHOTOS` photos (below that the walk finds what a scan finds) with a list per :data:`PHOTOS_PER_LIST`
-photos (pgvector's advice; the square root of the photos above a million), and built again, beside the old one,
-when the catalogue has grown :data:`REBUILD_GROWTH` times. Ingestion does that by itself (:func:`maintain`);
-``imgsearch index scan`` does it at once.
+``IMGSEARCH_SCAN_INDEX_MIN_PHOTOS`` photos (10,000; below that the walk finds what a scan finds) with a list per
+:data:`PHOTOS_PER_LIST` photos (pgvector's advice; the square root of the photos above a million), and built again,
+beside the old one, when the catalogue has grown :data:`REBUILD_GROWTH` times. Ingestion does that by itself
+(:func:`maintain`); ``imgsearch index scan`` does it at once.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ from imgsearch.schema import LOCK_TIMEOUT
 
 #: The index's name (imgsearch_scan_candidates reads it by this name).
 INDEX = "ix_product_images_scan"
-#: Photos a catalogue needs before the index is built by ingestion (``IMGSEARCH_SCAN_INDEX_MIN_PHOTOS``).
-MIN_PHOTOS = DEFAULT_SCAN_INDEX_MIN_PHOTOS
 #: Photos per list, up to a million photos.
 PHOTOS_PER_LIST = 1000
 #: The index is built again when the catalogue holds this many times the photos it was built for.
@@ -68,29 +66,31 @@ def photos_for(lists: int) -> int:
 
 def status(bind: Bind) -> ScanIndex | None:
     """The index, or None when the catalogue has none."""
+    photos, row = _state(bind)
+    return None if row is None else ScanIndex(row.lists, row.valid, row.size_bytes, photos)
+
+
+def _state(bind: Bind) -> tuple[int, sa.Row | None]:
+    """The catalogue's photos and the index's status row (None: no index), read in one transaction."""
     with transaction(bind) as conn:
-        row = conn.execute(sa.text(sql.command("scan_index_status"))).first()
-    return None if row is None else ScanIndex(row.lists, row.valid, row.size_bytes, row.photos)
+        photos = conn.execute(sa.text("SELECT count(*) FROM product_images")).scalar_one()
+        return photos, conn.execute(sa.text(sql.command("scan_index_status"))).first()
 
 
-def maintain(engine: Engine, *, min_photos: int | None = None) -> ScanIndex | None:
-    """Build the index when the catalogue has ``min_photos`` photos (default :data:`MIN_PHOTOS`) and none (or only
-    a broken one), or has grown :data:`REBUILD_GROWTH` times since it was built; else nothing. Returns the index
-    built.
+def maintain(engine: Engine, *, min_photos: int = DEFAULT_SCAN_INDEX_MIN_PHOTOS) -> ScanIndex | None:
+    """Build the index when the catalogue has ``min_photos`` photos and none (or only a broken one), or has grown
+    :data:`REBUILD_GROWTH` times since it was built; else nothing. Returns the index built.
 
     Raises:
         InvalidQueryError: ``min_photos`` is below 1.
         PermissionDeniedError: the connected role may not create indexes on the catalogue.
     """
-    min_photos = MIN_PHOTOS if min_photos is None else min_photos
     if min_photos < 1:
         raise InvalidQueryError(f"min_photos must be at least 1, got {min_photos}")
-    now = status(engine)
-    with transaction(engine) as conn:
-        photos = conn.execute(sa.text("SELECT count(*) FROM product_images")).scalar_one()
+    photos, row = _state(engine)
     if photos < min_photos:
         return None
-    if now is not None and now.valid and photos < REBUILD_GROWTH * photos_for(now.lists):
+    if row is not None and row.valid and photos < REBUILD_GROWTH * photos_for(row.lists):
         return None
     return build(engine)
 
@@ -128,7 +128,8 @@ def build(engine: Engine, lists: int | None = None) -> ScanIndex:
 
 def drop(engine: Engine) -> bool:
     """Drop the index (verified searches go back to the HNSW walk alone); whether there was one."""
-    existed = status(engine) is not None
+    with transaction(engine) as conn:
+        existed = conn.execute(sa.text(sql.command("scan_index_status"))).first() is not None
     with autocommit_session(engine, "drop the photos' scan index") as driver:
         driver.execute(pgsql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(pgsql.Identifier(INDEX)))
     return existed
