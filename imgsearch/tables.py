@@ -77,6 +77,23 @@ class EmbeddingSpaceRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
+class EmbeddingSpaceNextRow(Base):
+    """The space a re-embedding under way moves the catalogue to (``imgsearch reembed``; revision 0022)."""
+
+    __tablename__ = "embedding_space_next"
+    __table_args__ = (
+        CheckConstraint("id", name="ck_embedding_space_next_single_row"),
+        CheckConstraint(f"dimension = {DIMENSION}", name="ck_embedding_space_next_dimension"),
+    )
+
+    id: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    model_name: Mapped[str] = mapped_column(Text, nullable=False)
+    weights_id: Mapped[str] = mapped_column(Text, nullable=False)
+    preprocessing_version: Mapped[str] = mapped_column(Text, nullable=False)
+    dimension: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
 class Product(Base):
     """A product of the shop: what the website shows and filters by. Its photos are :class:`ProductImage` rows."""
 
@@ -161,6 +178,9 @@ class ProductImage(Base):
         CheckConstraint("image_sha256 ~ '^[0-9a-f]{64}$'", name="ck_product_images_image_sha256"),
         # A zero vector has no direction: its cosine distance to anything is undefined (NaN).
         CheckConstraint("vector_norm(embedding) > 0", name="ck_product_images_embedding_nonzero"),
+        CheckConstraint(
+            "embedding_next IS NULL OR vector_norm(embedding_next) > 0", name="ck_product_images_embedding_next_nonzero"
+        ),
         CheckConstraint("position >= 0", name="ck_product_images_position"),
         Index(
             "ix_product_images_embedding",
@@ -183,6 +203,9 @@ class ProductImage(Base):
     #: The product's category, kept in step by triggers (category indexes are partial indexes on it).
     category: Mapped[str] = mapped_column(Text, nullable=False)
     embedding: Mapped[list[float]] = mapped_column(Vector(DIMENSION), nullable=False)
+    #: The photo's vector in the space a re-embedding under way moves the catalogue to (imgsearch.reembedding;
+    #: revision 0022), NULL until computed and when none is under way.
+    embedding_next: Mapped[list[float] | None] = mapped_column(Vector(DIMENSION))
     #: The photo's colour signature (imgsearch.colour), for telling colour variants apart; None if not computed.
     colour: Mapped[list[float] | None] = mapped_column(Vector(COLOUR_BINS))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
