@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -31,7 +31,13 @@ from sqlalchemy.engine import Engine
 from imgsearch import catalogue, db, embedded_server, indexes, query, scan_index
 from imgsearch import schema as imgsearch_schema
 from imgsearch.config import Settings
-from imgsearch.errors import ConfigurationError, ImgsearchError, PermissionDeniedError, UnknownCategoryError
+from imgsearch.errors import (
+    ConfigurationError,
+    EmbeddingSpaceMismatchError,
+    ImgsearchError,
+    PermissionDeniedError,
+    UnknownCategoryError,
+)
 from imgsearch.sources import CatalogueEntry, Failure, read_manifest, read_stock_csv, scan_folder
 
 if TYPE_CHECKING:
@@ -45,9 +51,12 @@ if TYPE_CHECKING:
     from imgsearch.images import Crop, ImageSource
     from imgsearch.ingest import IngestReport, Progress
     from imgsearch.keys import ApiKey
+    from imgsearch.reembedding import ReembedReport, ReembedStatus
     from imgsearch.street_to_shop import StreetToShop
     from imgsearch.tuning import SearchSpace, SpaceStatus, TuneProgress
     from imgsearch.visual_words import BuildResult
+
+T = TypeVar("T")
 
 #: What :meth:`Catalogue.ingest` takes: a folder, a manifest CSV, or entries already read.
 Source = Path | str | Iterable[CatalogueEntry | Failure]
@@ -68,11 +77,13 @@ class StockReport:
 
 
 @functools.cache
-def _shared_featurizer(weights: str, batch_size: int, precision: str, runtime: str = "auto") -> Featurizer:
+def _shared_featurizer(
+    weights: str, batch_size: int, precision: str, runtime: str = "auto", pipeline: str = "default"
+) -> Featurizer:
     # One network per process and configuration: a program (or test) that opens many handles loads it once.
     from imgsearch.embedding import Featurizer
 
-    return Featurizer(weights=weights, batch_size=batch_size, precision=precision, runtime=runtime)
+    return Featurizer(weights=weights, batch_size=batch_size, precision=precision, runtime=runtime, pipeline=pipeline)
 
 
 class Catalogue:
@@ -84,7 +95,8 @@ class Catalogue:
             (used for everything).
         read: a read replica (URL or engine) for searches; default ``IMGSEARCH_READ_URL``, else ``database``.
         settings: everything else (weights, schema, image root...); default :meth:`Settings.from_env`.
-        featurizer: the network to embed photos with; default one made from ``settings`` on first use.
+        featurizer: the network to embed photos with; default one made from ``settings`` on first use, with the
+            pipeline the catalogue's vectors were made with (``settings.pipeline`` for an empty catalogue).
     """
 
     def __init__(
@@ -106,6 +118,7 @@ class Catalogue:
         self._engines: dict[str, Engine] = {}
         self._checked: set[str] = set()
         self._featurizer = featurizer
+        self._own_featurizer = False
 
     # --- plumbing ---------------------------------------------------------------------------------------------
 
@@ -130,11 +143,20 @@ class Catalogue:
 
     @property
     def featurizer(self) -> Featurizer:
-        """The network (loaded on first use: TensorFlow and the weights take a few seconds)."""
+        """The network (loaded on first use: TensorFlow and the weights take a few seconds), making vectors the way
+        the catalogue's were made."""
         if self._featurizer is None:
-            s = self.settings
-            self._featurizer = _shared_featurizer(s.weights, s.batch_size, s.precision, s.runtime)
+            self._featurizer = self._featurizer_for(self._catalogue_pipeline())
+            self._own_featurizer = True
         return self._featurizer
+
+    def _featurizer_for(self, pipeline: str) -> Featurizer:
+        s = self.settings
+        return _shared_featurizer(s.weights, s.batch_size, s.precision, s.runtime, pipeline)
+
+    def _catalogue_pipeline(self) -> str:
+        """The pipeline of the catalogue's recorded embedding space; the settings' for an empty catalogue."""
+        return catalogue.pipeline_in_use(self.engine("reader"), self.settings.pipeline)
 
     def close(self) -> None:
         """Close the engines this handle made (not the ones it was given)."""
@@ -182,8 +204,10 @@ class Catalogue:
         if self._featurizer is None:
             decode_within(source, 64, crop=crop)
         engine = self.engine("reader")
-        return query.search_image(
-            engine, self.featurizer, source, k, crop=crop, verify=verify, candidates=candidates, **filters
+        return self._in_catalogue_space(
+            lambda featurizer: query.search_image(
+                engine, featurizer, source, k, crop=crop, verify=verify, candidates=candidates, **filters
+            )
         )
 
     def search_images(
@@ -203,9 +227,25 @@ class Catalogue:
         if self._featurizer is None:  # a bad photo fails before the network is loaded
             for source in sources:
                 decode_within(source, 64)
-        return query.search_images(
-            self.engine("reader"), self.featurizer, sources, k, verify=verify, candidates=candidates, **filters
+        return self._in_catalogue_space(
+            lambda featurizer: query.search_images(
+                self.engine("reader"), featurizer, sources, k, verify=verify, candidates=candidates, **filters
+            )
         )
+
+    def _in_catalogue_space(self, search: Callable[[Featurizer], T]) -> T:
+        """Run a photo search; when the catalogue was moved to another pipeline meanwhile (``imgsearch reembed``,
+        by another process) and this handle made its own network, load that pipeline's and search again."""
+        try:
+            return search(self.featurizer)
+        except EmbeddingSpaceMismatchError:
+            from imgsearch.embedding import PIPELINES
+
+            pipeline = self._catalogue_pipeline()
+            if not self._own_featurizer or PIPELINES[pipeline] is self.featurizer.pipeline:
+                raise
+            self._featurizer = self._featurizer_for(pipeline)
+            return search(self._featurizer)
 
     def search_words(self, text: str, k: int = 10, **filters: Any) -> list[query.SearchResult]:
         """Products by words alone, no photo: :func:`imgsearch.query.search_words`."""
@@ -509,9 +549,59 @@ class Catalogue:
 
     def reset(self) -> None:
         """Empty the catalogue (:func:`imgsearch.catalogue.clear`: before re-ingesting with another model) and drop
-        the photos' IVF index, whose lists were learnt from the vectors removed."""
+        the photos' IVF index, whose lists were learnt from the vectors removed (and a re-embedding's copies)."""
+        from imgsearch import reembedding
+
         catalogue.clear(self.engine())
         self.drop_scan_index()
+        reembedding.drop_copies(self.engine("owner"))
+        if self._own_featurizer:
+            self._featurizer = None
+
+    def reembed(
+        self,
+        pipeline: str,
+        *,
+        switch: bool = True,
+        batch: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ReembedReport:
+        """Move the catalogue to another pipeline's vectors while searches go on (:func:`imgsearch.reembedding.run`):
+        every photo is embedded again from where it was ingested, the indexes are built again beside the current
+        ones, and one short transaction switches. Run it again to resume; ``switch=False`` only embeds.
+
+        Raises:
+            InvalidQueryError: the catalogue is empty or already in that space, or moving to another one.
+            ConfigurationError: no such pipeline.
+            BusyError: the switch could not get its locks.
+        """
+        from imgsearch import reembedding
+
+        featurizer = self._featurizer_for(pipeline)
+        report = reembedding.run(
+            self.engine(),
+            self.engine("owner"),
+            featurizer,
+            image_root=self.settings.image_root,
+            switch_when_done=switch,
+            batch=batch or reembedding.BATCH,
+            progress=progress,
+        )
+        if report.switched and (self._own_featurizer or self._featurizer is None):
+            self._featurizer, self._own_featurizer = featurizer, True
+        return report
+
+    def reembed_status(self) -> ReembedStatus | None:
+        """The re-embedding under way (from which space to which, photos done), or None."""
+        from imgsearch import reembedding
+
+        return reembedding.status(self.engine())
+
+    def cancel_reembed(self) -> bool:
+        """Abandon the re-embedding under way (its vectors and index copies go); whether one was under way."""
+        from imgsearch import reembedding
+
+        return reembedding.cancel(self.engine("owner"))
 
     def build_scan_index(self, lists: int | None = None) -> scan_index.ScanIndex:
         """Build the photos' IVF index now, or again (:func:`imgsearch.scan_index.build`): after a large change of

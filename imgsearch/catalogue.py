@@ -162,7 +162,17 @@ def stored_space(bind: Bind) -> StoredSpace | None:
     return StoredSpace(*row) if row else None
 
 
+def pipeline_in_use(bind: Bind, default: str) -> str:
+    """The name of the pipeline the catalogue's vectors were made with (what a photo search must use), or
+    ``default`` for an empty catalogue (or one of a pipeline this version does not know)."""
+    from imgsearch.embedding import pipeline_of
+
+    stored = stored_space(bind)
+    return (pipeline_of(stored) if stored is not None else None) or default
+
+
 _SPACE_FIELDS = ("model", "weights", "preprocessing", "dimension")
+_SPACE_SELECT = "model_name, weights_id, preprocessing_version, dimension"
 
 
 def _space_tuple(space: SpaceLike) -> tuple[str, str, str, int]:
@@ -232,8 +242,8 @@ def clear(bind: Bind) -> None:
         conn.execute(
             sa.text(
                 "TRUNCATE products, product_images, photo_features, visual_word_postings, visual_word_photos, "
-                "visual_word_frequencies, visual_vocabularies, embedding_space, tuned_images, search_space_rows, "
-                "search_spaces"
+                "visual_word_frequencies, visual_vocabularies, embedding_space, embedding_space_next, tuned_images, "
+                "search_space_rows, search_spaces"
             )
         )
 
@@ -418,7 +428,9 @@ _PRUNE = sa.text(
 )
 
 
-def upsert_products(bind: Bind, records: Sequence[ProductRecord], *, prune_images: bool = False) -> UpsertCounts:
+def upsert_products(
+    bind: Bind, records: Sequence[ProductRecord], *, prune_images: bool = False, space: SpaceLike | None = None
+) -> UpsertCounts:
     """Insert or update products and their photos by SKU in one transaction (binary COPY into staging tables,
     then one merge for products and one for photos).
 
@@ -430,9 +442,13 @@ def upsert_products(bind: Bind, records: Sequence[ProductRecord], *, prune_image
     removed meanwhile, or a metadata-only record of a product that is not in the catalogue, is not written: its
     SKU is returned in :attr:`UpsertCounts.vanished`, for the caller to embed it again.
 
+    ``space``, when given, is the embedding space the records' vectors come from, checked in the same transaction
+    (a catalogue moved to another space by ``imgsearch reembed`` meanwhile refuses them).
+
     Raises:
         InvalidProductError: a record cannot be stored (a field too long or not text, a bad price or vector, a
             duplicate SKU in ``records``, a photo given twice, or the database refused it).
+        EmbeddingSpaceMismatchError: ``space`` is not the catalogue's.
     """
     records = sorted((_validated(r) for r in records), key=lambda r: r.sku)
     if not records:
@@ -444,6 +460,12 @@ def upsert_products(bind: Bind, records: Sequence[ProductRecord], *, prune_image
     def write(conn: Connection) -> UpsertCounts:
         raw = conn.connection.driver_connection
         assert raw is not None
+        if space is not None:
+            # Held to the commit: a switch to another space (imgsearch.reembedding) waits for this write or
+            # comes first.
+            stored = conn.execute(sa.text(f"SELECT {_SPACE_SELECT} FROM embedding_space FOR SHARE")).first()
+            if stored is not None and (error := _mismatch(tuple(stored), _space_tuple(space))):
+                raise error
         for statement in _STAGING:
             conn.execute(sa.text(statement))
         with raw.cursor() as cur:

@@ -76,6 +76,9 @@ class Settings:
         batch_size: images per forward pass of the network (``IMGSEARCH_BATCH_SIZE``).
         precision: ``"auto"`` (default: bfloat16 where the CPU computes it natively), ``"float32"`` or
             ``"bfloat16"`` (``IMGSEARCH_PRECISION``).
+        pipeline: how photos become vectors in a new catalogue (``IMGSEARCH_PIPELINE``: ``default``, ``rmac`` or
+            ``notebook``, :data:`imgsearch.embedding.PIPELINES`). A catalogue keeps the pipeline it was built with,
+            whatever this says, until ``imgsearch reembed`` moves it to another.
         runtime: ``"auto"`` (default: TensorFlow where the CPU has native bfloat16, elsewhere ONNX Runtime when
             installed), ``"tensorflow"`` or ``"onnxruntime"`` (``IMGSEARCH_RUNTIME``).
         image_root: the folder under which photo files are stored by a path relative to it
@@ -97,6 +100,7 @@ class Settings:
     batch_size: int = 32
     precision: str = "auto"
     runtime: str = "auto"
+    pipeline: str = "default"
     schema: str = DEFAULT_SCHEMA
     image_root: Path | None = None
     category_index_min_products: int = DEFAULT_CATEGORY_INDEX_MIN_PRODUCTS
@@ -136,6 +140,7 @@ class Settings:
             batch_size=_env_int("IMGSEARCH_BATCH_SIZE", 32),
             precision=os.environ.get("IMGSEARCH_PRECISION") or "auto",
             runtime=os.environ.get("IMGSEARCH_RUNTIME") or "auto",
+            pipeline=os.environ.get("IMGSEARCH_PIPELINE") or "default",
             schema=os.environ.get("IMGSEARCH_SCHEMA") or DEFAULT_SCHEMA,
             image_root=Path(os.environ["IMGSEARCH_IMAGE_ROOT"]).expanduser()
             if os.environ.get("IMGSEARCH_IMAGE_ROOT")

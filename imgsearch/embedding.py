@@ -202,8 +202,18 @@ RMAC_PIPELINE = Pipeline(
     pooling="rmac",
 )
 
-#: Named pipelines, for ``Featurizer(pipeline=...)`` and ``imgsearch eval --pipeline``.
+#: Named pipelines, for ``Featurizer(pipeline=...)``, ``IMGSEARCH_PIPELINE``, ``imgsearch reembed`` and ``imgsearch
+#: eval --pipeline``.
 PIPELINES: dict[str, Pipeline] = {"default": DEFAULT_PIPELINE, "notebook": NOTEBOOK_PIPELINE, "rmac": RMAC_PIPELINE}
+
+
+def pipeline_of(space: Any) -> str | None:
+    """The name of the pipeline whose vectors make up ``space`` (a catalogue's recorded space), or None."""
+    for name, pipeline in PIPELINES.items():
+        if (pipeline.model_name, pipeline.version) == (space.model_name, space.preprocessing_version):
+            return name
+    return None
+
 
 MODEL_NAME = DEFAULT_PIPELINE.model_name
 
@@ -354,14 +364,15 @@ class Featurizer:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Featurizer:
+    def from_settings(cls, settings: Settings, pipeline: str | None = None) -> Featurizer:
         """A featurizer configured by :class:`imgsearch.config.Settings` (weights, batch size, precision,
-        runtime); the default pipeline."""
+        runtime), with ``pipeline`` (default: the settings' pipeline, for a new catalogue)."""
         return cls(
             weights=settings.weights,
             batch_size=settings.batch_size,
             precision=settings.precision,
             runtime=settings.runtime,
+            pipeline=pipeline or settings.pipeline,
         )
 
     def __repr__(self) -> str:

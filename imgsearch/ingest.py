@@ -214,7 +214,9 @@ def ingest(
         while (batch := upcoming.result()) is not None:
             upcoming = _start(ahead, prepare, next(batches, None))
             on_photo = functools.partial(lambda before: tell(report.embedded - before), report.embedded)
-            stored = _store(bind, _records(batch, featurizer, report, embedder, on_photo), report, prune_images)
+            stored = _store(
+                bind, _records(batch, featurizer, report, embedder, on_photo), report, prune_images, featurizer.space
+            )
             if stored.vanished:
                 # Removed by someone else since their hashes were read: their vectors must be computed again.
                 gone = set(stored.vanished)
@@ -222,7 +224,7 @@ def ingest(
                 retry = prepare(again, force=True)
                 assert retry is not None
                 stored = replace(stored, vanished=()) + _store(
-                    bind, _records(retry, featurizer, report, embedder), report, prune_images
+                    bind, _records(retry, featurizer, report, embedder), report, prune_images, featurizer.space
                 )
             counts += stored
             entries = [e for e in batch.items if isinstance(e, CatalogueEntry)]
@@ -416,7 +418,9 @@ def _kept(reference: str, stored: StoredPhoto) -> ImageRecord:
     )
 
 
-def _store(bind: Bind, records: list[ProductRecord], report: IngestReport, prune_images: bool) -> UpsertCounts:
+def _store(
+    bind: Bind, records: list[ProductRecord], report: IngestReport, prune_images: bool, space: Any = None
+) -> UpsertCounts:
     """Upsert ``records``; rows the database refuses become failures and every other row is stored.
 
     A refused batch is split in halves until the refused rows are alone (a few extra round trips per bad row).
@@ -424,7 +428,7 @@ def _store(bind: Bind, records: list[ProductRecord], report: IngestReport, prune
     if not records:
         return UpsertCounts()
     try:
-        return catalogue.upsert_products(bind, records, prune_images=prune_images)
+        return catalogue.upsert_products(bind, records, prune_images=prune_images, space=space)
     except InvalidProductError as exc:
         if len(records) == 1:
             record = records[0]
@@ -433,7 +437,9 @@ def _store(bind: Bind, records: list[ProductRecord], report: IngestReport, prune
             report.failures.append(Failure(sku_label(record.sku), where, reason))
             return UpsertCounts()
         half = len(records) // 2
-        return _store(bind, records[:half], report, prune_images) + _store(bind, records[half:], report, prune_images)
+        return _store(bind, records[:half], report, prune_images, space) + _store(
+            bind, records[half:], report, prune_images, space
+        )
 
 
 def _analyze(bind: Bind) -> None:

@@ -40,7 +40,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imgsearch import __version__, db, keys
+from imgsearch import __version__, catalogue, db, keys
 from imgsearch.access import Gatekeeper
 from imgsearch.api import Catalogue
 from imgsearch.config import Settings, env_float
@@ -279,7 +279,11 @@ def create_app(
         if state.featurizer is None:
             from imgsearch.embedding import Featurizer
 
-            state.featurizer = await run_in_threadpool(Featurizer.from_settings, settings)
+            try:  # the catalogue's own pipeline (imgsearch reembed may have moved it from the settings')
+                pipeline = await run_in_threadpool(catalogue.pipeline_in_use, state.engine, settings.pipeline)
+            except ImgsearchError:  # not reachable yet: the readiness probe says so, and the space check per search
+                pipeline = settings.pipeline
+            state.featurizer = await run_in_threadpool(Featurizer.from_settings, settings, pipeline)
         await run_in_threadpool(state.featurizer.warm_up)
         state.gate = ModelGate(state.featurizer, limits.model_queue, limits.request_timeout)
         # Shoppers' events are written to the primary even when searches read a replica (as the reader role
