@@ -915,6 +915,65 @@ def tune(app: App, drop: bool, sample: int, seed: int, quiet: bool) -> None:
     )
 
 
+@main.command()
+@click.option(
+    "--pipeline",
+    type=click.Choice(["default", "rmac", "notebook"]),
+    help="The pipeline the catalogue's photos should be embedded with.",
+)
+@click.option("--no-switch", is_flag=True, help="Only embed the photos: switch in a later run.")
+@click.option("--status", "show_status", is_flag=True, help="Show the re-embedding under way, if any.")
+@click.option("--cancel", is_flag=True, help="Abandon the re-embedding under way (its vectors are forgotten).")
+@click.option("--errors", "errors_path", type=click.Path(path_type=Path), help="Write the photos that failed as CSV.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@pass_app
+def reembed(
+    app: App,
+    pipeline: str | None,
+    no_switch: bool,
+    show_status: bool,
+    cancel: bool,
+    errors_path: Path | None,
+    quiet: bool,
+) -> None:
+    """Move the catalogue to another pipeline's vectors, while searches and ingestion go on.
+
+    Every photo is embedded again from the file or URL it was ingested from, into room beside its current vector;
+    the indexes are built again over the new vectors; then one short transaction switches (searches wait for its
+    last milliseconds). Interrupted, it resumes where it stopped. Photos that cannot be read again (moved, changed
+    since they were ingested, vectors given without a photo) are listed and stop the switch: sync or remove them
+    and run it again. A tuned search space is retired by the switch: run imgsearch tune again.
+
+    \b
+    Examples:
+      imgsearch reembed --pipeline rmac
+      imgsearch reembed --status
+      imgsearch reembed --cancel
+    """
+    if sum((pipeline is not None, show_status, cancel)) != 1:
+        _fail("give one of --pipeline, --status or --cancel")
+    shop = app.catalogue
+    if show_status:
+        click.echo(output.format_reembed_status(shop.reembed_status()))
+        return
+    if cancel:
+        cancelled = shop.cancel_reembed()
+        click.echo("re-embedding cancelled" if cancelled else "nothing to cancel: no re-embedding is under way")
+        return
+    assert pipeline is not None
+    line = _ProgressLine(enabled=not quiet)
+    report = shop.reembed(
+        pipeline,
+        switch=not no_switch,
+        progress=lambda done, total: line.show(f"embedding photos: {done}/{total}", final=done >= total),
+    )
+    line.close()
+    _report_failures(report.failures, errors_path)
+    click.echo(output.format_reembed_report(report))
+    if report.failures:
+        raise SystemExit(1)
+
+
 # --- search ---------------------------------------------------------------------------------------------------
 
 

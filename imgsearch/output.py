@@ -48,6 +48,7 @@ from imgsearch.feedback import Report
 from imgsearch.indexes import CategoryIndex
 from imgsearch.ingest import IngestReport
 from imgsearch.query import SearchResult
+from imgsearch.reembedding import ReembedReport, ReembedStatus
 from imgsearch.scan_index import ScanIndex
 from imgsearch.street_to_shop import StreetToShop
 from imgsearch.tuning import SpaceStatus
@@ -329,6 +330,36 @@ def format_size(n: int) -> str:
 def format_scan_index(index: ScanIndex) -> str:
     """The photos' IVF index in one line (``imgsearch index scan``, and ingestion when it built one)."""
     return f"scan index: {index.lists} lists over {index.photos} photos ({format_size(index.size_bytes)})"
+
+
+def format_reembed_status(status: ReembedStatus | None) -> str:
+    """The re-embedding under way in one line (``imgsearch reembed --status``)."""
+    if status is None:
+        return "no re-embedding is under way"
+    started = f"{status.started_at:%Y-%m-%d %H:%M}"
+    return (
+        f"re-embedding from {status.current.model_name} ({status.current.preprocessing_version}) to "
+        f"{status.target.model_name} ({status.target.preprocessing_version}), started {started}: "
+        f"{status.embedded} of {status.photos} photos embedded"
+    )
+
+
+def format_reembed_report(report: ReembedReport) -> str:
+    """What ``imgsearch reembed`` did, in a line or two."""
+    lines = [f"{report.embedded} photos embedded in {report.seconds:.1f} s, {len(report.failures)} failed"]
+    target = f"{report.target.model_name} ({report.target.preprocessing_version})"
+    if report.switched:
+        held = ""
+        if report.held_seconds is not None and report.writers_held_seconds is not None:
+            held = (
+                f"; searches waited {report.held_seconds * 1000:.0f} ms, writers "
+                f"{report.writers_held_seconds * 1000:.0f} ms"
+            )
+        lines.append(f"switched: the catalogue's vectors are {target}{held}")
+    else:
+        why = "photos failed" if report.failures else "--no-switch"
+        lines.append(f"not switched ({why}): {report.pending} photos still to embed for {target}")
+    return "\n".join(lines)
 
 
 def format_ingest_summary(report: IngestReport) -> str:
