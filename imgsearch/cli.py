@@ -18,7 +18,7 @@ import click
 from imgsearch import attributes, db, embedded_server, indexes, output, query, roles, urls
 from imgsearch import schema as imgsearch_schema
 from imgsearch.api import Catalogue, PruneRefusedError
-from imgsearch.config import PRECISIONS, RUNTIMES, Settings
+from imgsearch.config import PIPELINE_NAMES, PRECISIONS, RUNTIMES, Settings
 from imgsearch.errors import DatabaseUnavailableError, ImgsearchError, InvalidQueryError
 from imgsearch.images import Crop, parse_crop
 from imgsearch.ingest import DEFAULT_MAX_PRUNE_SHARE, PRUNE_MODES, Failure, Progress
@@ -918,7 +918,7 @@ def tune(app: App, drop: bool, sample: int, seed: int, quiet: bool) -> None:
 @main.command()
 @click.option(
     "--pipeline",
-    type=click.Choice(["default", "rmac", "notebook"]),
+    type=click.Choice(PIPELINE_NAMES),
     help="The pipeline the catalogue's photos should be embedded with.",
 )
 @click.option("--no-switch", is_flag=True, help="Only embed the photos: switch in a later run.")
@@ -1662,7 +1662,7 @@ def run() -> None:
 @click.option("-k", type=click.IntRange(1, 100), default=10, show_default=True, help="Evaluation depth.")
 @click.option(
     "--pipeline",
-    type=click.Choice(["default", "notebook", "rmac"]),
+    type=click.Choice(PIPELINE_NAMES),
     default="default",
     show_default=True,
     help="How photos become vectors: imgsearch's default, the original notebooks' (the baseline), or R-MAC at "

@@ -16,6 +16,8 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 #: ``onnx`` extra is installed), ``tensorflow`` or ``onnxruntime`` (float32 only). Their float32 vectors are the
 #: same to 1e-6.
 RUNTIMES = ("auto", "tensorflow", "onnxruntime")
+#: The named pipelines from photo to vector (imgsearch.embedding.PIPELINES defines each).
+PIPELINE_NAMES = ("default", "rmac", "notebook")
 
 #: ``imgsearch ingest`` gives a category its own index from this many products on (docs/performance.md): below
 #: it, ranking the whole category exactly takes a few milliseconds; above it, a walk of the catalogue-wide index
@@ -127,6 +129,10 @@ class Settings:
             raise ConfigurationError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.runtime not in RUNTIMES:
             raise ConfigurationError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.pipeline not in PIPELINE_NAMES:
+            raise ConfigurationError(
+                f"IMGSEARCH_PIPELINE must be one of {', '.join(PIPELINE_NAMES)}, got {self.pipeline!r}"
+            )
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -34,7 +34,7 @@ import numpy as np
 
 from imgsearch import local_features, onnx_runtime
 from imgsearch.colour import colour_signature
-from imgsearch.config import PRECISIONS, RUNTIMES
+from imgsearch.config import PIPELINE_NAMES, PRECISIONS, RUNTIMES
 from imgsearch.errors import ConfigurationError, ImageError, WeightsUnavailableError
 from imgsearch.images import (
     DEFAULT_PREPROCESSING,
@@ -204,7 +204,9 @@ RMAC_PIPELINE = Pipeline(
 
 #: Named pipelines, for ``Featurizer(pipeline=...)``, ``IMGSEARCH_PIPELINE``, ``imgsearch reembed`` and ``imgsearch
 #: eval --pipeline``.
-PIPELINES: dict[str, Pipeline] = {"default": DEFAULT_PIPELINE, "notebook": NOTEBOOK_PIPELINE, "rmac": RMAC_PIPELINE}
+PIPELINES: dict[str, Pipeline] = dict(
+    zip(PIPELINE_NAMES, (DEFAULT_PIPELINE, RMAC_PIPELINE, NOTEBOOK_PIPELINE), strict=True)
+)
 
 
 def pipeline_of(space: Any) -> str | None:

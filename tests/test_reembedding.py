@@ -245,3 +245,31 @@ def test_an_upgrade_to_0022_and_back_keeps_every_row(make_database: Callable[...
     schema.upgrade(engine)
     assert (_rows(engine), _vectors(engine)).__repr__() == before.__repr__()
     engine.dispose()
+
+
+def test_a_service_follows_the_catalogue_to_its_new_pipeline(
+    shop_url: str, settings: Settings, fake_weights: str
+) -> None:
+    from tests.test_service import Service
+
+    with Catalogue(shop_url, settings=settings) as shop:
+        photo = Path(shop.search(np.ones(512), k=1, in_stock_only=False)[0].image)
+        before = Service(shop_url, fake_weights)
+        try:
+            assert before.client.get("/readyz").status_code == 200
+            assert shop.reembed("rmac").switched
+            # Started with the old pipeline: not ready, photo searches refused with one line, vectors still served.
+            ready = before.client.get("/readyz")
+            assert ready.status_code == 503 and "embedding space" in ready.json()["reason"]
+            refused = before.client.post("/search", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")})
+            assert refused.status_code == 503 and list(refused.json()) == ["error"]
+            assert before.client.post("/search", json={"vector": [1.0] * 512, "k": 1}).status_code == 200
+        finally:
+            before.close()
+        after = Service(shop_url, fake_weights)
+        try:
+            assert after.client.get("/readyz").status_code == 200
+            found = after.client.post("/search", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")})
+            assert found.status_code == 200 and found.json()[0]["image"] == str(photo)
+        finally:
+            after.close()
