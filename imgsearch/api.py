@@ -154,6 +154,11 @@ class Catalogue:
         s = self.settings
         return _shared_featurizer(s.weights, s.batch_size, s.precision, s.runtime, pipeline)
 
+    def _evaluation_featurizer(self) -> Featurizer:
+        """The network an evaluation (in a throwaway database, not this catalogue) embeds with: the one given, else
+        the settings' pipeline's."""
+        return self._featurizer if self._featurizer is not None else self._featurizer_for(self.settings.pipeline)
+
     def _catalogue_pipeline(self) -> str:
         """The pipeline of the catalogue's recorded embedding space; the settings' for an empty catalogue."""
         return catalogue.pipeline_in_use(self.engine("reader"), self.settings.pipeline)
@@ -641,7 +646,7 @@ class Catalogue:
         from imgsearch import evaluation
 
         url = self._server_url()
-        return evaluation.evaluate(url, folder, self.featurizer, k=k, folds=folds, progress=progress)
+        return evaluation.evaluate(url, folder, self._evaluation_featurizer(), k=k, folds=folds, progress=progress)
 
     def evaluate_queries(
         self,
@@ -662,7 +667,7 @@ class Catalogue:
             url,
             list(catalogues),
             list(queries),
-            self.featurizer,
+            self._evaluation_featurizer(),
             k=k,
             candidates=candidates,
             limit=limit,

@@ -87,8 +87,9 @@ def test_distributes_the_catalogue_as_planned(admin: psycopg.Connection) -> None
     result = distribute(admin)
     assert result.returncode == 0, result.stderr
     calls = [row[0] for row in admin.execute("SELECT call FROM public.citus_calls ORDER BY n")]
-    assert calls[:12] == [
+    assert calls[:13] == [
         "reference embedding_space",
+        "reference embedding_space_next",
         "reference catalogue_settings",
         "reference search_spaces",
         "reference search_space_rows",
@@ -103,10 +104,10 @@ def test_distributes_the_catalogue_as_planned(admin: psycopg.Connection) -> None
     ]
     tables = ("products", "product_images", "tuned_images", "embedding_space", "search_spaces", "search_space_rows")
     tables += ("photo_features", "visual_word_photos", "visual_word_postings", "visual_vocabularies")
-    tables += ("visual_word_frequencies", "catalogue_settings")
-    assert sorted(calls[12:24]) == sorted(f"truncate local {t}" for t in tables)
+    tables += ("visual_word_frequencies", "catalogue_settings", "embedding_space_next")
+    assert sorted(calls[13:26]) == sorted(f"truncate local {t}" for t in tables)
     database = admin.info.dbname
-    assert calls[24:] == [
+    assert calls[26:] == [
         f"on workers: ALTER DATABASE {database} SET hnsw.iterative_scan = 'relaxed_order'",
         f"on workers: ALTER DATABASE {database} SET hnsw.ef_search = '100'",
         f"on workers: ALTER DATABASE {database} SET hnsw.max_scan_tuples = '50000'",

@@ -233,6 +233,8 @@ def test_the_command(shop_url: str, fake_weights: str) -> None:
     assert result.exit_code == 2 and "nonsense" in result.output
     result = run("--status")
     assert result.exit_code == 0 and "no re-embedding" in result.output
+    bad = CliRunner(env={"IMGSEARCH_PIPELINE": "bogus"}).invoke(main, ["--database-url", shop_url, "stats"])
+    assert bad.exit_code == 1 and bad.output.count("\n") == 1 and "IMGSEARCH_PIPELINE" in bad.output
 
 
 def test_an_upgrade_to_0022_and_back_keeps_every_row(make_database: Callable[..., str], sample_catalogue) -> None:

@@ -16,8 +16,9 @@
 --   a product, its photos and their tuned vectors are on one node: the search's joins stay on each worker, and
 --   the triggers that keep a photo's category and tuned vector in step only touch co-located shards (Citus lets a
 --   trigger on a shard reach co-located shards on its own node, nothing else).
--- - embedding_space, search_spaces and search_space_rows become reference tables (a copy on every node); so does
---   catalogue_settings (revision 0019: the language of the products' words, read by their trigger on every node).
+-- - embedding_space, search_spaces and search_space_rows become reference tables (a copy on every node); so do
+--   catalogue_settings (revision 0019: the language of the products' words, read by their trigger on every node)
+--   and embedding_space_next (revision 0022: the space `imgsearch reembed` moves the catalogue to).
 -- - photo_features, visual_word_photos and visual_word_postings (revision 0009: local features and visual words)
 --   are hash-distributed by image_id, co-located with each other but not with the photos (they have no product_id):
 --   a photo's features, its words and their cascade stay on one node; visual_vocabularies is a reference table,
@@ -66,11 +67,12 @@ DO $$
 DECLARE
     tables text;
 BEGIN
-    -- The tables and constraint names below are those of imgsearch's schema since revision 0019 (words).
+    -- The tables and constraint names below are those of imgsearch's schema since revision 0022 (re-embedding).
     SELECT string_agg(relname, ' ' ORDER BY relname) INTO tables
     FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relkind IN ('r', 'p');
     IF tables IS DISTINCT FROM
-            'alembic_version api_keys catalogue_settings embedding_space photo_features product_images products '
+            'alembic_version api_keys catalogue_settings embedding_space embedding_space_next photo_features '
+            'product_images products '
             'search_event_counts '
             'search_events search_space_rows search_spaces search_summaries tuned_images visual_vocabularies '
             'visual_word_frequencies visual_word_photos visual_word_postings' THEN
@@ -105,6 +107,7 @@ ALTER TABLE tuned_images DROP CONSTRAINT tuned_images_pkey,
 
 -- A copy on every node.
 SELECT create_reference_table('embedding_space');
+SELECT create_reference_table('embedding_space_next');
 SELECT create_reference_table('catalogue_settings');
 SELECT create_reference_table('search_spaces');
 SELECT create_reference_table('search_space_rows');
@@ -135,7 +138,7 @@ ALTER TABLE visual_word_postings ADD CONSTRAINT fk_visual_word_postings_photo
 -- The coordinator's own copies of the rows now in the shards (invisible to queries, but still on disk).
 SELECT truncate_local_data_after_distributing_table(t::regclass)
 FROM unnest(ARRAY['tuned_images', 'product_images', 'products', 'search_space_rows', 'search_spaces',
-                  'embedding_space', 'visual_word_postings', 'visual_word_photos', 'photo_features',
+                  'embedding_space', 'embedding_space_next', 'visual_word_postings', 'visual_word_photos', 'photo_features',
                   'visual_word_frequencies', 'visual_vocabularies', 'catalogue_settings']) AS t;
 COMMIT;
 
