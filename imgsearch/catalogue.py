@@ -872,7 +872,7 @@ def stats(bind: Bind) -> CatalogueStats:
             sa.text(
                 "SELECT c.relname, pg_relation_size(c.oid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                 "JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = 'product_images'::regclass "
-                "AND a.amname = 'hnsw' AND i.indpred IS NULL"
+                "AND a.amname = 'hnsw' AND i.indpred IS NULL AND c.relname NOT LIKE 'next\\_%'"
             )
         ).one_or_none()
         scan = conn.execute(sa.text(sql.command("scan_index_status"))).first()

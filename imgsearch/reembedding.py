@@ -43,8 +43,9 @@ from imgsearch.sources import Failure
 BATCH = 256
 #: How often the switch is tried before giving up when photos keep changing under it.
 SWITCH_ATTEMPTS = 5
-#: The suffix of an index's copy over the next vectors (renamed to the original's name by the switch).
-COPY_SUFFIX = "_next"
+#: The prefix of an index's copy over the next vectors (renamed to the original's name by the switch): a prefix, so
+#: that no copy matches the names by which the category indexes and the scan index are found.
+COPY_PREFIX = "next_"
 _NAME_LIMIT = 63
 _INDEX_DEFINITION = re.compile(r"^CREATE (?:UNIQUE )?INDEX (\S+) ON (.*)$", re.S)
 _CURRENT = re.compile(r"\bembedding\b")
@@ -276,16 +277,17 @@ def _indexes(driver: psycopg.Connection[Any]) -> tuple[dict[str, _Index], dict[s
         if match is None:
             continue
         over = match.group(2)
-        if _CURRENT.search(over):
+        if name.startswith(COPY_PREFIX):
+            if _NEXT.search(over):
+                copies[name] = _Index(name, definition, valid)
+        elif _CURRENT.search(over):
             originals[name] = _Index(name, definition, valid)
-        elif _NEXT.search(over) and name.endswith(COPY_SUFFIX):
-            copies[name] = _Index(name, definition, valid)
     return originals, copies
 
 
 def copy_name(name: str) -> str:
     """The name of an index's copy over the next vectors."""
-    return name[: _NAME_LIMIT - len(COPY_SUFFIX)] + COPY_SUFFIX
+    return COPY_PREFIX + name[: _NAME_LIMIT - len(COPY_PREFIX)]
 
 
 def build_copies(engine: Engine) -> list[str]:
@@ -357,6 +359,13 @@ def switch(engine: Engine) -> Switched:
                     "ON a.attrelid = c.conrelid AND a.attname IN ('embedding', 'embedding_next') "
                     "AND a.attnum = ANY(c.conkey) WHERE c.conrelid = 'product_images'::regclass AND c.contype = 'c'"
                 ).fetchall()
+                # A category index is found by its comment (its category): the copy that takes its name gets it too.
+                comments = dict(
+                    driver.execute(
+                        "SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_index i "
+                        "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 'product_images'::regclass"
+                    ).fetchall()
+                )
                 column_type = driver.execute(
                     "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
                     "WHERE attrelid = 'product_images'::regclass AND attname = 'embedding'"
@@ -389,6 +398,12 @@ def switch(engine: Engine) -> Switched:
                             pgsql.Identifier(copy_name(name)), pgsql.Identifier(name)
                         )
                     )
+                    if comments.get(name) is not None:
+                        driver.execute(
+                            pgsql.SQL("COMMENT ON INDEX {} IS {}").format(
+                                pgsql.Identifier(name), pgsql.Literal(comments[name])
+                            )
+                        )
                 for name, definition in dict(checks).items():
                     driver.execute(
                         pgsql.SQL("ALTER TABLE product_images ADD CONSTRAINT {} {} NOT VALID").format(

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
-from imgsearch import Catalogue, Settings, catalogue, db, schema
+from imgsearch import Catalogue, Settings, catalogue, db, reembedding, schema
 from imgsearch.cli import main
 from imgsearch.embedding import Featurizer
 from imgsearch.errors import EmbeddingSpaceMismatchError, InvalidQueryError
@@ -189,6 +189,26 @@ def test_a_reembedding_resumes_and_embeds_a_photo_changed_meanwhile(shop_url: st
             shop.reembed("rmac")
 
 
+def test_the_catalogue_is_kept_as_usual_while_the_indexes_copies_exist(shop_url: str, settings: Settings) -> None:
+    # Between the copies' build and the switch (a switch that could not get its locks, say), every command that
+    # looks at the indexes sees the catalogue's own, once each; after the switch the copies carry their names and
+    # their categories.
+    with Catalogue(shop_url, settings=settings) as shop:
+        categories = [i.category for i in shop.list_indexes()]
+        assert categories
+        assert shop.reembed("rmac", switch=False).embedded == 120
+        built = reembedding.build_copies(shop.engine("owner"))
+        assert len(built) == len(categories) + 1 and all(name.startswith("next_") for name in built)
+        assert [i.category for i in shop.list_indexes()] == categories
+        assert shop.stats().index_name == "ix_product_images_embedding"
+        assert shop.maintain_indexes(12) == []  # nothing to build, nothing taken for a category index
+        assert shop.reembed("rmac").switched
+        after = shop.list_indexes()
+        assert [i.category for i in after] == categories
+        assert not any(name.startswith("next_") for name in _photo_indexes(shop.engine()))
+        assert shop.search(np.ones(512), k=3, categories=[categories[0]], in_stock_only=False)
+
+
 def test_a_photo_that_cannot_be_read_stops_the_switch_and_cancel_forgets(
     shop_url: str, settings: Settings, tmp_path: Path
 ) -> None:
@@ -211,7 +231,7 @@ def test_a_photo_that_cannot_be_read_stops_the_switch_and_cancel_forgets(
         assert shop.cancel_reembed() and shop.reembed_status() is None
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT count(embedding_next) FROM imgsearch.product_images")).scalar() == 0
-        assert not any(name.endswith("_next") for name in _photo_indexes(engine))
+        assert not any(name.startswith("next_") for name in _photo_indexes(engine))
         assert not shop.cancel_reembed()
 
 

@@ -35,7 +35,7 @@ def downgrade() -> None:
     sql.execute(
         conn,
         "DO $$DECLARE name text; BEGIN FOR name IN SELECT c.relname FROM pg_index i JOIN pg_class c "
-        "ON c.oid = i.indexrelid WHERE i.indrelid = 'product_images'::regclass AND c.relname LIKE '%\\_next' "
+        "ON c.oid = i.indexrelid WHERE i.indrelid = 'product_images'::regclass AND c.relname LIKE 'next\\_%' "
         "LOOP EXECUTE format('DROP INDEX %I', name); END LOOP; END$$",
     )
     sql.execute(conn, sql.load(revision, "downgrade_reembedding"))
