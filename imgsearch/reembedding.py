@@ -309,7 +309,9 @@ def build_copies(engine: Engine) -> list[str]:
             match = _INDEX_DEFINITION.match(original.definition)
             assert match is not None
             over = _CURRENT.sub("embedding_next", match.group(2))
-            statement = "CREATE INDEX CONCURRENTLY " + pgsql.Identifier(name).as_string(driver) + " ON " + over
+            statement = (
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS " + pgsql.Identifier(name).as_string(driver) + " ON " + over
+            )
             driver.execute(statement.encode())
             built.append(name)
     return built
