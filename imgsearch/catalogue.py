@@ -190,8 +190,9 @@ def _mismatch(stored: tuple[object, ...], wanted: tuple[object, ...]) -> Embeddi
     return EmbeddingSpaceMismatchError(
         "the catalogue was built with a different embedding space: "
         + "; ".join(diffs)
-        + ". Vectors of different spaces cannot be compared: re-ingest the catalogue into a new database "
-        "(or after `imgsearch db reset`) with the current settings"
+        + ". Vectors of different spaces cannot be compared: use the catalogue's pipeline, move the catalogue to "
+        "this one (`imgsearch reembed --pipeline NAME`), or re-ingest it into a new database (or after "
+        "`imgsearch db reset`) with the current settings"
     )
 
 

@@ -295,3 +295,27 @@ def test_a_service_follows_the_catalogue_to_its_new_pipeline(
             assert found.status_code == 200 and found.json()[0]["image"] == str(photo)
         finally:
             after.close()
+
+
+def test_a_catalogue_of_the_notebooks_pipeline_is_served_with_it_and_moves_to_the_default(
+    engine: Engine, settings: Settings, fake_weights: str
+) -> None:
+    from imgsearch.embedding import NOTEBOOK_PIPELINE, PIPELINES
+    from imgsearch.sources import CatalogueEntry
+    from tests.conftest import SAMPLE_PHOTOS
+
+    sample_photos = SAMPLE_PHOTOS[::6]
+
+    url = engine.url.render_as_string(hide_password=False)
+    entries = [
+        CatalogueEntry(sku=f"s{i}", category=p.parent.name, images=(str(p),)) for i, p in enumerate(sample_photos)
+    ]
+    with Catalogue(url, settings=settings, featurizer=Featurizer(weights=fake_weights, pipeline="notebook")) as old:
+        assert old.ingest(entries[:12]).embedded == 12
+    with Catalogue(url, settings=settings) as shop:  # a handle that was told nothing about the pipeline
+        assert shop.featurizer.pipeline is NOTEBOOK_PIPELINE
+        assert shop.search_image(entries[3].images[0], k=1, verify=False)[0].sku == "s3"
+        assert shop.ingest(entries[12:16]).embedded == 4  # fed with the catalogue's own pipeline
+        assert shop.reembed("default").switched
+        assert shop.featurizer.pipeline is PIPELINES["default"]
+        assert shop.search_image(entries[14].images[0], k=1, verify=False)[0].sku == "s14"
