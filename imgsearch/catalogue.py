@@ -156,9 +156,7 @@ class CatalogueStats:
 def stored_space(bind: Bind) -> StoredSpace | None:
     """The embedding space recorded in the catalogue, or ``None`` before the first ingest."""
     with transaction(bind) as conn:
-        row = conn.execute(
-            sa.text("SELECT model_name, weights_id, preprocessing_version, dimension FROM embedding_space")
-        ).one_or_none()
+        row = conn.execute(sa.text(f"SELECT {SPACE_COLUMNS} FROM embedding_space")).one_or_none()
     return StoredSpace(*row) if row else None
 
 
@@ -172,10 +170,12 @@ def pipeline_in_use(bind: Bind, default: str) -> str:
 
 
 _SPACE_FIELDS = ("model", "weights", "preprocessing", "dimension")
-_SPACE_SELECT = "model_name, weights_id, preprocessing_version, dimension"
+#: The columns of a recorded embedding space (embedding_space, and embedding_space_next while re-embedding).
+SPACE_COLUMNS = "model_name, weights_id, preprocessing_version, dimension"
 
 
-def _space_tuple(space: SpaceLike) -> tuple[str, str, str, int]:
+def space_tuple(space: SpaceLike) -> tuple[str, str, str, int]:
+    """A space's model, weights, preprocessing and dimension, as the recorded space's columns hold them."""
     return (space.model_name, space.weights_id, space.preprocessing_version, space.dimension)
 
 
@@ -202,7 +202,7 @@ def check_space(bind: Bind, space: SpaceLike) -> None:
     Query vectors must be made the way the catalogue's were; an empty catalogue accepts any space.
     """
     stored = stored_space(bind)
-    if stored is not None and (error := _mismatch(_space_tuple(stored), _space_tuple(space))):
+    if stored is not None and (error := _mismatch(space_tuple(stored), space_tuple(space))):
         raise error
 
 
@@ -212,13 +212,11 @@ def ensure_space(bind: Bind, space: SpaceLike) -> None:
     Raises:
         EmbeddingSpaceMismatchError: the catalogue holds vectors of another model, weights or preprocessing.
     """
-    wanted = _space_tuple(space)
+    wanted = space_tuple(space)
     with transaction(bind) as conn:
         # Locking the table stops two first ingests racing to record different spaces.
         conn.execute(sa.text("LOCK TABLE embedding_space IN SHARE ROW EXCLUSIVE MODE"))
-        current = conn.execute(
-            sa.text("SELECT model_name, weights_id, preprocessing_version, dimension FROM embedding_space")
-        ).one_or_none()
+        current = conn.execute(sa.text(f"SELECT {SPACE_COLUMNS} FROM embedding_space")).one_or_none()
         if current is not None:
             if error := _mismatch(tuple(current), wanted):
                 raise error
@@ -228,10 +226,7 @@ def ensure_space(bind: Bind, space: SpaceLike) -> None:
                 "the catalogue has products but no recorded embedding space; re-ingest it into a new database"
             )
         conn.execute(
-            sa.text(
-                "INSERT INTO embedding_space (model_name, weights_id, preprocessing_version, dimension) "
-                "VALUES (:m, :w, :p, :d)"
-            ),
+            sa.text(f"INSERT INTO embedding_space ({SPACE_COLUMNS}) VALUES (:m, :w, :p, :d)"),
             dict(zip("mwpd", wanted, strict=True)),
         )
 
@@ -464,8 +459,8 @@ def upsert_products(
         if space is not None:
             # Held to the commit: a switch to another space (imgsearch.reembedding) waits for this write or
             # comes first.
-            stored = conn.execute(sa.text(f"SELECT {_SPACE_SELECT} FROM embedding_space FOR SHARE")).first()
-            if stored is not None and (error := _mismatch(tuple(stored), _space_tuple(space))):
+            stored = conn.execute(sa.text(f"SELECT {SPACE_COLUMNS} FROM embedding_space FOR SHARE")).first()
+            if stored is not None and (error := _mismatch(tuple(stored), space_tuple(space))):
                 raise error
         for statement in _STAGING:
             conn.execute(sa.text(statement))

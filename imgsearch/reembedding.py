@@ -20,7 +20,7 @@ import io
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from psycopg import sql as pgsql
 from sqlalchemy.engine import Engine
 
-from imgsearch.catalogue import Bind, SpaceLike, StoredSpace
+from imgsearch.catalogue import SPACE_COLUMNS, Bind, SpaceLike, StoredSpace, space_tuple
 from imgsearch.db import autocommit_session, transaction
 from imgsearch.errors import BusyError, EmbeddingSpaceMismatchError, ImageError, InvalidQueryError
 from imgsearch.fetch import Fetcher, is_url
@@ -50,7 +50,6 @@ _NAME_LIMIT = 63
 _INDEX_DEFINITION = re.compile(r"^CREATE (?:UNIQUE )?INDEX (\S+) ON (.*)$", re.S)
 _CURRENT = re.compile(r"\bembedding\b")
 _NEXT = re.compile(r"\bembedding_next\b")
-_SPACE_COLUMNS = "model_name, weights_id, preprocessing_version, dimension"
 
 
 @dataclass(frozen=True)
@@ -87,10 +86,10 @@ class ReembedReport:
 def status(bind: Bind) -> ReembedStatus | None:
     """The re-embedding under way, or None."""
     with transaction(bind) as conn:
-        target = conn.execute(sa.text(f"SELECT {_SPACE_COLUMNS}, started_at FROM embedding_space_next")).first()
+        target = conn.execute(sa.text(f"SELECT {SPACE_COLUMNS}, started_at FROM embedding_space_next")).first()
         if target is None:
             return None
-        current = conn.execute(sa.text(f"SELECT {_SPACE_COLUMNS} FROM embedding_space")).one()
+        current = conn.execute(sa.text(f"SELECT {SPACE_COLUMNS} FROM embedding_space")).one()
         photos, embedded = conn.execute(sa.text("SELECT count(*), count(embedding_next) FROM product_images")).one()
     return ReembedStatus(StoredSpace(*current), StoredSpace(*target[:4]), target.started_at, photos, embedded)
 
@@ -101,15 +100,15 @@ def start(bind: Bind, space: SpaceLike) -> ReembedStatus:
     Raises:
         InvalidQueryError: the catalogue is empty, already in ``space``, or moving to another space.
     """
-    wanted = (space.model_name, space.weights_id, space.preprocessing_version, space.dimension)
+    wanted = space_tuple(space)
     with transaction(bind) as conn:
         conn.execute(sa.text("LOCK TABLE embedding_space_next IN SHARE ROW EXCLUSIVE MODE"))
-        current = conn.execute(sa.text(f"SELECT {_SPACE_COLUMNS} FROM embedding_space")).first()
+        current = conn.execute(sa.text(f"SELECT {SPACE_COLUMNS} FROM embedding_space")).first()
         if current is None:
             raise InvalidQueryError("the catalogue is empty: ingest it with the pipeline it should have")
         if tuple(current) == wanted:
             raise InvalidQueryError(f"the catalogue's vectors are already {_label(space)}")
-        under_way = conn.execute(sa.text(f"SELECT {_SPACE_COLUMNS} FROM embedding_space_next")).first()
+        under_way = conn.execute(sa.text(f"SELECT {SPACE_COLUMNS} FROM embedding_space_next")).first()
         if under_way is not None and tuple(under_way) != wanted:
             raise InvalidQueryError(
                 f"a re-embedding to {_label(StoredSpace(*under_way))} is under way: finish it, or cancel it first "
@@ -117,7 +116,7 @@ def start(bind: Bind, space: SpaceLike) -> ReembedStatus:
             )
         if under_way is None:
             conn.execute(
-                sa.text(f"INSERT INTO embedding_space_next ({_SPACE_COLUMNS}) VALUES (:m, :w, :p, :d)"),
+                sa.text(f"INSERT INTO embedding_space_next ({SPACE_COLUMNS}) VALUES (:m, :w, :p, :d)"),
                 dict(zip("mwpd", wanted, strict=True)),
             )
     found = status(bind)
@@ -144,10 +143,10 @@ def embed_pending(
     under_way = status(bind)
     if under_way is None:
         raise InvalidQueryError("no re-embedding is under way")
-    space = featurizer.space
-    if (space.model_name, space.weights_id, space.preprocessing_version, space.dimension) != astuple(under_way.target):
+    if space_tuple(featurizer.space) != space_tuple(under_way.target):
         raise EmbeddingSpaceMismatchError(
-            f"the re-embedding under way moves the catalogue to {_label(under_way.target)}, not {_label(space)}"
+            f"the re-embedding under way moves the catalogue to {_label(under_way.target)}, "
+            f"not {_label(featurizer.space)}"
         )
     own_fetcher = fetcher is None
     fetcher = fetcher or Fetcher()
@@ -263,25 +262,27 @@ class _Index:
     name: str
     definition: str
     valid: bool
+    #: A category index is found by its comment (its category).
+    comment: str | None
 
 
 def _indexes(driver: psycopg.Connection[Any]) -> tuple[dict[str, _Index], dict[str, _Index]]:
     """The indexes over the current vectors and their copies over the next ones, by name."""
     rows = driver.execute(
-        "SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisvalid FROM pg_index i "
-        "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 'product_images'::regclass"
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisvalid, obj_description(c.oid, 'pg_class') "
+        "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 'product_images'::regclass"
     ).fetchall()
     originals, copies = {}, {}
-    for name, definition, valid in rows:
+    for name, definition, valid, comment in rows:
         match = _INDEX_DEFINITION.match(definition)
         if match is None:
             continue
         over = match.group(2)
         if name.startswith(COPY_PREFIX):
             if _NEXT.search(over):
-                copies[name] = _Index(name, definition, valid)
+                copies[name] = _Index(name, definition, valid, comment)
         elif _CURRENT.search(over):
-            originals[name] = _Index(name, definition, valid)
+            originals[name] = _Index(name, definition, valid, comment)
     return originals, copies
 
 
@@ -361,13 +362,6 @@ def switch(engine: Engine) -> Switched:
                     "ON a.attrelid = c.conrelid AND a.attname IN ('embedding', 'embedding_next') "
                     "AND a.attnum = ANY(c.conkey) WHERE c.conrelid = 'product_images'::regclass AND c.contype = 'c'"
                 ).fetchall()
-                # A category index is found by its comment (its category): the copy that takes its name gets it too.
-                comments = dict(
-                    driver.execute(
-                        "SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_index i "
-                        "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 'product_images'::regclass"
-                    ).fetchall()
-                )
                 column_type = driver.execute(
                     "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
                     "WHERE attrelid = 'product_images'::regclass AND attname = 'embedding'"
@@ -382,7 +376,7 @@ def switch(engine: Engine) -> Switched:
                     driver.execute(pgsql.SQL("DROP INDEX {}").format(pgsql.Identifier(name)))
                 for name, _ in triggers:
                     driver.execute(pgsql.SQL("DROP TRIGGER {} ON {}").format(pgsql.Identifier(name), table))
-                for name, _ in dict(checks).items():
+                for name, _ in checks:
                     driver.execute(pgsql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, pgsql.Identifier(name)))
                 driver.execute("ALTER TABLE product_images RENAME COLUMN embedding TO embedding_previous")
                 driver.execute("ALTER TABLE product_images RENAME COLUMN embedding_next TO embedding")
@@ -394,19 +388,19 @@ def switch(engine: Engine) -> Switched:
                     )
                 )
                 driver.execute("ALTER TABLE product_images ALTER COLUMN embedding_next SET STORAGE PLAIN")
-                for name in originals:
+                for name, original in originals.items():
                     driver.execute(
                         pgsql.SQL("ALTER INDEX {} RENAME TO {}").format(
                             pgsql.Identifier(copy_name(name)), pgsql.Identifier(name)
                         )
                     )
-                    if comments.get(name) is not None:
+                    if original.comment is not None:  # the copy that takes a category index's name takes its label
                         driver.execute(
                             pgsql.SQL("COMMENT ON INDEX {} IS {}").format(
-                                pgsql.Identifier(name), pgsql.Literal(comments[name])
+                                pgsql.Identifier(name), pgsql.Literal(original.comment)
                             )
                         )
-                for name, definition in dict(checks).items():
+                for name, definition in checks:
                     driver.execute(
                         pgsql.SQL("ALTER TABLE product_images ADD CONSTRAINT {} {} NOT VALID").format(
                             pgsql.Identifier(name), pgsql.SQL(definition)
@@ -416,8 +410,8 @@ def switch(engine: Engine) -> Switched:
                     driver.execute(definition.encode())
                 held = time.perf_counter() - held
                 driver.execute(
-                    f"UPDATE embedding_space s SET ({_SPACE_COLUMNS}, created_at) = "
-                    f"(SELECT {_SPACE_COLUMNS}, now() FROM embedding_space_next)"
+                    f"UPDATE embedding_space s SET ({SPACE_COLUMNS}, created_at) = "
+                    f"(SELECT {SPACE_COLUMNS}, now() FROM embedding_space_next)"
                 )
                 driver.execute("DELETE FROM embedding_space_next")
                 # A tuned space's map was learnt from the old vectors: it means nothing in the new space.
@@ -491,8 +485,7 @@ def cancel(engine: Engine) -> bool:
     with transaction(engine) as conn:
         existed = conn.execute(sa.text("DELETE FROM embedding_space_next RETURNING 1")).first() is not None
     drop_copies(engine)
-    for _ in _batches_cleared(engine):
-        pass
+    _clear_next_vectors(engine)
     return existed
 
 
@@ -504,9 +497,10 @@ def drop_copies(engine: Engine) -> None:
             driver.execute(pgsql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(pgsql.Identifier(name)))
 
 
-def _batches_cleared(engine: Engine, batch: int = 10_000) -> Iterator[int]:
+def _clear_next_vectors(engine: Engine, batch: int = 10_000) -> None:
     """Forget the next vectors, a batch of photos per transaction (no long lock on the catalogue)."""
-    while True:
+    cleared = batch
+    while cleared:
         with transaction(engine) as conn:
             cleared = conn.execute(
                 sa.text(
@@ -515,9 +509,6 @@ def _batches_cleared(engine: Engine, batch: int = 10_000) -> Iterator[int]:
                 ),
                 {"n": batch},
             ).rowcount
-        if not cleared:
-            return
-        yield cleared
 
 
 def _label(space: Any) -> str:
