@@ -118,7 +118,8 @@ class Catalogue:
         self._engines: dict[str, Engine] = {}
         self._checked: set[str] = set()
         self._featurizer = featurizer
-        self._own_featurizer = False
+        #: Whether the handle makes its network itself (then it follows the catalogue's pipeline when that changes).
+        self._owns_featurizer = featurizer is None
 
     # --- plumbing ---------------------------------------------------------------------------------------------
 
@@ -147,7 +148,6 @@ class Catalogue:
         the catalogue's were made."""
         if self._featurizer is None:
             self._featurizer = self._featurizer_for(self._catalogue_pipeline())
-            self._own_featurizer = True
         return self._featurizer
 
     def _featurizer_for(self, pipeline: str) -> Featurizer:
@@ -247,7 +247,7 @@ class Catalogue:
             from imgsearch.embedding import PIPELINES
 
             pipeline = self._catalogue_pipeline()
-            if not self._own_featurizer or PIPELINES[pipeline] is self.featurizer.pipeline:
+            if not self._owns_featurizer or PIPELINES[pipeline] is self.featurizer.pipeline:
                 raise
             self._featurizer = self._featurizer_for(pipeline)
             return search(self._featurizer)
@@ -560,7 +560,7 @@ class Catalogue:
         catalogue.clear(self.engine())
         self.drop_scan_index()
         reembedding.drop_copies(self.engine("owner"))
-        if self._own_featurizer:
+        if self._owns_featurizer:
             self._featurizer = None
 
     def reembed(
@@ -592,8 +592,8 @@ class Catalogue:
             batch=batch or reembedding.BATCH,
             progress=progress,
         )
-        if report.switched and (self._own_featurizer or self._featurizer is None):
-            self._featurizer, self._own_featurizer = featurizer, True
+        if report.switched and self._owns_featurizer:
+            self._featurizer = featurizer
         return report
 
     def reembed_status(self) -> ReembedStatus | None:

@@ -24,7 +24,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from imgsearch import catalogue, local_features, visual_words
-from imgsearch.catalogue import PRUNE_MODES, ImageRecord, ProductRecord, PruneResult, StoredPhoto, UpsertCounts
+from imgsearch.catalogue import (
+    PRUNE_MODES,
+    ImageRecord,
+    ProductRecord,
+    PruneResult,
+    SpaceLike,
+    StoredPhoto,
+    UpsertCounts,
+)
 from imgsearch.colour import colour_signature
 from imgsearch.db import transaction
 from imgsearch.errors import ImageError, ImgsearchError, InvalidProductError, InvalidQueryError
@@ -419,7 +427,7 @@ def _kept(reference: str, stored: StoredPhoto) -> ImageRecord:
 
 
 def _store(
-    bind: Bind, records: list[ProductRecord], report: IngestReport, prune_images: bool, space: Any = None
+    bind: Bind, records: list[ProductRecord], report: IngestReport, prune_images: bool, space: SpaceLike | None = None
 ) -> UpsertCounts:
     """Upsert ``records``; rows the database refuses become failures and every other row is stored.
 
