@@ -10,8 +10,9 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -301,3 +302,55 @@ def copy_catalogue(
                 for i in range(start, min(len(skus), start + chunk)):
                     colour = None if colours is None else colours[i]
                     copy.write_row((ids[skus[i]], f"img/{i}.jpg", categories[i], vectors[i], colour))
+
+
+class PhasedSearches(threading.Thread):
+    """Searches without pause in a thread while the main thread changes something under them (a re-embedding, say).
+
+    ``search(rng)`` runs one search and says whether it found what it should; each sample is recorded under the
+    phase the main thread last set (``phase``), with its latency; a search that raises is recorded as an error.
+    """
+
+    def __init__(self, search: Callable[[np.random.Generator], bool], *, seed: int, pause: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.search, self.seed, self.pause = search, seed, pause
+        self.phase = "before"
+        self.samples: list[tuple[str, float, bool]] = []
+        self.errors: list[str] = []
+        self._finished = threading.Event()
+
+    def run(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        while not self._finished.is_set():
+            phase = self.phase
+            t0 = time.perf_counter()
+            try:
+                ok = self.search(rng)
+            except Exception as exc:  # recorded: a search that fails during the change is a finding
+                self.errors.append(f"{phase}: {exc}")
+                continue
+            self.samples.append((phase, (time.perf_counter() - t0) * 1000, ok))
+            if self.pause:
+                time.sleep(self.pause)
+
+    def finish(self) -> None:
+        """Stop searching and wait for the last search."""
+        self._finished.set()
+        self.join()
+
+    def by_phase(self, phases: Sequence[str], ok_name: str, unmeasured: Sequence[str] = ()) -> dict[str, Any]:
+        """Per phase: the searches, their latencies (p50/p95/p99/mean/max) and the share that found what they
+        should, under ``ok_name`` (None for the phases in ``unmeasured``)."""
+        summary: dict[str, Any] = {}
+        for phase in phases:
+            taken = [(ms, ok) for p, ms, ok in self.samples if p == phase]
+            if taken:
+                ms = [m for m, _ in taken]
+                share = round(sum(ok for _, ok in taken) / len(taken), 3)
+                summary[phase] = {
+                    "searches": len(taken),
+                    **percentiles(ms),
+                    "max_ms": round(max(ms), 1),
+                    ok_name: None if phase in unmeasured else share,
+                }
+        return summary

@@ -23,7 +23,6 @@ import argparse
 import csv
 import shutil
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -31,7 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import git_commit, load_average, log, machine, md_table, percentiles, write_results
+from benchmarks.common import (
+    PhasedSearches,
+    git_commit,
+    load_average,
+    log,
+    machine,
+    md_table,
+    write_results,
+)
 from imgsearch import Catalogue, Settings, embedded_server, schema
 from imgsearch.sources import CatalogueEntry
 
@@ -55,35 +62,6 @@ def _precision_at_5(shop: Catalogue, entries: list[CatalogueEntry]) -> dict[str,
         "micro": round(float(np.mean(every)), 4),
         "macro": round(float(np.mean([np.mean(ps) for ps in per_label.values()])), 4),
     }
-
-
-class _Searches(threading.Thread):
-    """``similar`` for random products without pause; each sample (phase, ms, first result of the same type)."""
-
-    def __init__(self, shop: Catalogue, entries: list[CatalogueEntry]) -> None:
-        super().__init__(daemon=True)
-        self.shop, self.entries = shop, entries
-        self.category = {e.sku: e.category for e in entries}
-        self.phase = "before"
-        self.samples: list[tuple[str, float, bool]] = []
-        self.errors: list[str] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        rng = np.random.default_rng(3)
-        while not self.stop.is_set():
-            e = self.entries[int(rng.integers(0, len(self.entries)))]
-            phase = self.phase
-            t0 = time.perf_counter()
-            try:
-                found = self.shop.similar(e.sku, k=10, in_stock_only=False)
-            except Exception as exc:  # recorded: a failed search during the move is a finding
-                self.errors.append(f"{phase}: {exc}")
-                continue
-            self.samples.append(
-                (phase, (time.perf_counter() - t0) * 1000, bool(found) and self.category[found[0].sku] == e.category)
-            )
-            time.sleep(0.01)  # a busy shop's share of two cores, not all of it
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,7 +88,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["p_at_5_before"] = _precision_at_5(shop, entries)
             log(f"P@5 before: {result['p_at_5_before']}")
 
-            searches = _Searches(visitors, entries)
+            category = {e.sku: e.category for e in entries}
+
+            def search(rng: np.random.Generator) -> bool:  # 10 ms apart: a busy shop's share of two cores
+                e = entries[int(rng.integers(0, len(entries)))]
+                found = visitors.similar(e.sku, k=10, in_stock_only=False)
+                return bool(found) and category[found[0].sku] == e.category
+
+            searches = PhasedSearches(search, seed=3, pause=0.01)
             searches.start()
             time.sleep(5)
             searches.phase = "during the move"
@@ -124,23 +109,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["writers_held_ms"] = round((moved.writers_held_seconds or 0) * 1000, 1)
             searches.phase = "after"
             time.sleep(5)
-            searches.stop.set()
-            searches.join()
+            searches.finish()
             log(f"re-embedded {moved.embedded} photos in {result['reembed_s']} s, switched {moved.switched}")
             result["p_at_5_after"] = _precision_at_5(shop, entries)
             log(f"P@5 after: {result['p_at_5_after']}")
             result["space_after"] = shop.featurizer.space.model_name
             result["errors"] = searches.errors[:20]
-            phases = {}
-            for phase in ("before", "during the move", "after"):
-                taken = [(ms, ok) for p, ms, ok in searches.samples if p == phase]
-                if taken:
-                    phases[phase] = {
-                        "searches": len(taken),
-                        **percentiles([m for m, _ in taken]),
-                        "same_type_first": round(sum(ok for _, ok in taken) / len(taken), 3),
-                    }
-            result["phases"] = phases
+            result["phases"] = searches.by_phase(("before", "during the move", "after"), "same_type_first")
     finally:
         embedded_server.stop(home, immediate=True)
         shutil.rmtree(home, ignore_errors=True)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,13 +34,13 @@ import numpy as np
 import sqlalchemy as sa
 
 from benchmarks.common import (
+    PhasedSearches,
     copy_catalogue,
     git_commit,
     load_average,
     log,
     machine,
     md_table,
-    percentiles,
     start_server,
     stop_server,
     write_results,
@@ -64,36 +63,6 @@ def _vectors(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     other = np.abs(current @ rng.normal(size=(512, 512)).astype(np.float32))
     other /= np.linalg.norm(other, axis=1, keepdims=True)
     return current, other
-
-
-class _Searches(threading.Thread):
-    """Searches without pause; each sample is (phase, milliseconds, found the expected product first)."""
-
-    def __init__(self, engine: Any, current: np.ndarray, other: np.ndarray, categories: list[str]) -> None:
-        super().__init__(daemon=True)
-        self.engine, self.current, self.other, self.categories = engine, current, other, categories
-        self.phase = "before"
-        self.switched = False
-        self.samples: list[tuple[str, float, bool]] = []
-        self.stop = threading.Event()
-        self.errors: list[str] = []
-
-    def run(self) -> None:
-        rng = np.random.default_rng(7)
-        while not self.stop.is_set():
-            i = int(rng.integers(0, len(self.current)))
-            vectors = self.other if self.switched else self.current
-            q = vectors[i] + rng.normal(scale=0.002, size=512).astype(np.float32)
-            filters = {"categories": [self.categories[i]]} if self.categories[i] in INDEXED else {}
-            phase = self.phase
-            t0 = time.perf_counter()
-            try:
-                found = query.search(self.engine, q, 10, in_stock_only=False, **filters)
-            except Exception as exc:  # recorded: a search that fails during the move is a finding
-                self.errors.append(f"{phase}: {exc}")
-                continue
-            ms = (time.perf_counter() - t0) * 1000
-            self.samples.append((phase, ms, bool(found) and found[0].sku == f"p{i}"))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -132,7 +101,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["table_bytes_before"] = _table_bytes(engine)
         log(f"{args.products:,} products loaded and indexed in {result['load_s']} s")
 
-        searches = _Searches(engine, current, other, categories)
+        switched_space = False
+
+        def search(rng: np.random.Generator) -> bool:
+            i = int(rng.integers(0, len(current)))
+            vectors = other if switched_space else current
+            q = vectors[i] + rng.normal(scale=0.002, size=512).astype(np.float32)
+            filters = {"categories": [categories[i]]} if categories[i] in INDEXED else {}
+            found = query.search(engine, q, 10, in_stock_only=False, **filters)
+            return bool(found) and found[0].sku == f"p{i}"
+
+        searches = PhasedSearches(search, seed=7)
         searches.start()
         time.sleep(args.settle)
 
@@ -159,31 +138,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         searches.phase = "switch"
         t0 = time.perf_counter()
         switched = reembedding.switch(engine)
-        searches.switched = True
+        switched_space = True
         result["switch_call_s"] = round(time.perf_counter() - t0, 3)
         result["searches_held_ms"] = round(switched.searches_held * 1000, 1)
         result["writers_held_ms"] = round(switched.writers_held * 1000, 1)
         searches.phase = "after"
         time.sleep(args.settle)
-        searches.stop.set()
-        searches.join()
+        searches.finish()
         stored = catalogue.stored_space(engine)
         assert stored is not None and stored.model_name == NEXT.model_name
         result["table_bytes_after"] = _table_bytes(engine)
         result["errors"] = searches.errors[:20]
-        phases: dict[str, Any] = {}
-        for phase in ("before", "writing next vectors", "building index copies", "switch", "after"):
-            taken = [(ms, ok) for p, ms, ok in searches.samples if p == phase]
-            if taken:
-                ms = [m for m, _ in taken]
-                phases[phase] = {
-                    "searches": len(taken),
-                    **percentiles(ms),
-                    "max_ms": round(max(ms), 1),
-                    # During the call the catalogue changes space before the searches' queries do: not measured.
-                    "found_first": None if phase == "switch" else round(sum(ok for _, ok in taken) / len(taken), 3),
-                }
-        result["phases"] = phases
+        # During the switch call the catalogue changes space before the searches' queries do: not measured.
+        phases = ("before", "writing next vectors", "building index copies", "switch", "after")
+        result["phases"] = searches.by_phase(phases, "found_first", unmeasured=("switch",))
         engine.dispose()
     finally:
         stop_server(home)
