@@ -117,6 +117,19 @@ def test_vocabulary_assigns_each_centroid_its_own_word() -> None:
     assert np.mean(again.assign(descriptors, probes=2) == words) > 0.98  # half precision moves almost nothing
 
 
+def test_a_batch_of_photos_gets_the_words_each_photo_gets_alone(features: list[LocalFeatures]) -> None:
+    # Ingestion assigns a batch's descriptors together (words_of_photos); a photo's words must not depend on the
+    # batch it came in, nor a photo without features on its neighbours.
+    vocabulary = visual_words.learn(np.concatenate([f.descriptors for f in features[:20]]), coarse=8, fine=16)
+    empty = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), 10, 10)
+    batch = [*features[:12], empty, *features[12:20]]
+    together = visual_words.words_of_photos(vocabulary, batch, probes=2)
+    alone = [visual_words.words_of(vocabulary, f, probes=2) for f in batch]
+    assert len(together) == len(batch) and len(together[12]) == 0
+    assert all(t.dtype == np.int32 and np.array_equal(t, a) for t, a in zip(together, alone, strict=True))
+    assert visual_words.words_of_photos(vocabulary, []) == []
+
+
 def test_build_learns_a_vocabulary_and_indexes_every_photo_with_features(
     catalogue_engine: Engine, features: list[LocalFeatures]
 ) -> None:
