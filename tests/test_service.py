@@ -373,12 +373,12 @@ def test_the_search_space_is_chosen_per_request(service: Service) -> None:
 def test_a_stopping_service_finishes_the_requests_under_way(catalogue_url: str, fake_weights: str) -> None:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    asked = threading.Event()
+    asked, release = threading.Event(), threading.Event()
 
     class SlowPhotos(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             asked.set()
-            time.sleep(5)  # the service is told to stop meanwhile
+            release.wait(30)  # the service is told to stop meanwhile
             body = PHOTO.read_bytes()
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")
@@ -408,11 +408,13 @@ def test_a_stopping_service_finishes_the_requests_under_way(catalogue_url: str, 
                     taken = False
             assert not taken, "the stopping service still answered new requests"
             assert not under_way.done()
+            release.set()  # only now does the photo arrive: the request under way must still be answered
             answered = under_way.result(timeout=60)
         assert answered.status_code == 200, answered.text
         assert answered.json()[0]["sku"] == PHOTO_SKU
         assert running.process.wait(timeout=30) == 0
     finally:
+        release.set()
         photos.shutdown()
         photos.server_close()
         stderr = running.close()
