@@ -48,7 +48,7 @@ from imgsearch.feedback import Report
 from imgsearch.indexes import CategoryIndex
 from imgsearch.ingest import IngestReport
 from imgsearch.query import SearchResult
-from imgsearch.reembedding import ReembedReport, ReembedStatus
+from imgsearch.reembedding import ReembedReport, ReembedStatus, space_label
 from imgsearch.scan_index import ScanIndex
 from imgsearch.street_to_shop import StreetToShop
 from imgsearch.tuning import SpaceStatus
@@ -338,8 +338,7 @@ def format_reembed_status(status: ReembedStatus | None) -> str:
         return "no re-embedding is under way"
     started = f"{status.started_at:%Y-%m-%d %H:%M}"
     return (
-        f"re-embedding from {status.current.model_name} ({status.current.preprocessing_version}) to "
-        f"{status.target.model_name} ({status.target.preprocessing_version}), started {started}: "
+        f"re-embedding from {space_label(status.current)} to {space_label(status.target)}, started {started}: "
         f"{status.embedded} of {status.photos} photos embedded"
     )
 
@@ -347,7 +346,7 @@ def format_reembed_status(status: ReembedStatus | None) -> str:
 def format_reembed_report(report: ReembedReport) -> str:
     """What ``imgsearch reembed`` did, in a line or two."""
     lines = [f"{report.embedded} photos embedded in {report.seconds:.1f} s, {len(report.failures)} failed"]
-    target = f"{report.target.model_name} ({report.target.preprocessing_version})"
+    target = space_label(report.target)
     if report.switched:
         held = ""
         if report.held_seconds is not None and report.writers_held_seconds is not None:

@@ -107,11 +107,11 @@ def start(bind: Bind, space: SpaceLike) -> ReembedStatus:
         if current is None:
             raise InvalidQueryError("the catalogue is empty: ingest it with the pipeline it should have")
         if tuple(current) == wanted:
-            raise InvalidQueryError(f"the catalogue's vectors are already {_label(space)}")
+            raise InvalidQueryError(f"the catalogue's vectors are already {space_label(space)}")
         under_way = conn.execute(sa.text(f"SELECT {SPACE_COLUMNS} FROM embedding_space_next")).first()
         if under_way is not None and tuple(under_way) != wanted:
             raise InvalidQueryError(
-                f"a re-embedding to {_label(StoredSpace(*under_way))} is under way: finish it, or cancel it first "
+                f"a re-embedding to {space_label(StoredSpace(*under_way))} is under way: finish it, or cancel it first "
                 "(`imgsearch reembed --cancel`)"
             )
         if under_way is None:
@@ -145,8 +145,8 @@ def embed_pending(
         raise InvalidQueryError("no re-embedding is under way")
     if space_tuple(featurizer.space) != space_tuple(under_way.target):
         raise EmbeddingSpaceMismatchError(
-            f"the re-embedding under way moves the catalogue to {_label(under_way.target)}, "
-            f"not {_label(featurizer.space)}"
+            f"the re-embedding under way moves the catalogue to {space_label(under_way.target)}, "
+            f"not {space_label(featurizer.space)}"
         )
     own_fetcher = fetcher is None
     fetcher = fetcher or Fetcher()
@@ -511,5 +511,6 @@ def _clear_next_vectors(engine: Engine, batch: int = 10_000) -> None:
             ).rowcount
 
 
-def _label(space: Any) -> str:
+def space_label(space: SpaceLike) -> str:
+    """A space as messages name it: its model and preprocessing version."""
     return f"{space.model_name} ({space.preprocessing_version})"
