@@ -28,7 +28,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 from sqlalchemy.types import UserDefinedType
 
 from imgsearch.colour import COLOUR_BINS
@@ -60,38 +60,43 @@ class Base(DeclarativeBase):
     """Declarative base holding the catalogue's metadata."""
 
 
-class EmbeddingSpaceRow(Base):
+class _RecordedSpace:
+    """A single row naming an embedding space: the model, weights and preprocessing that make its vectors
+    (catalogue.SPACE_COLUMNS)."""
+
+    id: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    model_name: Mapped[str] = mapped_column(Text, nullable=False)
+    weights_id: Mapped[str] = mapped_column(Text, nullable=False)
+    preprocessing_version: Mapped[str] = mapped_column(Text, nullable=False)
+    dimension: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[CheckConstraint, ...]:
+        return (
+            CheckConstraint("id", name=f"ck_{cls.__tablename__}_single_row"),
+            CheckConstraint(f"dimension = {DIMENSION}", name=f"ck_{cls.__tablename__}_dimension"),
+        )
+
+
+class EmbeddingSpaceRow(_RecordedSpace, Base):
     """The single row saying which model, weights and preprocessing produced every vector in ``products``."""
 
     __tablename__ = "embedding_space"
-    __table_args__ = (
-        CheckConstraint("id", name="ck_embedding_space_single_row"),
-        CheckConstraint(f"dimension = {DIMENSION}", name="ck_embedding_space_dimension"),
+
+    # After the space's columns (sort_order), where the migration put it.
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), sort_order=1
     )
 
-    id: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
-    model_name: Mapped[str] = mapped_column(Text, nullable=False)
-    weights_id: Mapped[str] = mapped_column(Text, nullable=False)
-    preprocessing_version: Mapped[str] = mapped_column(Text, nullable=False)
-    dimension: Mapped[int] = mapped_column(Integer, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
-
-class EmbeddingSpaceNextRow(Base):
+class EmbeddingSpaceNextRow(_RecordedSpace, Base):
     """The space a re-embedding under way moves the catalogue to (``imgsearch reembed``; revision 0022)."""
 
     __tablename__ = "embedding_space_next"
-    __table_args__ = (
-        CheckConstraint("id", name="ck_embedding_space_next_single_row"),
-        CheckConstraint(f"dimension = {DIMENSION}", name="ck_embedding_space_next_dimension"),
-    )
 
-    id: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
-    model_name: Mapped[str] = mapped_column(Text, nullable=False)
-    weights_id: Mapped[str] = mapped_column(Text, nullable=False)
-    preprocessing_version: Mapped[str] = mapped_column(Text, nullable=False)
-    dimension: Mapped[int] = mapped_column(Integer, nullable=False)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    started_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), sort_order=1
+    )
 
 
 class Product(Base):
