@@ -410,3 +410,36 @@ def test_0018_adds_them_to_a_populated_catalogue_and_takes_them_back(make_databa
     with pytest.raises(Exception, match="db upgrade"):
         query.search(engine, vectors[3], 5, filters={"a": 1})
     engine.dispose()
+
+
+def test_0023_keeps_every_row_and_every_answer_both_ways(
+    make_database: Callable[..., str], migrated_template: str, shop: Shop
+) -> None:
+    # Revision 0023 changes how filtered searches are planned, not what they find.
+    engine = db.create_engine(make_database(template=migrated_template))
+    catalogue.upsert_products(engine, shop.records()[:800])
+    with engine.begin() as conn:
+        conn.execute(sa.text("ANALYZE products"))
+
+    def rows() -> list[tuple]:
+        with engine.connect() as conn:
+            statement = "SELECT p.sku, p.attributes::text, i.embedding::text FROM products p JOIN product_images i "
+            return [tuple(r) for r in conn.execute(sa.text(statement + "ON i.product_id = p.id ORDER BY p.sku"))]
+
+    def answers() -> list[list[tuple[str, float]]]:
+        found = []
+        for seed, name in enumerate(("any_of", "range", "combined", "half")):
+            q = shop.vectors[seed * 7] + np.random.default_rng(seed).normal(size=512).astype(np.float32)
+            for categories in (None, "tops"):
+                results = query.search(engine, q, 10, filters=FILTERS[name][0], categories=categories)
+                found.append([(r.sku, round(r.distance or 0, 6)) for r in results])
+        found.append([(r.sku, round(r.distance or 0, 6)) for r in query.search(engine, shop.vectors[9], 10)])
+        return found
+
+    before, answered = rows(), answers()
+    assert all(answered) and sum(len(a) == 10 for a in answered) >= 6
+    schema.downgrade(engine, "0022")
+    assert rows() == before and answers() == answered
+    schema.upgrade(engine)
+    assert rows() == before and answers() == answered
+    engine.dispose()

@@ -83,13 +83,14 @@ BEGIN
         END IF;
     END IF;
     -- Photos per product, from the planner's statistics (no count). The graph search keeps ef products' worth of
-    -- candidates (imgsearch.ef_search, default 100 as on every path); the walk reads 2k products' worth of photos
-    -- that pass the stock filter, so that a product whose best photo the approximate walk met late still counts.
+    -- candidates (imgsearch.ef_search, default 100 as on every path); the walk reads the photos that pass the stock
+    -- filter, k products' worth and as many again for each product's other photos (k when every product has one,
+    -- as pgvector's own filtered query reads k), so that a product whose best photo the walk met late still counts.
     SELECT least(10, greatest(1, coalesce(ci.reltuples / nullif(cp.reltuples, 0), 1))) INTO per_product
     FROM pg_class ci, pg_class cp
     WHERE ci.oid = CASE WHEN space IS NULL THEN 'product_images'::regclass ELSE 'tuned_images'::regclass END
       AND cp.oid = 'products'::regclass;
-    walk_limit := ceil(2 * k * per_product);
+    walk_limit := ceil(k * (2 * per_product - 1));
     PERFORM set_config('hnsw.ef_search', least(1000, greatest(walk_limit, ceil(per_product * greatest(k,
         coalesce(nullif(current_setting('imgsearch.ef_search', true), '')::integer, 100))))::integer)::text, true);
     PERFORM set_config('hnsw.max_scan_tuples', coalesce(
