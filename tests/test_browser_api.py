@@ -114,6 +114,23 @@ def test_the_shops_page_on_its_own_origin_calls_the_api_with_its_key(
     assert [line["status"] for line in searches if line.get("method") == "OPTIONS"][-1] == 400
 
 
+def settled(browser: Any, quiet: float = 1.0) -> None:
+    """Wait until the page has loaded and then neither requested nor been refused anything for ``quiet`` seconds."""
+    probe = (
+        "return [document.readyState, performance.getEntriesByType('resource').length,"
+        " (window.refusedByPolicy || []).length]"
+    )
+    deadline, last, since = time.monotonic() + WAIT, None, time.monotonic()
+    while time.monotonic() < deadline:
+        state = browser.execute_script(probe)
+        if state != last:
+            last, since = state, time.monotonic()
+        elif state[0] == "complete" and time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the page did not settle in {WAIT} s: {last}")
+
+
 def test_the_api_documentation_renders_without_internet(browser: Any, catalogue_url: str, fake_weights: str) -> None:
     running = Service(catalogue_url, fake_weights)
     try:
@@ -142,7 +159,7 @@ def test_the_api_documentation_renders_without_internet(browser: Any, catalogue_
         for page in ("/docs", "/redoc"):
             assert "img-src 'self' data:" in running.client.get(page).headers["content-security-policy"]
             browser.get(f"{running.base}{page}")
-            time.sleep(2)
+            settled(browser)
             loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
             refused = browser.execute_script("return window.refusedByPolicy")
             elsewhere = [name for name in loaded if not name.startswith(running.base)]
