@@ -46,6 +46,7 @@ DECLARE
     distances double precision[];
     found bigint[];
     walk_category text;
+    category_indexed boolean;
 BEGIN
     IF query IS NULL THEN
         RAISE EXCEPTION 'imgsearch: the query vector is NULL' USING ERRCODE = '22023';
@@ -62,65 +63,71 @@ BEGIN
     END IF;
 
     q := l2_normalize(query);
-    space := imgsearch_search_space();
+    walk_category := categories[1];
+    -- The search space, the photos per product (from the planner's statistics, no count, to one decimal as in
+    -- imgsearch_similar_multi) and, for one category, whether it has its own valid index (named as
+    -- imgsearch_category_index_name and imgsearch_tuned_category_index_name name them): one statement.
+    SELECT sp.space, least(10, greatest(1, round(coalesce(ci.reltuples / nullif(cp.reltuples, 0), 1)::numeric, 1))),
+           walk_category IS NOT NULL AND EXISTS (
+               SELECT 1 FROM pg_index ix WHERE ix.indisvalid AND ix.indexrelid = to_regclass(quote_ident(
+                   CASE WHEN sp.space IS NULL THEN imgsearch_category_index_name(walk_category)
+                   ELSE imgsearch_tuned_category_index_name(walk_category) END)))
+    INTO space, per_product, category_indexed
+    FROM (SELECT imgsearch_search_space() AS space) sp, pg_class ci, pg_class cp
+    WHERE ci.oid = CASE WHEN sp.space IS NULL THEN 'product_images'::regclass ELSE 'tuned_images'::regclass END
+      AND cp.oid = 'products'::regclass;
+    IF categories IS NOT NULL AND NOT category_indexed THEN
+        -- One category takes the short way only when it has its own index, walked with a plan made for the
+        -- category (a partial index serves only a plan that sees its value); else imgsearch_similar_multi.
+        PERFORM imgsearch_planner_defaults();
+        RETURN QUERY SELECT * FROM imgsearch_similar_multi(
+            ARRAY[query], k, categories, in_stock_only, max_price, exclude_skus, below_price, filters);
+        RETURN;
+    END IF;
     IF space IS NOT NULL THEN
         q := imgsearch_project(q, space);
     END IF;
     q_half := q::halfvec(512);
-    IF categories IS NOT NULL THEN
-        -- One category takes the short way too when it has its own (valid) index, walked with a plan made for
-        -- the category (a partial index serves only a plan that sees its value); else imgsearch_similar_multi.
-        walk_category := categories[1];
-        IF walk_category IS NULL OR NOT EXISTS (
-            SELECT 1 FROM pg_class x JOIN pg_index ix ON ix.indexrelid = x.oid AND ix.indisvalid
-            WHERE x.oid = to_regclass(quote_ident(CASE WHEN space IS NULL
-                THEN imgsearch_category_index_name(walk_category)
-                ELSE imgsearch_tuned_category_index_name(walk_category) END))) THEN
-            PERFORM imgsearch_planner_defaults();
-            RETURN QUERY SELECT * FROM imgsearch_similar_multi(
-                ARRAY[query], k, categories, in_stock_only, max_price, exclude_skus, below_price, filters);
-            RETURN;
-        END IF;
-    END IF;
-    -- Photos per product, from the planner's statistics (no count). The graph search keeps ef products' worth of
-    -- candidates (imgsearch.ef_search, default 100 as on every path); the walk reads the photos that pass the stock
-    -- filter, k products' worth and as many again for each product's other photos (k when every product has one,
-    -- as pgvector's own filtered query reads k), so that a product whose best photo the walk met late still counts.
-    SELECT least(10, greatest(1, coalesce(ci.reltuples / nullif(cp.reltuples, 0), 1))) INTO per_product
-    FROM pg_class ci, pg_class cp
-    WHERE ci.oid = CASE WHEN space IS NULL THEN 'product_images'::regclass ELSE 'tuned_images'::regclass END
-      AND cp.oid = 'products'::regclass;
+    -- The graph search keeps ef products' worth of candidates (imgsearch.ef_search, default 100 as on every path);
+    -- the walk reads the photos that pass the stock filter, k products' worth and as many again for each product's
+    -- other photos (k when every product has one, as pgvector's own filtered query reads k), so that a product
+    -- whose best photo the walk met late still counts.
     walk_limit := ceil(k * (2 * per_product - 1));
     PERFORM set_config('hnsw.ef_search', least(1000, greatest(walk_limit, ceil(per_product * greatest(k,
         coalesce(nullif(current_setting('imgsearch.ef_search', true), '')::integer, 100))))::integer)::text, true);
     PERFORM set_config('hnsw.max_scan_tuples', coalesce(
         nullif(current_setting('imgsearch.max_scan_tuples', true), '')::integer, 50000)::text, true);
 
-    -- The walk: at most 2k products' worth of photos, each with its exact distance (its row is read anyway),
-    -- gathered by one aggregate rather than a grouping sized for a tenth of the table (a generic plan cannot know
-    -- the walk's LIMIT). The candidates are then the k products whose walked photos are nearest.
+    -- The walk: walk_limit photos, each with its exact distance (its row is read anyway); the candidates are the k
+    -- products whose walked photos are nearest. A category's walk is planned for its call, knowing the LIMIT, so
+    -- it picks them itself; the catalogue-wide walks, planned once, gather the photos with one aggregate rather
+    -- than a grouping sized for a tenth of the table (a generic plan cannot know the walk's LIMIT), and a second
+    -- statement picks them.
     IF walk_category IS NOT NULL THEN
-        EXECUTE format('SELECT array_agg(w.product_id), array_agg(w.d) FROM ('
+        EXECUTE format('SELECT array_agg(t.id) FROM (SELECT w.product_id AS id FROM ('
             'SELECT i.product_id, (i.embedding <=> $1)::double precision AS d FROM %I i '
             'JOIN products p ON p.id = i.product_id WHERE i.category = $2 AND (p.in_stock OR NOT $3) '
-            'ORDER BY i.embedding::halfvec(512) <=> $4 LIMIT $5) w',
+            'ORDER BY i.embedding::halfvec(512) <=> $4 LIMIT $5) w '
+            'GROUP BY w.product_id ORDER BY min(w.d), w.product_id LIMIT $6) t',
             CASE WHEN space IS NULL THEN 'product_images' ELSE 'tuned_images' END)
-            INTO ids, distances USING q, walk_category, only_in_stock, q_half, walk_limit;
-    ELSIF space IS NULL THEN
-        SELECT array_agg(w.product_id), array_agg(w.d) INTO ids, distances FROM (
-            SELECT i.product_id, (i.embedding <=> q)::double precision AS d
-            FROM product_images i JOIN products p ON p.id = i.product_id
-            WHERE p.in_stock OR NOT only_in_stock
-            ORDER BY i.embedding::halfvec(512) <=> q_half LIMIT walk_limit) w;
+            INTO found USING q, walk_category, only_in_stock, q_half, walk_limit, k;
     ELSE
-        SELECT array_agg(w.product_id), array_agg(w.d) INTO ids, distances FROM (
-            SELECT i.product_id, (i.embedding <=> q)::double precision AS d
-            FROM tuned_images i JOIN products p ON p.id = i.product_id
-            WHERE p.in_stock OR NOT only_in_stock
-            ORDER BY i.embedding::halfvec(512) <=> q_half LIMIT walk_limit) w;
+        IF space IS NULL THEN
+            SELECT array_agg(w.product_id), array_agg(w.d) INTO ids, distances FROM (
+                SELECT i.product_id, (i.embedding <=> q)::double precision AS d
+                FROM product_images i JOIN products p ON p.id = i.product_id
+                WHERE p.in_stock OR NOT only_in_stock
+                ORDER BY i.embedding::halfvec(512) <=> q_half LIMIT walk_limit) w;
+        ELSE
+            SELECT array_agg(w.product_id), array_agg(w.d) INTO ids, distances FROM (
+                SELECT i.product_id, (i.embedding <=> q)::double precision AS d
+                FROM tuned_images i JOIN products p ON p.id = i.product_id
+                WHERE p.in_stock OR NOT only_in_stock
+                ORDER BY i.embedding::halfvec(512) <=> q_half LIMIT walk_limit) w;
+        END IF;
+        SELECT array_agg(t.id) INTO found FROM (
+            SELECT t.id FROM unnest(ids, distances) AS t(id, d) GROUP BY t.id ORDER BY min(t.d), t.id LIMIT k) t;
     END IF;
-    SELECT array_agg(t.id) INTO found FROM (
-        SELECT t.id FROM unnest(ids, distances) AS t(id, d) GROUP BY t.id ORDER BY min(t.d), t.id LIMIT k) t;
     IF coalesce(cardinality(found), 0) < k THEN
         -- Fewer than k products near the query pass the stock filter (or the catalogue is that small).
         PERFORM imgsearch_planner_defaults();
