@@ -85,7 +85,6 @@ DECLARE
     only_in_stock boolean := coalesce(in_stock_only, true);
     indexed bigint;
     category_photos double precision;
-    schema_oid oid;
     q vector;
     ids bigint[];
     distances double precision[];
@@ -160,21 +159,23 @@ BEGIN
     -- product to one decimal: the statistics tell no more, and 200,008 photos for 200,000 products would otherwise
     -- make every walk go on for an eleventh product's photo (20 more photos walked under a 5% filter).
     SELECT greatest(cp.reltuples, 0), greatest(ci.reltuples, 0),
-           least(10, greatest(1, round(coalesce(ci.reltuples / nullif(cp.reltuples, 0), 1)::numeric, 1))),
-           cp.relnamespace
-    INTO n_products, n_walked, per_product, schema_oid
+           least(10, greatest(1, round(coalesce(ci.reltuples / nullif(cp.reltuples, 0), 1)::numeric, 1)))
+    INTO n_products, n_walked, per_product
     FROM pg_class ci, pg_class cp
     WHERE ci.oid = CASE WHEN space IS NULL THEN 'product_images'::regclass ELSE 'tuned_images'::regclass END
       AND cp.oid = 'products'::regclass;
     IF categories IS NOT NULL THEN
         -- The distinct categories and their own indexes (named as imgsearch_category_index_name and
         -- imgsearch_tuned_category_index_name name them), valid ones only: one statement.
-        SELECT array_agg(u.c), count(ix.indexrelid), sum(greatest(x.reltuples, 0))
+        -- Each looked up by its name's oid (a LATERAL that is not flattened: no scan of the catalogue's relations).
+        SELECT array_agg(u.c), count(x.photos), sum(x.photos)
         INTO walk_categories, indexed, category_photos
         FROM (SELECT DISTINCT c FROM unnest(categories) c WHERE c IS NOT NULL) u
-        LEFT JOIN pg_class x ON x.relnamespace = schema_oid AND x.relname =
-            CASE WHEN space IS NULL THEN 'ix_products_embedding_cat_' ELSE 'ix_tuned_images_cat_' END || left(md5(u.c), 16)
-        LEFT JOIN pg_index ix ON ix.indexrelid = x.oid AND ix.indisvalid;
+        LEFT JOIN LATERAL (
+            SELECT greatest(r.reltuples, 0) AS photos FROM pg_class r JOIN pg_index ix ON ix.indexrelid = r.oid
+            WHERE ix.indisvalid AND r.oid = to_regclass(quote_ident(CASE WHEN space IS NULL
+                THEN imgsearch_category_index_name(u.c) ELSE imgsearch_tuned_category_index_name(u.c) END))
+            LIMIT 1) x ON true;
         IF coalesce(cardinality(walk_categories), 0) BETWEEN 1 AND 4 AND indexed = cardinality(walk_categories) THEN
             n_walked := category_photos;
         ELSE
