@@ -4,26 +4,26 @@
 -- exactly k rows whenever at least k products match the filters.
 --
 -- Plan (docs/filtered-search.md). pgvector's HNSW scan applies the WHERE clause after walking the graph, so a
--- selective filter starves it. The choice between ranking the matching products exactly and walking an HNSW index
--- is made by cost, from the planner's estimate of the matching products (no count): exact search pays for every
--- matching product's photos (a b-tree lookup, a heap fetch and a 512-d distance each); the walk pays for every
--- photo it visits, about ef_search of them, or L / s when the filter passes a share s of the walked index's photos
--- and L must pass. A walked photo costs imgsearch.walk_cost (default 4, measured) times an exactly ranked one, so
--- the exact plan is taken when m * photos_per_product < walk_cost * max(ef_search, L / s). Filters estimated to
--- match fewer than imgsearch.exact_search_below products (default 100: fewer than one graph search's candidates)
--- are always ranked exactly; 0 turns the exact plan off (the walk always, for tests). The walked index is the category's own (a partial HNSW index WHERE
--- category = ..., see imgsearch_create_category_index) when the search names one to four categories that all
--- have one, one walk per category, else the catalogue-wide index. The walk (pgvector's iterative scan over the
--- photos' vectors rounded to half precision, as the indexes hold them: embedding::halfvec(512), once per query
--- vector) collects L photos that pass the filter: k products' worth, up to 2k where the graph search's first
--- ef_search candidates should hold that many (s * ef_search / 2), then ranks the k products whose walked photos
--- are nearest exactly by all their photos. It walks again, for max(4L, ef_search) photos, when a walk ended at its
--- limit with fewer than k products or went through more than four times the photos s predicts (the matches are
--- rarer near this query than in the catalogue: found late, out of order); if it still has fewer than k it ranks
--- the filter exactly. Filter fragments are fixed strings; every value is bound with USING. The category filter
--- applies to the photos' own copy of the category, so that a category index serves it. Session settings
--- imgsearch.exact_search_below, imgsearch.walk_cost, imgsearch.ef_search and imgsearch.max_scan_tuples tune it and
--- imgsearch.exact_search = on forces exact search (to measure recall).
+-- selective filter starves it. The choice between ranking the matching products exactly and walking an HNSW index is
+-- made by cost, from the planner's estimate of the matching products (no count): exact search pays for every
+-- matching product's photos (a b-tree lookup, a heap fetch and a 512-d distance each); the walk pays for every photo
+-- it visits, about ef_search of them, or L / s when the filter passes a share s of the walked index's photos and L
+-- must pass. A walked photo costs imgsearch.walk_cost (default 4, measured) times an exactly ranked one, so the
+-- exact plan is taken when m * photos_per_product < walk_cost * max(ef_search, L / s). Filters estimated to match
+-- fewer than imgsearch.exact_search_below products (default 100: fewer than one graph search's candidates) are
+-- always ranked exactly; 0 turns the exact plan off (the walk always, for tests). The walked index is the category's
+-- own (a partial HNSW index WHERE category = ..., see imgsearch_create_category_index) when the search names one to
+-- four categories that all have one, one walk per category, else the catalogue-wide index. The walk (pgvector's
+-- iterative scan over the photos' vectors rounded to half precision, as the indexes hold them:
+-- embedding::halfvec(512), once per query vector) collects L photos that pass the filter: k products' worth, up to
+-- 2k where the graph search's first ef_search candidates should hold that many (s * ef_search / 2), then ranks the k
+-- products whose walked photos are nearest exactly by all their photos. It walks again, for max(4L, ef_search)
+-- photos, when a walk ended at its limit with fewer than k products or went through more than four times the photos
+-- s predicts (the matches are rarer near this query than in the catalogue: found late, out of order); if it still
+-- has fewer than k it ranks the filter exactly. Filter fragments are fixed strings; every value is bound with USING.
+-- The category filter applies to the photos' own copy of the category, so that a category index serves it. Session
+-- settings imgsearch.exact_search_below, imgsearch.walk_cost, imgsearch.ef_search and imgsearch.max_scan_tuples tune
+-- it and imgsearch.exact_search = on forces exact search (to measure recall).
 --
 -- Search space: when a tuned space is active (imgsearch tune), the queries are projected into it
 -- (imgsearch_project) and everything above runs on tuned_images, the photos' projected vectors, instead of
@@ -166,8 +166,8 @@ BEGIN
       AND cp.oid = 'products'::regclass;
     IF categories IS NOT NULL THEN
         -- The distinct categories and their own indexes (named as imgsearch_category_index_name and
-        -- imgsearch_tuned_category_index_name name them), valid ones only: one statement.
-        -- Each looked up by its name's oid (a LATERAL that is not flattened: no scan of the catalogue's relations).
+        -- imgsearch_tuned_category_index_name name them), valid ones only, in one statement: each looked up by
+        -- its name's oid (a LATERAL that is not flattened: no scan of the catalogue's relations).
         SELECT array_agg(u.c), count(x.photos), sum(x.photos)
         INTO walk_categories, indexed, category_photos
         FROM (SELECT DISTINCT c FROM unnest(categories) c WHERE c IS NOT NULL) u
@@ -201,8 +201,8 @@ BEGIN
             OR matches * per_product < walk_cost * greatest(ef * per_product, walk_limit / share)) THEN
         -- The attribute and word predicates compare with a sub-select of their value here: the planner does not
         -- estimate them a second time (the estimate above ran the jsonpath over the column's 1,000-object
-        -- histogram, 0.5-1.5 ms), and their GIN indexes still serve them. A few products match: the plan is the
-        -- same whatever the estimate.
+        -- histogram, 0.5-1.5 ms), and their GIN indexes still serve them: with no more than a few thousand
+        -- products matching (else the cost would have chosen the walk), a bitmap scan is the plan either way.
         RETURN QUERY EXECUTE ranked_sql || replace(replace(product_where, '@@ $11', '@@ (SELECT $11)'),
                 '@@ $12', '@@ (SELECT $12)') || ' ORDER BY b.d, p.sku LIMIT $6'
             USING queries, categories, max_price, below_price, exclude_skus, k, NULL::integer, queries[1],
