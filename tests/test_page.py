@@ -128,7 +128,7 @@ def base_url(catalogue_url: str, weights_path: str, tmp_path_factory: pytest.Tem
             except (OSError, ValueError):
                 pass
             assert time.monotonic() < deadline, f"the service was not healthy in 120 s:\n{log.read_text()}"
-            time.sleep(0.3)
+            time.sleep(0.05)
         yield base
     finally:
         process.terminate()

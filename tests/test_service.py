@@ -73,7 +73,7 @@ class Service:
             except httpx.TransportError:
                 pass
             assert time.monotonic() < deadline, "the service did not start"
-            time.sleep(0.3)
+            time.sleep(0.05)
 
     def stderr(self) -> str:
         """What the service wrote to stderr so far."""
